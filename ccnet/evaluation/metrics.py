@@ -1,0 +1,151 @@
+"""Confusion-matrix segmentation metrics: per-class IoU / accuracy, mIoU, mAcc, aAcc.
+
+CCNet (arXiv 1811.11721) reports mean IoU over the 19 Cityscapes classes as defined by the official
+Cityscapes evaluation (cityscapesScripts' ``evalPixelLevelSemanticLabeling``). :class:`SegMetric`
+reproduces that definition exactly on train-id maps:
+
+- pixels whose ground truth is ``ignore_index`` are excluded (the official script excludes ground
+  truth labels with ``ignoreInEval`` from false positives and never scores their rows);
+- predictions outside ``[0, num_classes)`` ("void" predictions, e.g. a label-id map that predicts
+  ``unlabeled``) are wrong for the ground-truth class (a false negative) but a false positive for no
+  class, exactly like the official script's handling of predicted ``ignoreInEval`` label ids;
+- ``IoU_c = TP / (TP + FP + FN)``; a class with ``TP + FP + FN == 0`` (absent from both the ground
+  truth and the prediction) is NaN and excluded from the mean, as in the official script.
+
+The matrix is accumulated on the predictions' device with one ``torch.bincount`` per update and can
+be summed over distributed ranks with :meth:`SegMetric.sync`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Union
+
+import torch
+import torch.distributed as torch_dist
+
+from ccnet import dist
+
+MetricValue = Union[float, List[float]]
+
+
+class SegMetric:
+    """Accumulates a confusion matrix over images and reports IoU/accuracy metrics.
+
+    Args:
+        num_classes: number of evaluated classes ``K``; valid labels are ``0 .. K-1``.
+        ignore_index: ground-truth value of pixels that are not evaluated.
+
+    Attributes:
+        matrix: (K, K+1) int64 counts; ``matrix[t, p]`` is the number of valid pixels with ground
+            truth ``t`` predicted as ``p``; the last column counts predictions outside ``[0, K)``.
+
+    Example:
+        >>> metric = SegMetric(19)
+        >>> metric.update(logits.argmax(1), labels)   # per batch
+        >>> metric.sync()                            # under torchrun: sum over ranks
+        >>> metric.compute()["mIoU"]
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.matrix = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64)
+
+    def reset(self) -> None:
+        """Zero the matrix (keeps its device)."""
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one image or a batch of images to the matrix.
+
+        Args:
+            pred: predicted class indices (integer tensor), e.g. ``logits.argmax(1)``.
+            target: ground-truth class indices with ``ignore_index`` for unlabelled pixels.
+
+        Shape:
+            pred, target: (B, H, W) or (H, W), equal shapes.
+
+        Raises:
+            TypeError: ``pred`` or ``target`` is not an integer tensor (e.g. logits were passed).
+            ValueError: the shapes differ, or ``target`` holds values that are neither a class index
+                nor ``ignore_index`` (a label map in a different encoding, e.g. Cityscapes label ids
+                instead of train ids).
+        """
+        for name, t in (("pred", pred), ("target", target)):
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(
+                    f"SegMetric.update expects integer class-index maps, got {name} of dtype {t.dtype}; "
+                    "pass logits.argmax(dim=1) rather than logits"
+                )
+        if pred.shape != target.shape:
+            raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        if self.matrix.device != pred.device:
+            self.matrix = self.matrix.to(pred.device)
+        k = self.num_classes
+        target = target.to(pred.device).reshape(-1).long()
+        pred = pred.reshape(-1).long()
+        valid = target != self.ignore_index
+        target = target[valid]
+        pred = pred[valid]
+        bad = (target < 0) | (target >= k)
+        if bool(bad.any()):
+            values = torch.unique(target[bad])[:10].tolist()
+            raise ValueError(
+                f"target holds values {values} that are neither a class index in [0, {k}) nor "
+                f"ignore_index={self.ignore_index}; check the label encoding (e.g. train ids vs label ids) "
+                "and the dataset's num_classes/ignore_index"
+            )
+        # Every prediction outside [0, K) lands in the extra "void" column K.
+        pred = torch.where((pred >= 0) & (pred < k), pred, torch.full_like(pred, k))
+        counts = torch.bincount(target * (k + 1) + pred, minlength=k * (k + 1))
+        self.matrix += counts.view(k, k + 1)  # (K, K+1)
+
+    def sync(self) -> None:
+        """Sum the matrix over all distributed ranks in place (no-op without a process group).
+
+        Every rank must call it (it is a collective). Counts travel as int64; gloo reduces on the
+        CPU, so the matrix is moved there and back for that backend.
+        """
+        if not dist.is_distributed():
+            return
+        on_cpu = torch_dist.get_backend() == "gloo"
+        buf = self.matrix.cpu() if on_cpu else self.matrix
+        dist.all_reduce_sum(buf)
+        self.matrix = buf.to(self.matrix.device)
+
+    def compute(self) -> Dict[str, MetricValue]:
+        """Metrics of everything accumulated so far.
+
+        Returns:
+            ``"mIoU"``, ``"mAcc"``: means over classes whose value is not NaN; ``"aAcc"``: correctly
+            classified valid pixels / valid pixels; ``"IoU"``, ``"Acc"``: per-class lists of length K.
+            All values are Python floats in [0, 1] or NaN: ``IoU[c]`` is NaN when class ``c`` occurs
+            in neither the ground truth nor the prediction (of valid pixels), ``Acc[c]`` is NaN when
+            ``c`` is absent from the ground truth; means are NaN only if every class is NaN.
+        """
+        m = self.matrix.detach().to("cpu", torch.float64)
+        k = self.num_classes
+        tp = m.diagonal()  # (K,) diagonal of the square part
+        gt = m.sum(dim=1)  # (K,) all pixels of each ground-truth class, void predictions included
+        predicted = m[:, :k].sum(dim=0)  # (K,) pixels predicted as each class on valid ground truth
+        union = gt + predicted - tp
+        nan = torch.full_like(tp, math.nan)
+        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+        acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
+        total = float(m.sum())
+        return {
+            "mIoU": _nanmean(iou),
+            "mAcc": _nanmean(acc),
+            "aAcc": float(tp.sum()) / total if total > 0 else math.nan,
+            "IoU": iou.tolist(),
+            "Acc": acc.tolist(),
+        }
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    valid = ~torch.isnan(values)
+    return float(values[valid].mean()) if bool(valid.any()) else math.nan
