@@ -1,0 +1,200 @@
+"""Test-time inference: whole-image or sliding-window logits, multi-scale and horizontal flip.
+
+CCNet (arXiv 1811.11721, Sec. 4.2) evaluates Cityscapes with sliding 769×769 windows and, for its best
+numbers, multi-scale inputs and flipping. This module produces one logit map per image at the
+input's full resolution from any combination of those:
+
+- ``whole``: the model sees the full image (at each test scale).
+- ``slide``: ``crop_size`` windows every ``stride`` pixels; overlapping logits are summed and divided
+  by the number of windows covering each pixel. At the right/bottom border the last window is
+  shifted back to end at the border (instead of padding the image), so every window has the same
+  size and all of them go through the model in batches of ``crop_batch``. A dimension smaller than
+  the crop uses the whole dimension, so a crop that covers the image gives exactly ``whole``.
+- ``scales``: the image is resized (bilinear) by each factor, inferred, and its logits resized back
+  (bilinear) to full resolution.
+- ``flip``: the horizontally flipped image is inferred in the same batch and its logits flipped back.
+
+All views are merged by averaging **logits** (not softmax probabilities), as the original CCNet
+evaluation code does; averaging is linear, so sliding-window and multi-scale/flip averaging combine
+into one mean. Logits are accumulated in float32 even under AMP.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, ContextManager, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("whole", "slide")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+SizeLike = Union[int, Sequence[int]]
+
+
+def _pair(value: SizeLike, key: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"eval.{key} must be a positive int or [height, width], got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to turn an image into logits (the ``eval`` config section).
+
+    Args:
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size: slide window (height, width); required for ``slide``.
+        stride: slide step (height, width), at most ``crop_size``; required for ``slide``.
+        scales: test scales relative to the input size; ``(1.0,)`` = full resolution only.
+        flip: also infer the horizontally flipped image.
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
+        channels_last: feed inputs in channels-last memory format.
+        crop_batch: sliding windows per forward pass (memory vs. speed).
+    """
+
+    mode: str = "whole"
+    crop_size: Optional[Tuple[int, int]] = None
+    stride: Optional[Tuple[int, int]] = None
+    scales: Tuple[float, ...] = (1.0,)
+    flip: bool = False
+    amp: str = "none"
+    channels_last: bool = False
+    crop_batch: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"eval.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "slide" and (self.crop_size is None or self.stride is None):
+            raise ValueError(
+                "eval.mode=slide needs eval.crop_size and eval.stride, e.g. eval.crop_size=769 eval.stride=513"
+            )
+        if self.crop_size is not None and self.stride is not None:
+            if any(s > c for s, c in zip(self.stride, self.crop_size)):
+                raise ValueError(
+                    f"eval.stride {list(self.stride)} exceeds eval.crop_size {list(self.crop_size)}: windows "
+                    "would leave gaps; use a stride <= crop size"
+                )
+        if not self.scales or any(not (s > 0) for s in self.scales):
+            raise ValueError(f"eval.scales must be a non-empty list of positive factors, got {list(self.scales)}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"eval.amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        if self.crop_batch < 1:
+            raise ValueError(f"eval.crop_batch must be >= 1, got {self.crop_batch}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], amp: Optional[str] = None) -> "InferenceSettings":
+        """Settings from an ``eval`` config mapping; missing keys take the defaults above.
+
+        Args:
+            cfg: mapping with any of the field names (extra keys such as ``save_dir`` are ignored).
+            amp: overrides ``cfg["amp"]`` when given (e.g. the trainer's ``train.amp``).
+        """
+        crop = cfg.get("crop_size")
+        stride = cfg.get("stride")
+        scales = cfg.get("scales", (1.0,))
+        if isinstance(scales, (int, float)):
+            scales = (scales,)
+        return cls(
+            mode=str(cfg.get("mode", "whole")),
+            crop_size=None if crop is None else _pair(crop, "crop_size"),
+            stride=None if stride is None else _pair(stride, "stride"),
+            scales=tuple(float(s) for s in scales),
+            flip=bool(cfg.get("flip", False)),
+            amp=str(amp if amp is not None else cfg.get("amp", "none")),
+            channels_last=bool(cfg.get("channels_last", False)),
+            crop_batch=int(cfg.get("crop_batch", 4)),
+        )
+
+
+def autocast_context(device: torch.device, amp: str) -> ContextManager:
+    """``torch.autocast`` for ``amp`` in ``{"bf16", "fp16"}`` on ``device``'s type; a no-op for ``"none"``."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _forward(model: nn.Module, x: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast_context(x.device, settings.amp):
+        out = model(x)["out"]
+    if out.shape[-2:] != x.shape[-2:]:
+        out = F.interpolate(out.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out.float()
+
+
+def window_starts(length: int, crop: int, stride: int) -> List[int]:
+    """Start offsets of windows of size ``min(crop, length)`` covering ``[0, length)``; the last one
+    ends exactly at ``length``."""
+    crop = min(crop, length)
+    n = max(math.ceil((length - crop) / stride), 0) + 1
+    return [min(i * stride, length - crop) for i in range(n)]
+
+
+def slide_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+    """Sliding-window logits: the mean of the window logits covering each pixel.
+
+    Shape:
+        images: (B, 3, H, W). Returns (B, K, H, W) float32.
+    """
+    assert settings.crop_size is not None and settings.stride is not None
+    b, _, h, w = images.shape
+    ch, cw = min(settings.crop_size[0], h), min(settings.crop_size[1], w)
+    boxes = [(y, x) for y in window_starts(h, ch, settings.stride[0])
+             for x in window_starts(w, cw, settings.stride[1])]
+    logit_sum: Optional[torch.Tensor] = None
+    count = torch.zeros(1, 1, h, w, device=images.device, dtype=torch.float32)
+    per_batch = max(1, settings.crop_batch // b)
+    for i in range(0, len(boxes), per_batch):
+        chunk = boxes[i:i + per_batch]
+        crops = torch.cat([images[:, :, y:y + ch, x:x + cw] for y, x in chunk])  # (len(chunk)*B, 3, ch, cw)
+        out = _forward(model, crops, settings)
+        if logit_sum is None:
+            logit_sum = images.new_zeros((b, out.shape[1], h, w), dtype=torch.float32)
+        for j, (y, x) in enumerate(chunk):
+            logit_sum[:, :, y:y + ch, x:x + cw] += out[j * b:(j + 1) * b]
+            count[:, :, y:y + ch, x:x + cw] += 1
+    assert logit_sum is not None and bool((count > 0).all())
+    return logit_sum / count
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
+    """Logits of ``images`` at full resolution, averaged over scales, flips and windows.
+
+    The caller puts the model in eval mode and on ``images``' device; gradients are not recorded.
+
+    Args:
+        model: returns a dict whose ``"out"`` entry holds (N, K, h, w) logits for (N, 3, h, w) inputs.
+        images: normalised images.
+        settings: mode, scales, flip, AMP, memory format.
+
+    Shape:
+        images: (B, 3, H, W). Returns (B, K, H, W) float32 mean logits.
+    """
+    b, _, h, w = images.shape
+    total: Optional[torch.Tensor] = None
+    with torch.no_grad():
+        for scale in settings.scales:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear",
+                                                            align_corners=False)
+            if settings.flip:
+                x = torch.cat([x, x.flip(-1)])  # (2B, 3, h', w'): both views in one batch
+            logits = slide_logits(model, x, settings) if settings.mode == "slide" else _forward(model, x, settings)
+            if settings.flip:
+                logits = logits[:b] + logits[b:].flip(-1)
+            if logits.shape[-2:] != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            total = logits if total is None else total + logits
+    assert total is not None
+    return total / (len(settings.scales) * (2 if settings.flip else 1))
