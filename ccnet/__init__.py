@@ -1,0 +1,1 @@
+"""CCNet: criss-cross attention for semantic segmentation."""

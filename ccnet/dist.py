@@ -1,0 +1,103 @@
+"""Distributed helpers: process-group setup from torchrun's environment, rank queries, reductions.
+
+Every function works without an initialised process group (a plain single-process run), so library
+code calls them unconditionally instead of branching on ``torch.distributed.is_initialized()``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """Whether a default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (and srun + torchrun) export WORLD_SIZE/RANK; a plain ``python`` run does not."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device_type: str, timeout_minutes: int = 30) -> bool:
+    """Initialise the default process group when launched by torchrun.
+
+    Args:
+        device_type: ``"cuda"`` selects NCCL (and binds this process to ``LOCAL_RANK``'s GPU),
+            anything else selects gloo.
+        timeout_minutes: collective timeout; long validations on rank 0 must fit inside it.
+
+    Returns:
+        True if a process group is (now) initialised, False for a single-process run.
+    """
+    if is_distributed():
+        return True
+    if not launched_by_torchrun():
+        return False
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(get_local_rank())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    log.info("initialised %s process group: rank %d of %d", backend, get_rank(), get_world_size())
+    return True
+
+
+def destroy_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (no-op for one process) and return it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def reduce_mean_dict(values: Dict[str, float], device: Optional[torch.device] = None) -> Dict[str, float]:
+    """Average a dict of Python scalars over all ranks (every rank gets the result)."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= get_world_size()
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable Python object from ``src`` to every rank (identity for one process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

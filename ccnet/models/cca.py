@@ -1,0 +1,131 @@
+"""Criss-cross attention (CCNet, Huang et al., ICCV 2019 / TPAMI 2020, arXiv 1811.11721).
+
+For a feature map with queries Q, keys K (C' = C/8 channels) and values V (C channels), every
+position u = (h, w) attends to the H + W - 1 positions of its row and column (the criss-cross path
+Ω_u, with u itself counted once):
+
+    d_{u,i} = Q_u · K_{Ω_u,i}                      (affinity, Eq. 1)
+    A_u     = softmax_i(d_{u,i})                    (joint softmax over the whole cross)
+    H'_u    = Σ_i A_{u,i} V_{Ω_u,i} + H_u           (aggregation, Eq. 2; scaled by γ in the module)
+
+A full non-local block costs O((HW)²); the cross costs O(HW·(H+W−1)). Two recurrent applications
+with shared weights give every pixel information from every other pixel: u → (h_u, w_v) → v.
+
+The vertical branch masks its diagonal (i == h), so u is counted once — through the horizontal
+branch. The mask is a boolean ``masked_fill`` rather than an added H×H −inf matrix; softmax is always
+taken in float32, so bf16/fp16 inputs lose no precision in the normalisation and a row of the joint
+softmax always has at least one finite entry (u itself), which rules out NaN for H = 1 or W = 1.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4:
+        raise ValueError(f"criss_cross_attention expects q, k of equal shape (B, C', H, W) and v (B, C, H, W); "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if v.shape[0] != q.shape[0] or v.shape[2:] != q.shape[2:]:
+        raise ValueError(f"v {tuple(v.shape)} must share batch and spatial size with q {tuple(q.shape)}")
+
+
+def criss_cross_attention_weights(q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
+    """Attention of every position over its column and its row, normalised jointly.
+
+    Args:
+        q: queries.
+        k: keys.
+
+    Returns:
+        ``(attn_h, attn_w)`` in float32 (float64 for float64 inputs): ``attn_h[b, h, w, i]`` is the weight of position (i, w) of u's column,
+        ``attn_w[b, h, w, j]`` that of (h, j) in u's row. ``attn_h[..., h, w, h]`` is 0 (the masked
+        diagonal), and for every u the two together sum to 1.
+
+    Shape:
+        q, k: (B, C', H, W). attn_h: (B, H, W, H). attn_w: (B, H, W, W).
+    """
+    _, _, height, _ = q.shape
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
+    # (B, H, W, H): energy_h[b, h, w, i] = <q[b, :, h, w], k[b, :, i, w]>
+    energy_h = torch.einsum("bchw,bciw->bhwi", q, k).to(acc_dtype)
+    # (B, H, W, W): energy_w[b, h, w, j] = <q[b, :, h, w], k[b, :, h, j]>
+    energy_w = torch.einsum("bchw,bchj->bhwj", q, k).to(acc_dtype)
+    diagonal = torch.eye(height, dtype=torch.bool, device=q.device).unsqueeze(1)  # (H, 1, H) over (h, w, i)
+    energy_h = energy_h.masked_fill(diagonal, float("-inf"))
+    attn = torch.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1)  # (B, H, W, H+W)
+    return attn[..., :height], attn[..., height:]
+
+
+def criss_cross_attention_reference(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Straightforward einsum implementation of the criss-cross aggregation (no γ, no residual).
+
+    Kept as the readable definition of the operator; :func:`criss_cross_attention` may route to
+    faster equivalent implementations.
+
+    Shape:
+        q, k: (B, C', H, W). v: (B, C, H, W). Returns (B, C, H, W) in v's dtype.
+    """
+    _check_inputs(q, k, v)
+    attn_h, attn_w = criss_cross_attention_weights(q, k)
+    attn_h = attn_h.to(v.dtype)
+    attn_w = attn_w.to(v.dtype)
+    out_h = torch.einsum("bhwi,bciw->bchw", attn_h, v)  # column aggregation
+    out_w = torch.einsum("bhwj,bchj->bchw", attn_w, v)  # row aggregation
+    return out_h + out_w
+
+
+def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Criss-cross aggregation ``out_H + out_W`` of values over each position's row and column.
+
+    Args:
+        q: queries.
+        k: keys.
+        v: values.
+
+    Returns:
+        The attention-weighted sum of the values on the criss-cross path of every position.
+
+    Shape:
+        q, k: (B, C', H, W). v: (B, C, H, W). Returns (B, C, H, W) in v's dtype.
+    """
+    return criss_cross_attention_reference(q, k, v)
+
+
+class CrissCrossAttention(nn.Module):
+    """Criss-cross attention module: ``x + γ · CCA(Wq x, Wk x, Wv x)``.
+
+    Parameter names (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) match the official
+    release so its checkpoints load without renaming. ``gamma`` starts at 0, so a freshly built
+    module is the identity and attention is blended in as training finds it useful.
+
+    Args:
+        in_channels: channels C of the input (and of the values).
+        reduction: queries and keys have ``in_channels // reduction`` channels (paper: 8).
+
+    Shape:
+        x: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        if in_channels // reduction < 1:
+            raise ValueError(f"in_channels={in_channels} // reduction={reduction} leaves no query/key channels")
+        inner = in_channels // reduction
+        self.query_conv = nn.Conv2d(in_channels, inner, kernel_size=1)
+        self.key_conv = nn.Conv2d(in_channels, inner, kernel_size=1)
+        self.value_conv = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x))
+        return x + self.gamma * out
+
+    def attention_weights(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """The (column, row) attention this module computes for ``x``; see
+        :func:`criss_cross_attention_weights`."""
+        return criss_cross_attention_weights(self.query_conv(x), self.key_conv(x))

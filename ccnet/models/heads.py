@@ -1,0 +1,178 @@
+"""Segmentation heads: the recurrent criss-cross head (RCCA), its non-local peer, and the FCN
+auxiliary head (CCNet, arXiv 1811.11721, Sec. 3.1 and Fig. 2).
+
+RCCA head::
+
+    x ─ conva (3×3, C→C/4) ─ [CCA]×R (shared weights) ─ convb (3×3) ─┐
+    └──────────────────────────────────────────────────────── concat ┴─ bottleneck (3×3 → 512)
+                                                                        ─ Dropout2d(0.1) ─ 1×1 classifier
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ccnet.models.cca import CrissCrossAttention
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def make_activation(name: str) -> nn.Module:
+    """``relu`` or ``leaky_relu`` (slope 0.01, the activation inside the official release's
+    InPlace-ABN layers of the head)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"unknown activation {name!r}: expected 'relu' or 'leaky_relu'")
+
+
+def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
+                  activation: str = "relu", bias: bool = False) -> nn.Sequential:
+    """``Conv2d`` (same padding) → norm → activation, indexed 0, 1, 2 like the official release."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
+        norm_layer(out_channels),
+        make_activation(activation),
+    )
+
+
+class RCCAHead(nn.Module):
+    """Recurrent criss-cross attention head.
+
+    Args:
+        in_channels: channels of the backbone's last stage (2048 for ResNet-50/101).
+        num_classes: number of output classes.
+        recurrence: how many times the (weight-shared) criss-cross module is applied; 0 gives the
+            plain baseline without attention.
+        inter_channels: channels after ``conva``; default ``in_channels // 4`` (512 for ResNet).
+        bottleneck_channels: channels of the fused features before the classifier (paper: 512).
+        dropout: Dropout2d probability before the classifier.
+        norm_layer: normalisation constructor taking the channel count.
+        activation: ``relu`` or ``leaky_relu``.
+
+    Shape:
+        x: (B, in_channels, h, w) -> logits (B, num_classes, h, w).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, recurrence: int = 2,
+                 inter_channels: Optional[int] = None, bottleneck_channels: int = 512,
+                 dropout: float = 0.1, norm_layer: NormLayer = nn.BatchNorm2d,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        if recurrence < 0:
+            raise ValueError(f"recurrence must be >= 0, got {recurrence}")
+        inter_channels = inter_channels or in_channels // 4
+        self.recurrence = recurrence
+        self.conva = conv_norm_act(in_channels, inter_channels, 3, norm_layer, activation)
+        self.cca = CrissCrossAttention(inter_channels) if recurrence > 0 else None
+        self.convb = conv_norm_act(inter_channels, inter_channels, 3, norm_layer, activation)
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(in_channels + inter_channels, bottleneck_channels, 3, padding=1, bias=False),
+            norm_layer(bottleneck_channels),
+            make_activation(activation),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(bottleneck_channels, num_classes, kernel_size=1),
+        )
+
+    def context(self, x: Tensor) -> Tensor:
+        """Features after ``convb``: the aggregated context, before fusion with ``x``."""
+        out = self.conva(x)
+        for _ in range(self.recurrence):
+            out = self.cca(out)
+        return self.convb(out)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Fused features after the bottleneck's activation (input to dropout and classifier)."""
+        fused = torch.cat([x, self.context(x)], dim=1)
+        return self.bottleneck[:3](fused)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bottleneck[3:](self.features(x))
+
+
+class NonLocalBlock(nn.Module):
+    """Embedded-Gaussian non-local block (Wang et al., CVPR 2018) with a residual connection.
+
+    ``y = x + W_z(softmax(θ(x)ᵀ φ(x)) g(x))`` over all HW positions; θ, φ, g are 1×1 convs to
+    ``inter_channels`` and ``W_z`` a 1×1 conv + norm back to C, its norm's scale initialised to
+    zero so the block starts as the identity (as in the original paper).
+
+    Shape:
+        x: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, in_channels: int, inter_channels: Optional[int] = None,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__()
+        inter_channels = inter_channels or max(in_channels // 2, 1)
+        self.theta = nn.Conv2d(in_channels, inter_channels, 1)
+        self.phi = nn.Conv2d(in_channels, inter_channels, 1)
+        self.g = nn.Conv2d(in_channels, inter_channels, 1)
+        self.out = nn.Sequential(nn.Conv2d(inter_channels, in_channels, 1, bias=False), norm_layer(in_channels))
+        nn.init.zeros_(self.out[1].weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, C')
+        phi = self.phi(x).flatten(2)  # (B, C', HW)
+        g = self.g(x).flatten(2).transpose(1, 2)  # (B, HW, C')
+        attn = torch.softmax(torch.bmm(theta, phi).float(), dim=-1).to(g.dtype)  # (B, HW, HW)
+        y = torch.bmm(attn, g).transpose(1, 2).reshape(b, -1, h, w)  # (B, C', H, W)
+        return x + self.out(y)
+
+
+class NonLocalHead(RCCAHead):
+    """The RCCA head's skeleton with one non-local block (inter channels C/2) in place of the
+    criss-cross loop — the ablation peer of the paper's Table 4.
+
+    Args:
+        in_channels, num_classes, inter_channels, bottleneck_channels, dropout, norm_layer,
+        activation: as in :class:`RCCAHead`.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, inter_channels: Optional[int] = None,
+                 bottleneck_channels: int = 512, dropout: float = 0.1,
+                 norm_layer: NormLayer = nn.BatchNorm2d, activation: str = "relu") -> None:
+        super().__init__(in_channels, num_classes, recurrence=0, inter_channels=inter_channels,
+                         bottleneck_channels=bottleneck_channels, dropout=dropout,
+                         norm_layer=norm_layer, activation=activation)
+        self.nonlocal_block = NonLocalBlock(self.conva[0].out_channels, norm_layer=norm_layer)
+
+    def context(self, x: Tensor) -> Tensor:
+        return self.convb(self.nonlocal_block(self.conva(x)))
+
+
+class FCNHead(nn.Module):
+    """Auxiliary FCN head (deep supervision on layer3): 3×3 conv → norm → act → Dropout2d → 1×1.
+
+    Args:
+        in_channels: channels of layer3 (1024 for ResNet-50/101).
+        num_classes: number of output classes.
+        channels: hidden channels (official release 512, mmsegmentation 256).
+        dropout: Dropout2d probability.
+        conv_bias: bias in the 3×3 conv (the official release has one).
+        norm_layer, activation: as in :class:`RCCAHead`.
+
+    Shape:
+        x: (B, in_channels, h, w) -> logits (B, num_classes, h, w).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1,
+                 conv_bias: bool = False, norm_layer: NormLayer = nn.BatchNorm2d,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=conv_bias),
+            norm_layer(channels),
+            make_activation(activation),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(channels, num_classes, kernel_size=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
