@@ -1,0 +1,127 @@
+"""Evaluate a segmentation model on a dataset: sharded over ranks, exact merged confusion matrix.
+
+Used by the trainer's periodic validation and by ``tools/eval.py``. Each rank takes the indices
+``rank, rank + world, rank + 2·world, …`` (no padding, unlike ``DistributedSampler``, which repeats
+samples to equalise shard sizes and would count them twice), infers every image at full resolution
+with :func:`ccnet.evaluation.inference.predict_logits`, and the per-rank confusion matrices are summed
+(:meth:`SegMetric.sync`), so the result is identical to a single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from ccnet import dist
+from ccnet.evaluation.inference import InferenceSettings, predict_logits
+from ccnet.evaluation.metrics import SegMetric
+
+log = logging.getLogger(__name__)
+
+#: ``on_prediction(index, image, label, pred)`` — see :func:`evaluate`.
+PredictionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def shard_indices(length: int, rank: int, world_size: int) -> range:
+    """Indices of a dataset of ``length`` handled by ``rank``: every ``world_size``-th from ``rank``.
+    The shards partition ``range(length)``: every sample is evaluated exactly once."""
+    return range(rank, length, world_size)
+
+
+def _sum_over_ranks(value: int, device: torch.device) -> int:
+    # gloo reduces CPU tensors, NCCL device tensors.
+    on_cpu = not dist.is_distributed() or torch_dist.get_backend() == "gloo"
+    t = torch.tensor([value], dtype=torch.int64, device="cpu" if on_cpu else device)
+    return int(dist.all_reduce_sum(t).item())
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    eval_cfg: Mapping[str, Any],
+    device: Union[str, torch.device],
+    amp: Optional[str] = None,
+    on_prediction: Optional[PredictionCallback] = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> Dict[str, Any]:
+    """Run ``model`` over ``dataset`` (this rank's shard) and return metrics merged over all ranks.
+
+    Every rank of a distributed run must call it (the confusion matrices are all-reduced). The model
+    is switched to eval mode and restored to its previous mode afterwards; a
+    ``DistributedDataParallel`` wrapper is unwrapped (its forward would synchronise buffers, and
+    shards may differ in length by one).
+
+    Args:
+        model: returns ``{"out": (B, K, H, W) logits}``; already on ``device``.
+        dataset: items ``(image (3, H, W) float normalised, label (H, W) int64)``; attributes
+            ``num_classes``, ``ignore_index`` and optionally ``has_labels`` (False for an unlabelled
+            test split: predictions are made and passed to ``on_prediction``, no metrics).
+        eval_cfg: the ``eval`` config section: inference keys of
+            :class:`~ccnet.evaluation.inference.InferenceSettings` (``mode, crop_size, stride,
+            scales, flip, amp, channels_last, crop_batch``) plus ``num_workers`` (DataLoader workers,
+            default 2). Other keys (``save_dir``, ``format``) are ignored here.
+        device: where inference and the confusion matrix live.
+        amp: ``"none" | "bf16" | "fp16"``; overrides ``eval_cfg.amp`` when given (the trainer passes
+            ``train.amp``).
+        on_prediction: called on this rank for every sample as
+            ``on_prediction(index, image, label, pred)`` with the dataset index, the (3, H, W)
+            normalised image and (H, W) int64 label as the dataset returned them (CPU), and the
+            (H, W) int64 predicted class map (CPU). Use it to write predictions or to keep a few
+            samples for TensorBoard, e.g.
+            ``panels = []; evaluate(..., on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if i < 4 else None)``
+            (indices 0..3 live on ranks 0..3 of a 4-process run: call it on every rank, use the
+            panels that arrive where you log).
+        progress: show a tqdm bar (rank 0 only).
+        desc: tqdm label.
+
+    Returns:
+        ``num_images`` (evaluated over all ranks) and, when the dataset has labels, the
+        :meth:`SegMetric.compute` entries: ``mIoU``, ``mAcc``, ``aAcc`` (floats in [0, 1]) and
+        per-class lists ``IoU``, ``Acc`` (NaN for classes absent from ground truth and prediction).
+    """
+    device = torch.device(device)
+    settings = InferenceSettings.from_config(eval_cfg, amp=amp)
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    has_labels = bool(getattr(dataset, "has_labels", True))
+    metric = SegMetric(dataset.num_classes, dataset.ignore_index)
+    metric.matrix = metric.matrix.to(device)
+
+    indices = shard_indices(len(dataset), dist.get_rank(), dist.get_world_size())
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=1,  # full-resolution images of different sizes cannot be stacked
+        shuffle=False,
+        num_workers=int(eval_cfg.get("num_workers", 2)),
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        bar = tqdm(loader, desc=desc, total=len(indices), dynamic_ncols=True,
+                   disable=not (progress and dist.is_main_process()))
+        for (image, label), index in zip(bar, indices):
+            logits = predict_logits(model, image.to(device, non_blocking=True), settings)  # (1, K, H, W)
+            pred = logits.argmax(dim=1)  # (1, H, W)
+            if has_labels:
+                metric.update(pred, label.to(device, non_blocking=True))
+            if on_prediction is not None:
+                on_prediction(index, image[0], label[0], pred[0].cpu())
+            count += 1
+    finally:
+        model.train(was_training)
+
+    metric.sync()
+    results: Dict[str, Any] = {"num_images": _sum_over_ranks(count, device)}
+    if has_labels:
+        results.update(metric.compute())
+    return results

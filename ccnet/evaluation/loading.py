@@ -1,0 +1,122 @@
+"""Rebuild a trained model from a checkpoint for evaluation and inference.
+
+A checkpoint written by the trainer stores its resolved training config under ``"config"`` (with
+``model`` and ``dataset`` sections), so ``tools/eval.py`` and ``tools/infer.py`` need only its path.
+Command-line ``model`` / ``dataset`` settings are merged over the stored ones: a whole config group
+(``dataset=cityscapes``) replaces the values it defines, single keys (``dataset.root=…``) replace
+just themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from ccnet.engine.checkpoint import load_checkpoint, model_state_from
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other string is a torch device name.
+
+    Raises:
+        ValueError: CUDA requested on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def merge_section(stored: Optional[Mapping[str, Any]], given: Optional[Mapping[str, Any]],
+                  whole_group: bool) -> Dict[str, Any]:
+    """Merge a command-line config section over the one stored in a checkpoint.
+
+    Args:
+        stored: the checkpoint's section (plain dict) or None.
+        given: the composed command-line section (may contain ``${…}`` interpolations).
+        whole_group: True when a config group was chosen (``dataset=cityscapes``): every key of
+            ``given`` applies, null values included. False: ``given`` holds only placeholders and
+            single-key overrides, and null means "not given", so only non-null keys apply.
+
+    Returns:
+        The merged section, interpolations unresolved.
+    """
+    merged: Dict[str, Any] = dict(stored or {})
+    for key, value in (given or {}).items():
+        if whole_group or value is not None:
+            merged[key] = value
+    return merged
+
+
+def resolve_model_and_dataset(checkpoint_config: Optional[Mapping[str, Any]], model_given: Mapping[str, Any],
+                              dataset_given: Mapping[str, Any], model_group: bool, dataset_group: bool,
+                              checkpoint_path: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The ``model`` and ``dataset`` configs to use: the checkpoint's, with command-line overrides.
+
+    Interpolations such as ``num_classes: ${dataset.num_classes}`` are resolved against the merged
+    result, so a model group picks up the dataset's class count.
+
+    Raises:
+        ValueError: neither the checkpoint nor the command line defines a model or a dataset.
+    """
+    stored = dict(checkpoint_config or {})
+    model = merge_section(stored.get("model"), model_given, model_group)
+    dataset = merge_section(stored.get("dataset"), dataset_given, dataset_group)
+    for section, values, example in (("model", model, "model=ccnet_r101"), ("dataset", dataset, "dataset=cityscapes")):
+        if not values.get("name"):
+            raise ValueError(
+                f"checkpoint {checkpoint_path} stores no '{section}' config (it was not written by tools/train.py, "
+                f"or was converted); choose one on the command line, e.g. {example}")
+    resolved = OmegaConf.to_container(OmegaConf.create({"model": model, "dataset": dataset}), resolve=True)
+    assert isinstance(resolved, dict)
+    return resolved["model"], resolved["dataset"]
+
+
+def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], checkpoint_path: Union[str, Path],
+               device: torch.device) -> nn.Module:
+    """Build the model of ``model_cfg``, load the checkpoint's weights strictly, move it to ``device``.
+
+    Pretrained backbone weights are not loaded (``model.weights`` is cleared): the checkpoint
+    overwrites every parameter anyway, and evaluation must not need the ImageNet file.
+
+    Raises:
+        ValueError: the weights do not fit the model (names the checkpoint, the class counts, and
+            the mismatching keys).
+    """
+    from ccnet.models import build_model
+
+    cfg = dict(model_cfg)
+    cfg["weights"] = None
+    model = build_model(cfg)
+    state = model_state_from(dict(checkpoint), checkpoint_path)
+    expected = model.state_dict()
+    mismatched = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
+                  if k in expected and v.shape != expected[k].shape}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if mismatched or missing or unexpected:
+        details = "; ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in list(mismatched.items())[:4])
+        raise ValueError(
+            f"weights of {checkpoint_path} do not fit model {cfg.get('name')!r} with num_classes="
+            f"{cfg.get('num_classes')}: {len(mismatched)} shape mismatches ({details or 'none'}), "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}. "
+            "A different class count usually means the dataset (or palette) does not match the one the "
+            "checkpoint was trained on; check the model=/dataset= overrides against its training config.")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_checkpoint_for_eval(path: Union[str, Path]) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """Read a checkpoint; returns ``(checkpoint dict, stored config or None)``."""
+    ckpt = load_checkpoint(path)
+    config = ckpt.get("config")
+    return ckpt, dict(config) if isinstance(config, Mapping) else None

@@ -1,0 +1,150 @@
+"""``tools/eval.py`` as a function: checkpoint + config -> metrics, table, ``metrics.json``, predictions.
+
+Launched with ``torchrun --nproc_per_node=N`` every process evaluates its shard (see
+:func:`ccnet.evaluation.evaluator.evaluate`); rank 0 prints and writes the merged result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ccnet import dist
+from ccnet.evaluation.evaluator import PredictionCallback, evaluate
+from ccnet.evaluation.inference import InferenceSettings
+from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_device,
+                                      resolve_model_and_dataset)
+from ccnet.evaluation.writers import PredictionWriter
+from ccnet.utils.visualize import denormalize
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cfg: Any, resolve: bool = False) -> Dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        out = OmegaConf.to_container(cfg, resolve=resolve)
+        assert isinstance(out, dict)
+        return out
+    return dict(cfg or {})
+
+
+def format_table(classes: Sequence[str], results: Mapping[str, Any]) -> str:
+    """Per-class IoU / Acc table (percent) followed by the mIoU / mAcc / aAcc summary line."""
+
+    def pct(v: float) -> str:
+        return "   nan" if math.isnan(v) else f"{100 * v:6.2f}"
+
+    width = max([len("class")] + [len(c) for c in classes])
+    lines = [f"{'class':<{width}}    IoU    Acc", "-" * (width + 15)]
+    lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}" for name, iou, acc in zip(classes, results["IoU"], results["Acc"])]
+    lines += ["-" * (width + 15),
+              f"mIoU {pct(results['mIoU']).strip()}  mAcc {pct(results['mAcc']).strip()}  "
+              f"aAcc {pct(results['aAcc']).strip()}  ({results['num_images']} images)"]
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None so that ``metrics.json`` is standard JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> Dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` as configured by ``configs/eval.yaml``.
+
+    Args:
+        cfg: the composed eval config: ``checkpoint, split, device, output_dir, model, dataset, eval``.
+        model_group: a ``model=<name>`` config group was chosen (all its keys override the checkpoint's).
+        dataset_group: a ``dataset=<name>`` config group was chosen.
+
+    Returns:
+        :func:`~ccnet.evaluation.evaluator.evaluate`'s result plus ``classes`` (names); on an
+        unlabelled split only ``num_images`` and ``classes``.
+
+    Raises:
+        ValueError: inconsistent configuration (class counts, unlabelled split without
+            ``eval.save_dir``, bad ``eval.*`` values), with the key to change.
+    """
+    device = resolve_device(str(cfg.get("device", "auto")))
+    if dist.init_distributed(device.type) and device.type == "cuda":
+        device = torch.device("cuda", dist.get_local_rank())
+    eval_cfg = _plain(cfg.get("eval"), resolve=True)
+    InferenceSettings.from_config(eval_cfg)  # reject bad eval.* values before loading anything
+
+    ckpt_path = Path(str(cfg.checkpoint)).expanduser()
+    ckpt, stored = load_checkpoint_for_eval(ckpt_path)
+    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, _plain(cfg.get("model")), _plain(cfg.get("dataset")),
+                                                       model_group, dataset_group, ckpt_path)
+    from ccnet.data import build_dataset
+
+    split = str(cfg.get("split", "val"))
+    dataset = build_dataset(dataset_cfg, split)
+    if dataset.num_classes != model_cfg["num_classes"]:
+        raise ValueError(f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but dataset "
+                         f"{dataset_cfg['name']!r} has {dataset.num_classes}; evaluate it on the dataset it was "
+                         "trained on (dataset=<name>) or a dataset config with the same classes")
+    model = load_model(model_cfg, ckpt, ckpt_path, device)
+    if eval_cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+
+    writer: Optional[PredictionWriter] = None
+    callback: Optional[PredictionCallback] = None
+    if eval_cfg.get("save_dir"):
+        writer = PredictionWriter(eval_cfg["save_dir"], eval_cfg.get("format", "color"), dataset.palette,
+                                  dataset.ignore_index, alpha=float(eval_cfg.get("alpha", 0.5)),
+                                  num_classes=dataset.num_classes)
+        needs_image = "overlay" in writer.formats
+
+        def callback(index: int, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> None:
+            picture = denormalize(image, dataset.mean, dataset.std) if needs_image else None
+            writer.write(pred.numpy(), dataset.image_paths[index], picture)
+    elif not getattr(dataset, "has_labels", True):
+        raise ValueError(f"split {split!r} of {dataset_cfg['name']!r} has no labels, so there is nothing to score; "
+                         "set eval.save_dir=DIR (and eval.format=cityscapes for a test-server submission)")
+
+    log.info("evaluating %s on %s/%s (%d images, %d process(es)), eval: %s", ckpt_path, dataset_cfg["name"],
+             split, len(dataset), dist.get_world_size(), eval_cfg)
+    results = evaluate(model, dataset, eval_cfg, device, on_prediction=callback)
+    results["classes"] = list(dataset.classes)
+    if dist.is_main_process():
+        _report(results, cfg, ckpt_path, split, dataset_cfg, eval_cfg, writer)
+    dist.barrier()  # every rank's predictions are on disk before anyone returns
+    return results
+
+
+def _report(results: Dict[str, Any], cfg: Any, ckpt_path: Path, split: str, dataset_cfg: Mapping[str, Any],
+            eval_cfg: Mapping[str, Any], writer: Optional[PredictionWriter]) -> None:
+    if writer is not None:
+        log.info("predictions (%s) written to %s", ", ".join(writer.formats), writer.save_dir)
+    if "mIoU" not in results:
+        return
+    classes: List[str] = results["classes"]
+    log.info("results on %s/%s:\n%s", dataset_cfg["name"], split, format_table(classes, results))
+    out_dir = Path(str(cfg.get("output_dir", ".")))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "checkpoint": str(ckpt_path),
+        "dataset": dataset_cfg["name"],
+        "split": split,
+        "num_images": results["num_images"],
+        "mIoU": results["mIoU"],
+        "mAcc": results["mAcc"],
+        "aAcc": results["aAcc"],
+        "per_class": {name: {"IoU": iou, "Acc": acc}
+                      for name, iou, acc in zip(classes, results["IoU"], results["Acc"])},
+        "eval": dict(eval_cfg),
+    }
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    log.info("metrics written to %s", path)

@@ -1,0 +1,141 @@
+"""Write predicted class maps to disk: colour PNGs, raw class-id PNGs, Cityscapes label ids, overlays.
+
+Formats (``eval.format`` / ``infer.formats``):
+
+- ``color``: RGB PNG, every class painted with the dataset palette (ignore/void black).
+- ``trainid``: single-channel 8-bit PNG of class indices ``0..K-1`` (what the model predicts).
+- ``cityscapes``: single-channel 8-bit PNG of Cityscapes *label ids* (``road`` = 7, …), the format of
+  the Cityscapes test server and of cityscapesScripts' ``evalPixelLevelSemanticLabeling``.
+- ``overlay``: RGB PNG, the input image blended with the colour prediction.
+
+Files mirror the input: image ``…/<folder>/<stem>.<ext>`` becomes ``<save_dir>/<folder>/<stem>.png``
+(Cityscapes: ``<city>/<city>_<seq>_<frame>_leftImg8bit.png``, the names the test server matches on).
+With several formats, each gets its own subfolder ``<save_dir>/<format>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from ccnet.utils.visualize import colorize, overlay
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("color", "trainid", "cityscapes", "overlay")
+CITYSCAPES_NUM_CLASSES = 19
+
+
+def parse_formats(formats: Union[str, Sequence[str]], key: str = "eval.format") -> Tuple[str, ...]:
+    """Normalise a format name or list of names and check each one.
+
+    Raises:
+        ValueError: an unknown or duplicated format, naming ``key``.
+    """
+    names = (formats,) if isinstance(formats, str) else tuple(str(f) for f in formats)
+    unknown = [f for f in names if f not in FORMATS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(f"{key}={list(names) if not isinstance(formats, str) else formats!r}: expected one "
+                         f"or more distinct formats from {FORMATS}, e.g. {key}=color or {key}=[color,overlay]")
+    return names
+
+
+def _cityscapes_label_ids() -> Callable[[np.ndarray], np.ndarray]:
+    from ccnet.data.cityscapes import train_ids_to_label_ids
+
+    return train_ids_to_label_ids
+
+
+class PredictionWriter:
+    """Writes one prediction in every requested format.
+
+    Args:
+        save_dir: output root.
+        formats: one name or several from :data:`FORMATS`.
+        palette: RGB colour per class (``color``, ``overlay``).
+        ignore_index: value painted black.
+        alpha: weight of the prediction in ``overlay``.
+        num_classes: classes the model predicts; ``cityscapes`` needs the 19 Cityscapes train ids.
+
+    Raises:
+        ValueError: unknown format, ``cityscapes`` for a model that does not predict the 19 Cityscapes
+            classes, or a palette with fewer colours than classes.
+    """
+
+    def __init__(self, save_dir: Union[str, Path], formats: Union[str, Sequence[str]],
+                 palette: Sequence[Sequence[int]], ignore_index: int = 255, alpha: float = 0.5,
+                 num_classes: Optional[int] = None, key: str = "eval.format") -> None:
+        self.save_dir = Path(save_dir)
+        self.formats = parse_formats(formats, key)
+        self.palette = [tuple(int(c) for c in rgb) for rgb in palette]
+        self.ignore_index = int(ignore_index)
+        self.alpha = float(alpha)
+        k = len(self.palette) if num_classes is None else int(num_classes)
+        if len(self.palette) < k:
+            raise ValueError(f"the palette has {len(self.palette)} colours for {k} classes; give one colour per class")
+        self._label_ids: Optional[Callable[[np.ndarray], np.ndarray]] = None
+        if "cityscapes" in self.formats:
+            if k != CITYSCAPES_NUM_CLASSES:
+                raise ValueError(f"{key}=cityscapes writes Cityscapes label ids from the 19 train ids, but the model "
+                                 f"predicts {k} classes; use {key}=trainid or color for other datasets")
+            self._label_ids = _cityscapes_label_ids()
+
+    def path_for(self, image_path: Union[str, Path], fmt: str) -> Path:
+        """Output file of ``fmt`` for the input ``image_path``: ``[<format>/]<folder>/<stem>.png``."""
+        image_path = Path(image_path)
+        root = self.save_dir / fmt if len(self.formats) > 1 else self.save_dir
+        return root / image_path.parent.name / f"{image_path.stem}.png"
+
+    def write(self, pred: np.ndarray, image_path: Union[str, Path],
+              image: Optional[np.ndarray] = None) -> Dict[str, Path]:
+        """Write ``pred`` in every format.
+
+        Args:
+            pred: predicted class indices.
+            image_path: the input's path (names the outputs).
+            image: the input picture, needed for ``overlay``.
+
+        Shape:
+            pred: (H, W) integer. image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            Written path per format.
+        """
+        pred = np.asarray(pred)
+        written: Dict[str, Path] = {}
+        color: Optional[np.ndarray] = None
+        for fmt in self.formats:
+            if fmt in ("color", "overlay") and color is None:
+                color = colorize(pred, self.palette, self.ignore_index)
+            if fmt == "color":
+                out = color
+            elif fmt == "trainid":
+                out = pred.astype(np.uint8)
+            elif fmt == "cityscapes":
+                assert self._label_ids is not None
+                out = np.asarray(self._label_ids(pred)).astype(np.uint8)
+            else:
+                if image is None:
+                    raise ValueError("overlay format needs the input image")
+                out = overlay(image, color, self.alpha)
+            path = self.path_for(image_path, fmt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(out).save(path)
+            written[fmt] = path
+        return written
+
+
+def check_unique_outputs(writer: PredictionWriter, image_paths: Sequence[Union[str, Path]]) -> None:
+    """Raise if two inputs map to the same output file (e.g. ``a/x.jpg`` and ``a/x.png``, or
+    ``p/a/x.png`` and ``q/a/x.png``), which would silently overwrite one prediction with another."""
+    seen: Dict[Path, Path] = {}
+    for p in image_paths:
+        out = writer.path_for(p, writer.formats[0])
+        if out in seen:
+            raise ValueError(f"inputs {seen[out]} and {p} would both be written to {out}; rename one of them "
+                             "or segment them in separate runs")
+        seen[out] = Path(p)

@@ -1,0 +1,27 @@
+"""Evaluate a CCNet checkpoint: mIoU / per-class IoU, optional prediction PNGs (configs/eval.yaml).
+
+    python tools/eval.py checkpoint=PATH [dataset=cityscapes dataset.root=DIR] [eval.mode=slide ...]
+    torchrun --nproc_per_node=N tools/eval.py checkpoint=PATH ...
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ccnet import dist
+from ccnet.evaluation.runner import run_eval
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    choices = HydraConfig.get().runtime.choices
+    try:
+        run_eval(cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None)
+    finally:
+        dist.destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
