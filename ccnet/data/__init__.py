@@ -1,0 +1,10 @@
+"""Datasets (Cityscapes, ADE20K, user folders, synthetic), their albumentations pipelines and loader seeding.
+
+``build_dataset(cfg.dataset, "train" | "val", crop_size)`` is the entry point; items are
+``(image (3, H, W) float32 normalised, label (H, W) int64 with ignore_index)``.
+"""
+
+from ccnet.data.base import DatasetError, SegmentationDataset
+from ccnet.data.build import BUILDERS, build_dataset, reseed_dataset, seed_worker
+
+__all__ = ["BUILDERS", "DatasetError", "SegmentationDataset", "build_dataset", "reseed_dataset", "seed_worker"]

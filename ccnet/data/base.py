@@ -1,0 +1,240 @@
+"""Dataset base class shared by Cityscapes, ADE20K and the folder dataset: reading, checking, transforming.
+
+Every dataset here is a list of (image path, label path) pairs plus a *raw-label lookup table*: a
+256-entry ``int16`` array that maps each value stored in a label file to its training id (0..K-1 or the
+ignore index) and marks values that must never occur with -1. One table expresses all three label
+conventions (Cityscapes labelIds -> trainIds, ADE20K ``k -> k-1`` with 0 ignored, identity for user
+folders) and lets one code path validate labels: any stored value whose entry is -1 is reported, with the
+file, instead of silently becoming a wrong class.
+
+Cheap checks (directories exist, every image has a label and vice versa) run when a dataset is built;
+per-file checks (decodable, sizes agree, label values valid) run when a sample is read, so a corrupt
+file fails loudly in the DataLoader worker that touches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DatasetError(ValueError):
+    """A file of a dataset has unusable content (corrupt, wrong size, invalid label values)."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to RGB.
+
+    PIL is used rather than ``cv2.imread`` because it raises on truncated files where OpenCV may return
+    a partially decoded picture, and a silently corrupt training sample is worse than a crash.
+
+    Args:
+        path: Image file (any format PIL reads; grey, palette and RGBA images are converted to RGB).
+
+    Returns:
+        (H, W, 3) uint8 array.
+
+    Raises:
+        DatasetError: If the file is empty or cannot be decoded; the message names the file.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DatasetError(f"Image file {path} is empty (0 bytes); re-copy or remove it from the dataset.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"Cannot decode image {path}: {exc}. The file is corrupt or not an image; "
+                           "re-copy or remove it from the dataset.") from exc
+    return np.asarray(rgb)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Decode a label file to the integer values stored in it.
+
+    Palette-mode (``P``) PNGs are read as their palette *indices* (what annotation tools store as class
+    ids), never as colours. RGB label files are rejected: a colour-coded mask needs converting first.
+
+    Args:
+        path: Label image (8- or 16-bit single channel, or palette mode).
+
+    Returns:
+        (H, W) integer array (uint8, or a wider type for 16/32-bit files).
+
+    Raises:
+        DatasetError: If the file is empty, cannot be decoded, or is not single-channel.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DatasetError(f"Label file {path} is empty (0 bytes); re-create or remove it.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            arr = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"Cannot decode label {path}: {exc}. The file is corrupt or not an image.") from exc
+    if arr.ndim != 2:
+        raise DatasetError(
+            f"Label {path} has mode {mode!r} with shape {arr.shape}; expected a single-channel image of "
+            "class indices (mode L, P or I;16). Convert colour-coded masks to index masks first.")
+    return arr
+
+
+def make_label_lut(num_classes: int, ignore_index: int) -> np.ndarray:
+    """Identity lookup table: values ``0..num_classes-1`` and ``ignore_index`` are valid, all else -1.
+
+    Returns:
+        (256,) int16 array for :class:`SegmentationDataset`'s ``label_lut``.
+    """
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:num_classes] = np.arange(num_classes, dtype=np.int16)
+    lut[ignore_index] = ignore_index
+    return lut
+
+
+def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Map stored label values through ``lut`` after checking that every value is allowed.
+
+    Args:
+        raw: (H, W) values as stored in the file.
+        lut: (256,) int16 table; -1 marks values that must not occur.
+        path: The label file, for the error message.
+        num_classes: Number of classes, for the error message.
+        ignore_index: Ignore value, for the error message.
+
+    Returns:
+        (H, W) uint8 training ids (``0..num_classes-1`` or ``ignore_index``).
+
+    Raises:
+        DatasetError: Listing the offending stored values and the file.
+    """
+    if raw.dtype != np.uint8:
+        if raw.min() < 0:
+            bad = np.unique(raw[raw < 0])
+            raise DatasetError(f"Label {path} contains negative values {bad[:20].tolist()}; "
+                               f"expected values in [0, {num_classes}) or {ignore_index} (ignore).")
+        raw = raw.astype(np.int64, copy=False)
+    present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))
+    invalid = present[(present >= 256) | (lut[np.minimum(present, 255)] < 0)]
+    if invalid.size:
+        valid = np.flatnonzero(lut >= 0)
+        raise DatasetError(
+            f"Label {path} contains invalid values {invalid[:20].tolist()}"
+            f"{' ...' if invalid.size > 20 else ''}; valid stored values are {_ranges(valid)} "
+            f"(mapped to classes [0, {num_classes}) and ignore {ignore_index}). Check num_classes / "
+            "ignore_index in the dataset config, or fix the mask.")
+    return lut[raw].astype(np.uint8)
+
+
+def _ranges(values: np.ndarray) -> str:
+    """Compact text for a sorted integer list: ``[0-18, 255]``."""
+    parts: List[str] = []
+    start = prev = int(values[0])
+    for v in [int(x) for x in values[1:]] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if v is not None:
+            start = prev = v
+    return "[" + ", ".join(parts) + "]"
+
+
+class SegmentationDataset(Dataset):
+    """Image/label pairs read from disk, checked, mapped to training ids and transformed.
+
+    Args:
+        image_paths: One image file per sample.
+        label_paths: The matching label files, or None for an unlabelled split (labels are then all
+            ``ignore_index`` and :attr:`has_labels` is False).
+        classes: Class names; index = training id.
+        palette: One RGB colour per class.
+        ignore_index: Training id of unlabelled pixels (and of padding added by the transforms).
+        label_lut: (256,) int16 table from stored label values to training ids (-1 = invalid value).
+        transform: Albumentations pipeline called as ``transform(image=..., mask=...)`` returning a
+            (3, H, W) float tensor ``"image"`` and an (H, W) tensor ``"mask"``.
+        mean: Normalisation mean (0..1 scale) the transform uses, for de-normalising.
+        std: Normalisation std (0..1 scale).
+
+    Items are ``(image, label)``.
+
+    Shape:
+        image: (3, H, W) float32, ``(x / 255 - mean) / std``. label: (H, W) int64.
+    """
+
+    def __init__(self, image_paths: Sequence[Path], label_paths: Optional[Sequence[Path]],
+                 classes: Sequence[str], palette: Sequence[Sequence[int]], ignore_index: int,
+                 label_lut: np.ndarray, transform: Callable[..., Dict[str, torch.Tensor]],
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        assert label_paths is None or len(label_paths) == len(image_paths)
+        assert label_lut.shape == (256,)
+        self.image_paths: List[Path] = [Path(p) for p in image_paths]
+        self.label_paths: Optional[List[Path]] = None if label_paths is None else [Path(p) for p in label_paths]
+        self.classes: List[str] = list(classes)
+        self.palette: List[Tuple[int, int, int]] = [tuple(int(c) for c in rgb) for rgb in palette]
+        self.ignore_index = int(ignore_index)
+        self.label_lut = label_lut
+        self.transform = transform
+        self.mean: Tuple[float, ...] = tuple(float(m) for m in mean)
+        self.std: Tuple[float, ...] = tuple(float(s) for s in std)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.label_paths is not None
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Read, check and map one sample without transforming it.
+
+        Returns:
+            (H, W, 3) uint8 RGB image and (H, W) uint8 training-id label.
+        """
+        image_path = self.image_paths[index]
+        image = read_image(image_path)
+        if self.label_paths is None:
+            return image, np.full(image.shape[:2], self.ignore_index, dtype=np.uint8)
+        label_path = self.label_paths[index]
+        raw = read_label(label_path)
+        if raw.shape != image.shape[:2]:
+            raise DatasetError(
+                f"Size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but label "
+                f"{label_path} is {raw.shape[1]}x{raw.shape[0]} (WxH); a label must have its image's size.")
+        return image, map_label(raw, self.label_lut, label_path, self.num_classes, self.ignore_index)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.load(index)
+        out = self.transform(image=image, mask=label)
+        return out["image"], out["mask"].long()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation random streams from ``seed`` (see :func:`ccnet.data.seed_worker`)."""
+        set_transform_seed(self.transform, seed)
+
+
+def set_transform_seed(transform: object, seed: int) -> None:
+    """Give an albumentations Compose one numpy and one Python random stream seeded from ``seed``.
+
+    ``Compose(seed=...)`` seeds every child transform with the *same* seed, so e.g. the flip and the
+    brightness change would draw identical first numbers; sharing one stream avoids that correlation.
+    """
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -1,0 +1,81 @@
+"""``build_dataset`` (the one entry point used by training, evaluation and tools) and DataLoader seeding."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+if TYPE_CHECKING:  # albumentations is only imported by the datasets that augment
+    from ccnet.data.transforms import SizeLike
+
+# name -> "module:function"; imported on first use so that a dataset module (and its dependencies) is only
+# loaded when that dataset is asked for.
+BUILDERS = {
+    "cityscapes": "ccnet.data.cityscapes:build_cityscapes",
+    "ade20k": "ccnet.data.ade20k:build_ade20k",
+    "folder": "ccnet.data.folder:build_folder",
+    "synthetic": "ccnet.data.synthetic:build_synthetic",
+}
+
+
+def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[SizeLike] = None) -> Dataset:
+    """Build the dataset named by ``dataset_cfg.name`` for one split.
+
+    Args:
+        dataset_cfg: The ``dataset`` config node (``configs/dataset/<name>.yaml``).
+        split: ``"train"`` (training augmentation), ``"val"``, ``"test"`` (resolved through
+            ``train_split`` / ``val_split`` / ``test_split``) or a split name used as is.
+        crop_size: Training crop (int or [h, w]); None takes ``dataset_cfg.crop_size``. Ignored for
+            non-training splits, which are returned at full resolution.
+
+    Returns:
+        A dataset yielding ``(image, label)`` with attributes ``classes, palette, ignore_index,
+        num_classes, image_paths, has_labels, mean, std``.
+
+    Shape:
+        image: (3, H, W) float32 normalised. label: (H, W) int64.
+    """
+    name = dataset_cfg.get("name")
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))} "
+                         "(configs/dataset/<name>.yaml)")
+    module_name, function_name = BUILDERS[name].split(":")
+    builder: Callable[..., Dataset] = getattr(importlib.import_module(module_name), function_name)
+    return builder(dataset_cfg, split, crop_size=crop_size)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=seed_worker)``: make augmentation a function of the loader's seed.
+
+    PyTorch gives worker ``i`` the seed ``base_seed + i``, with ``base_seed`` drawn from the loader's
+    ``generator`` (or the global torch RNG) at each epoch. This seeds Python's ``random`` and NumPy's
+    global state from it and restarts the albumentations random streams of the worker's copy of the
+    dataset (albumentations ignores the global seeds). Same ``generator`` seed -> identical batches;
+    different workers -> different augmentations.
+
+    Args:
+        worker_id: Index of the worker (unused: ``torch.initial_seed()`` already includes it).
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = get_worker_info()
+    if info is not None:
+        reseed_dataset(info.dataset, seed)
+
+
+def reseed_dataset(dataset: Dataset, seed: int) -> None:
+    """Call ``reseed(seed)`` on ``dataset`` and on datasets it wraps (``Subset``, ``ConcatDataset``)."""
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
+    inner = getattr(dataset, "dataset", None)
+    if isinstance(inner, Dataset):
+        reseed_dataset(inner, seed)
+    for i, child in enumerate(getattr(dataset, "datasets", ()) or ()):
+        # Distinct streams per member so that two members never repeat each other's augmentation.
+        reseed_dataset(child, (seed + 7919 * (i + 1)) % 2**32)

@@ -1,0 +1,106 @@
+"""Reading the ``configs/dataset/*.yaml`` keys shared by every dataset: splits, labels and the pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+import torch
+
+from ccnet.data.transforms import SizeLike, build_train_transform, build_val_transform
+from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
+
+SPLIT_ROLES = ("train", "val", "test")
+
+
+def resolve_split(dataset_cfg: Mapping[str, Any], split: str) -> Tuple[str, bool]:
+    """Turn a requested split into the on-disk split name and whether it gets training augmentation.
+
+    ``"train"``, ``"val"`` and ``"test"`` are roles resolved through ``train_split`` / ``val_split`` /
+    ``test_split`` of the config (ADE20K calls them ``training`` / ``validation``); any other string is
+    taken as a split name as is. Only the configured training split is augmented.
+
+    Returns:
+        (split name on disk, is_train).
+    """
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a non-empty string such as 'train' or 'val', got {split!r}")
+    name = split
+    if split in SPLIT_ROLES and dataset_cfg.get(f"{split}_split"):
+        name = str(dataset_cfg[f"{split}_split"])
+    return name, name == str(dataset_cfg.get("train_split", "train"))
+
+
+def root_from_cfg(dataset_cfg: Mapping[str, Any], layout: str) -> Path:
+    """``dataset.root`` as a Path (``~`` expanded).
+
+    Raises:
+        ValueError: If it is unset, with the expected layout and how to set it.
+    """
+    root = dataset_cfg.get("root")
+    if root is None or str(root).strip() == "":
+        raise ValueError(f"dataset.root is not set; pass dataset.root=/path/to/data on the command line. {layout}")
+    return Path(str(root)).expanduser()
+
+
+def check_label_spec(num_classes: Any, ignore_index: Any, where: str) -> Tuple[int, int]:
+    """Validate ``num_classes`` and ``ignore_index`` (label files hold 8-bit class indices).
+
+    Raises:
+        ValueError: Naming ``where`` (the dataset) and the values received.
+    """
+    try:
+        k, ignore = int(num_classes), int(ignore_index)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: num_classes and ignore_index must be integers, got "
+                         f"{num_classes!r} and {ignore_index!r}") from None
+    if not 1 <= k <= 255:
+        raise ValueError(f"{where}: num_classes must be in [1, 255] (8-bit label maps), got {k}")
+    if not k <= ignore <= 255:
+        raise ValueError(f"{where}: ignore_index must be in [num_classes, 255] = [{k}, 255] so it cannot be "
+                         f"a class, got {ignore}")
+    return k, ignore
+
+
+def mean_std(dataset_cfg: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """``(mean, std)`` of the config on the 0..1 scale, ImageNet's when unset."""
+    mean = tuple(float(v) for v in (dataset_cfg.get("mean") or IMAGENET_MEAN))
+    std = tuple(float(v) for v in (dataset_cfg.get("std") or IMAGENET_STD))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"dataset.mean and dataset.std need 3 values (RGB) with std > 0, got {mean} and {std}")
+    return mean, std
+
+
+def transform_from_cfg(dataset_cfg: Mapping[str, Any], is_train: bool, crop_size: Optional[SizeLike] = None):
+    """Build the train or val albumentations pipeline from a dataset config.
+
+    Keys used: ``crop_size, base_size, ratio_range, cat_max_ratio, flip_prob, photometric, mean, std,
+    ignore_index`` (train) and ``val_base_size, mean, std`` (val).
+
+    The training pipeline's random streams start from ``torch.initial_seed()``, so ``torch.manual_seed``
+    before building the dataset fixes the augmentation in the main process; DataLoader workers are
+    re-seeded by :func:`ccnet.data.seed_worker`.
+
+    Args:
+        dataset_cfg: The ``dataset`` config node.
+        is_train: Training (augmenting) or validation pipeline.
+        crop_size: Overrides ``dataset_cfg.crop_size`` (int or [h, w]).
+    """
+    mean, std = mean_std(dataset_cfg)
+    if not is_train:
+        return build_val_transform(dataset_cfg.get("val_base_size"), mean, std)
+    crop = crop_size if crop_size is not None else dataset_cfg.get("crop_size")
+    if crop is None:
+        raise ValueError("No crop size for the training pipeline: set dataset.crop_size or pass crop_size")
+    return build_train_transform(
+        crop_size=crop,
+        base_size=dataset_cfg.get("base_size"),
+        ratio_range=tuple(dataset_cfg.get("ratio_range", (0.5, 2.0))),
+        cat_max_ratio=float(dataset_cfg.get("cat_max_ratio", 1.0)),
+        flip_prob=float(dataset_cfg.get("flip_prob", 0.5)),
+        photometric=dataset_cfg.get("photometric"),
+        mean=mean,
+        std=std,
+        ignore_index=int(dataset_cfg.get("ignore_index", 255)),
+        seed=torch.initial_seed() % 2**32,
+    )
