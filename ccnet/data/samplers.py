@@ -1,0 +1,131 @@
+"""An infinite, distributed, resumable training sampler for iteration-based training.
+
+The sampler walks one global stream of indices: the concatenation of per-epoch permutations of the
+dataset, each permutation drawn from ``(seed, epoch)`` alone. Rank ``r`` of ``W`` takes the stream
+positions ``r, r + W, r + 2W, ...`` (interleaved sharding, as ``DistributedSampler`` does within an
+epoch). Two consequences the trainer relies on:
+
+- The ``W * b`` samples that all ranks use in one step (per-process batch ``b``) are a contiguous
+  block of the stream, so a run on ``W`` processes with batch ``b`` sees the same samples per step as
+  one process with batch ``W * b``.
+- The position in the stream is one number shared by every rank (samples consumed by all ranks), so
+  the state ``(epoch, position)`` saved in a checkpoint lets a resumed run continue with exactly the
+  samples an uninterrupted run would have drawn next. Nothing is padded or dropped at epoch ends.
+
+With ``yield_seeds=True`` the sampler yields ``(index, seed)`` pairs, the seed a function of
+``(seed, stream position)``, and :class:`SeededDataset` restarts the dataset's augmentation streams
+from it before loading the sample. Each sample's augmentation then depends on its place in the
+stream only — not on the number of DataLoader workers, the world size, or whether the run was
+interrupted — which makes resumed and multi-process runs reproduce single uninterrupted runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ccnet.data.build import reseed_dataset
+
+
+class InfiniteSampler(Sampler[int]):
+    """Yield dataset indices forever; see the module docstring for the order.
+
+    Args:
+        dataset_size: number of samples in the dataset (> 0).
+        rank: this process's rank.
+        world_size: number of processes sharing the stream.
+        seed: seed of the per-epoch permutations; must be equal on every rank.
+        shuffle: permute each epoch (False: 0, 1, 2, ... every epoch).
+        start: global stream position to start from (samples already consumed by all ranks).
+        yield_seeds: yield ``(index, sample_seed)`` pairs for :class:`SeededDataset`.
+    """
+
+    def __init__(self, dataset_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, start: int = 0, yield_seeds: bool = False) -> None:
+        if dataset_size <= 0:
+            raise ValueError(f"InfiniteSampler needs a non-empty dataset, got {dataset_size} samples")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        self.dataset_size = dataset_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.start = start
+        self.yield_seeds = yield_seeds
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The order of epoch ``epoch``: a function of ``(seed, epoch)`` only."""
+        if not self.shuffle:
+            return torch.arange(self.dataset_size)
+        g = torch.Generator()
+        # Large odd multiplier keeps (seed, epoch) pairs from colliding for small seeds and epochs.
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.dataset_size, generator=g)
+
+    def sample_seed(self, position: int) -> int:
+        """Augmentation seed of the sample at global stream ``position`` (well mixed, 32 bits)."""
+        return int(np.random.SeedSequence([self.seed, position]).generate_state(1)[0])
+
+    def __iter__(self) -> Iterator[Union[int, Tuple[int, int]]]:
+        pos = self.start + self.rank
+        epoch, perm = -1, None
+        while True:
+            e, i = divmod(pos, self.dataset_size)
+            if e != epoch:
+                epoch, perm = e, self.permutation(e)
+            yield (int(perm[i]), self.sample_seed(pos)) if self.yield_seeds else int(perm[i])
+            pos += self.world_size
+
+    def __len__(self) -> int:
+        # The stream is infinite; a DataLoader only asks for a length when it needs one for
+        # progress, and one epoch of this rank's share is the meaningful answer.
+        return -(-self.dataset_size // self.world_size)
+
+    def state_at(self, consumed: int) -> Dict[str, int]:
+        """The resumable state after ``consumed`` samples of the global stream (all ranks together).
+
+        Returns:
+            ``{"epoch", "position", "seed", "dataset_size"}``; ``position`` is within the epoch.
+        """
+        epoch, position = divmod(self.start + consumed, self.dataset_size)
+        return {"epoch": epoch, "position": position, "seed": self.seed, "dataset_size": self.dataset_size}
+
+    @staticmethod
+    def start_from_state(state: Dict[str, int], dataset_size: int, seed: int) -> int:
+        """The global start position stored in ``state`` (see :meth:`state_at`).
+
+        Raises:
+            ValueError: the checkpoint was written for another dataset size or seed, so the stream
+                would not continue where it stopped.
+        """
+        if int(state["dataset_size"]) != dataset_size or int(state["seed"]) != seed:
+            raise ValueError(
+                f"cannot resume the sample order: the checkpoint's sampler used dataset_size="
+                f"{state['dataset_size']}, seed={state['seed']}, this run has dataset_size={dataset_size}, "
+                f"seed={seed}. Resume with the same dataset and train.seed, or start a new run with "
+                "load_from=PATH (weights only)."
+            )
+        return int(state["epoch"]) * dataset_size + int(state["position"])
+
+
+class SeededDataset(Dataset):
+    """Wrap a dataset so that items are requested as ``(index, seed)`` (from
+    ``InfiniteSampler(yield_seeds=True)``): the wrapped dataset's augmentation random streams are
+    restarted from ``seed`` (:func:`ccnet.data.reseed_dataset`) before ``dataset[index]`` is read.
+    Datasets without augmentation (no ``reseed``) are read unchanged.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Any:
+        index, seed = item
+        reseed_dataset(self.dataset, seed)
+        return self.dataset[index]
