@@ -55,7 +55,10 @@ def criss_cross_attention_weights(q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]
     energy_h = torch.einsum("bchw,bciw->bhwi", q, k).to(acc_dtype)
     # (B, H, W, W): energy_w[b, h, w, j] = <q[b, :, h, w], k[b, :, h, j]>
     energy_w = torch.einsum("bchw,bchj->bhwj", q, k).to(acc_dtype)
-    diagonal = torch.eye(height, dtype=torch.bool, device=q.device).unsqueeze(1)  # (H, 1, H) over (h, w, i)
+    # An index comparison rather than a boolean torch.eye: ONNX Runtime has no EyeLike kernel for bool,
+    # and Range + Equal keeps H dynamic in an exported graph.
+    idx = torch.arange(height, device=q.device)
+    diagonal = (idx[:, None] == idx[None, :]).unsqueeze(1)  # (H, 1, H) over (h, w, i)
     energy_h = energy_h.masked_fill(diagonal, float("-inf"))
     attn = torch.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1)  # (B, H, W, H+W)
     return attn[..., :height], attn[..., height:]
