@@ -1,0 +1,72 @@
+"""Write what the network sees: dataset samples, after their transforms, as ``image | colourised label`` PNGs.
+
+Used by ``tools/browse_dataset.py`` (configs/browse.yaml). Training splits show the augmentation (rescale,
+crop, flip, photometric distortion, padding); ignored pixels are black in the label panel.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ccnet.data.build import build_dataset
+from ccnet.utils.visualize import colorize, denormalize
+
+log = logging.getLogger(__name__)
+
+
+def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset) -> np.ndarray:
+    """Side-by-side picture of one item: de-normalised image left, label in the dataset's palette right.
+
+    Shape:
+        image: (3, H, W) normalised float. label: (H, W) int. Returns (H, 2 * W, 3) uint8.
+    """
+    rgb = denormalize(image, dataset.mean, dataset.std)
+    colour = colorize(label.numpy(), dataset.palette, dataset.ignore_index)
+    return np.concatenate([rgb, colour], axis=1)
+
+
+def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int = 0) -> List[Path]:
+    """Render ``num_samples`` items (a seeded random order, cycling when the dataset is smaller) to PNGs.
+
+    Args:
+        dataset: Any dataset of this package (items ``(image, label)``; ``mean, std, palette,
+            ignore_index, image_paths`` attributes).
+        out_dir: Output folder (created).
+        num_samples: Number of PNGs; an image drawn twice is augmented twice.
+        seed: Seed of the sample order.
+
+    Returns:
+        The written files, ``<k>_<image stem>.png``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    written = []
+    for k in range(num_samples):
+        index = int(order[k % len(order)])
+        image, label = dataset[index]
+        path = out_dir / f"{k:03d}_{Path(dataset.image_paths[index]).stem}.png"
+        Image.fromarray(render_sample(image, label, dataset)).save(path)
+        written.append(path)
+    log.info("Wrote %d samples (image | label) to %s", len(written), out_dir)
+    return written
+
+
+def browse(cfg: Mapping[str, Any]) -> List[Path]:
+    """Build ``cfg.dataset`` for ``cfg.split`` and write ``cfg.num_samples`` PNGs to ``cfg.out_dir``.
+
+    ``cfg.seed`` seeds torch before the dataset is built, which fixes the augmentation (see
+    :func:`ccnet.data.config.transform_from_cfg`) as well as the sample order.
+    """
+    torch.manual_seed(int(cfg["seed"]))
+    dataset = build_dataset(cfg["dataset"], str(cfg["split"]), crop_size=cfg.get("crop_size"))
+    return write_samples(dataset, Path(str(cfg["out_dir"])), int(cfg["num_samples"]), int(cfg["seed"]))

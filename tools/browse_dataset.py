@@ -1,0 +1,21 @@
+"""Write N dataset samples, as the network sees them, as "image | colourised label" PNGs (configs/browse.yaml).
+
+    python tools/browse_dataset.py dataset=folder dataset.root=DIR num_samples=8 out_dir=browse
+    python tools/browse_dataset.py dataset=cityscapes dataset.root=data/cityscapes split=val
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ccnet.data.browse import browse
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="browse")
+def main(cfg: DictConfig) -> None:
+    browse(cfg)
+
+
+if __name__ == "__main__":
+    main()
