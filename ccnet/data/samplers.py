@@ -86,7 +86,8 @@ class InfiniteSampler(Sampler[int]):
         return -(-self.dataset_size // self.world_size)
 
     def state_at(self, consumed: int) -> Dict[str, int]:
-        """The resumable state after ``consumed`` samples of the global stream (all ranks together).
+        """The resumable state after this sampler's ranks together consumed ``consumed`` samples from
+        its ``start``.
 
         Returns:
             ``{"epoch", "position", "seed", "dataset_size"}``; ``position`` is within the epoch.

@@ -89,3 +89,9 @@ def test_sample_seeds_depend_on_stream_position_only():
     assert rank1 == pairs[1::2]  # same (index, seed) at the same global position
     dataset = SeededDataset(_Recording())
     assert [dataset[p] for p in pairs[:3]] == pairs[:3]
+
+
+def test_state_of_a_resumed_sampler_counts_from_its_start():
+    n = 9
+    resumed = InfiniteSampler(n, seed=5, start=8)
+    assert resumed.state_at(16) == InfiniteSampler(n, seed=5).state_at(24)

@@ -1,0 +1,135 @@
+"""The trainer's checkpoint files: ``work_dir/checkpoints/iter_<n>.pth``, ``last.pth`` and ``best.pth``,
+the last K periodic ones kept; which file ``resume`` means; weight initialisation for ``load_from``.
+
+Every file is written with :func:`ccnet.engine.checkpoint.save_checkpoint` (temp file + fsync +
+rename): a crash while saving leaves the previous files intact and loadable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ccnet.engine.checkpoint import CheckpointError, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+_ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
+
+
+def resolve_resume(resume: Union[bool, str, None], work_dir: Path) -> Optional[Path]:
+    """The checkpoint a ``resume`` setting refers to.
+
+    Args:
+        resume: ``false``/``null`` (new run), ``true`` (``work_dir/checkpoints/last.pth``) or a path.
+        work_dir: the run directory.
+
+    Raises:
+        CheckpointError: the checkpoint does not exist (message says where it looked and what to do).
+    """
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        path = Path(work_dir) / "checkpoints" / "last.pth"
+        if not path.is_file():
+            raise CheckpointError(
+                f"resume=true but there is no checkpoint to resume: {path} does not exist. Pass the "
+                "work_dir of the run to continue (work_dir=...), resume=PATH for a specific file, or drop "
+                "resume to start a new run")
+        return path
+    path = Path(str(resume))
+    if not path.is_file():
+        raise CheckpointError(f"resume={resume}: no such checkpoint file; expected a .pth written by the "
+                              "trainer, e.g. WORK_DIR/checkpoints/last.pth")
+    return path
+
+
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, os.PathLike]) -> None:
+    """Initialise ``model`` from ``state`` for fine-tuning (``load_from``): tensors whose name and shape
+    match are copied; the rest (e.g. a classifier for another class count) keep their initial values
+    and are listed in a warning.
+
+    Raises:
+        CheckpointError: no tensor of the checkpoint fits the model.
+    """
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise CheckpointError(f"load_from={path}: none of its {len(state)} tensors matches the model "
+                              f"(first keys: {sorted(state)[:5]}); is it a checkpoint of another architecture?")
+    model.load_state_dict(matched, strict=False)
+    skipped = sorted(set(state) - set(matched))
+    missing = sorted(set(own) - set(matched))
+    log.info("load_from=%s: initialised %d of %d tensors", path, len(matched), len(own))
+    if skipped or missing:
+        log.warning("load_from=%s: %d checkpoint tensors unused (name or shape differs, e.g. %s); %d model "
+                    "tensors keep their initialisation (e.g. %s)", path, len(skipped), skipped[:3],
+                    len(missing), missing[:3])
+
+
+class CheckpointManager:
+    """Writes periodic, last and best checkpoints into one directory (rank 0 only).
+
+    Args:
+        directory: ``work_dir/checkpoints``.
+        keep: number of ``iter_<n>.pth`` files kept (oldest deleted first); 0 keeps all.
+        enabled: False on ranks other than 0, where every call is a no-op.
+    """
+
+    def __init__(self, directory: Path, keep: int = 3, enabled: bool = True) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.enabled = enabled
+
+    @property
+    def last(self) -> Path:
+        return self.directory / "last.pth"
+
+    @property
+    def best(self) -> Path:
+        return self.directory / "best.pth"
+
+    def periodic(self) -> List[Path]:
+        """Existing ``iter_<n>.pth`` files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _ITER_FILE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def save(self, state: Dict[str, Any], iteration: int) -> None:
+        """Write ``iter_<iteration>.pth`` and ``last.pth``, then delete periodic files beyond ``keep``."""
+        if not self.enabled:
+            return
+        path = save_checkpoint(state, self.directory / f"iter_{iteration}.pth")
+        _replace_with_link(path, self.last, state)
+        if self.keep > 0:
+            for old in self.periodic()[:-self.keep]:
+                old.unlink()
+        log.info("saved checkpoint %s", path)
+
+    def save_best(self, state: Dict[str, Any]) -> None:
+        """Write ``best.pth`` (weights, config, iteration and ``best_miou``)."""
+        if self.enabled:
+            save_checkpoint(state, self.best)
+            log.info("new best mIoU %.4f at iteration %d: %s", state["best_miou"], state["iteration"], self.best)
+
+
+def _replace_with_link(source: Path, target: Path, state: Dict[str, Any]) -> None:
+    """Make ``target`` a hard link to ``source`` atomically (no second copy of a large file); on file
+    systems without hard links, write ``state`` to ``target`` instead."""
+    tmp = target.with_name(f".{target.name}.link")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if tmp.exists():
+            tmp.unlink()
+        save_checkpoint(state, target)

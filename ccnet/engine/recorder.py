@@ -1,0 +1,87 @@
+"""Where training metrics go: TensorBoard (``work_dir/tb``) and ``work_dir/metrics.jsonl``.
+
+One object, used on rank 0 only, so every number is written from one place. ``metrics.jsonl`` holds
+one JSON object per validation::
+
+    {"iteration": 2000, "val/mIoU": 0.71, "val/mAcc": 0.80, "val/aAcc": 0.95,
+     "val/IoU/road": 0.97, ..., "train_time_s": 812.4}
+
+Metric values are fractions in [0, 1]; a class absent from both ground truth and predictions has
+IoU ``null`` (NaN in the metric, which JSON cannot represent). ``train_time_s`` is the wall time
+spent in training steps so far (validation excluded), carried across resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+
+def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: Sequence[str],
+                      train_time_s: float) -> Dict[str, Any]:
+    """The ``metrics.jsonl`` line for one validation (see the module docstring).
+
+    Args:
+        iteration: optimisation steps done.
+        metrics: ``SegMetric.compute()`` output: ``mIoU``, ``mAcc``, ``aAcc`` and per-class ``IoU``.
+        class_names: names for the per-class entries.
+        train_time_s: training wall time so far.
+    """
+    def clean(v: float) -> Optional[float]:
+        v = float(v)
+        return None if math.isnan(v) else v
+
+    record: Dict[str, Any] = {"iteration": int(iteration)}
+    for key in ("mIoU", "mAcc", "aAcc"):
+        record[f"val/{key}"] = clean(metrics[key])
+    for name, iou in zip(class_names, metrics["IoU"]):
+        record[f"val/IoU/{name}"] = clean(iou)
+    record["train_time_s"] = round(float(train_time_s), 3)
+    return record
+
+
+class Recorder:
+    """TensorBoard scalars and images plus the validation log ``metrics.jsonl``.
+
+    Args:
+        work_dir: run directory; ``tb/`` and ``metrics.jsonl`` are created in it.
+        start_iteration: 0 for a new run (``metrics.jsonl`` is started afresh); for a resumed run the
+            iteration it resumes from: later records of the interrupted run are dropped from
+            ``metrics.jsonl`` and TensorBoard, since the resumed run writes them again.
+    """
+
+    def __init__(self, work_dir: Path, start_iteration: int = 0) -> None:
+        self.metrics_path = Path(work_dir) / "metrics.jsonl"
+        self.tb_dir = Path(work_dir) / "tb"
+        kept = []
+        if start_iteration > 0 and self.metrics_path.is_file():
+            for line in self.metrics_path.read_text().splitlines():
+                if line.strip() and json.loads(line)["iteration"] <= start_iteration:
+                    kept.append(line)
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_iteration + 1 if start_iteration else None)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Log ``{tag: value}`` to TensorBoard at ``step``."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Log an (H, W, 3) uint8 image."""
+        self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def validation(self, record: Mapping[str, Any]) -> None:
+        """Append a :func:`validation_record` to ``metrics.jsonl`` and its numbers to TensorBoard."""
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = int(record["iteration"])
+        self.scalars({k: v for k, v in record.items() if k.startswith("val/") and v is not None}, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

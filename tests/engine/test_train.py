@@ -1,0 +1,125 @@
+"""train(cfg) end to end on tiny synthetic runs: it learns, writes its files, handles non-finite losses
+and reports bad input clearly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import ccnet.engine.trainer as trainer
+from ccnet.data import build_dataset
+from ccnet.engine import NonFiniteLossError, train
+from ccnet.engine.checkpoint import CheckpointError, load_checkpoint
+
+
+def majority_class_miou(cfg) -> float:
+    """mIoU of predicting the most frequent class everywhere: IoU = its pixel share for that class,
+    0 for every other class present (hand-computed, independent of the metric code)."""
+    val = build_dataset(cfg.dataset, "val")
+    labels = np.stack([val[i][1].numpy() for i in range(len(val))])
+    counts = np.bincount(labels.ravel(), minlength=cfg.dataset.num_classes)
+    return counts.max() / counts.sum() / np.count_nonzero(counts)
+
+
+def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
+    cfg = tiny_cfg("train.max_iters=40", "train.lr=0.05", "train.eval_interval=20", "train.checkpoint_interval=20",
+                   "train.keep_checkpoints=1")
+    with caplog.at_level(logging.INFO, logger="ccnet"):
+        result = train(cfg)
+
+    losses = [float(m) for m in re.findall(r"iter \d+/40  loss ([0-9.]+)", caplog.text)]
+    assert len(losses) == 8
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
+    assert result["val/mIoU"] > majority_class_miou(cfg) + 0.05
+
+    work = cfg.work_dir
+    records = [json.loads(line) for line in open(f"{work}/metrics.jsonl")]
+    assert [r["iteration"] for r in records] == [20, 40]
+    assert records[-1]["val/mIoU"] == pytest.approx(result["val/mIoU"])
+    assert {f"val/IoU/{c}" for c in ("background", "red", "green", "blue", "yellow")} <= set(records[-1])
+    assert records[0]["train_time_s"] < records[1]["train_time_s"]
+
+    ckpt_files = sorted(p.name for p in (Path(work) / "checkpoints").iterdir())
+    assert ckpt_files == ["best.pth", "iter_40.pth", "last.pth"]  # keep_checkpoints=1 deleted iter_20
+    last = load_checkpoint(f"{work}/checkpoints/last.pth")
+    assert last["iteration"] == 40 and last["sampler"] == {"epoch": 0, "position": 160, "seed": 0,
+                                                           "dataset_size": 512}
+    assert last["config"]["train"]["max_iters"] == 40
+    best = load_checkpoint(f"{work}/checkpoints/best.pth")
+    assert best["best_miou"] == pytest.approx(max(r["val/mIoU"] for r in records))
+    assert OmegaConf.load(f"{work}/config.yaml").train.lr == 0.05
+    assert "val @ 40: mIoU" in open(f"{work}/train.log").read()
+    assert any(p.name.startswith("events.out.tfevents") for p in (Path(work) / "tb").iterdir())
+
+
+class NaNAt:
+    """Wrap a criterion so that the given calls (1-based) return a NaN loss."""
+
+    def __init__(self, criterion, calls):
+        self.criterion, self.calls, self.count = criterion, set(calls), 0
+
+    def to(self, device):
+        self.criterion.to(device)
+        return self
+
+    def __call__(self, outputs, target):
+        self.count += 1
+        losses = self.criterion(outputs, target)
+        if self.count in self.calls:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+
+def test_nonfinite_loss_stops_naming_the_iteration(tiny_cfg, monkeypatch):
+    build = trainer.build_criterion
+    monkeypatch.setattr(trainer, "build_criterion", lambda *a, **k: NaNAt(build(*a, **k), {5}))
+    cfg = tiny_cfg("train.max_iters=8", "train.checkpoint_interval=4", "train.eval_interval=0")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at iteration 5.*last\.pth"):
+        train(cfg)
+    last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")  # the last good checkpoint is intact
+    assert last["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_skipped_and_counted(tiny_cfg, monkeypatch, caplog):
+    build = trainer.build_criterion
+    monkeypatch.setattr(trainer, "build_criterion", lambda *a, **k: NaNAt(build(*a, **k), {2, 3}))
+    cfg = tiny_cfg("train.max_iters=5", "train.skip_nonfinite=true", "train.eval_interval=0")
+    with caplog.at_level(logging.WARNING, logger="ccnet"):
+        result = train(cfg)
+    assert result["skipped_nonfinite"] == 2
+    assert "non-finite loss at iteration 3: step skipped (2 so far)" in caplog.text
+    last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")
+    assert last["iteration"] == 5
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_missing_dataset_root_fails_before_the_model_is_built(tiny_cfg, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the dataset was checked")
+
+    monkeypatch.setattr(trainer, "build_model", no_model)
+    cfg = tiny_cfg("dataset=cityscapes", f"dataset.root={tmp_path}/nowhere", synthetic=False)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(cfg)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_cfg):
+    with pytest.raises(CheckpointError, match="resume=true but there is no checkpoint to resume.*last.pth"):
+        train(tiny_cfg("resume=true"))
+
+
+def test_corrupt_checkpoint_error_names_the_file(tiny_cfg, tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.pth"):
+        train(tiny_cfg(f"resume={bad}"))
+    with pytest.raises(CheckpointError, match="broken.pth"):
+        train(tiny_cfg(f"load_from={bad}"))
