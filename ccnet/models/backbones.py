@@ -32,8 +32,10 @@ class ResNetBackbone(nn.Module):
     Args:
         depth: 50, 101 or 152.
         norm_layer: normalisation constructor taking the channel count.
-        deep_stem: three 3×3 convs (64-64-128, stride 2 first) instead of one 7×7 conv, as in the
-            official CCNet release; its modules are named conv1/bn1, conv2/bn2, conv3/bn3.
+        deep_stem: three 3×3 convs (stride 2 first) instead of one 7×7 conv, as in the official
+            CCNet release; its modules are named conv1/bn1, conv2/bn2, conv3/bn3.
+        stem_channels: output channels of the deep stem; its first two convs have half as many.
+            128 gives the official release's 64-64-128, 64 mmsegmentation's ResNetV1c 32-32-64.
         ceil_mode: ``ceil_mode`` of the stem's max-pool (official release: True).
         contract_dilation: True gives torchvision's/mmsegmentation's layout where the first block
             of a dilated stage uses half the stage's dilation (1 in layer3, 2 in layer4); False dilates
@@ -46,19 +48,20 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, depth: int = 101, norm_layer: NormLayer = nn.BatchNorm2d, deep_stem: bool = False,
                  ceil_mode: bool = False, contract_dilation: bool = True,
-                 multi_grid: Sequence[int] = (1,)) -> None:
+                 multi_grid: Sequence[int] = (1,), stem_channels: int = 128) -> None:
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"unsupported ResNet depth {depth}: expected one of {sorted(RESNET_LAYERS)}")
         self.deep_stem = deep_stem
         if deep_stem:
-            self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
-            self.bn1 = norm_layer(64)
-            self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-            self.bn2 = norm_layer(64)
-            self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
-            self.bn3 = norm_layer(128)
-            inplanes = 128
+            mid = stem_channels // 2
+            self.conv1 = nn.Conv2d(3, mid, 3, stride=2, padding=1, bias=False)
+            self.bn1 = norm_layer(mid)
+            self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
+            self.bn2 = norm_layer(mid)
+            self.conv3 = nn.Conv2d(mid, stem_channels, 3, padding=1, bias=False)
+            self.bn3 = norm_layer(stem_channels)
+            inplanes = stem_channels
         else:
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
             self.bn1 = norm_layer(64)

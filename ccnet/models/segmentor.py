@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 CONTEXTS = ("rcca", "nonlocal", "none")
 NORMS = ("bn", "syncbn", "frozen_bn")
-BACKBONES = ("resnet50", "resnet101", "resnet101_official", "tiny")
+BACKBONES = ("resnet50", "resnet101", "resnet101_official", "resnet50_v1c", "resnet101_v1c", "tiny")
 
 
 class CCNet(nn.Module):
@@ -26,7 +26,9 @@ class CCNet(nn.Module):
 
     ``forward`` returns a dict of logits upsampled to the input size: ``"out"`` always, ``"aux"``
     in training mode when an auxiliary head exists. With ``return_features=True`` it also returns
-    ``"features"``, the head's fused features before the classifier (at feature resolution).
+    ``"features"``, the head's fused features before the classifier (at feature resolution). With a
+    ``ccl_proj`` it returns ``"ccl_features"`` in training mode: those features projected by it, the
+    input of the category-consistent loss (:mod:`ccnet.models.ccl`).
 
     Args:
         backbone: module returning ``{"layer3", "layer4"}`` features.
@@ -34,16 +36,18 @@ class CCNet(nn.Module):
         aux_head: optional head mapping layer3 features to logits.
         num_classes: number of classes the heads predict.
         align_corners: ``align_corners`` of the final bilinear upsampling.
+        ccl_proj: optional 1×1 conv reducing the fused features for the category-consistent loss.
     """
 
     def __init__(self, backbone: nn.Module, head: RCCAHead, aux_head: Optional[nn.Module],
-                 num_classes: int, align_corners: bool = False) -> None:
+                 num_classes: int, align_corners: bool = False, ccl_proj: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
         self.num_classes = num_classes
         self.align_corners = align_corners
+        self.ccl_proj = ccl_proj
 
     def _upsample(self, logits: Tensor, size) -> Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
@@ -52,9 +56,13 @@ class CCNet(nn.Module):
         size = images.shape[-2:]
         feats = self.backbone(images)
         outputs: Dict[str, Tensor] = {}
-        if return_features:
+        with_ccl = self.training and self.ccl_proj is not None
+        if return_features or with_ccl:
             fused = self.head.features(feats["layer4"])
-            outputs["features"] = fused
+            if return_features:
+                outputs["features"] = fused
+            if with_ccl:
+                outputs["ccl_features"] = self.ccl_proj(fused)
             logits = self.head.bottleneck[3:](fused)
         else:
             logits = self.head(feats["layer4"])
@@ -87,6 +95,10 @@ def build_backbone(cfg: Mapping[str, Any], norm_layer: Callable[[int], nn.Module
     if name == "resnet101_official":
         return ResNetBackbone(depth=101, norm_layer=norm_layer, deep_stem=True, ceil_mode=True,
                               contract_dilation=False, multi_grid=tuple(_get(cfg, "multi_grid", (1, 1, 1))))
+    if name in ("resnet50_v1c", "resnet101_v1c"):
+        # mmsegmentation's ResNetV1c: deep stem 32-32-64, plain max-pool, contracted dilation
+        return ResNetBackbone(depth=int(name[len("resnet"):-len("_v1c")]), norm_layer=norm_layer, deep_stem=True,
+                              stem_channels=64)
     if name == "tiny":
         return TinyBackbone(widths=tuple(_get(cfg, "tiny_widths", (32, 64, 128))),
                             layer4_convs=int(_get(cfg, "tiny_layer4_convs", 1)), norm_layer=norm_layer)
@@ -96,12 +108,14 @@ def build_backbone(cfg: Mapping[str, Any], norm_layer: Callable[[int], nn.Module
 def build_model(cfg: Mapping[str, Any]) -> CCNet:
     """Build a CCNet from a model config (``configs/model/*.yaml``).
 
-    Keys: ``backbone`` (resnet50 | resnet101 | resnet101_official | tiny), ``weights`` (null, a
-    torchvision enum name such as ``IMAGENET1K_V2``, or a checkpoint path), ``weights_strict``,
+    Keys: ``backbone`` (resnet50 | resnet101 | resnet101_official | resnet50_v1c | resnet101_v1c |
+    tiny), ``weights`` (null, a torchvision enum name such as ``IMAGENET1K_V2``, or a checkpoint
+    path), ``weights_strict``,
     ``norm`` (bn | syncbn | frozen_bn), ``context`` (rcca | nonlocal | none), ``recurrence``,
     ``num_classes``, ``head_channels`` (null = backbone channels / 4), ``bottleneck_channels``,
     ``dropout``, ``activation`` (relu | leaky_relu), ``aux`` (bool), ``aux_channels``,
-    ``aux_conv_bias``, ``align_corners``; tiny backbone: ``tiny_widths``, ``tiny_layer4_convs``.
+    ``aux_conv_bias``, ``align_corners``, ``ccl`` (bool) and ``ccl_channels`` (default 16); tiny
+    backbone: ``tiny_widths``, ``tiny_layer4_convs``.
 
     Args:
         cfg: the ``model`` config node (a DictConfig or plain dict) with ``num_classes`` resolved.
@@ -139,4 +153,8 @@ def build_model(cfg: Mapping[str, Any]) -> CCNet:
                            dropout=float(_get(cfg, "dropout", 0.1)),
                            conv_bias=bool(_get(cfg, "aux_conv_bias", False)),
                            norm_layer=norm_layer, activation=activation)
-    return CCNet(backbone, head, aux_head, num_classes, align_corners=bool(_get(cfg, "align_corners", False)))
+    ccl_proj = None
+    if _get(cfg, "ccl", False):
+        ccl_proj = nn.Conv2d(head_kwargs["bottleneck_channels"], int(_get(cfg, "ccl_channels", 16)), kernel_size=1)
+    return CCNet(backbone, head, aux_head, num_classes, align_corners=bool(_get(cfg, "align_corners", False)),
+                 ccl_proj=ccl_proj)

@@ -1,0 +1,67 @@
+"""The official CCNet release (github.com/speedinghzl/CCNet, ``networks/ccnet.py``) → ``ccnet_r101_official``.
+
+Source layout: ResNet-101 with a deep stem ``conv1/bn1, conv2/bn2, conv3/bn3`` and ``layer1..4``;
+``head`` = ``RCCAModule`` with ``conva.{0,1}``, ``cca.{query_conv,key_conv,value_conv,gamma}``,
+``convb.{0,1}``, ``bottleneck.{0 conv, 1 ABN, 2 dropout, 3 classifier}``; ``dsn.{0 conv+bias, 1 ABN,
+2 dropout, 3 classifier}`` on layer3. Every norm is InPlace-ABN(Sync): BatchNorm statistics and affine
+parameters (no ``num_batches_tracked``) fused with an activation — identity in the backbone (a ReLU
+follows), leaky-ReLU(0.01) in the head and dsn, which ``ccnet_r101_official`` reproduces.
+An earlier revision of the release named the head's modules ``conv1a``, ``pc``, ``conv1b``; both
+namings are accepted. ``criterion.*`` entries (the loss's class-weight buffer) are dropped.
+
+Input convention: the release feeds BGR images minus a per-channel mean, without dividing by a std
+(``image = cv2.imread(...) - IMG_MEAN``). The converter reverses the input channels of ``conv1`` so the
+model takes RGB like the rest of this framework, and the converted checkpoint's dataset config sets
+``mean`` = IMG_MEAN/255 (in RGB order) and ``std`` = 1/255, which turns our ``(x/255 − mean)/std``
+into exactly ``x − IMG_MEAN``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from torch import Tensor
+
+from ccnet.convert.core import ConversionError, Rule, SourceFormat, num_blocks
+
+# The release's IMG_MEAN is BGR (104.008, 116.669, 122.679) on the 0..255 scale.
+_MEAN_RGB_255 = (122.67891434, 116.66876762, 104.00698793)
+
+
+def _bgr_to_rgb(weight: Tensor) -> Tensor:
+    """Reverse the input channels of the first convolution: (out, 3 BGR, k, k) -> (out, 3 RGB, k, k)."""
+    return weight.flip(1)
+
+
+def _model_config(state: Mapping[str, Tensor]) -> str:
+    blocks = num_blocks(state, "layer3")
+    if blocks != 23:
+        raise ConversionError(f"the official release is a ResNet-101 (23 blocks in layer3); this checkpoint has "
+                              f"{blocks}. Is it an official CCNet checkpoint?")
+    return "ccnet_r101_official"
+
+
+FORMAT = SourceFormat(
+    name="official",
+    description="official CCNet release (speedinghzl/CCNet), ResNet-101 with InPlace-ABN",
+    rules=(
+        Rule(r"conv1\.weight", "backbone.conv1.weight", transform=_bgr_to_rgb),
+        Rule(r"(conv[23]\.weight|bn[123]\.\w+)", r"backbone.\1"),
+        Rule(r"(layer[1-4]\..+)", r"backbone.\1"),
+        Rule(r"head\.(?:conva|conv1a)\.([01])\.(\w+)", r"head.conva.\1.\2"),
+        Rule(r"head\.(?:convb|conv1b)\.([01])\.(\w+)", r"head.convb.\1.\2"),
+        Rule(r"head\.(?:cca|pc)\.(query_conv|key_conv|value_conv)\.(weight|bias)", r"head.cca.\1.\2"),
+        Rule(r"head\.(?:cca|pc)\.gamma", "head.cca.gamma"),
+        Rule(r"head\.bottleneck\.([01])\.(\w+)", r"head.bottleneck.\1.\2"),
+        # official index 2 is the dropout; our bottleneck has the activation at 2 and dropout at 3
+        Rule(r"head\.bottleneck\.3\.(weight|bias)", r"head.bottleneck.4.\1"),
+        Rule(r"dsn\.([01])\.(\w+)", r"aux_head.layers.\1.\2"),
+        Rule(r"dsn\.3\.(weight|bias)", r"aux_head.layers.4.\1"),
+    ),
+    drop=(r"criterion\..+",),
+    classifier_key="head.bottleneck.3.weight",
+    model_config=_model_config,
+    mean=tuple(v / 255.0 for v in _MEAN_RGB_255),
+    std=(1.0 / 255.0,) * 3,
+    align_corners=lambda filename: True,  # the release upsamples every output with align_corners=True
+)

@@ -1,0 +1,57 @@
+"""Convert a published CCNet checkpoint into one ``tools/eval.py`` / ``tools/infer.py`` load directly.
+
+    python tools/convert_checkpoint.py --from official CS_scenes_60000.pth work_dirs/ccnet_official.pth
+    python tools/convert_checkpoint.py --from mmseg ccnet_r101-d8_769x769_80k_cityscapes_*.pth \
+        work_dirs/ccnet_r101_mmseg_769.pth
+
+Strict: every source key must be consumed and every key of our model filled with a tensor of the
+right shape; otherwise nothing is written and the unconsumed / missing / mismatched keys are listed.
+See README "Interop" for the published weights and how to evaluate them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from ccnet.convert import FORMATS, ConversionError, convert_checkpoint
+from ccnet.engine.checkpoint import CheckpointError
+
+log = logging.getLogger("convert_checkpoint")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--from", dest="source_format", required=True, choices=sorted(FORMATS),
+                        help="layout of SRC: " + "; ".join(f"{k}: {f.description}" for k, f in FORMATS.items()))
+    parser.add_argument("src", help="the published checkpoint (.pth)")
+    parser.add_argument("dst", help="where to write the converted checkpoint")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="expected number of classes (checked against the checkpoint's classifier)")
+    parser.add_argument("--dataset", default=None,
+                        help="configs/dataset/NAME.yaml stored with the model (default: cityscapes for 19 classes, "
+                             "ade20k for 150)")
+    parser.add_argument("--align-corners", choices=("auto", "true", "false"), default="auto",
+                        help="align_corners of the final upsampling; auto: official -> true, mmseg -> true for "
+                             "769x769 recipes (read from the file name), else false")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    align_corners = None if args.align_corners == "auto" else args.align_corners == "true"
+    try:
+        convert_checkpoint(args.src, args.dst, args.source_format, num_classes=args.num_classes,
+                           dataset=args.dataset, align_corners=align_corners)
+    except (ConversionError, CheckpointError, ValueError) as exc:
+        log.error("conversion failed, nothing written: %s", exc)
+        return 1
+    log.info("evaluate with: python tools/eval.py checkpoint=%s dataset.root=PATH/TO/DATA eval.mode=slide", args.dst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
