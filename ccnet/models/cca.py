@@ -19,11 +19,13 @@ softmax always has at least one finite entry (u itself), which rules out NaN for
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from ccnet.models.cca_fast import criss_cross_attention_lean, select_implementation
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -82,21 +84,52 @@ def criss_cross_attention_reference(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out_h + out_w
 
 
-def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Criss-cross aggregation ``out_H + out_W`` of values over each position's row and column.
+def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
+                          residual: Optional[Tensor] = None, impl: Optional[str] = None) -> Tensor:
+    """Criss-cross aggregation ``out_H + out_W`` of values over each position's row and column,
+    optionally fused with the module's residual: ``residual + gamma * (out_H + out_W)``.
+
+    All implementations compute the same function (tested against a loop-based reference); they
+    differ in speed and in what autograd keeps:
+
+    * ``reference``: :func:`criss_cross_attention_reference`, plain autograd;
+    * ``lean``: :func:`ccnet.models.cca_fast.criss_cross_attention_lean`, saves (q, k, v, γ) and a
+      (B, H, W) log-sum-exp and recomputes the attention in backward;
+    * ``triton``: fused Triton kernels (:mod:`ccnet.models.cca_triton`), CUDA tensors (or the
+      Triton interpreter, ``TRITON_INTERPRET=1``), same saved tensors as ``lean``.
+
+    ``auto`` (the default) runs ``triton`` for CUDA tensors when Triton is installed and ``lean``
+    otherwise. Force one with ``impl=`` or the environment variable ``CCNET_CCA_IMPL``.
 
     Args:
         q: queries.
         k: keys.
         v: values.
+        gamma: scale of the aggregation (the module's γ); ``None`` for 1.
+        residual: added after scaling (the module's input); ``None`` for none. Fusing γ and the
+            residual lets ``lean``/``triton`` skip saving ``out`` for γ's gradient.
+        impl: ``auto``, ``reference``, ``lean`` or ``triton``; ``None`` reads ``CCNET_CCA_IMPL``.
 
     Returns:
-        The attention-weighted sum of the values on the criss-cross path of every position.
+        ``residual + gamma * (out_H + out_W)`` (terms left out when ``None``).
 
     Shape:
-        q, k: (B, C', H, W). v: (B, C, H, W). Returns (B, C, H, W) in v's dtype.
+        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: broadcastable, e.g. (1,).
+        Returns (B, C, H, W), in v's dtype when gamma and residual are ``None``.
     """
-    return criss_cross_attention_reference(q, k, v)
+    _check_inputs(q, k, v)
+    choice = select_implementation(impl, q.device)
+    if choice == "lean":
+        return criss_cross_attention_lean(q, k, v, gamma, residual)
+    if choice == "triton":
+        # imported on first use: Triton is optional and only CUDA tensors (or its interpreter) use it
+        from ccnet.models.cca_triton import criss_cross_attention_triton
+
+        return criss_cross_attention_triton(q, k, v, gamma, residual)
+    out = criss_cross_attention_reference(q, k, v)
+    if gamma is not None:
+        out = gamma * out
+    return out if residual is None else residual + out
 
 
 class CrissCrossAttention(nn.Module):
@@ -125,8 +158,9 @@ class CrissCrossAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x))
-        return x + self.gamma * out
+        # x + γ·out fused into the operator: autograd then keeps no copy of out for γ's gradient
+        return criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x),
+                                     gamma=self.gamma, residual=x)
 
     def attention_weights(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """The (column, row) attention this module computes for ``x``; see
