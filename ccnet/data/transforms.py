@@ -1,7 +1,10 @@
-"""Training and validation pipelines (albumentations), following the mmsegmentation recipe CCNet uses.
+"""Training and validation pipelines (albumentations).
 
-Train (CCNet, arXiv 1811.11721, Sec. 4.1: random scaling, cropping and flipping; photometric distortion
-as in mmsegmentation): rescale to ``base_size * r`` keeping the aspect ratio with ``r ~ U(ratio_range)``
+CCNet (arXiv 1811.11721, Sec. 4) trains on randomly scaled, cropped and flipped images; the steps and
+defaults here follow mmsegmentation's Cityscapes/ADE20K pipelines (used by its CCNet configs), which add
+photometric distortion and the ``cat_max_ratio`` crop rule.
+
+Train: rescale to ``base_size * r`` keeping the aspect ratio with ``r ~ U(ratio_range)``
 -> random crop of ``crop_size`` (optionally re-drawn while one class dominates, ``cat_max_ratio``) ->
 horizontal flip -> photometric distortion -> ImageNet normalisation -> pad to ``crop_size`` (image 0,
 i.e. the mean colour after normalisation; label ``ignore_index``) -> tensors.

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ccnet.data import build_dataset, seed_worker
-from tests.data.datagen import folder_cfg
+from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 
 AUGMENT = dict(ratio_range=[0.5, 2.0], crop_size=[24, 24], flip_prob=0.5,
                photometric=dict(p=0.5, brightness_delta=32, contrast_range=[0.5, 1.5],
@@ -83,3 +84,31 @@ def test_main_process_augmentation_follows_torch_manual_seed(folder_root: Path) 
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, c))
     assert not torch.equal(a[0][0], a[2][0])  # the same image is augmented differently each time
     assert np.isfinite(a[0][0].numpy()).all()
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "ade20k", "folder"])
+def test_shipped_configs_meet_the_item_contract(name: str, configs_dir: Path, folder_root: Path,
+                                                cityscapes_sample: Path, tmp_path: Path) -> None:
+    cfg = OmegaConf.load(configs_dir / "dataset" / f"{name}.yaml")
+    if name == "cityscapes":
+        cfg.root, cfg.train_split = str(cityscapes_sample), "val"
+    elif name == "ade20k":
+        for split in ("training", "validation"):
+            write_image(tmp_path / "images" / split / "ADE_x.jpg", random_image(np.random.default_rng(0), 20, 30))
+            write_label(tmp_path / "annotations" / split / "ADE_x.png", np.full((20, 30), 3, np.uint8))
+        cfg.root = str(tmp_path)
+    else:
+        cfg.root, cfg.num_classes = str(folder_root), 3
+    for split, crop in (("train", [24, 32]), ("val", None)):
+        ds = build_dataset(cfg, split, crop_size=crop)
+        assert ds.num_classes == cfg.num_classes == len(ds.classes) == len(ds.palette)
+        assert ds.ignore_index == cfg.ignore_index == 255 and ds.has_labels
+        assert tuple(ds.mean) == tuple(cfg.mean) and tuple(ds.std) == tuple(cfg.std)
+        assert len(ds.image_paths) == len(ds) and all(isinstance(p, Path) and p.is_file() for p in ds.image_paths)
+        image, label = ds[0]
+        assert image.dtype == torch.float32 and label.dtype == torch.int64
+        assert image.ndim == 3 and image.shape[0] == 3 and image.shape[1:] == label.shape
+        if crop is not None:
+            assert tuple(label.shape) == tuple(crop)
+        valid = (label == 255) | ((label >= 0) & (label < ds.num_classes))
+        assert bool(valid.all())
