@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from ccnet.data import DatasetError, build_dataset
 from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 
-CITYSCAPES = dict(name="cityscapes", label_type="labelIds", train_split="train", val_split="val", test_split="test",
-                  base_size=[1024, 2048], crop_size=[8, 8])
+CITYSCAPES = dict(name="cityscapes", label_type="labelIds", train_split="train", val_split="val",
+                  test_split="test", base_size=[1024, 2048], crop_size=[8, 8])
 ADE20K = dict(name="ade20k", train_split="training", val_split="validation", base_size=[512, 2048], crop_size=8)
 
 
