@@ -12,8 +12,9 @@ reproduces that definition exactly on train-id maps:
 - ``IoU_c = TP / (TP + FP + FN)``; a class with ``TP + FP + FN == 0`` (absent from both the ground
   truth and the prediction) is NaN and excluded from the mean, as in the official script.
 
-The matrix is accumulated on the predictions' device with one ``torch.bincount`` per update and can
-be summed over distributed ranks with :meth:`SegMetric.sync`.
+The matrix is accumulated on the predictions' device with one ``torch.bincount`` per update (of
+``(K+1)·target + pred``, or for 8-bit maps such as label PNGs of ``256·target + pred`` folded
+afterwards) and can be summed over distributed ranks with :meth:`SegMetric.sync`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class SegMetric:
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if ignore_index < 0:
+            raise ValueError(f"ignore_index must be >= 0 (e.g. 255), got {ignore_index}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.matrix = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64)
@@ -86,23 +89,77 @@ class SegMetric:
         if self.matrix.device != pred.device:
             self.matrix = self.matrix.to(pred.device)
         k = self.num_classes
-        target = target.to(pred.device).reshape(-1).long()
-        pred = pred.reshape(-1).long()
-        valid = target != self.ignore_index
-        target = target[valid]
-        pred = pred[valid]
-        bad = (target < 0) | (target >= k)
-        if bool(bad.any()):
-            values = torch.unique(target[bad])[:10].tolist()
-            raise ValueError(
-                f"target holds values {values} that are neither a class index in [0, {k}) nor "
-                f"ignore_index={self.ignore_index}; check the label encoding (e.g. train ids vs label ids) "
-                "and the dataset's num_classes/ignore_index"
-            )
-        # Every prediction outside [0, K) lands in the extra "void" column K.
-        pred = torch.where((pred >= 0) & (pred < k), pred, torch.full_like(pred, k))
-        counts = torch.bincount(target * (k + 1) + pred, minlength=k * (k + 1))
-        self.matrix += counts.view(k, k + 1)  # (K, K+1)
+        if target.dtype == torch.uint8 and pred.dtype == torch.uint8 and k <= 256:
+            counts = self._byte_counts(pred, target.to(pred.device))
+        else:
+            counts = self._counts(pred, target.to(pred.device))
+        self.matrix += counts  # (K, K+1)
+
+    def _byte_counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(K, K+1) counts of 8-bit maps (label PNGs) from their 256x256 joint histogram: four passes
+        over the pixels, then a fold of the small histogram."""
+        index = target.reshape(-1).to(torch.int32).mul_(256).add_(pred.reshape(-1))
+        joint = torch.bincount(index, minlength=256 * 256).view(256, 256)  # (target value, pred value)
+        return self._fold(joint)
+
+    def _fold(self, joint: torch.Tensor) -> torch.Tensor:
+        """(K, K+1) counts from a joint histogram of raw (target value, predicted value) pairs."""
+        k = self.num_classes
+        joint = joint.clone()
+        if 0 <= self.ignore_index < joint.shape[0]:
+            joint[self.ignore_index] = 0
+        if bool(joint[k:].any()):
+            bad = (joint[k:].sum(dim=1) > 0).nonzero().flatten()[:10] + k
+            self._raise_bad_target(bad)
+        rows = joint[:k]
+        return torch.cat([rows[:, :k], rows[:, k:].sum(dim=1, keepdim=True)], dim=1)
+
+    @torch.no_grad()
+    def update_from_histogram(self, joint: torch.Tensor) -> None:
+        """Add counts given as a joint histogram instead of pixel maps.
+
+        ``joint[t, p]`` is the number of pixels with target value ``t`` and predicted value ``p``
+        (e.g. ``cv2.calcHist`` of two 8-bit label maps). The values are folded exactly like
+        :meth:`update` folds pixels: row ``ignore_index`` is dropped, rows ``>= K`` are an error,
+        columns ``>= K`` are void predictions.
+
+        Shape:
+            joint: (T, P) counts with T, P >= K; float counts (``cv2.calcHist``) are rounded.
+        """
+        if joint.dim() != 2 or min(joint.shape) < self.num_classes:
+            raise ValueError(f"joint histogram must be 2-D (target value, predicted value) with both sizes >= "
+                             f"num_classes={self.num_classes}, got shape {tuple(joint.shape)}")
+        if joint.dtype.is_floating_point:
+            joint = joint.round()
+        joint = joint.to(device=self.matrix.device, dtype=torch.int64)
+        self.matrix += self._fold(joint)
+
+    def _counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(K, K+1) counts of any integer maps: a joint histogram of (target value, clamped
+        prediction) with rows ``0 .. max(K, ignore_index + 1) - 1``, folded like 8-bit maps.
+        A handful of passes over the pixels and no boolean indexing, so cheap on a CPU too."""
+        k = self.num_classes
+        rows = max(k, self.ignore_index + 1)
+        p = pred.reshape(-1).to(torch.int64).clamp(max=k)  # column k: "void" predictions >= K
+        if bool(p.min() < 0):
+            p = torch.where(p < 0, k, p)  # negative predictions are void too
+        index = p.add_(target.reshape(-1).to(torch.int64), alpha=k + 1)  # (K+1)·target + pred, in place
+        if bool(index.min() < 0):  # negative targets
+            self._raise_bad_target(target)
+        joint = torch.bincount(index, minlength=rows * (k + 1))
+        if joint.numel() > rows * (k + 1):  # targets beyond the last row
+            self._raise_bad_target(target)
+        return self._fold(joint.view(rows, k + 1))
+
+    def _raise_bad_target(self, target: torch.Tensor) -> None:
+        k = self.num_classes
+        values = torch.unique(target)
+        bad = values[(values != self.ignore_index) & ((values < 0) | (values >= k))][:10].tolist()
+        raise ValueError(
+            f"target holds values {bad} that are neither a class index in [0, {k}) nor "
+            f"ignore_index={self.ignore_index}; check the label encoding (e.g. train ids vs label ids) "
+            "and the dataset's num_classes/ignore_index"
+        )
 
     def sync(self) -> None:
         """Sum the matrix over all distributed ranks in place (no-op without a process group).

@@ -49,14 +49,14 @@ def format_table(classes: Sequence[str], results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN -> None so that ``metrics.json`` is standard JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -146,5 +146,5 @@ def _report(results: Dict[str, Any], cfg: Any, ckpt_path: Path, split: str, data
         "eval": dict(eval_cfg),
     }
     path = out_dir / "metrics.json"
-    path.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
     log.info("metrics written to %s", path)

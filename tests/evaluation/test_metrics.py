@@ -20,9 +20,10 @@ EXPECTED_MATRIX = torch.tensor([
 ])
 
 
-def test_hand_computed_matrix_and_scores():
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])  # general and 8-bit code paths
+def test_hand_computed_matrix_and_scores(dtype):
     metric = SegMetric(3)
-    metric.update(PRED, TARGET)
+    metric.update(PRED.to(dtype), TARGET.to(dtype))
     assert torch.equal(metric.matrix, EXPECTED_MATRIX)
     r = metric.compute()
     # class 0: tp 2, fn 1, fp 1 (the gt-2 pixel) -> 2/4; class 1: tp 2, fn 1 (void), fp 1 -> 2/4;
@@ -73,7 +74,8 @@ def _loop_reference(preds, targets, k, ignore):
     return iou, sum(valid) / len(valid)
 
 
-def test_batches_and_accumulation_match_pixel_loop():
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_batches_and_accumulation_match_pixel_loop(dtype):
     g = torch.Generator().manual_seed(0)
     k = 6
     targets = torch.randint(0, k, (3, 2, 9, 11), generator=g)
@@ -82,7 +84,7 @@ def test_batches_and_accumulation_match_pixel_loop():
     preds = torch.randint(0, k + 2, (3, 2, 9, 11), generator=g)  # ... but predicted; k, k+1 are void
     metric = SegMetric(k)
     for p, t in zip(preds, targets):  # (B, H, W) batches
-        metric.update(p, t)
+        metric.update(p.to(dtype), t.to(dtype))
     iou, miou = _loop_reference(preds.reshape(-1, 9, 11), targets.reshape(-1, 9, 11), k, 255)
     r = metric.compute()
     assert r["IoU"] == pytest.approx(iou, nan_ok=True)
@@ -93,10 +95,11 @@ def test_batches_and_accumulation_match_pixel_loop():
     assert torch.equal(single.matrix, metric.matrix)
 
 
-def test_reset_and_custom_ignore_index():
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
+def test_reset_and_custom_ignore_index(dtype):
     metric = SegMetric(3, ignore_index=0)
-    metric.update(torch.tensor([1, 2, 2]), torch.tensor([0, 2, 1]))
-    assert int(metric.matrix.sum()) == 2
+    metric.update(torch.tensor([1, 2, 2], dtype=dtype), torch.tensor([0, 2, 1], dtype=dtype))
+    assert metric.matrix.tolist() == [[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]]
     metric.reset()
     assert int(metric.matrix.sum()) == 0
 
@@ -109,3 +112,21 @@ def test_rejects_logits_bad_shapes_and_bad_labels():
         metric.update(torch.zeros(2, 4, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[7\].*label encoding"):
         metric.update(torch.zeros(3, dtype=torch.long), torch.tensor([0, 7, 255]))
+
+
+@pytest.mark.parametrize("bad, dtype", [(3, torch.int64), (4, torch.int64), (-1, torch.int64), (3, torch.uint8),
+                                        (254, torch.uint8)])
+def test_targets_just_outside_the_class_range_are_errors_not_ignored(bad, dtype):
+    metric = SegMetric(3)
+    with pytest.raises(ValueError, match=rf"\[{bad}\]"):
+        metric.update(torch.zeros(3, dtype=dtype), torch.tensor([0, bad, 255]).to(dtype))
+    assert int(metric.matrix.sum()) == 0
+
+
+def test_update_leaves_inputs_untouched():
+    target = torch.tensor([0, 255, 1], dtype=torch.int32)
+    pred = torch.tensor([5, 1, -2], dtype=torch.int32)
+    metric = SegMetric(3)
+    metric.update(pred, target)
+    assert target.tolist() == [0, 255, 1] and pred.tolist() == [5, 1, -2]
+    assert metric.matrix.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]]  # both void predictions

@@ -1,0 +1,164 @@
+"""Score a folder of Cityscapes label-id predictions (the test-server format) with :class:`SegMetric`.
+
+This is the class-level part of cityscapesScripts' ``evalPixelLevelSemanticLabeling`` (the metric
+CCNet, arXiv 1811.11721, reports on Cityscapes), computed on train ids:
+
+- ground truth ``*_gtFine_labelIds.png`` is mapped to the 19 train ids; label ids with
+  ``ignoreInEval`` (void, parking, rail track, guard rail, bridge, tunnel, polegroup, caravan,
+  trailer, license plate) become 255 and are not scored, exactly the rows the official script
+  leaves out of false positives and scores;
+- predicted label ids are mapped the same way; a predicted ``ignoreInEval`` id (e.g. 0,
+  "unlabeled") is a "void" prediction: a false negative of the ground-truth class and a false
+  positive of nothing, as in the official confusion-matrix sums;
+- the official per-class ``IoU = TP / (TP + FP + FN)`` over all images, NaN when the denominator
+  is 0, mean over non-NaN classes (``averageScoreClasses``).
+
+The instance-weighted iIoU of the official script is not computed. Prediction files are found as the
+official script finds them: for ground truth ``<city>_<seq>_<frame>_gtFine_labelIds.png``, the one
+file matching ``<city>_<seq>_<frame>*.png`` anywhere under the prediction folder.
+
+    python -m ccnet.evaluation.cityscapes_eval --pred results/ --gt data/cityscapes/gtFine/val
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+
+from ccnet.evaluation.metrics import SegMetric
+
+log = logging.getLogger(__name__)
+
+GT_SUFFIX = "_gtFine_labelIds.png"
+
+
+def _frame_key(name: str) -> str:
+    """``<city>_<seq>_<frame>`` of a Cityscapes file name."""
+    return "_".join(name.split("_")[:3])
+
+
+def match_files(pred_root: Union[str, Path], gt_root: Union[str, Path]) -> List[Tuple[Path, Path]]:
+    """Pair every ground-truth label-id file under ``gt_root`` with its prediction under ``pred_root``.
+
+    Raises:
+        FileNotFoundError: no ground truth, or a ground-truth frame without a prediction.
+        ValueError: several predictions for one frame.
+    """
+    pred_root, gt_root = Path(pred_root), Path(gt_root)
+    gts = sorted(gt_root.rglob(f"*{GT_SUFFIX}"))
+    if not gts:
+        raise FileNotFoundError(f"no *{GT_SUFFIX} files under {gt_root}; pass the gtFine/<split> folder")
+    preds: Dict[str, Path] = {}
+    for p in sorted(pred_root.rglob("*.png")):
+        key = _frame_key(p.name)
+        if key in preds:
+            raise ValueError(f"several predictions for {key}: {preds[key]} and {p}; keep one per frame")
+        preds[key] = p
+    pairs = []
+    for gt in gts:
+        key = _frame_key(gt.name)
+        if key not in preds:
+            raise FileNotFoundError(f"no prediction {key}*.png under {pred_root} for ground truth {gt}")
+        pairs.append((preds[key], gt))
+    return pairs
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Decode a single-channel 8-bit label PNG with OpenCV (faster than PIL for large label maps).
+
+    Raises:
+        ValueError: unreadable file or not single-channel 8-bit.
+    """
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError(f"cannot read label image {path}: missing, corrupt or not an image")
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise ValueError(f"{path} has shape {arr.shape} and dtype {arr.dtype}; expected a single-channel 8-bit "
+                         "PNG of Cityscapes label ids")
+    return arr
+
+
+def evaluate_label_id_folders(pred_root: Union[str, Path], gt_root: Union[str, Path],
+                              threads: Optional[int] = None,
+                              device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Class-level Cityscapes metrics of label-id predictions.
+
+    Args:
+        pred_root: folder (searched recursively) of ``<city>_<seq>_<frame>*.png`` label-id predictions.
+        gt_root: ``gtFine/<split>`` folder with ``*_gtFine_labelIds.png`` files.
+        threads: worker threads, each decoding and counting its share of the images (OpenCV
+            releases the GIL); None = one per CPU core (at most 8).
+        device: where the confusion matrix is kept.
+
+    Returns:
+        :meth:`SegMetric.compute` entries (``IoU``/``Acc`` in train-id order) plus ``classes`` and
+        ``num_images``.
+    """
+    from ccnet.data.cityscapes import CLASSES, IGNORE_INDEX, label_ids_to_train_ids
+
+    # (256,) label id -> train id (255 for ignoreInEval ids and for values that are no label id)
+    lut = torch.from_numpy(label_ids_to_train_ids(np.arange(256, dtype=np.uint8)).astype(np.int64))
+    pairs = match_files(pred_root, gt_root)
+    threads = max(1, min(threads or min(8, os.cpu_count() or 1), len(pairs)))
+
+    def count(share: Sequence[Tuple[Path, Path]]) -> torch.Tensor:
+        # Per image: the 256x256 joint histogram of raw label ids (OpenCV's calcHist, one pass, GIL
+        # released), folded into train ids; the per-pixel work is the same counting as SegMetric.update.
+        metric = SegMetric(len(CLASSES), IGNORE_INDEX)
+        # float64 sums of calcHist's float32 bins are exact integers (< 2**53); NumPy, not torch, for
+        # these small per-image additions, which torch would hand to its intra-op thread pool.
+        raw = np.zeros((256, 256), dtype=np.float64)
+        for pred_path, gt_path in share:
+            pred, gt = read_label_png(pred_path), read_label_png(gt_path)
+            if pred.shape != gt.shape:
+                raise ValueError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
+                                 f"{gt_path} is {gt.shape[1]}x{gt.shape[0]} (WxH); predictions must be at full "
+                                 "resolution")
+            # float32 bins are exact up to 2**24 pixels per (gt, pred) pair, i.e. for any one image
+            hist = cv2.calcHist([gt, pred], [0, 1], None, [256, 256], [0, 256, 0, 256])
+            raw += hist
+        counts = torch.from_numpy(raw).round().to(torch.int64)
+        joint = torch.zeros(256, 256, dtype=torch.int64).index_add_(0, lut, counts)  # rows -> train ids
+        joint = torch.zeros_like(joint).index_add_(1, lut, joint)  # columns -> train ids
+        metric.update_from_histogram(joint.to(device))
+        return metric.matrix
+
+    metric = SegMetric(len(CLASSES), IGNORE_INDEX)
+    if threads == 1:
+        metric.matrix = count(pairs)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            metric.matrix = sum(pool.map(count, [pairs[i::threads] for i in range(threads)]))
+    return {**metric.compute(), "classes": list(CLASSES), "num_images": len(pairs)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Command line: print the per-class table and optionally write the metrics as JSON."""
+    from ccnet.evaluation.runner import format_table, json_safe
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pred", required=True, type=Path, help="folder of label-id prediction PNGs")
+    parser.add_argument("--gt", required=True, type=Path, help="gtFine/<split> folder, e.g. data/cityscapes/gtFine/val")
+    parser.add_argument("--threads", type=int, default=None, help="PNG decoding threads (default: CPU cores, <= 8)")
+    parser.add_argument("--out", type=Path, default=None, help="write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    results = evaluate_label_id_folders(args.pred, args.gt, threads=args.threads)
+    print(format_table(results["classes"], results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
