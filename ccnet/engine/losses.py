@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ccnet.models.ccl import ccl_from_config
+
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
                   weight: Optional[Tensor] = None) -> Tensor:
@@ -68,16 +70,19 @@ class SegmentationLoss(nn.Module):
         class_weights: optional per-class weights of the cross-entropy (length ``num_classes``).
         ohem_thresh: OHEM probability threshold for the main loss; ``None`` disables OHEM.
         ohem_min_kept: OHEM's minimum number of kept pixels per process batch.
+        ccl: category-consistent loss (:mod:`ccnet.models.ccl`), added with weight 1 (its own α, β,
+            γ inside) whenever the model returns ``"ccl_features"`` (``model.ccl=true``).
     """
 
     def __init__(self, ignore_index: int = 255, aux_weight: float = 0.4,
                  class_weights: Optional[Sequence[float]] = None, ohem_thresh: Optional[float] = None,
-                 ohem_min_kept: int = 100_000) -> None:
+                 ohem_min_kept: int = 100_000, ccl: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.ohem_thresh = ohem_thresh
         self.ohem_min_kept = ohem_min_kept
+        self.ccl = ccl
         weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
         self.register_buffer("class_weights", weight, persistent=False)
 
@@ -89,8 +94,9 @@ class SegmentationLoss(nn.Module):
             target: (B, H, W) int64 labels.
 
         Returns:
-            ``{"loss": total, "main": ..., "aux": ...}`` (``"aux"`` only when the model returned it and
-            ``aux_weight > 0``); ``"loss"`` is the weighted sum that is back-propagated.
+            ``{"loss": total, "main": ..., "aux": ..., "ccl": ...}`` (``"aux"`` only when the model
+            returned it and ``aux_weight > 0``, ``"ccl"`` only when it returned ``"ccl_features"``);
+            ``"loss"`` is the weighted sum that is back-propagated.
         """
         main_target = target
         if self.ohem_thresh is not None:
@@ -101,12 +107,16 @@ class SegmentationLoss(nn.Module):
         if "aux" in outputs and self.aux_weight > 0:
             terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index, self.class_weights)
             weights["aux"] = self.aux_weight
+        if self.ccl is not None and "ccl_features" in outputs:
+            terms["ccl"] = self.ccl(outputs["ccl_features"], target)["loss"]
+            weights["ccl"] = 1.0
         total = sum(weights[name] * value for name, value in terms.items())
         return {"loss": total, **terms}
 
 
 def build_criterion(train_cfg: Mapping[str, Any], num_classes: int, ignore_index: int = 255) -> SegmentationLoss:
-    """The training criterion from ``cfg.train``: ``aux_weight``, ``class_weights``, ``ohem``.
+    """The training criterion from ``cfg.train``: ``aux_weight``, ``class_weights``, ``ohem``, and the
+    optional ``ccl`` hyper-parameters of the category-consistent loss (applied with ``model.ccl=true``).
 
     Args:
         train_cfg: the ``train`` config node.
@@ -130,4 +140,5 @@ def build_criterion(train_cfg: Mapping[str, Any], num_classes: int, ignore_index
             raise ValueError(f"train.ohem.thresh must be in (0, 1], got {thresh}")
     return SegmentationLoss(ignore_index=ignore_index, aux_weight=float(train_cfg.get("aux_weight", 0.4)),
                             class_weights=class_weights, ohem_thresh=thresh,
-                            ohem_min_kept=int(ohem.get("min_kept", 100_000)))
+                            ohem_min_kept=int(ohem.get("min_kept", 100_000)),
+                            ccl=ccl_from_config(train_cfg.get("ccl"), ignore_index))
