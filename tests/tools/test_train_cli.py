@@ -1,0 +1,49 @@
+"""tools/train.py through its command line: Hydra errors for bad keys/groups, multirun sweeps with one
+work dir per job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+TINY = ["dataset.image_size=64", "dataset.min_gap=16", "dataset.num_train=64", "dataset.num_val=4",
+        "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
+        "model.aux_channels=8", "train.batch_size=2", "train.num_workers=0", "eval.num_workers=0",
+        "train.device=cpu", "train.max_iters=2", "train.log_interval=1"]
+
+
+def run_train(repo_root, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), *args], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learning_rate=0.1", "Could not override 'train.learning_rate'"),
+    ("model=ccnet_r1000", "Could not find 'model/ccnet_r1000'"),
+    ("experiment=nope", "Could not find 'experiment/nope'"),
+])
+def test_unknown_key_or_group_is_hydras_error(repo_root, tmp_path, override, message):
+    proc = run_train(repo_root, override, f"work_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr  # Hydra's message, not a stack trace from our code
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_multirun_gives_each_job_its_own_work_dir(repo_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train(repo_root, "-m", *TINY, "train.seed=0,1", f"work_dir={sweep}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for job, seed in ((0, 0), (1, 1)):
+        job_dir = sweep / str(job)
+        cfg = OmegaConf.load(job_dir / "config.yaml")
+        assert cfg.train.seed == seed and cfg.work_dir == str(job_dir)
+        assert (job_dir / "checkpoints" / "last.pth").is_file()
+        assert json.loads((job_dir / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 2
+        assert "done: 2 iterations" in (job_dir / "train.log").read_text()
