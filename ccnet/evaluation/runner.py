@@ -26,7 +26,7 @@ from ccnet.utils.visualize import denormalize
 log = logging.getLogger(__name__)
 
 
-def _plain(cfg: Any, resolve: bool = False) -> Dict[str, Any]:
+def plain_config(cfg: Any, resolve: bool = False) -> Dict[str, Any]:
     if isinstance(cfg, DictConfig):
         out = OmegaConf.to_container(cfg, resolve=resolve)
         assert isinstance(out, dict)
@@ -79,13 +79,14 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
     device = resolve_device(str(cfg.get("device", "auto")))
     if dist.init_distributed(device.type) and device.type == "cuda":
         device = torch.device("cuda", dist.get_local_rank())
-    eval_cfg = _plain(cfg.get("eval"), resolve=True)
+    eval_cfg = plain_config(cfg.get("eval"), resolve=True)
     InferenceSettings.from_config(eval_cfg)  # reject bad eval.* values before loading anything
 
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     ckpt, stored = load_checkpoint_for_eval(ckpt_path)
-    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, _plain(cfg.get("model")), _plain(cfg.get("dataset")),
-                                                       model_group, dataset_group, ckpt_path)
+    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, plain_config(cfg.get("model")),
+                                                       plain_config(cfg.get("dataset")), model_group, dataset_group,
+                                                       ckpt_path)
     from ccnet.data import build_dataset
 
     split = str(cfg.get("split", "val"))

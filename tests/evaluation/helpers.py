@@ -55,3 +55,30 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.items[index]
+
+
+TINY_MODEL = {"tiny_widths": [8, 16, 32], "head_channels": 16, "bottleneck_channels": 16, "aux_channels": 8}
+
+
+def load_yaml(configs_dir: Path, group: str, name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(configs_dir / group / f"{name}.yaml"), resolve=False)
+
+
+def make_checkpoint(path: Path, configs_dir: Path, dataset_cfg: dict, seed: int = 0,
+                    store_config: bool = True) -> Path:
+    """A narrow ccnet_tiny with random weights for ``dataset_cfg``, saved like the trainer saves:
+    ``{"model", "config": {"model", "dataset"}, "iteration"}``."""
+    from ccnet.engine.checkpoint import save_checkpoint
+    from ccnet.models import build_model
+
+    model_cfg = {**load_yaml(configs_dir, "model", "ccnet_tiny"), **TINY_MODEL,
+                 "num_classes": dataset_cfg["num_classes"]}
+    torch.manual_seed(seed)
+    model = build_model(model_cfg)
+    state = {"model": model.state_dict(), "iteration": 0}
+    if store_config:
+        state["config"] = {"model": model_cfg, "dataset": dataset_cfg}
+    save_checkpoint(state, path)
+    return path

@@ -1,0 +1,210 @@
+"""tools/eval.py: config resolution, metrics.json, saved predictions, unlabelled splits, errors, and
+(command line) a trained checkpoint on the Cityscapes sample and 2 torchrun processes == 1 process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from PIL import Image
+
+from ccnet.engine import train
+from ccnet.evaluation.runner import run_eval
+from tests.evaluation.helpers import load_yaml, make_checkpoint
+
+# label id -> train id of cityscapesScripts' labels.py, written out independently of ccnet.data
+TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+            27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+SAMPLE_STEM = "frankfurt_000000_000294"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def eval_cfg(configs_dir, *overrides):
+    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
+        return compose("eval", overrides=["eval.num_workers=0", "device=cpu", *overrides])
+
+
+def run_cli(repo_root, tool, *args, nproc=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    proc = subprocess.run([*launcher, str(repo_root / "tools" / tool), *args], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def synthetic_cfg(configs_dir, **changes):
+    return {**load_yaml(configs_dir, "dataset", "synthetic"), "image_size": 64, "min_gap": 16, "num_val": 5,
+            **changes}
+
+
+def iou_by_hand(pred: np.ndarray, gt: np.ndarray, k: int):
+    valid = gt != 255
+    out = []
+    for c in range(k):
+        tp = np.sum(valid & (gt == c) & (pred == c))
+        union = np.sum(valid & ((gt == c) | (pred == c)))
+        out.append(tp / union if union else math.nan)
+    return out
+
+
+def test_metrics_json_and_every_format_from_stored_config(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    save = tmp_path / "pred"
+    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", f"eval.save_dir={save}",
+                   "eval.format=[color,trainid,overlay]", "eval.flip=true")
+    result = run_eval(cfg)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_images"] == result["num_images"] == 5 and metrics["split"] == "val"
+    assert list(metrics["per_class"]) == ["background", "red", "green", "blue", "yellow"]
+    # Re-score the written trainid PNGs against the dataset's labels by hand.
+    from ccnet.data import build_dataset
+
+    ds = build_dataset(synthetic_cfg(configs_dir), "val")
+    preds = [np.asarray(Image.open(save / "trainid" / "val" / f"{i:06d}.png")) for i in range(5)]
+    labels = [ds[i][1].numpy() for i in range(5)]
+    expected = iou_by_hand(np.concatenate([p.ravel() for p in preds]), np.concatenate([g.ravel() for g in labels]), 5)
+    got = [v["IoU"] for v in metrics["per_class"].values()]
+    assert [None if math.isnan(e) else pytest.approx(e) for e in expected] == got
+    for i, p in enumerate(preds):
+        color = np.asarray(Image.open(save / "color" / "val" / f"{i:06d}.png"))
+        assert np.array_equal(color, np.asarray(ds.palette, dtype=np.uint8)[p])
+        assert np.asarray(Image.open(save / "overlay" / "val" / f"{i:06d}.png")).shape == (64, 64, 3)
+
+
+def test_dataset_group_and_key_overrides_merge_over_checkpoint(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    # a single key replaces the stored value ...
+    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "+dataset.num_val=2")
+    assert run_eval(cfg)["num_images"] == 2
+    # ... a group replaces what it defines (num_val 200 -> shrunk again by a key)
+    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "dataset=synthetic",
+                   "dataset.num_val=3", "dataset.image_size=64", "dataset.min_gap=16")
+    assert run_eval(cfg, dataset_group=True)["num_images"] == 3
+
+
+def test_checkpoint_without_config_needs_groups(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir), store_config=False)
+    with pytest.raises(ValueError, match="stores no 'model' config.*model="):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}"))
+    tiny = ["model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
+            "model.aux_channels=8"]
+    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "model=ccnet_tiny",
+                   "dataset=synthetic", "dataset.num_val=2", "dataset.image_size=64", "dataset.min_gap=16", *tiny)
+    assert run_eval(cfg, model_group=True, dataset_group=True)["num_images"] == 2  # num_classes via ${dataset...}
+
+
+def test_class_count_mismatch_and_bad_settings_are_explained(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    with pytest.raises(ValueError, match="predicts 5 classes but dataset 'synthetic' has 4"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "+dataset.num_classes=4"))
+    with pytest.raises(ValueError, match="eval.mode"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "eval.mode=sliding"))
+    with pytest.raises(Exception, match="checkpoint not found"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={tmp_path / 'none.pth'}", f"output_dir={tmp_path}"))
+
+
+def make_cityscapes_test_split(root: Path) -> list:
+    names = []
+    for city, n in (("berlin", 2), ("bonn", 1)):
+        folder = root / "leftImg8bit" / "test" / city
+        folder.mkdir(parents=True)
+        for i in range(n):
+            name = f"{city}_{i:06d}_000019_leftImg8bit.png"
+            rng = np.random.default_rng(i)
+            Image.fromarray(rng.integers(0, 255, (40, 72, 3), dtype=np.uint8)).save(folder / name)
+            names.append(Path(city) / name)
+    return names
+
+
+def test_unlabelled_test_split_writes_cityscapes_submission(configs_dir, tmp_path):
+    cs = load_yaml(configs_dir, "dataset", "cityscapes")
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, cs)
+    names = make_cityscapes_test_split(tmp_path / "cs")
+    common = [f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", f"dataset.root={tmp_path / 'cs'}", "split=test"]
+    with pytest.raises(ValueError, match="has no labels.*eval.save_dir"):
+        run_eval(eval_cfg(configs_dir, *common))
+    result = run_eval(eval_cfg(configs_dir, *common, f"eval.save_dir={tmp_path / 'sub'}", "eval.format=cityscapes"))
+    assert result == {"num_images": 3, "classes": result["classes"]} and len(result["classes"]) == 19
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    written = sorted(p.relative_to(tmp_path / "sub") for p in (tmp_path / "sub").rglob("*.png"))
+    assert written == sorted(names)  # <city>/<name>_leftImg8bit.png, as the test server expects
+    for p in written:
+        ids = np.asarray(Image.open(tmp_path / "sub" / p))
+        assert ids.shape == (40, 72) and set(np.unique(ids)) <= set(TO_TRAIN)  # label ids of the 19 classes
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_on_cityscapes_sample_through_cli(repo_root, configs_dir, cityscapes_sample, tmp_path):
+    # A root whose train and val splits both link to the sample's val images: training on the same
+    # folder as validation through dataset.train_split=val would make the val split augmented too.
+    root = tmp_path / "cityscapes"
+    for kind in ("leftImg8bit", "gtFine"):
+        (root / kind).mkdir(parents=True)
+        for split in ("train", "val"):
+            (root / kind / split).symlink_to(cityscapes_sample / kind / "val", target_is_directory=True)
+    work = tmp_path / "run"
+    overrides = ["dataset=cityscapes", f"dataset.root={root}", "dataset.base_size=[128,256]",
+                 "dataset.ratio_range=[0.5,1.0]", "train.crop_size=[64,64]", "dataset.cat_max_ratio=1.0",
+                 "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
+                 "model.aux_channels=8", "train.batch_size=2", "train.max_iters=3", "train.num_workers=0",
+                 "eval.num_workers=0", "train.device=cpu", "train.log_interval=1", "train.eval_interval=0"]
+    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.work_dir = str(work)
+    train(cfg)  # in process: one interpreter start less than tools/train.py
+    ckpt = work / "checkpoints" / "last.pth"
+    save = tmp_path / "pred"
+    proc = run_cli(repo_root, "eval.py", f"checkpoint={ckpt}", f"output_dir={tmp_path / 'eval'}", "device=cpu",
+                   "eval.num_workers=0", f"eval.save_dir={save}", "eval.format=[trainid,cityscapes]")
+    assert "mIoU" in proc.stdout and "road" in proc.stdout  # the per-class table
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["dataset"] == "cityscapes" and metrics["num_images"] == 1
+    # the same checkpoint scored by the trainer's final validation
+    final = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["val/mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-9)
+    # and by hand from the written prediction and the sample's label ids
+    gt_ids = np.asarray(Image.open(cityscapes_sample / "gtFine" / "val" / "frankfurt" /
+                                   f"{SAMPLE_STEM}_gtFine_labelIds.png"))
+    gt = np.vectorize(lambda v: TO_TRAIN.get(int(v), 255))(gt_ids)
+    pred = np.asarray(Image.open(save / "trainid" / "frankfurt" / f"{SAMPLE_STEM}_leftImg8bit.png"))
+    expected = iou_by_hand(pred, gt, 19)
+    assert [None if math.isnan(e) else pytest.approx(e) for e in expected] == \
+        [v["IoU"] for v in metrics["per_class"].values()]
+    sub = np.asarray(Image.open(save / "cityscapes" / "frankfurt" / f"{SAMPLE_STEM}_leftImg8bit.png"))
+    assert np.array_equal(np.vectorize(lambda v: TO_TRAIN[int(v)])(sub), pred)  # label ids <-> train ids
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(repo_root, configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    common = [f"checkpoint={ckpt}", "device=cpu", "eval.num_workers=0", "eval.format=trainid"]
+    run_eval(eval_cfg(configs_dir, *common, f"output_dir={tmp_path / 'one'}", f"eval.save_dir={tmp_path / 'p1'}"))
+    run_cli(repo_root, "eval.py", *common, f"output_dir={tmp_path / 'two'}", f"eval.save_dir={tmp_path / 'p2'}",
+            nproc=2)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one.pop("eval")["save_dir"] != two.pop("eval")["save_dir"]
+    assert one["num_images"] == 5 and one == two  # exactly equal, per class too
+    files = sorted(p.name for p in (tmp_path / "p2").rglob("*.png"))
+    assert files == [f"{i:06d}.png" for i in range(5)]  # both ranks wrote their shard
+    for name in files:
+        a = np.asarray(Image.open(tmp_path / "p1" / "val" / name))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "p2" / "val" / name)))
