@@ -1,7 +1,8 @@
 """Data-parallel training is plain large-batch training: 2 gloo processes with batch b per process
 reach the same weights as 1 process with batch 2b.
 
-The 2-process run goes through the real entry point (``torchrun tools/train.py``). Why the weights
+The 2-process run goes through the real entry point (``scripts/dist_train.sh 2``, i.e. torchrun
+``tools/train.py``). Why the weights
 agree: the sampler hands the two ranks the two halves of exactly the block of samples the single
 process uses in the same step; DDP averages the two ranks' gradients, and each rank's loss is the
 mean over its images, so with equally many labelled pixels per image (the synthetic set has no void
@@ -32,11 +33,10 @@ EXACT = ["model.norm=frozen_bn", "model.dropout=0", "train.max_iters=3", "train.
 
 def test_two_gloo_processes_equal_one_process_with_double_batch(repo_root, tiny_cfg, tiny_overrides, tmp_path):
     two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(repo_root / "tools" / "train.py"), *tiny_overrides, *EXACT, "train.batch_size=2", f"work_dir={two}"],
-        capture_output=True, text=True, env=env, cwd=repo_root, timeout=300)
+        ["bash", str(repo_root / "scripts" / "dist_train.sh"), "2", *tiny_overrides, *EXACT, "train.batch_size=2",
+         f"work_dir={two}"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     one = tiny_cfg(*EXACT, "train.batch_size=4", work_dir="one")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train on the GPUs of one machine: one process per GPU, launched by torchrun.
+#   scripts/dist_train.sh NUM_GPUS [Hydra overrides of configs/train.yaml ...]
+#   scripts/dist_train.sh 4 experiment=cityscapes_r101_official dataset.root=data/cityscapes
+# train.batch_size is per process: total batch = NUM_GPUS x train.batch_size.
+# --standalone picks a free rendezvous port, so several jobs can share a machine.
+# Environment: PYTHON (default python), CUDA_VISIBLE_DEVICES to choose the GPUs.
+set -euo pipefail
+
+if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: $0 NUM_GPUS [overrides ...]   e.g. $0 4 experiment=cityscapes_r101_official" >&2
+    exit 2
+fi
+NUM_GPUS=$1
+shift
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+exec "${PYTHON:-python}" -m torch.distributed.run --standalone --nproc_per_node="${NUM_GPUS}" \
+    "${REPO}/tools/train.py" "$@"

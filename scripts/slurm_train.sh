@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Train on several machines under Slurm: srun starts one torchrun per node, and the torchruns meet
+# through a c10d rendezvous on the job's first node; each starts one process per GPU.
+#   [PARTITION=gpu] [NODES=2] [GPUS_PER_NODE=8] scripts/slurm_train.sh [Hydra overrides ...]
+#   NODES=2 GPUS_PER_NODE=8 scripts/slurm_train.sh experiment=cityscapes_r101_official \
+#       dataset.root=/data/cityscapes train.batch_size=1
+# Inside an sbatch allocation, srun uses that allocation (set NODES to its node count).
+# train.batch_size is per process: total batch = NODES x GPUS_PER_NODE x train.batch_size.
+# work_dir and dataset.root must be on a file system all nodes share (every rank reads the checkpoint
+# when resuming; rank 0 writes).
+# Environment: PARTITION (srun -p), NODES (1), GPUS_PER_NODE (8), CPUS_PER_TASK (8 per GPU),
+# PORT (29500, rendezvous port on the first node), SRUN_ARGS (extra srun options), PYTHON (python).
+set -euo pipefail
+
+NODES=${NODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+CPUS_PER_TASK=${CPUS_PER_TASK:-$((8 * GPUS_PER_NODE))}
+PORT=${PORT:-29500}
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SRUN_OPTS=(--nodes="${NODES}" --ntasks-per-node=1 --gres=gpu:"${GPUS_PER_NODE}" --cpus-per-task="${CPUS_PER_TASK}"
+           --kill-on-bad-exit=1 --job-name=ccnet-train)
+if [[ -n "${PARTITION:-}" ]]; then
+    SRUN_OPTS+=(--partition="${PARTITION}")
+fi
+
+# Runs once per node; the head node's name and the job id are known only inside the allocation.
+# shellcheck disable=SC2016
+NODE_CMD='head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+exec "$PYTHON" -m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS_PER_NODE" \
+    --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head:$PORT" "$REPO/tools/train.py" "$@"'
+
+# shellcheck disable=SC2086
+PYTHON="${PYTHON:-python}" GPUS_PER_NODE="${GPUS_PER_NODE}" PORT="${PORT}" REPO="${REPO}" \
+    srun "${SRUN_OPTS[@]}" ${SRUN_ARGS:-} bash -c "${NODE_CMD}" bash "$@"
