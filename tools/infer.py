@@ -1,0 +1,23 @@
+"""Segment an image, a folder or a glob with a CCNet checkpoint; writes colour masks and overlays
+(configs/infer.yaml).
+
+    python tools/infer.py checkpoint=PATH input=IMAGE_OR_FOLDER_OR_GLOB [output_dir=DIR] [device=cpu]
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ccnet.evaluation.predict import run_infer
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="infer")
+def main(cfg: DictConfig) -> None:
+    choices = HydraConfig.get().runtime.choices
+    run_infer(cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None)
+
+
+if __name__ == "__main__":
+    main()
