@@ -123,3 +123,35 @@ def test_corrupt_checkpoint_error_names_the_file(tiny_cfg, tmp_path):
         train(tiny_cfg(f"resume={bad}"))
     with pytest.raises(CheckpointError, match="broken.pth"):
         train(tiny_cfg(f"load_from={bad}"))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_training_options_run_together(tiny_cfg, amp):
+    # AMP (fp16 with a GradScaler), channels_last, clipping, OHEM, class weights, head lr multiplier,
+    # no decay on norm/bias, warm-up and a floor, on CPU autocast.
+    cfg = tiny_cfg(f"train.amp={amp}", "train.channels_last=true", "train.grad_clip=1.0", "train.ohem.enabled=true",
+                   "train.ohem.min_kept=1000", "train.class_weights=[0.5,1,1,1,1]", "train.head_lr_mult=10",
+                   "train.no_decay_norm_bias=true", "train.warmup_iters=2", "train.min_lr=1e-4",
+                   "train.max_iters=4", "train.eval_interval=0")
+    result = train(cfg)
+    last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")
+    assert result["skipped_nonfinite"] == 0 and 0.0 <= result["val/mIoU"] <= 1.0
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert [g["name"] for g in last["optimizer"]["param_groups"]] == ["backbone", "backbone_no_decay", "head",
+                                                                      "head_no_decay"]
+    assert ("scale" in last["scaler"]) == (amp == "fp16")  # a disabled GradScaler saves an empty state
+
+
+def test_load_from_initialises_weights_only(tiny_cfg):
+    source = tiny_cfg("train.max_iters=3", "train.eval_interval=0", work_dir="source")
+    train(source)
+    src = load_checkpoint(f"{source.work_dir}/checkpoints/last.pth")
+    # A new run from those weights; a negligible lr keeps them where they were loaded.
+    cfg = tiny_cfg("train.max_iters=1", "train.eval_interval=0", "train.lr=1e-12",
+                   f"load_from={source.work_dir}/checkpoints/last.pth", work_dir="finetune")
+    train(cfg)
+    last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")
+    assert last["iteration"] == 1 and last["sampler"]["position"] == 4  # a new run, not a resume
+    params = {k for k, v in last["model"].items() if "running" not in k and "num_batches" not in k}
+    for key in params:
+        torch.testing.assert_close(last["model"][key], src["model"][key], rtol=0, atol=1e-6)
