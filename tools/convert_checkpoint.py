@@ -33,6 +33,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=None,
                         help="configs/dataset/NAME.yaml stored with the model (default: cityscapes for 19 classes, "
                              "ade20k for 150)")
+    parser.add_argument("--recurrence", type=int, default=None,
+                        help="criss-cross loops R the checkpoint was trained with (default 2; the official "
+                             "release also published R=1 models)")
     parser.add_argument("--align-corners", choices=("auto", "true", "false"), default="auto",
                         help="align_corners of the final upsampling; auto: official -> true, mmseg -> true for "
                              "769x769 recipes (read from the file name), else false")
@@ -45,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     align_corners = None if args.align_corners == "auto" else args.align_corners == "true"
     try:
         convert_checkpoint(args.src, args.dst, args.source_format, num_classes=args.num_classes,
-                           dataset=args.dataset, align_corners=align_corners)
+                           dataset=args.dataset, align_corners=align_corners, recurrence=args.recurrence)
     except (ConversionError, CheckpointError, ValueError) as exc:
         log.error("conversion failed, nothing written: %s", exc)
         return 1

@@ -47,15 +47,20 @@ def _load_yaml(configs_dir: Path, group: str, name: str) -> Dict[str, Any]:
     return cfg
 
 
-def model_config_for(name: str, num_classes: int, align_corners: Optional[bool],
-                     configs_dir: Path = CONFIGS_DIR) -> Dict[str, Any]:
-    """``configs/model/<name>.yaml`` as a plain dict with ``num_classes`` (and ``align_corners``) set and
-    no ImageNet weights to load (the converted checkpoint holds every weight)."""
+def model_config_for(name: str, num_classes: int, align_corners: Optional[bool] = None,
+                     recurrence: Optional[int] = None, configs_dir: Path = CONFIGS_DIR) -> Dict[str, Any]:
+    """``configs/model/<name>.yaml`` as a plain dict with ``num_classes`` (and ``align_corners``,
+    ``recurrence`` when given) set and no ImageNet weights to load (the converted checkpoint holds
+    every weight)."""
     cfg = _load_yaml(configs_dir, "model", name)
     cfg["num_classes"] = num_classes
     cfg["weights"] = None
     if align_corners is not None:
         cfg["align_corners"] = align_corners
+    if recurrence is not None:
+        if recurrence < 1:
+            raise ValueError(f"recurrence must be >= 1 for a criss-cross checkpoint, got {recurrence}")
+        cfg["recurrence"] = recurrence
     return cfg
 
 
@@ -80,7 +85,7 @@ def _guess_format(state: Mapping[str, Tensor]) -> Optional[str]:
 
 
 def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_classes: Optional[int] = None,
-                       align_corners: Optional[bool] = None,
+                       align_corners: Optional[bool] = None, recurrence: Optional[int] = None,
                        configs_dir: Path = CONFIGS_DIR) -> Tuple[Dict[str, Tensor], Dict[str, Any], ConversionReport]:
     """Convert a foreign state dict (``module.`` prefixes allowed) to our model.
 
@@ -89,6 +94,8 @@ def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_clas
         source_format: ``official`` or ``mmseg``.
         num_classes: expected class count; checked against the source classifier (None: take it).
         align_corners: override of the model config's ``align_corners`` (None: keep the config's).
+        recurrence: criss-cross loops R the source model was trained with (None: the config's, 2);
+            the weights do not record it.
         configs_dir: the repository's ``configs/`` folder.
 
     Returns:
@@ -111,7 +118,7 @@ def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_clas
     if num_classes is not None and num_classes != found:
         raise ConversionError(f"--num-classes {num_classes} given, but the checkpoint's classifier "
                               f"{fmt.classifier_key} predicts {found} classes")
-    model_cfg = model_config_for(fmt.model_config(state), found, align_corners, configs_dir)
+    model_cfg = model_config_for(fmt.model_config(state), found, align_corners, recurrence, configs_dir)
     target = build_model(model_cfg).state_dict()
     converted, report = remap_state_dict(state, target, fmt.rules, fmt.drop)
     return converted, model_cfg, report
@@ -119,7 +126,7 @@ def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_clas
 
 def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_classes: Optional[int] = None,
                        dataset: Optional[str] = None, align_corners: Optional[bool] = None,
-                       configs_dir: Path = CONFIGS_DIR) -> ConversionReport:
+                       recurrence: Optional[int] = None, configs_dir: Path = CONFIGS_DIR) -> ConversionReport:
     """Convert the checkpoint file ``src`` and write ours to ``dst``.
 
     Args:
@@ -130,6 +137,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
         dataset: dataset config stored with the model (None: cityscapes for 19 classes, ade20k for 150).
         align_corners: None derives it from the format (official: True; mmseg: True for 769×769
             recipes, from the file name).
+        recurrence: criss-cross loops R of the source model (None: 2).
         configs_dir: the repository's ``configs/`` folder.
 
     Returns:
@@ -145,7 +153,8 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
     state = model_state_from(load_checkpoint(src), src)
     if align_corners is None:
         align_corners = fmt.align_corners(str(src))
-    converted, model_cfg, report = convert_state_dict(state, source_format, num_classes, align_corners, configs_dir)
+    converted, model_cfg, report = convert_state_dict(state, source_format, num_classes, align_corners, recurrence,
+                                                      configs_dir)
     k = model_cfg["num_classes"]
     if dataset is None:
         if k not in DATASET_BY_CLASSES:
@@ -155,6 +164,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
     dataset_cfg = dataset_config_for(dataset, k, fmt, configs_dir)
     save_checkpoint({"model": converted, "config": {"model": model_cfg, "dataset": dataset_cfg}, "iteration": 0,
                      "converted_from": {"format": fmt.name, "path": str(src)}}, dst)
-    log.info("converted %s (%s) -> %s: model %s, %d classes, align_corners=%s, dataset %s\n%s", src, fmt.description,
-             dst, model_cfg["name"], k, model_cfg.get("align_corners"), dataset, report.format())
+    log.info("converted %s (%s) -> %s: model %s, %d classes, R=%s, align_corners=%s, dataset %s\n%s", src,
+             fmt.description, dst, model_cfg["name"], k, model_cfg.get("recurrence"), model_cfg.get("align_corners"),
+             dataset, report.format())
     return report

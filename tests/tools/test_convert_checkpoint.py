@@ -81,9 +81,10 @@ def test_official_checkpoint_keeps_the_release_preprocessing(tmp_path):
     src = tmp_path / "CS_scenes_60000.pth"
     save_checkpoint({f"module.{k}": v for k, v in OfficialCCNet(19).state_dict().items()}, src)
     dst = tmp_path / "official.pth"
-    assert _tool().main(["--from", "official", str(src), str(dst)]) == 0
+    assert _tool().main(["--from", "official", str(src), str(dst), "--recurrence", "1"]) == 0
     stored = load_checkpoint(dst)["config"]
     assert stored["model"]["name"] == "ccnet_r101_official" and stored["model"]["align_corners"] is True
+    assert stored["model"]["recurrence"] == 1  # the release's R=1 model; the weights do not record R
     # our val pipeline with the stored mean/std must produce the release's input: RGB pixels minus
     # IMG_MEAN (BGR 104.008, 116.669, 122.679), no scaling (conv1 was flipped to take RGB)
     image = np.random.default_rng(0).integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
