@@ -18,6 +18,7 @@ Needs ``pip install cityscapesscripts``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -155,9 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--root", type=Path, default=None, help="keep the generated folder here (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
-    try:
-        import cityscapesscripts  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("cityscapesscripts") is None:
         sys.exit("cityscapesscripts is not installed: pip install cityscapesscripts")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)

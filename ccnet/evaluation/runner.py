@@ -100,28 +100,34 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
         model = model.to(memory_format=torch.channels_last)
 
     writer: Optional[PredictionWriter] = None
-    callback: Optional[PredictionCallback] = None
     if eval_cfg.get("save_dir"):
         writer = PredictionWriter(eval_cfg["save_dir"], eval_cfg.get("format", "color"), dataset.palette,
                                   dataset.ignore_index, alpha=float(eval_cfg.get("alpha", 0.5)),
                                   num_classes=dataset.num_classes)
-        needs_image = "overlay" in writer.formats
-
-        def callback(index: int, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> None:
-            picture = denormalize(image, dataset.mean, dataset.std) if needs_image else None
-            writer.write(pred.numpy(), dataset.image_paths[index], picture)
     elif not getattr(dataset, "has_labels", True):
         raise ValueError(f"split {split!r} of {dataset_cfg['name']!r} has no labels, so there is nothing to score; "
                          "set eval.save_dir=DIR (and eval.format=cityscapes for a test-server submission)")
 
     log.info("evaluating %s on %s/%s (%d images, %d process(es)), eval: %s", ckpt_path, dataset_cfg["name"],
              split, len(dataset), dist.get_world_size(), eval_cfg)
-    results = evaluate(model, dataset, eval_cfg, device, on_prediction=callback)
+    results = evaluate(model, dataset, eval_cfg, device,
+                       on_prediction=None if writer is None else _save_predictions(writer, dataset))
     results["classes"] = list(dataset.classes)
     if dist.is_main_process():
         _report(results, cfg, ckpt_path, split, dataset_cfg, eval_cfg, writer)
     dist.barrier()  # every rank's predictions are on disk before anyone returns
     return results
+
+
+def _save_predictions(writer: PredictionWriter, dataset: Any) -> PredictionCallback:
+    """``on_prediction`` callback writing each prediction under the name of its image file."""
+    needs_image = "overlay" in writer.formats
+
+    def save(index: int, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> None:
+        picture = denormalize(image, dataset.mean, dataset.std) if needs_image else None
+        writer.write(pred.numpy(), dataset.image_paths[index], picture)
+
+    return save
 
 
 def _report(results: Dict[str, Any], cfg: Any, ckpt_path: Path, split: str, dataset_cfg: Mapping[str, Any],
