@@ -10,8 +10,11 @@ input's full resolution from any combination of those:
   shifted back to end at the border (instead of padding the image), so every window has the same
   size and all of them go through the model in batches of ``crop_batch``. A dimension smaller than
   the crop uses the whole dimension, so a crop that covers the image gives exactly ``whole``.
-- ``scales``: the image is resized (bilinear) by each factor, inferred, and its logits resized back
-  (bilinear) to full resolution.
+- ``test_size``: optionally, the image is first rescaled (keeping its aspect ratio) to fit a test
+  size, e.g. ``[512, 2048]`` as in mmsegmentation's ADE20K test pipeline: factor
+  ``min(max(test_size) / long side, min(test_size) / short side)``.
+- ``scales``: the image is resized (bilinear) by each factor (times the test-size factor), inferred,
+  and its logits resized back (bilinear) to the input's full resolution, where metrics are taken.
 - ``flip``: the horizontally flipped image is inferred in the same batch and its logits flipped back.
 
 All views are merged by averaging **logits** (not softmax probabilities), as the original CCNet
@@ -55,6 +58,8 @@ class InferenceSettings:
         crop_size: slide window (height, width); required for ``slide``.
         stride: slide step (height, width), at most ``crop_size``; required for ``slide``.
         scales: test scales relative to the input size; ``(1.0,)`` = full resolution only.
+        test_size: optional (a, b): rescale each image, aspect kept, to fit a b x a or a x b box
+            (whichever matches its orientation) before applying ``scales``.
         flip: also infer the horizontally flipped image.
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
         channels_last: feed inputs in channels-last memory format.
@@ -65,6 +70,7 @@ class InferenceSettings:
     crop_size: Optional[Tuple[int, int]] = None
     stride: Optional[Tuple[int, int]] = None
     scales: Tuple[float, ...] = (1.0,)
+    test_size: Optional[Tuple[int, int]] = None
     flip: bool = False
     amp: str = "none"
     channels_last: bool = False
@@ -100,6 +106,7 @@ class InferenceSettings:
         """
         crop = cfg.get("crop_size")
         stride = cfg.get("stride")
+        test_size = cfg.get("test_size")
         scales = cfg.get("scales", (1.0,))
         if isinstance(scales, (int, float)):
             scales = (scales,)
@@ -108,11 +115,20 @@ class InferenceSettings:
             crop_size=None if crop is None else _pair(crop, "crop_size"),
             stride=None if stride is None else _pair(stride, "stride"),
             scales=tuple(float(s) for s in scales),
+            test_size=None if test_size is None else _pair(test_size, "test_size"),
             flip=bool(cfg.get("flip", False)),
             amp=str(amp if amp is not None else cfg.get("amp", "none")),
             channels_last=bool(cfg.get("channels_last", False)),
             crop_batch=int(cfg.get("crop_batch", 4)),
         )
+
+
+def fit_scale_factor(height: int, width: int, test_size: Optional[Tuple[int, int]]) -> float:
+    """Factor that fits a ``height x width`` image into ``test_size`` keeping its aspect ratio
+    (mmsegmentation's ``Resize(scale, keep_ratio=True)``); 1.0 without a test size."""
+    if test_size is None:
+        return 1.0
+    return min(max(test_size) / max(height, width), min(test_size) / min(height, width))
 
 
 def autocast_context(device: torch.device, amp: str) -> ContextManager:
@@ -182,10 +198,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSe
         images: (B, 3, H, W). Returns (B, K, H, W) float32 mean logits.
     """
     b, _, h, w = images.shape
+    base = fit_scale_factor(h, w, settings.test_size)
     total: Optional[torch.Tensor] = None
     with torch.no_grad():
         for scale in settings.scales:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            size = (max(1, round(h * base * scale)), max(1, round(w * base * scale)))
             x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear",
                                                             align_corners=False)
             if settings.flip:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccnet.evaluation.inference import InferenceSettings, predict_logits, window_starts
+from ccnet.evaluation.inference import InferenceSettings, fit_scale_factor, predict_logits, window_starts
 
 
 class ContextNet(nn.Module):
@@ -101,6 +101,16 @@ def test_multiscale_shapes_and_average_of_resized_logits():
     assert torch.allclose(got, ref / 6, atol=1e-5)
 
 
+def test_test_size_rescales_before_scales_and_returns_full_resolution():
+    model, x = make(), images(b=1, h=32, w=48)
+    assert fit_scale_factor(32, 48, (24, 16)) == 0.5 and fit_scale_factor(1024, 2048, (512, 2048)) == 0.5
+    fitted = predict_logits(model, x, InferenceSettings(test_size=(16, 24)))  # fits 32x48 at factor 0.5
+    assert fitted.shape == (1, 4, 32, 48)
+    assert torch.allclose(fitted, predict_logits(model, x, InferenceSettings(scales=(0.5,))), atol=1e-6)
+    both = predict_logits(model, x, InferenceSettings(test_size=(16, 24), scales=(0.5, 1.0)))
+    assert torch.allclose(both, predict_logits(model, x, InferenceSettings(scales=(0.25, 0.5))), atol=1e-6)
+
+
 def test_multiscale_slide_combination_shape():
     model, x = make(), images(b=1, h=16, w=24)
     settings = InferenceSettings(mode="slide", crop_size=(10, 10), stride=(7, 7), scales=(0.75, 1.5), flip=True)
@@ -128,8 +138,9 @@ def test_channels_last_equals_fp32():
 
 def test_settings_from_config_and_errors():
     s = InferenceSettings.from_config({"mode": "slide", "crop_size": 769, "stride": [513, 500],
-                                       "scales": [0.75, 1.0], "flip": True, "save_dir": None})
+                                       "scales": [0.75, 1.0], "flip": True, "save_dir": None, "test_size": 512})
     assert s.crop_size == (769, 769) and s.stride == (513, 500) and s.scales == (0.75, 1.0) and s.flip
+    assert s.test_size == (512, 512)
     assert InferenceSettings.from_config({"amp": "none"}, amp="bf16").amp == "bf16"
     with pytest.raises(ValueError, match="eval.crop_size and eval.stride"):
         InferenceSettings.from_config({"mode": "slide"})
