@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ CITYSCAPES_SAMPLE = REPO.parent / "shared" / "fixtures" / "cityscapes_sample"
 
 # CI and developer machines have 2 cores; more intra-op threads only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Without a GPU the Triton kernels' tests (tests/models/test_cca_triton.py) run in Triton's CPU
+# interpreter, which must be chosen before anything (torchvision does) first imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ccnet.models.cca_fast import criss_cross_attention_lean, select_implementation
+from ccnet.models.cca_fast import check_scale_and_residual, criss_cross_attention_lean, select_implementation
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -105,7 +105,7 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tenso
         q: queries.
         k: keys.
         v: values.
-        gamma: scale of the aggregation (the module's γ); ``None`` for 1.
+        gamma: one-element scale of the aggregation (the module's γ); ``None`` for 1.
         residual: added after scaling (the module's input); ``None`` for none. Fusing γ and the
             residual lets ``lean``/``triton`` skip saving ``out`` for γ's gradient.
         impl: ``auto``, ``reference``, ``lean`` or ``triton``; ``None`` reads ``CCNET_CCA_IMPL``.
@@ -114,10 +114,11 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tenso
         ``residual + gamma * (out_H + out_W)`` (terms left out when ``None``).
 
     Shape:
-        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: broadcastable, e.g. (1,).
+        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,).
         Returns (B, C, H, W), in v's dtype when gamma and residual are ``None``.
     """
     _check_inputs(q, k, v)
+    check_scale_and_residual(v, gamma, residual)
     choice = select_implementation(impl, q.device)
     if choice == "lean":
         return criss_cross_attention_lean(q, k, v, gamma, residual)

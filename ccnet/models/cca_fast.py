@@ -71,6 +71,14 @@ def select_implementation(impl: Optional[str], device: torch.device) -> str:
     return choice
 
 
+def check_scale_and_residual(v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) -> None:
+    """γ must be one number (its gradient is a single sum) and the residual shaped like v."""
+    if gamma is not None and gamma.numel() != 1:
+        raise ValueError(f"gamma must have one element (the module's scalar γ), got shape {tuple(gamma.shape)}")
+    if residual is not None and residual.shape != v.shape:
+        raise ValueError(f"residual {tuple(residual.shape)} must have the values' shape {tuple(v.shape)}")
+
+
 def _accumulation_dtype(t: Tensor) -> torch.dtype:
     """float32 for half inputs, the input's own dtype for float32/float64."""
     return torch.promote_types(t.dtype, torch.float32)
@@ -242,16 +250,19 @@ def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[
         q: queries.
         k: keys.
         v: values.
-        gamma: scale of the aggregation (the module's γ); ``None`` for 1.
+        gamma: one-element scale of the aggregation (the module's γ); ``None`` for 1.
         residual: added to the scaled aggregation (the module's input); ``None`` for none.
 
     Returns:
         ``residual + γ · (out_H + out_W)``, with PyTorch's type promotion of those operands.
 
     Shape:
-        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: broadcastable, e.g. (1,).
+        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,).
         Returns (B, C, H, W).
     """
+    check_scale_and_residual(v, gamma, residual)
+    if gamma is not None:
+        gamma = gamma.reshape(1)  # a 0-dim γ would otherwise not take part in the type promotion
     inputs = [t for t in (q, k, v, gamma, residual) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         return LeanCrissCrossAttention.apply(q, k, v, gamma, residual)
