@@ -81,9 +81,14 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     """
     device = resolve_device(str(cfg.train.device))
     created_group = not dist.is_distributed() and dist.init_distributed(device.type)
+    package_log = logging.getLogger("ccnet")
+    level = package_log.level
+    if not dist.is_main_process():
+        package_log.setLevel(logging.WARNING)  # one copy of every info line: rank 0's
     try:
         return _train(cfg, device)
     finally:
+        package_log.setLevel(level)
         if created_group:
             dist.destroy_distributed()
 
@@ -208,6 +213,8 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
     grad_clip = tcfg.get("grad_clip")
     class_names = list(getattr(val_set, "classes", [str(i) for i in range(model.num_classes)]))
     skipped, window, window_steps, window_time, metrics, last_loss = 0, [], 0, 0.0, {}, float("nan")
+    # Bars only on rank 0 and only on a terminal; log files (slurm, CI) get the plain log lines.
+    show_bar = main and sys.stderr.isatty()
     log.info("training %s on %s: %d iterations, batch %d per process x %d processes, device %s, amp %s",
              cfg.model.get("name"), cfg.dataset.get("name"), max_iters, batch_size, world, device, amp)
 
@@ -218,8 +225,9 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
         result = evaluate(model, val_set, cfg.eval, device, amp=amp, progress=show_bar, desc=f"val@{iteration}",
                           on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if len(panels) < keep else None)
         record = validation_record(iteration, result, class_names, train_time)
-        log.info("val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f | %s", iteration, result["mIoU"], result["mAcc"],
-                 result["aAcc"], "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, result["IoU"])))
+        per_class = "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, result["IoU"]))
+        log.info("val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f%s", iteration, result["mIoU"], result["mAcc"],
+                 result["aAcc"], f" | {per_class}" if len(class_names) <= 40 else " (per class: metrics.jsonl)")
         if main:
             recorder.validation(record)
             for j, (image, label, pred) in enumerate(panels):
@@ -233,8 +241,6 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
                              "best_miou": best_miou})
         return record
 
-    # Bars only on rank 0 and only on a terminal; log files (slurm, CI) get the plain log lines.
-    show_bar = main and sys.stderr.isatty()
     bar = tqdm(total=max_iters, initial=start_iter, desc="train", dynamic_ncols=True, disable=not show_bar)
     try:
         with logging_redirect_tqdm() if show_bar else nullcontext():  # log lines above the bar

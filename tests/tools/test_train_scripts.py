@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from omegaconf import OmegaConf
 
 FAKE_SRUN = """#!/usr/bin/env bash
@@ -31,6 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # child processes: 20-70 s measured on the shared 2-core development machine
 def test_slurm_script_runs_torchrun_with_c10d_rendezvous(repo_root, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
