@@ -47,11 +47,16 @@ def test_outputs_match_encode_decode(mmseg_model, ours):
     # the 769x769 recipes' align_corners=True, which the converter derives from the file name
     ours.align_corners = mmseg_model.align_corners = True
     x = torch.randn(1, 3, 33, 49)
+    feats, ref_feats = {}, []
+    hooks = [ours.backbone.register_forward_hook(lambda module, args, output: feats.update(output)),
+             mmseg_model.backbone.register_forward_hook(lambda module, args, output: ref_feats.extend(output))]
     with torch.no_grad():
         out = ours(x)["out"]
-        aux = ours.aux_head(ours.backbone(x)["layer3"])
+        aux = ours.aux_head(feats["layer3"])  # eval mode skips the aux head; run it on the same features
         ref = mmseg_model(x)
-        aux_ref = mmseg_model.auxiliary_head(mmseg_model.backbone(x)[2])
+        aux_ref = mmseg_model.auxiliary_head(ref_feats[2])
+    for hook in hooks:
+        hook.remove()
     assert out.shape == ref.shape == (1, NUM_CLASSES, 33, 49)
     assert (out - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1.0)
     assert (aux - aux_ref).abs().max() <= 1e-5 * aux_ref.abs().max().clamp_min(1.0)

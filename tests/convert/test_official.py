@@ -47,11 +47,14 @@ def test_every_key_mapped(official, converted):
 
 def test_outputs_match_the_release(official, ours):
     x = torch.randn(1, 3, 33, 45)  # RGB, as our pipeline feeds it
+    feats = {}
+    hook = ours.backbone.register_forward_hook(lambda module, args, output: feats.update(output))
     with torch.no_grad():
         out = ours(x)["out"]
-        aux = ours.aux_head(ours.backbone(x)["layer3"])
+        aux = ours.aux_head(feats["layer3"])  # eval mode skips the aux head; run it on the same features
         head, dsn = official(x.flip(1))  # the release reads BGR
         ref = F.interpolate(head, size=x.shape[2:], mode="bilinear", align_corners=True)
+    hook.remove()
     assert out.shape == ref.shape == (1, NUM_CLASSES, 33, 45)
     assert (out - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1.0)
     assert (aux - dsn).abs().max() <= 1e-5 * dsn.abs().max().clamp_min(1.0)
