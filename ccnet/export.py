@@ -19,6 +19,7 @@ exports the R101 model in seconds, and handles the dynamic H/W of the attention;
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -37,6 +38,15 @@ PathLike = Union[str, os.PathLike]
 # The implementation switch read by ccnet.models.cca.criss_cross_attention on every call.
 CCA_IMPL_ENV = "CCNET_CCA_IMPL"
 MIN_OPSET = 17
+
+
+def _require(module: str):
+    """Import an optional export dependency, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is needed for ONNX export and its parity check: pip install -e '.[export]' "
+                          "(or pip install -r requirements-dev.txt)") from exc
 
 
 class LogitsOnly(nn.Module):
@@ -96,8 +106,7 @@ def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = 
     Returns:
         The path written.
     """
-    import onnx
-
+    onnx = _require("onnx")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: need >= {MIN_OPSET}")
     path = Path(path)
@@ -114,6 +123,7 @@ def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = 
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+    log.info("wrote ONNX (opset %d, %s input shape) to %s", opset, "dynamic" if dynamic else "static", path)
     return path
 
 
@@ -135,6 +145,7 @@ def export_torchscript(model: nn.Module, path: PathLike, example: Tensor,
     with _tracing():
         traced = torch.jit.trace(LogitsOnly(model).eval(), example)
     torch.jit.save(traced, str(path), _extra_files={"meta.json": json.dumps(dict(metadata or {}))})
+    log.info("wrote TorchScript to %s", path)
     return path
 
 
@@ -145,8 +156,7 @@ def _eager_logits(model: nn.Module, x: Tensor) -> Tensor:
 
 def onnx_max_abs_diff(model: nn.Module, path: PathLike, inputs: Sequence[Tensor]) -> float:
     """Largest |ONNX Runtime − PyTorch| over the logits of ``inputs`` (CPU execution provider)."""
-    import onnxruntime as ort
-
+    ort = _require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     diff = 0.0

@@ -26,7 +26,8 @@ log = logging.getLogger("export")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="checkpoint with a stored config (tools/train.py, tools/convert_checkpoint.py)")
+    parser.add_argument("checkpoint",
+                        help="checkpoint with a stored config (tools/train.py, tools/convert_checkpoint.py)")
     parser.add_argument("--onnx", default=None, help="write an ONNX model here")
     parser.add_argument("--torchscript", default=None, help="write a traced TorchScript module here")
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
@@ -48,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = export_checkpoint(args.checkpoint, onnx_path=args.onnx, torchscript_path=args.torchscript,
                                    size=args.size, opset=args.opset, dynamic=not args.static,
                                    check_sizes=[tuple(s) for s in args.check_size])
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, ImportError) as exc:
         log.error("export failed: %s", exc)
         return 1
     status = 0

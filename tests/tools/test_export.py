@@ -8,8 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -17,6 +15,9 @@ from omegaconf import OmegaConf
 from ccnet.engine.checkpoint import save_checkpoint
 from ccnet.export import CCA_IMPL_ENV
 from ccnet.models import build_model
+
+onnx = pytest.importorskip("onnx", reason="optional export dependency (requirements-dev.txt)")
+ort = pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-dev.txt)")
 
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
