@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ccnet.engine.trainer as trainer
 from ccnet.data import build_dataset
@@ -56,7 +57,12 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
     assert best["best_miou"] == pytest.approx(max(r["val/mIoU"] for r in records))
     assert OmegaConf.load(f"{work}/config.yaml").train.lr == 0.05
     assert "val @ 40: mIoU" in open(f"{work}/train.log").read()
-    assert any(p.name.startswith("events.out.tfevents") for p in (Path(work) / "tb").iterdir())
+    events = EventAccumulator(f"{work}/tb")
+    events.Reload()
+    assert {"train/loss", "train/loss_main", "train/loss_aux", "train/lr", "train/img_per_s", "val/mIoU",
+            "val/IoU/background"} <= set(events.Tags()["scalars"])
+    panel = events.Images("val/panel_0")[-1]
+    assert (panel.step, panel.width, panel.height) == (40, 3 * 64, 64)  # input | ground truth | prediction
 
 
 class NaNAt:
