@@ -154,10 +154,14 @@ def remap_state_dict(source: Mapping[str, Tensor], target: Mapping[str, Tensor],
             report.dropped.append(key)
             continue
         rule, name = next(((r, n) for r in rules if (n := r.match(key)) is not None), (None, None))
-        if rule is None or name not in target or not isinstance(value, Tensor):
-            reason = ("" if rule is None else f" (not a tensor: {type(value).__name__})" if name in target
-                      else f" (-> {name}, which the model lacks)")
-            report.unconsumed.append(key + reason)
+        if rule is None:
+            report.unconsumed.append(key)
+            continue
+        if name not in target:
+            report.unconsumed.append(f"{key} (-> {name}, which the model lacks)")
+            continue
+        if not isinstance(value, Tensor):
+            report.unconsumed.append(f"{key} (not a tensor: {type(value).__name__})")
             continue
         if name in out:
             inverse = {t: s for s, t in report.mapped.items()}
