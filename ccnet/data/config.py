@@ -18,17 +18,20 @@ def resolve_split(dataset_cfg: Mapping[str, Any], split: str) -> Tuple[str, bool
 
     ``"train"``, ``"val"`` and ``"test"`` are roles resolved through ``train_split`` / ``val_split`` /
     ``test_split`` of the config (ADE20K calls them ``training`` / ``validation``); any other string is
-    taken as a split name as is. Only the configured training split is augmented.
+    taken as a split name as is. The role decides augmentation: ``"train"`` is augmented and ``"val"`` /
+    ``"test"`` are not, even when they resolve to the same folder (e.g. ``train_split=val`` to overfit
+    the validation images); a split given by name is augmented only if it is the configured
+    ``train_split``.
 
     Returns:
         (split name on disk, is_train).
     """
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string such as 'train' or 'val', got {split!r}")
-    name = split
-    if split in SPLIT_ROLES and dataset_cfg.get(f"{split}_split"):
-        name = str(dataset_cfg[f"{split}_split"])
-    return name, name == str(dataset_cfg.get("train_split", "train"))
+    if split in SPLIT_ROLES:
+        name = str(dataset_cfg.get(f"{split}_split") or split)
+        return name, split == "train"
+    return split, split == str(dataset_cfg.get("train_split", "train"))
 
 
 def root_from_cfg(dataset_cfg: Mapping[str, Any], layout: str) -> Path:

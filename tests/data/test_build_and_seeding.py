@@ -112,3 +112,15 @@ def test_shipped_configs_meet_the_item_contract(name: str, configs_dir: Path, fo
             assert tuple(label.shape) == tuple(crop)
         valid = (label == 255) | ((label >= 0) & (label < ds.num_classes))
         assert bool(valid.all())
+
+
+def test_augmentation_follows_the_requested_role_not_the_folder():
+    """With train_split == val_split (overfitting the val images), "val" must stay un-augmented."""
+    from ccnet.data.config import resolve_split
+
+    cfg = {"train_split": "val", "val_split": "val", "test_split": "test"}
+    assert resolve_split(cfg, "train") == ("val", True)
+    assert resolve_split(cfg, "val") == ("val", False)
+    assert resolve_split(cfg, "test") == ("test", False)
+    assert resolve_split({"train_split": "training"}, "training") == ("training", True)
+    assert resolve_split({"train_split": "training"}, "validation") == ("validation", False)
