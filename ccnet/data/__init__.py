@@ -5,6 +5,7 @@
 """
 
 from ccnet.data.base import DatasetError, SegmentationDataset
-from ccnet.data.build import BUILDERS, build_dataset, reseed_dataset, seed_worker
+from ccnet.data.build import BUILDERS, build_dataset, dataset_metainfo, reseed_dataset, seed_worker
 
-__all__ = ["BUILDERS", "DatasetError", "SegmentationDataset", "build_dataset", "reseed_dataset", "seed_worker"]
+__all__ = ["BUILDERS", "DatasetError", "SegmentationDataset", "build_dataset", "dataset_metainfo", "reseed_dataset",
+           "seed_worker"]

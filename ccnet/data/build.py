@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +47,32 @@ def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optiona
     module_name, function_name = BUILDERS[name].split(":")
     builder: Callable[..., Dataset] = getattr(importlib.import_module(module_name), function_name)
     return builder(dataset_cfg, split, crop_size=crop_size)
+
+
+def dataset_metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
+    """Class names, palette and ignore index of a dataset config, without reading any file.
+
+    Inference on a user's images needs the palette of the dataset a model was trained on, but not
+    the dataset itself, which may not exist on the machine that runs the model.
+
+    Raises:
+        ValueError: unknown ``dataset.name``, or an inconsistent folder-dataset class list/palette.
+    """
+    name = dataset_cfg.get("name")
+    ignore = int(dataset_cfg.get("ignore_index", 255))
+    if name in ("cityscapes", "ade20k"):
+        module = importlib.import_module(f"ccnet.data.{name}")
+        return list(module.CLASSES), [tuple(c) for c in module.PALETTE], ignore
+    if name == "folder":
+        from ccnet.data.folder import metainfo
+
+        return metainfo(dataset_cfg)
+    if name == "synthetic":
+        from ccnet.data.synthetic import BACKGROUND, KEY_COLORS
+
+        keys = KEY_COLORS[: int(dataset_cfg.get("num_classes", 5)) - 1]
+        return [BACKGROUND] + [n for n, _ in keys], [(0, 0, 0)] + [rgb for _, rgb in keys], ignore
+    raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))}")
 
 
 def seed_worker(worker_id: int) -> None:

@@ -148,7 +148,8 @@ def find_pairs(root: Path, split: str, img_dir: str = "images", mask_dir: str = 
     return _pair(images, masks, sorted(images), images_root, masks_root, f"Directory {images_root}")
 
 
-def _classes_and_palette(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
+def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
+    """Class names, palette (generated when not configured) and ignore index from the config."""
     classes_cfg, palette_cfg = dataset_cfg.get("classes"), dataset_cfg.get("palette")
     num_classes = dataset_cfg.get("num_classes")
     if num_classes is None:
@@ -186,7 +187,7 @@ def build_folder(dataset_cfg: Mapping[str, Any], split: str,
     Returns:
         The dataset.
     """
-    classes, palette, ignore = _classes_and_palette(dataset_cfg)
+    classes, palette, ignore = metainfo(dataset_cfg)
     name, is_train = resolve_split(dataset_cfg, split)
     known = [str(dataset_cfg[k]) for k in ("train_split", "val_split", "test_split") if dataset_cfg.get(k)]
     images, masks = find_pairs(root_from_cfg(dataset_cfg, LAYOUT), name,

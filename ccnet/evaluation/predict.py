@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ccnet.data import dataset_metainfo
 from ccnet.evaluation.inference import InferenceSettings, predict_logits
 from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_device,
                                       resolve_model_and_dataset)
@@ -48,36 +49,6 @@ def list_inputs(spec: str) -> List[Path]:
             raise FileNotFoundError(f"no files match the pattern {spec!r}")
         return files
     raise FileNotFoundError(f"input {spec!r} is neither an image file, a folder, nor a glob pattern that matches")
-
-
-def dataset_metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
-    """Class names, palette and ignore index of a dataset config, without reading its files.
-
-    Raises:
-        ValueError: unknown dataset name.
-    """
-    name = dataset_cfg.get("name")
-    ignore = int(dataset_cfg.get("ignore_index", 255))
-    if name == "cityscapes":
-        from ccnet.data import cityscapes as mod
-    elif name == "ade20k":
-        from ccnet.data import ade20k as mod  # type: ignore[no-redef]
-    elif name == "synthetic":
-        from ccnet.data.synthetic import BACKGROUND, KEY_COLORS
-
-        k = int(dataset_cfg.get("num_classes", 5))
-        return ([BACKGROUND] + [n for n, _ in KEY_COLORS[: k - 1]],
-                [(0, 0, 0)] + [rgb for _, rgb in KEY_COLORS[: k - 1]], ignore)
-    elif name == "folder":
-        from ccnet.data.folder import generate_palette
-
-        k = int(dataset_cfg.get("num_classes") or len(dataset_cfg.get("classes") or []))
-        classes = [str(c) for c in dataset_cfg.get("classes") or [f"class_{i}" for i in range(k)]]
-        palette = [tuple(int(v) for v in rgb) for rgb in dataset_cfg.get("palette") or generate_palette(k)]
-        return classes, palette, ignore  # type: ignore[return-value]
-    else:
-        raise ValueError(f"unknown dataset.name {name!r}: expected cityscapes, ade20k, synthetic or folder")
-    return list(mod.CLASSES), [tuple(c) for c in mod.PALETTE], ignore
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -124,3 +124,16 @@ def test_augmentation_follows_the_requested_role_not_the_folder():
     assert resolve_split(cfg, "test") == ("test", False)
     assert resolve_split({"train_split": "training"}, "training") == ("training", True)
     assert resolve_split({"train_split": "training"}, "validation") == ("validation", False)
+
+
+def test_dataset_metainfo_needs_no_files():
+    from ccnet.data import dataset_metainfo
+    from ccnet.data.cityscapes import CLASSES
+
+    classes, palette, ignore = dataset_metainfo({"name": "cityscapes", "root": "/nonexistent"})
+    assert classes == list(CLASSES) and len(palette) == 19 and ignore == 255
+    classes, palette, _ = dataset_metainfo({"name": "folder", "num_classes": 3, "classes": ["a", "b", "c"]})
+    assert classes == ["a", "b", "c"] and len(palette) == 3
+    assert len(dataset_metainfo({"name": "ade20k"})[0]) == 150
+    with pytest.raises(ValueError, match="valid names"):
+        dataset_metainfo({"name": "voc"})
