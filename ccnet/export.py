@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ccnet.models.cca_fast import IMPL_ENV as CCA_IMPL_ENV  # switch read by criss_cross_attention per call
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-# The implementation switch read by ccnet.models.cca.criss_cross_attention on every call.
-CCA_IMPL_ENV = "CCNET_CCA_IMPL"
 MIN_OPSET = 17
 
 
