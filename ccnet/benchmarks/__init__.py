@@ -1,0 +1,3 @@
+"""Benchmarks behind ``tools/benchmark.py``: one module per subcommand (``cca``, ``context``, ``model``,
+``train``, ``data``), each with ``add_arguments(parser)`` and ``run(args) -> dict``; shared
+measurement helpers in :mod:`ccnet.benchmarks.common`."""

@@ -1,0 +1,204 @@
+"""``tools/benchmark.py cca``: our criss-cross attention against the widely copied formulation.
+
+Times and measures, in one run and on identical weights, the baseline formulation
+(:mod:`ccnet.benchmarks.baseline_cca`) and our implementations — ``reference`` (einsum, plain
+autograd), ``lean`` (saved q, k, v and log-sum-exp, recomputing backward) and, on CUDA with Triton,
+``triton`` (fused kernels) — selected through ``CCNET_CCA_IMPL``. Default shape: the paper's head
+map, 1×512×97×97 (a 769×769 crop at output stride 8), R = 2 recurrences with shared weights.
+
+Scopes:
+
+* ``module`` (default): ``CrissCrossAttention`` applied R times to x — 1×1 convolutions, attention,
+  ``x + γ·out`` — as inside the RCCA head;
+* ``operator``: the attention alone on precomputed q, k, v (one application), where the
+  implementations differ and the convolutions do not dilute the comparison.
+
+Per implementation: forward (no grad) and forward+backward median time, their peak memory, the
+speed-up over the baseline (baseline time / ours), our peak memory as a fraction of the
+baseline's, and the largest output difference from the baseline (a correctness guard).
+
+    python tools/benchmark.py cca --threads 2
+    python tools/benchmark.py cca --device cuda --dtype bfloat16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from typing import Any, Callable, Dict, Iterator, List
+
+import torch
+from torch import Tensor, nn
+
+from ccnet.benchmarks.baseline_cca import BaselineCrissCrossAttention, baseline_criss_cross_attention
+from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, describe_machine, format_table,
+                                     machine_info, peak_memory, resolve_device, time_call)
+from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
+from ccnet.models.cca_fast import IMPL_ENV, TRITON_INSTALLED
+
+log = logging.getLogger(__name__)
+
+IMPLS = ("baseline", "reference", "lean", "triton")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``cca`` benchmark."""
+    parser.add_argument("--batch", type=int, default=1, help="B (default 1)")
+    parser.add_argument("--channels", type=int, default=512, help="C of the attended map (default 512)")
+    parser.add_argument("--height", type=int, default=97, help="H (default 97: 769 px at output stride 8)")
+    parser.add_argument("--width", type=int, default=97, help="W (default 97)")
+    parser.add_argument("--recurrence", type=int, default=2, help="R, module applications (default 2)")
+    parser.add_argument("--reduction", type=int, default=8, help="C' = C / reduction (default 8)")
+    parser.add_argument("--scope", choices=("module", "operator"), default="module",
+                        help="module: CrissCrossAttention x R incl. 1x1 convs; operator: attention on q, k, v")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="input/parameter dtype")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and weights)")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
+                        help="what to run; the baseline is always included (triton: CUDA only)")
+    add_device_arguments(parser, warmup=1, repeats=5)
+
+
+@contextlib.contextmanager
+def _implementation(name: str) -> Iterator[None]:
+    """Force our implementation through the documented environment switch."""
+    previous = os.environ.get(IMPL_ENV)
+    if name != "baseline":
+        os.environ[IMPL_ENV] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(IMPL_ENV, None)
+        else:
+            os.environ[IMPL_ENV] = previous
+
+
+def _module_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                 state: Dict[str, Tensor], impl: str):
+    """Closures for forward and forward+backward of the module applied R times."""
+    cls = BaselineCrissCrossAttention if impl == "baseline" else CrissCrossAttention
+    module = cls(args.channels, args.reduction)
+    module.load_state_dict(state)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    module = module.to(device=device, dtype=dtype, memory_format=memory_format)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, args.channels, args.height, args.width, generator=g)
+    x = x.to(device=device, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_()
+    grad = torch.randn(x.shape, generator=g).to(device=device, dtype=dtype)
+
+    def apply(inp: Tensor) -> Tensor:
+        for _ in range(args.recurrence):
+            inp = module(inp)
+        return inp
+
+    def forward() -> Tensor:
+        with torch.no_grad():
+            return apply(x)
+
+    def forward_backward() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        apply(x).backward(grad)
+
+    return forward, forward_backward
+
+
+def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, impl: str):
+    """Closures for forward and forward+backward of the attention alone on q, k, v."""
+    g = torch.Generator().manual_seed(0)
+    inner = args.channels // args.reduction
+    shapes = [(args.batch, inner, args.height, args.width)] * 2 + [(args.batch, args.channels, args.height, args.width)]
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    q, k, v = (torch.randn(s, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+               .requires_grad_() for s in shapes)
+    grad = torch.randn(v.shape, generator=g).to(device=device, dtype=dtype)
+    op: Callable[..., Tensor] = baseline_criss_cross_attention if impl == "baseline" else criss_cross_attention
+
+    def forward() -> Tensor:
+        with torch.no_grad():
+            return op(q, k, v)
+
+    def forward_backward() -> None:
+        for t in (q, k, v):
+            t.grad = None
+        op(q, k, v).backward(grad)
+
+    return forward, forward_backward
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run the benchmark, print its table and return the JSON-able result."""
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    if args.recurrence < 1:
+        raise ValueError(f"--recurrence must be >= 1, got {args.recurrence}")
+    if args.channels // args.reduction < 1:
+        raise ValueError(f"--channels {args.channels} // --reduction {args.reduction} leaves no query/key channels")
+    impls: List[str] = ["baseline"] + [i for i in args.impls if i != "baseline"]
+    skipped: Dict[str, str] = {}
+    if "triton" in impls and not (device.type == "cuda" and TRITON_INSTALLED):
+        impls.remove("triton")
+        skipped["triton"] = "needs a CUDA device and Triton" if TRITON_INSTALLED else "Triton is not installed"
+    state = BaselineCrissCrossAttention(args.channels, args.reduction).state_dict()
+    state["gamma"] = torch.ones(1)  # γ = 1 so the attention shows in the outputs that are compared
+
+    rows: List[Dict[str, Any]] = []
+    memory_method = ""
+    baseline_out = None
+    for impl in impls:
+        with _implementation(impl):
+            if args.scope == "module":
+                forward, forward_backward = _module_case(args, device, dtype, state, impl)
+            else:
+                forward, forward_backward = _operator_case(args, device, dtype, impl)
+            out = forward().float()
+            baseline_out = out if baseline_out is None else baseline_out
+            row: Dict[str, Any] = {"impl": impl, "max_abs_diff_vs_baseline": (out - baseline_out).abs().max().item()}
+            del out
+            row["fwd_ms"] = time_call(forward, device, args.warmup, args.repeats)["median_ms"]
+            row["fwd_bwd_ms"] = time_call(forward_backward, device, args.warmup, args.repeats)["median_ms"]
+            fwd_bytes, memory_method = peak_memory(forward, device)
+            fwd_bwd_bytes, _ = peak_memory(forward_backward, device)
+            row["fwd_peak_mb"] = fwd_bytes / 2**20
+            row["fwd_bwd_peak_mb"] = fwd_bwd_bytes / 2**20
+        log.info("cca %s: %s", impl, row)
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["fwd_speedup"] = base["fwd_ms"] / row["fwd_ms"]
+        row["fwd_bwd_speedup"] = base["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+        row["fwd_memory_ratio"] = row["fwd_peak_mb"] / base["fwd_peak_mb"] if base["fwd_peak_mb"] else None
+        row["fwd_bwd_memory_ratio"] = row["fwd_bwd_peak_mb"] / base["fwd_bwd_peak_mb"]
+
+    config = {k: getattr(args, k) for k in ("batch", "channels", "height", "width", "recurrence", "reduction",
+                                            "scope", "dtype", "channels_last", "warmup", "repeats")}
+    result = {"benchmark": "cca", "config": config, "machine": machine_info(device),
+              "memory_method": memory_method, "skipped": skipped, "results": rows}
+    _print(result)
+    return result
+
+
+def _print(result: Dict[str, Any]) -> None:
+    c = result["config"]
+    scope = (f"CrissCrossAttention x R={c['recurrence']}" if c["scope"] == "module"
+             else "attention operator on q, k, v")
+    print(f"criss-cross attention, {scope}: B={c['batch']} C={c['channels']} H={c['height']} W={c['width']} "
+          f"C'=C/{c['reduction']} {c['dtype']}{' channels_last' if c['channels_last'] else ''}")
+    print(f"machine: {describe_machine(result['machine'])}")
+    print(format_table(result["results"], [
+        ("impl", "impl", "{}"),
+        ("fwd_ms", "fwd ms", "{:.1f}"),
+        ("fwd_bwd_ms", "fwd+bwd ms", "{:.1f}"),
+        ("fwd_bwd_speedup", "fwd+bwd speed-up", "{:.2f}x"),
+        ("fwd_peak_mb", "fwd peak MB", "{:.1f}"),
+        ("fwd_bwd_peak_mb", "fwd+bwd peak MB", "{:.1f}"),
+        ("fwd_bwd_memory_ratio", "fwd+bwd mem / baseline", "{:.2f}"),
+        ("fwd_speedup", "fwd speed-up", "{:.2f}x"),
+        ("max_abs_diff_vs_baseline", "max |out - baseline|", "{:.1e}"),
+    ]))
+    print(f"time: median of {c['repeats']} after {c['warmup']} warm-up; peak memory: {result['memory_method']}")
+    for impl, reason in result["skipped"].items():
+        print(f"skipped {impl}: {reason}")

@@ -1,0 +1,180 @@
+"""Shared measurement helpers of the benchmarks: device choice, timing, peak memory, FLOPs, tables.
+
+Timing is the median wall time of ``repeats`` calls after ``warmup`` untimed calls (CUDA is
+synchronised around each call). Peak memory is the most memory allocated *during* a call above
+what was allocated just before it (so inputs and weights that exist before the call are not
+counted, gradients and everything the call creates are):
+
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``;
+* CPU: the allocator's own allocation/free events recorded by ``torch.profiler`` with
+  ``profile_memory=True`` — the peak of their running sum. This sees every allocation made through
+  PyTorch's CPU allocator, including temporary buffers inside operators (e.g. oneDNN reorders in
+  convolutions), which a tensor-level count would miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+CPU_MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak running sum of the CPU allocator's "
+                     "allocation/free events during the call, above the memory allocated before it")
+CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated during the call, above the memory allocated before it"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, warmup: int = 1, repeats: int = 5) -> None:
+    """``--device``, ``--threads``, ``--warmup`` and ``--repeats``, common to the timing benchmarks."""
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (default: PyTorch's choice)")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls first (default {warmup})")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help=f"timed calls; the median is reported (default {repeats})")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def apply_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> Dict[str, float]:
+    """Median and minimum wall time of ``fn`` in milliseconds.
+
+    Args:
+        fn: the call to time; its result is dropped before the next call.
+        device: CUDA devices are synchronised before and after every call.
+        warmup: untimed calls first (allocator warm-up, lazy initialisation, autotuning).
+        repeats: timed calls (at least 1).
+
+    Returns:
+        ``{"median_ms", "min_ms", "repeats"}``.
+    """
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+
+
+def memory_method(device: torch.device) -> str:
+    """How :func:`peak_memory` measures on ``device`` (printed beside the numbers)."""
+    return CUDA_MEMORY_METHOD if device.type == "cuda" else CPU_MEMORY_METHOD
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> Tuple[int, str]:
+    """Peak bytes allocated during ``fn()`` above what was allocated before it, and how.
+
+    Returns:
+        ``(bytes, method)`` with ``method`` one of :data:`CPU_MEMORY_METHOD`, :data:`CUDA_MEMORY_METHOD`.
+    """
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before, CUDA_MEMORY_METHOD
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    running = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak, CPU_MEMORY_METHOD
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn()`` by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions,
+    a multiply-add counted as 2 FLOPs; element-wise operations are not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def machine_info(device: torch.device) -> Dict[str, Any]:
+    """Where the numbers come from: device, threads, library versions and the CPU load at the start."""
+    info: Dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str]]) -> str:
+    """A plain-text table.
+
+    Args:
+        rows: one dict per row.
+        columns: ``(key, header, format)`` per column, e.g. ``("fwd_ms", "fwd ms", "{:.1f}")``;
+            a missing or ``None`` value prints as ``-``.
+    """
+    cells: List[List[str]] = [[header for _, header, _ in columns]]
+    for row in rows:
+        cells.append(["-" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def describe_machine(info: Dict[str, Any]) -> str:
+    """One line for the table header."""
+    where = info.get("gpu") or f"{info['cpu']} ({info['threads']} threads of {info['cpu_count']} CPUs)"
+    load = f", load {info['load_average_1min']}" if "load_average_1min" in info else ""
+    return f"{where}; torch {info['torch']}{load}"

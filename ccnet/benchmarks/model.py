@@ -1,0 +1,132 @@
+"""``tools/benchmark.py model``: parameters, GFLOPs and inference latency of every model config.
+
+Each ``configs/model/*.yaml`` is composed with ``num_classes`` (default 19, Cityscapes) and
+``weights: null`` (random initialisation: nothing is downloaded or read) and built with
+:func:`ccnet.models.build_model`. GFLOPs of one evaluation-mode forward at the given input size
+come from ``FlopCounterMode`` on the meta device (a multiply-add is 2 FLOPs; convolutions and
+matrix products); latency is the median evaluation forward (``torch.no_grad``, batch 1).
+
+    python tools/benchmark.py model --size 769 769 --threads 2
+    python tools/benchmark.py model --device cuda --dtype bfloat16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from omegaconf import OmegaConf
+
+from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, count_flops, describe_machine,
+                                     format_table, machine_info, resolve_device, time_call)
+from ccnet.models import build_model
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``model`` benchmark."""
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help=f"model config names or .yaml paths (default: every file in {MODEL_CONFIGS})")
+    parser.add_argument("--size", type=int, nargs=2, default=[769, 769], metavar=("H", "W"),
+                        help="input size (default 769 769)")
+    parser.add_argument("--num-classes", type=int, default=19, help="classes of the composed configs (default 19)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="latency under autocast in this dtype (float32: no autocast)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last model and input for latency")
+    parser.add_argument("--no-latency", action="store_true", help="only parameters and GFLOPs (no forward runs)")
+    add_device_arguments(parser, warmup=1, repeats=3)
+
+
+def _config_paths(names: List[str] | None) -> List[Path]:
+    if names is None:
+        paths = sorted(MODEL_CONFIGS.glob("*.yaml"))
+        if not paths:
+            raise FileNotFoundError(f"no model configs found in {MODEL_CONFIGS}")
+        return paths
+    paths = []
+    for name in names:
+        path = Path(name) if name.endswith((".yaml", ".yml")) else MODEL_CONFIGS / f"{name}.yaml"
+        if not path.is_file():
+            available = ", ".join(p.stem for p in sorted(MODEL_CONFIGS.glob("*.yaml")))
+            raise FileNotFoundError(f"model config {name!r} not found at {path}; available: {available}")
+        paths.append(path)
+    return paths
+
+
+def compose_model_config(path: Path, num_classes: int) -> Dict[str, Any]:
+    """A model config as a plain dict, with ``num_classes`` set and no pretrained weights.
+
+    Args:
+        path: a ``configs/model/*.yaml`` file.
+        num_classes: replaces the file's ``${dataset.num_classes}``.
+
+    Returns:
+        The resolved config, ready for :func:`ccnet.models.build_model`.
+    """
+    cfg = OmegaConf.load(path)
+    cfg.num_classes = num_classes
+    cfg.weights = None
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run the benchmark, print its table and return the JSON-able result."""
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    height, width = args.size
+    rows: List[Dict[str, Any]] = []
+    for path in _config_paths(args.configs):
+        cfg = compose_model_config(path, args.num_classes)
+        with torch.device("meta"):
+            meta_model = build_model(cfg).eval()
+            meta_input = torch.empty(1, 3, height, width)
+        with torch.no_grad():
+            flops = count_flops(lambda: meta_model(meta_input))
+        recurrence = cfg.get("recurrence") if cfg.get("context", "rcca") == "rcca" else None
+        row: Dict[str, Any] = {"config": path.stem, "context": cfg.get("context"), "recurrence": recurrence,
+                               "params_m": sum(p.numel() for p in meta_model.parameters()) / 1e6,
+                               "gflops": flops / 1e9, "latency_ms": None}
+        if not args.no_latency:
+            row["latency_ms"] = _latency(cfg, args, device, dtype)
+        log.info("model %s: %s", path.stem, row)
+        rows.append(row)
+    config = {"size": [height, width], "num_classes": args.num_classes, "dtype": args.dtype,
+              "channels_last": args.channels_last, "warmup": args.warmup, "repeats": args.repeats}
+    result = {"benchmark": "model", "config": config, "machine": machine_info(device), "results": rows}
+    _print(result)
+    return result
+
+
+def _latency(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> float:
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = build_model(cfg).eval().to(device=device, memory_format=memory_format)
+    images = torch.randn(1, 3, *args.size, device=device).contiguous(memory_format=memory_format)
+
+    def forward() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            model(images)
+
+    return time_call(forward, device, args.warmup, args.repeats)["median_ms"]
+
+
+def _print(result: Dict[str, Any]) -> None:
+    c = result["config"]
+    print(f"models at {c['size'][0]}x{c['size'][1]}, {c['num_classes']} classes, batch 1, eval mode; latency "
+          f"{c['dtype']}{' channels_last' if c['channels_last'] else ''}")
+    print(f"machine: {describe_machine(result['machine'])}")
+    print(format_table(result["results"], [
+        ("config", "config", "{}"),
+        ("context", "context", "{}"),
+        ("recurrence", "R", "{}"),
+        ("params_m", "params (M)", "{:.2f}"),
+        ("gflops", "GFLOPs", "{:.1f}"),
+        ("latency_ms", "latency ms", "{:.0f}"),
+    ]))
+    print(f"latency: median of {c['repeats']} after {c['warmup']} warm-up; GFLOPs: FlopCounterMode, 2 per multiply-add")

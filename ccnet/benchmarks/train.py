@@ -1,0 +1,123 @@
+"""``tools/benchmark.py train``: images/s and peak memory of training steps, per precision and layout.
+
+A self-contained training step — :func:`ccnet.models.build_model` (random initialisation),
+cross-entropy on the main output plus 0.4 × cross-entropy on the auxiliary output (ignore index
+255), SGD with momentum and weight decay, and a ``GradScaler`` for float16 — on random images and
+labels, for each variant:
+
+* ``fp32``: float32 throughout; ``bf16`` / ``fp16``: ``torch.autocast`` mixed precision;
+* ``+cl``: model and images in ``channels_last`` memory format.
+
+Reported: median step time, images/s, speed-up over the first float32 variant, and the peak memory
+of one step (after warm-up, so the optimizer state already exists). Defaults are the GPU setting of
+the performance targets (CCNet-R101 at 769×769, batch 2); on a CPU use a small model, e.g.
+``--config ccnet_tiny --size 256 256``.
+
+    python tools/benchmark.py train --device cuda
+    python tools/benchmark.py train --config ccnet_tiny --size 256 256 --batch 4 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from ccnet.benchmarks.common import (add_device_arguments, apply_threads, describe_machine, format_table,
+                                     machine_info, memory_method, peak_memory, resolve_device, time_call)
+from ccnet.benchmarks.model import _config_paths, compose_model_config
+from ccnet.models import build_model
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+VARIANTS = tuple(f"{p}{cl}" for p in PRECISIONS for cl in ("", "+cl"))
+IGNORE_INDEX = 255
+AUX_WEIGHT = 0.4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``train`` benchmark."""
+    parser.add_argument("--config", default="ccnet_r101", help="model config name or .yaml path (default ccnet_r101)")
+    parser.add_argument("--size", type=int, nargs=2, default=[769, 769], metavar=("H", "W"),
+                        help="crop size (default 769 769)")
+    parser.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
+    parser.add_argument("--num-classes", type=int, default=19, help="classes (default 19)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="precision[+cl] variants (default: all on CUDA; fp32, fp32+cl, bf16, bf16+cl on CPU)")
+    add_device_arguments(parser, warmup=2, repeats=5)
+
+
+def _variant_step(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device, variant: str):
+    precision, channels_last = variant.split("+")[0], variant.endswith("+cl")
+    dtype = PRECISIONS[precision]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = build_model(cfg).train().to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    height, width = args.size
+    images = torch.randn(args.batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, args.num_classes, (args.batch, height, width), device=device)
+    labels[:, : max(1, height // 10)] = IGNORE_INDEX  # an ignored band, as in real annotations
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            outputs = model(images)
+            loss = F.cross_entropy(outputs["out"], labels, ignore_index=IGNORE_INDEX)
+            if "aux" in outputs:
+                loss = loss + AUX_WEIGHT * F.cross_entropy(outputs["aux"], labels, ignore_index=IGNORE_INDEX)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run the benchmark, print its table and return the JSON-able result."""
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    path = _config_paths([args.config])[0]
+    cfg = compose_model_config(path, args.num_classes)
+    variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32", "fp32+cl", "bf16", "bf16+cl"])
+    rows: List[Dict[str, Any]] = []
+    for variant in variants:
+        step = _variant_step(cfg, args, device, variant)
+        timing = time_call(step, device, args.warmup, args.repeats)
+        peak, _ = peak_memory(step, device)
+        row = {"variant": variant, "step_ms": timing["median_ms"], "images_per_s": args.batch / timing["median_ms"] * 1e3,
+               "peak_mb": peak / 2**20}
+        log.info("train %s: %s", variant, row)
+        rows.append(row)
+        del step
+    reference = next((r for r in rows if r["variant"].startswith("fp32")), None)
+    for row in rows:
+        row["speedup_vs_fp32"] = reference["step_ms"] / row["step_ms"] if reference else None
+    config = {"config": path.stem, "size": args.size, "batch": args.batch, "num_classes": args.num_classes,
+              "warmup": args.warmup, "repeats": args.repeats}
+    result = {"benchmark": "train", "config": config, "machine": machine_info(device),
+              "memory_method": memory_method(device), "results": rows}
+    _print(result)
+    return result
+
+
+def _print(result: Dict[str, Any]) -> None:
+    c = result["config"]
+    print(f"training steps of {c['config']} at {c['size'][0]}x{c['size'][1]}, batch {c['batch']} "
+          f"(CE + {AUX_WEIGHT} aux CE, SGD momentum 0.9)")
+    print(f"machine: {describe_machine(result['machine'])}")
+    print(format_table(result["results"], [
+        ("variant", "variant", "{}"),
+        ("step_ms", "step ms", "{:.0f}"),
+        ("images_per_s", "images/s", "{:.2f}"),
+        ("speedup_vs_fp32", "speed-up vs fp32", "{:.2f}x"),
+        ("peak_mb", "peak MB", "{:.0f}"),
+    ]))
+    print(f"time: median of {c['repeats']} steps after {c['warmup']} warm-up; memory: {result['memory_method']}")

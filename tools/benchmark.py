@@ -1,0 +1,73 @@
+"""Benchmarks: ``python tools/benchmark.py {cca,context,model,train,data} [options]``.
+
+A thin command line over ``ccnet/benchmarks/<name>.py``; each module adds its options
+(``add_arguments(parser)``) and runs (``run(args) -> dict``, printing a table). The returned dict is
+written as JSON to ``--out`` (default ``benchmarks/results/<name>.json`` in the repository, which git
+ignores). ``python tools/benchmark.py <name> --help`` lists a benchmark's options; the README's
+"Performance" section has the commands behind its tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+# name -> (module, one-line description)
+BENCHMARKS: Dict[str, tuple] = {
+    "cca": ("ccnet.benchmarks.cca", "criss-cross attention: ours vs the widely copied formulation"),
+    "context": ("ccnet.benchmarks.context", "paper's efficiency table: GFLOPs/memory of RCCA R=1..3 vs non-local"),
+    "model": ("ccnet.benchmarks.model", "params, GFLOPs and latency of every configs/model/*.yaml"),
+    "train": ("ccnet.benchmarks.train", "training-step images/s and memory: fp32 vs AMP, channels_last"),
+    "data": ("ccnet.benchmarks.data", "data-loading pipeline images/s per DataLoader worker count"),
+}
+
+
+def _load(name: str):
+    module_name = BENCHMARKS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # the benchmark exists but one of its own imports is missing: show that error
+        raise SystemExit(f"benchmark {name!r} is not available: {module_name} ({module_name.replace('.', '/')}.py) "
+                         f"is missing from this checkout") from exc
+
+
+def build_parser(names: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The command line; ``names`` restricts which benchmark modules are imported for their options."""
+    parser = argparse.ArgumentParser(prog="tools/benchmark.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
+    for name, (_, description) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=description, description=description)
+        if names is None or name in names:
+            _load(name).add_arguments(p)
+        p.add_argument("--out", type=Path, default=None,
+                       help=f"JSON result file (default {RESULTS_DIR.relative_to(REPO)}/{name}.json in the repository)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # only the chosen benchmark's module is imported (the others may need heavy or optional imports)
+    chosen = [a for a in argv if a in BENCHMARKS][:1]
+    args = build_parser(chosen or None).parse_args(argv)
+    result = _load(args.benchmark).run(args)
+    out = args.out or RESULTS_DIR / f"{args.benchmark}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
