@@ -163,6 +163,7 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
     torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark)
 
     criterion = build_criterion(tcfg, model.num_classes, int(cfg.dataset.ignore_index)).to(device)
+    terms: List[str] = []  # loss terms besides the total ("main", "aux", ...) as the first step returns them
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -253,18 +254,19 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
                 targets = targets.to(device, non_blocking=True)
                 with autocast:
                     losses = criterion(train_model(images), targets)
+                terms = terms or [k for k in losses if k != "loss"]
                 scaler.scale(losses["loss"]).backward()
-                # Every rank learns whether any rank's loss was non-finite, so all skip or stop together.
-                zero = losses["loss"].new_zeros(())
-                stats = torch.stack([losses["loss"].detach().float(), losses["main"].detach().float(),
-                                     losses.get("aux", zero).detach().float(),
-                                     (~torch.isfinite(losses["loss"].detach())).float()])
-                loss, main_loss, aux_loss, nonfinite = (dist.all_reduce_sum(stats) / world).tolist()
+                # One all-reduce per step: the loss terms for logging, and whether any rank's loss was
+                # non-finite, so that all ranks skip or stop together.
+                total = losses["loss"].detach().float()
+                stats = torch.stack([total, *(losses[k].detach().float() for k in terms),
+                                     (~torch.isfinite(total)).float()])
+                *values, nonfinite = (dist.all_reduce_sum(stats) / world).tolist()
                 if nonfinite > 0:
                     optimizer.zero_grad(set_to_none=True)
                     if not tcfg.skip_nonfinite:
                         raise NonFiniteLossError(
-                            f"non-finite loss ({loss}) at iteration {it}; weights were not updated. Last "
+                            f"non-finite loss ({values[0]}) at iteration {it}; weights were not updated. Last "
                             f"checkpoint: {ckpts.last if ckpts.last.is_file() else 'none'}. Lower train.lr, set "
                             "train.grad_clip, use train.amp=bf16 instead of fp16, or set train.skip_nonfinite=true")
                     skipped += 1
@@ -276,7 +278,7 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
-                    window.append((loss, main_loss, aux_loss))
+                    window.append(values)
                 scheduler.step()
                 step_time = time.perf_counter() - tic  # includes data loading; the .tolist() above synced
                 train_time += step_time
@@ -285,17 +287,17 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
                 bar.update(1)
                 lr = optimizer.param_groups[0]["lr"]
                 if it % log_interval == 0 or it == max_iters:
-                    n = max(len(window), 1)
-                    last_loss = sum(w[0] for w in window) / n
-                    scalars = {"train/loss": last_loss, "train/loss_main": sum(w[1] for w in window) / n,
-                               "train/loss_aux": sum(w[2] for w in window) / n, "train/lr": lr,
+                    means = np.mean(window, axis=0) if window else np.full(len(terms) + 1, np.nan)
+                    last_loss = float(means[0])
+                    scalars = {"train/loss": last_loss,
+                               **{f"train/loss_{k}": float(v) for k, v in zip(terms, means[1:])}, "train/lr": lr,
                                "train/img_per_s": window_steps * batch_size * world / max(window_time, 1e-9),
                                "train/skipped_nonfinite": skipped}
                     if device.type == "cuda":
                         scalars["train/peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{scalars['train/img_per_s']:.1f}")
-                    log.info("iter %d/%d  loss %.4f (main %.4f aux %.4f)  lr %.3e  %.1f img/s%s", it, max_iters,
-                             last_loss, scalars["train/loss_main"], scalars["train/loss_aux"], lr,
+                    log.info("iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s%s", it, max_iters, last_loss,
+                             " ".join(f"{k} {v:.4f}" for k, v in zip(terms, means[1:])), lr,
                              scalars["train/img_per_s"], f"  skipped {skipped}" if skipped else "")
                     if main:
                         recorder.scalars(scalars, it)
