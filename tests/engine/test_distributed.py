@@ -32,7 +32,7 @@ EXACT = ["model.norm=frozen_bn", "model.dropout=0", "train.max_iters=3", "train.
          "train.eval_interval=0", "train.log_interval=1"]
 
 
-@pytest.mark.slow  # child processes: 20-70 s measured on the shared 2-core development machine
+@pytest.mark.slow  # child processes: 10-70 s on the shared 2-core development machine, by load
 def test_two_gloo_processes_equal_one_process_with_double_batch(repo_root, tiny_cfg, tiny_overrides, tmp_path):
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}

@@ -51,7 +51,7 @@ def run_child(configs_dir: Path, kill_at: int, overrides: list) -> subprocess.Co
                           capture_output=True, text=True, env=env, timeout=300)
 
 
-@pytest.mark.slow  # child processes: 20-70 s measured on the shared 2-core development machine
+@pytest.mark.slow  # child processes: 10-70 s on the shared 2-core development machine, by load
 def test_sigkill_then_resume_gives_identical_weights(configs_dir, tiny_overrides, tmp_path):
     n = 8
     common = tiny_overrides + [f"train.max_iters={n}", "train.batch_size=2", "train.lr=0.05", "train.checkpoint_interval=4",

@@ -32,7 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # child processes: 20-70 s measured on the shared 2-core development machine
+@pytest.mark.slow  # child processes: 10-70 s on the shared 2-core development machine, by load
 def test_slurm_script_runs_torchrun_with_c10d_rendezvous(repo_root, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
