@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ccnet.benchmarks.baseline_cca import BaselineCrissCrossAttention, baseline_criss_cross_attention
 from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, describe_machine, format_table,
-                                     machine_info, peak_memory, resolve_device, time_call)
+                                     machine_info, memory_method, peak_memory, resolve_device, time_interleaved)
 from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
 from ccnet.models.cca_fast import IMPL_ENV, TRITON_INSTALLED
 
@@ -75,6 +75,14 @@ def _implementation(name: str) -> Iterator[None]:
             os.environ[IMPL_ENV] = previous
 
 
+def _forced(impl: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with our implementation ``impl`` selected."""
+    def call() -> Any:
+        with _implementation(impl):
+            return fn()
+    return call
+
+
 def _module_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
                  state: Dict[str, Tensor], impl: str):
     """Closures for forward and forward+backward of the module applied R times."""
@@ -86,7 +94,8 @@ def _module_case(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, args.channels, args.height, args.width, generator=g)
     x = x.to(device=device, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_()
-    grad = torch.randn(x.shape, generator=g).to(device=device, dtype=dtype)
+    # the incoming gradient in the activations' layout, as a following layer would produce it
+    grad = torch.randn(x.shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
 
     def apply(inp: Tensor) -> Tensor:
         for _ in range(args.recurrence):
@@ -98,11 +107,13 @@ def _module_case(args: argparse.Namespace, device: torch.device, dtype: torch.dt
             return apply(x)
 
     def forward_backward() -> None:
-        module.zero_grad(set_to_none=True)
-        x.grad = None
         apply(x).backward(grad)
 
-    return forward, forward_backward
+    def drop_gradients() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return forward, forward_backward, drop_gradients
 
 
 def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, impl: str):
@@ -113,7 +124,7 @@ def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     q, k, v = (torch.randn(s, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
                .requires_grad_() for s in shapes)
-    grad = torch.randn(v.shape, generator=g).to(device=device, dtype=dtype)
+    grad = torch.randn(v.shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
     op: Callable[..., Tensor] = baseline_criss_cross_attention if impl == "baseline" else criss_cross_attention
 
     def forward() -> Tensor:
@@ -121,11 +132,13 @@ def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.
             return op(q, k, v)
 
     def forward_backward() -> None:
-        for t in (q, k, v):
-            t.grad = None
         op(q, k, v).backward(grad)
 
-    return forward, forward_backward
+    def drop_gradients() -> None:
+        for t in (q, k, v):
+            t.grad = None
+
+    return forward, forward_backward, drop_gradients
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -145,27 +158,32 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     state = BaselineCrissCrossAttention(args.channels, args.reduction).state_dict()
     state["gamma"] = torch.ones(1)  # γ = 1 so the attention shows in the outputs that are compared
 
-    rows: List[Dict[str, Any]] = []
-    memory_method = ""
-    baseline_out = None
+    cases = {}
     for impl in impls:
         with _implementation(impl):
             if args.scope == "module":
-                forward, forward_backward = _module_case(args, device, dtype, state, impl)
+                cases[impl] = _module_case(args, device, dtype, state, impl)
             else:
-                forward, forward_backward = _operator_case(args, device, dtype, impl)
+                cases[impl] = _operator_case(args, device, dtype, impl)
+    rows: List[Dict[str, Any]] = []
+    baseline_out = None
+    for impl, (forward, forward_backward, drop_gradients) in cases.items():
+        with _implementation(impl):
             out = forward().float()
             baseline_out = out if baseline_out is None else baseline_out
-            row: Dict[str, Any] = {"impl": impl, "max_abs_diff_vs_baseline": (out - baseline_out).abs().max().item()}
-            del out
-            row["fwd_ms"] = time_call(forward, device, args.warmup, args.repeats)["median_ms"]
-            row["fwd_bwd_ms"] = time_call(forward_backward, device, args.warmup, args.repeats)["median_ms"]
-            fwd_bytes, memory_method = peak_memory(forward, device)
-            fwd_bwd_bytes, _ = peak_memory(forward_backward, device)
-            row["fwd_peak_mb"] = fwd_bytes / 2**20
-            row["fwd_bwd_peak_mb"] = fwd_bwd_bytes / 2**20
-        log.info("cca %s: %s", impl, row)
-        rows.append(row)
+            fwd_bytes, _ = peak_memory(forward, device)
+            fwd_bwd_bytes, _ = peak_memory(forward_backward, device, setup=drop_gradients)
+        rows.append({"impl": impl, "max_abs_diff_vs_baseline": (out - baseline_out).abs().max().item(),
+                     "fwd_peak_mb": fwd_bytes / 2**20, "fwd_bwd_peak_mb": fwd_bwd_bytes / 2**20})
+        del out
+    # implementations take turns in every timing round: a load change on shared CPUs hits all alike
+    for key, pick in (("fwd_ms", 0), ("fwd_bwd_ms", 1)):
+        calls = {impl: (_forced(impl, case[pick]), case[2] if pick else None) for impl, case in cases.items()}
+        timings = time_interleaved(calls, device, args.warmup, args.repeats)
+        for row in rows:
+            row[key] = timings[row["impl"]]["median_ms"]
+    for row in rows:
+        log.info("cca %s: %s", row["impl"], row)
     base = rows[0]
     for row in rows:
         row["fwd_speedup"] = base["fwd_ms"] / row["fwd_ms"]
@@ -176,7 +194,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     config = {k: getattr(args, k) for k in ("batch", "channels", "height", "width", "recurrence", "reduction",
                                             "scope", "dtype", "channels_last", "warmup", "repeats")}
     result = {"benchmark": "cca", "config": config, "machine": machine_info(device),
-              "memory_method": memory_method, "skipped": skipped, "results": rows}
+              "memory_method": memory_method(device), "skipped": skipped, "results": rows}
     _print(result)
     return result
 

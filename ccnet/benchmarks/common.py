@@ -19,7 +19,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd import DeviceType
@@ -64,7 +64,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> Dict[str, float]:
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int,
+              setup: Optional[Callable[[], Any]] = None) -> Dict[str, float]:
     """Median and minimum wall time of ``fn`` in milliseconds.
 
     Args:
@@ -72,22 +73,33 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
         device: CUDA devices are synchronised before and after every call.
         warmup: untimed calls first (allocator warm-up, lazy initialisation, autotuning).
         repeats: timed calls (at least 1).
+        setup: untimed, before every call (e.g. dropping the previous call's gradients).
 
     Returns:
         ``{"median_ms", "min_ms", "repeats"}``.
     """
+    return time_interleaved({"call": (fn, setup)}, device, warmup, repeats)["call"]
+
+
+def time_interleaved(calls: Dict[str, Tuple[Callable[[], Any], Optional[Callable[[], Any]]]], device: torch.device,
+                     warmup: int, repeats: int) -> Dict[str, Dict[str, float]]:
+    """:func:`time_call` for several ``(fn, setup)`` calls, taking turns in every round, so that a
+    change of machine load (shared CPUs) affects all of them alike and their ratios stay fair."""
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+    times: Dict[str, List[float]] = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, (fn, setup) in calls.items():
+            if setup is not None:
+                setup()
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_ >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "repeats": repeats}
+            for name, t in times.items()}
 
 
 def memory_method(device: torch.device) -> str:
@@ -95,12 +107,18 @@ def memory_method(device: torch.device) -> str:
     return CUDA_MEMORY_METHOD if device.type == "cuda" else CPU_MEMORY_METHOD
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device) -> Tuple[int, str]:
+def peak_memory(fn: Callable[[], Any], device: torch.device,
+                setup: Optional[Callable[[], Any]] = None) -> Tuple[int, str]:
     """Peak bytes allocated during ``fn()`` above what was allocated before it, and how.
 
+    ``setup`` runs first, outside the measurement: ``fn`` should not free memory that existed
+    before it (e.g. the previous call's gradients), or that memory would be subtracted.
+
     Returns:
-        ``(bytes, method)`` with ``method`` one of :data:`CPU_MEMORY_METHOD`, :data:`CUDA_MEMORY_METHOD`.
+        ``(bytes, method)`` with ``method`` as :func:`memory_method` describes it.
     """
+    if setup is not None:
+        setup()
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)

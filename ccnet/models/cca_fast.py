@@ -6,14 +6,20 @@ over the H + W − 1 positions of each pixel's column and row, then the weighted
 optionally fused with the module's residual, ``y = x + γ · out``, computed so that autograd keeps
 as little as possible:
 
-* the forward saves only ``q``, ``k``, ``v`` (the 1×1 convolutions' outputs, alive anyway), ``γ``
-  and the per-position log-sum-exp of the energies, ``lse`` (B, H, W). The backward rebuilds the
-  attention as ``A = exp(E − lse)``; no running max is needed there because subtracting ``lse``
-  already bounds every exponent by 0. Fused with the residual, neither ``out`` nor ``γ · out`` is
-  kept (the unfused ``x + γ · out`` keeps ``out`` for γ's gradient: one (B, C, H, W) tensor per
-  application);
+* the forward saves only ``q``, ``k``, ``v`` (the 1×1 convolutions' outputs, alive anyway; q and k,
+  C/8 channels each, positions-last), ``γ`` and the per-position log-sum-exp of the energies,
+  ``lse`` (B, H, W). The backward rebuilds the attention as ``A = exp(E − lse)``; no running max is
+  needed there because subtracting ``lse`` already bounds every exponent by 0. Fused with the
+  residual, neither ``out`` nor ``γ · out`` is kept (the unfused ``x + γ · out`` keeps ``out`` for
+  γ's gradient: one (B, C, H, W) tensor per application);
 * no (B, H, W, H + W) concatenation and no H×H −inf matrix: the vertical diagonal is set to −inf
   in place through a strided ``diagonal`` view, and the softmax runs in place on the two blocks;
+* every product is a batched matrix product reading strided views in place, on a positions-last
+  (B, H, W, C) layout: rows are (B·H) batches of (W, C) matrices and columns per-image W batches
+  of (H, C) matrices with row stride W·C, results accumulated in place (``baddbmm(out=)``, the
+  form ``FlopCounterMode`` counts);
+  channels_last tensors already have that layout; for others the values and gradients are
+  converted ``CHANNEL_CHUNK`` channels at a time, so no full-size permuted copy ever exists;
 * energies and softmax are float32 for half inputs (float64 stays float64, for gradcheck); the
   value aggregation runs in the values' dtype, like the reference.
 
@@ -34,7 +40,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("auto", "reference", "lean", "triton")
 IMPL_ENV = "CCNET_CCA_IMPL"
+# Value channels converted per step for non-channels_last tensors (bounds the temporary copies).
+CHANNEL_CHUNK = 128
 # Looked up once without importing Triton (its import is slow and only CUDA tensors use it).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
@@ -84,18 +92,75 @@ def _accumulation_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _energies(q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
-    """Column and row energies in (at least) float32, the column diagonal set to −inf.
+def _is_channels_last(t: Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _channel_slices(channels: int) -> List[slice]:
+    return [slice(c, min(c + CHANNEL_CHUNK, channels)) for c in range(0, channels, CHANNEL_CHUNK)]
+
+
+def _read(t: Tensor, channels: slice, channels_last: bool, dtype: torch.dtype) -> Tensor:
+    """Channels of a (B, C, H, W) tensor as positions-last (B, H, W, c): a strided view of
+    channels_last memory, else a contiguous copy of just these channels."""
+    p = t[:, channels].permute(0, 2, 3, 1).to(dtype)
+    return p if channels_last and p.dtype == t.dtype else p.contiguous()
+
+
+def _target(t: Tensor, channels: slice, channels_last: bool) -> Tensor:
+    """Where to compute channels of ``t`` positions-last: ``t``'s own memory when channels_last."""
+    if channels_last:
+        return t[:, channels].permute(0, 2, 3, 1)
+    batch, _, height, width = t.shape
+    return t.new_empty(batch, height, width, channels.stop - channels.start)
+
+
+def _commit(t: Tensor, channels: slice, channels_last: bool, result: Tensor) -> None:
+    """Store a :func:`_target` result into ``t`` (nothing to do when it was computed in place). One
+    2-D transpose per image: several times faster on CPU than a 4-D permuted copy."""
+    if channels_last:
+        return
+    batch, height, width, count = result.shape
+    for b in range(batch):
+        t[b, channels].view(count, height * width).copy_(result[b].view(height * width, count).t())
+
+
+def _new_like_layout(like: Tensor, channels_last: bool, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format)
+
+
+def _baddbmm_(out: Tensor, a: Tensor, b: Tensor, beta: float = 1) -> None:
+    """``out = beta · out + a @ b`` in place on a (possibly strided) view. Spelled with ``out=``
+    rather than ``Tensor.baddbmm_``: the same kernel, but FlopCounterMode counts this form."""
+    torch.baddbmm(out, a, b, beta=beta, out=out)
+
+
+def _pair_products(a: Tensor, b: Tensor, cols: Optional[Tensor] = None, rows: Optional[Tensor] = None,
+                   accumulate: bool = False) -> Tuple[Tensor, Tensor]:
+    """``a_u · b_i`` for every position u and every position i of its column and of its row,
+    written into (or, with ``accumulate``, added to) ``cols`` and ``rows`` when given.
 
     Shape:
-        q, k: (B, C', H, W). Returns (B, H, W, H) and (B, H, W, W).
+        a, b: (B, H, W, c) positions-last. cols: (B, W, H, H) indexed [b, w, h, i] (u = (h, w),
+        i = (i, w)); rows: (B, H, W, W) indexed [b, h, w, j].
     """
-    acc = _accumulation_dtype(q)
-    q_acc, k_acc = q.to(acc), k.to(acc)  # no copy for float32/64; C' = C/8 channels otherwise
-    energy_h = torch.einsum("bchw,bciw->bhwi", q_acc, k_acc)  # (B, H, W, H)
-    energy_w = torch.einsum("bchw,bchj->bhwj", q_acc, k_acc)  # (B, H, W, W)
-    # u itself is counted once, through the row; a strided view, no H×H mask tensor
-    energy_h.diagonal(dim1=1, dim2=3).fill_(float("-inf"))
+    batch, height, width, channels = a.shape
+    if cols is None:
+        cols, rows = a.new_empty(batch, width, height, height), a.new_empty(batch, height, width, width)
+    beta = 1 if accumulate else 0  # beta 0: the buffers' previous (uninitialised) contents are ignored
+    # rows: (B*H, W, c) @ (B*H, c, W)
+    _baddbmm_(rows.view(-1, width, width), a.reshape(-1, width, channels),
+              b.reshape(-1, width, channels).transpose(1, 2), beta)
+    for i in range(batch):  # columns: (W, H, c) @ (W, c, H), strided views
+        _baddbmm_(cols[i], a[i].transpose(0, 1), b[i].permute(1, 2, 0), beta)
+    return cols, rows
+
+
+def _energies(qp: Tensor, kp: Tensor) -> Tuple[Tensor, Tensor]:
+    """Column and row energies (layout of :func:`_pair_products`), the column diagonal −inf."""
+    energy_h, energy_w = _pair_products(qp, kp)
+    energy_h.diagonal(dim1=2, dim2=3).fill_(float("-inf"))  # u counted once, in its row; a strided view
     return energy_h, energy_w
 
 
@@ -105,138 +170,204 @@ def _softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
     The row block always contains u itself, so the per-position maximum is finite and no row of
     the joint softmax is empty, even for H = 1 or W = 1.
     """
-    row_max = torch.maximum(energy_h.amax(-1), energy_w.amax(-1)).unsqueeze(-1)  # (B, H, W, 1)
-    attn_h = energy_h.sub_(row_max).exp_()
-    attn_w = energy_w.sub_(row_max).exp_()
-    total = attn_h.sum(-1, keepdim=True) + attn_w.sum(-1, keepdim=True)  # (B, H, W, 1)
-    attn_h.div_(total)
-    attn_w.div_(total)
-    return (row_max + total.log()).squeeze(-1)
+    row_max = torch.maximum(energy_h.amax(-1).transpose(1, 2), energy_w.amax(-1))  # (B, H, W)
+    attn_h = energy_h.sub_(row_max.transpose(1, 2).unsqueeze(-1)).exp_()
+    attn_w = energy_w.sub_(row_max.unsqueeze(-1)).exp_()
+    total = attn_h.sum(-1).transpose(1, 2) + attn_w.sum(-1)  # (B, H, W)
+    attn_h.div_(total.transpose(1, 2).unsqueeze(-1))
+    attn_w.div_(total.unsqueeze(-1))
+    return row_max + total.log()
 
 
-def _attention_from_lse(q: Tensor, k: Tensor, lse: Tensor) -> Tuple[Tensor, Tensor]:
-    """Rebuild the attention from the saved log-sum-exp: ``A = exp(E − lse)``."""
-    energy_h, energy_w = _energies(q, k)
-    lse = lse.unsqueeze(-1)
-    return energy_h.sub_(lse).exp_(), energy_w.sub_(lse).exp_()
+def _gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor) -> Tensor:
+    """``out_u = Σ_i A[u, i] values_i`` over each position's cross, written into ``out``.
 
-
-def _aggregate(attn_h: Tensor, attn_w: Tensor, v: Tensor) -> Tensor:
-    """``out_H + out_W`` in v's dtype (B, C, H, W)."""
-    out = torch.einsum("bhwj,bchj->bchw", attn_w.to(v.dtype), v)  # row aggregation
-    out += torch.einsum("bhwi,bciw->bchw", attn_h.to(v.dtype), v)  # column aggregation
+    Shape:
+        attn_h, attn_w: as from :func:`_energies`. values, out: (B, H, W, c) positions-last, rows of
+        W·c contiguous or strided with unit channel stride (views of channels_last memory).
+    """
+    batch, height, width, channels = values.shape
+    # rows: (B*H, W, W) @ (B*H, W, c)
+    torch.bmm(attn_w.view(-1, width, width), values.view(-1, width, channels), out=out.view(-1, width, channels))
+    for b in range(batch):  # columns: accumulated in place into the strided (W, H, c) view
+        _baddbmm_(out[b].transpose(0, 1), attn_h[b], values[b].transpose(0, 1))
     return out
 
 
-def criss_cross_attention_forward(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-    """Criss-cross aggregation and the softmax statistics the backward needs.
+def _scatter(attn_h: Tensor, attn_w: Tensor, grads: Tensor, out: Tensor) -> Tensor:
+    """Transpose of :func:`_gather`: ``out_i = Σ_u A[u, i] grads_u`` over the queries u whose
+    cross contains i, written into ``out``. Same shapes as :func:`_gather`."""
+    batch, height, width, channels = grads.shape
+    torch.bmm(attn_w.view(-1, width, width).transpose(1, 2), grads.view(-1, width, channels),
+              out=out.view(-1, width, channels))
+    for b in range(batch):
+        _baddbmm_(out[b].transpose(0, 1), attn_h[b].transpose(1, 2), grads[b].transpose(0, 1))
+    return out
+
+
+def _channels_first(tp: Tensor, channels_last: bool) -> Tensor:
+    """(B, H, W, c) → (B, C, H, W): a view if the original layout was channels_last, else a copy."""
+    if channels_last:
+        return tp.permute(0, 3, 1, 2)
+    out = tp.new_empty(tp.shape[0], tp.shape[3], tp.shape[1], tp.shape[2])
+    _commit(out, slice(0, tp.shape[3]), False, tp)
+    return out
+
+
+def criss_cross_attention_forward(qp: Tensor, kp: Tensor, v: Tensor, out: Tensor) -> Tensor:
+    """Criss-cross aggregation into ``out``; returns the softmax statistics the backward needs.
 
     Args:
-        q: queries.
-        k: keys.
+        qp: queries, positions-last.
+        kp: keys, positions-last.
         v: values.
+        out: receives ``out_H + out_W`` (any dense layout; v's dtype).
 
     Returns:
-        ``(out, lse)``: ``out_H + out_W`` in v's dtype and the log-sum-exp (float32, or float64
-        for float64 inputs) of each position's H + W − 1 energies.
+        The log-sum-exp (float32, or float64 for float64 inputs) of each position's H + W − 1
+        energies.
 
     Shape:
-        q, k: (B, C', H, W). v: (B, C, H, W). out: (B, C, H, W). lse: (B, H, W).
+        qp, kp: (B, H, W, C') contiguous. v, out: (B, C, H, W). Returns (B, H, W).
     """
-    energy_h, energy_w = _energies(q, k)
+    acc = _accumulation_dtype(qp)
+    energy_h, energy_w = _energies(qp.to(acc), kp.to(acc))
     lse = _softmax_(energy_h, energy_w)
-    return _aggregate(energy_h, energy_w, v), lse
+    attn_h, attn_w = energy_h.to(v.dtype), energy_w.to(v.dtype)
+    v_cl, out_cl = _is_channels_last(v), _is_channels_last(out)
+    for channels in _channel_slices(v.shape[1]):
+        target = _target(out, channels, out_cl)
+        _gather(attn_h, attn_w, _read(v, channels, v_cl, v.dtype), target)
+        _commit(out, channels, out_cl, target)
+    return lse
 
 
-def criss_cross_attention_backward(grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor,
+def criss_cross_attention_backward(grad_y: Tensor, qp: Tensor, kp: Tensor, v: Tensor, lse: Tensor,
                                    gamma: Optional[Tensor] = None,
                                    needs: Tuple[bool, bool, bool, bool] = (True, True, True, True)
                                    ) -> Tuple[Optional[Tensor], ...]:
     """Gradients of ``y = γ · (out_H + out_W)`` (+ residual), recomputing the attention from ``lse``.
 
     Args:
-        grad_y: gradient of the loss w.r.t. ``y``.
-        q, k, v: the forward's inputs.
+        grad_y: gradient of the loss w.r.t. ``y`` (any layout, e.g. an expanded tensor).
+        qp, kp: the forward's queries and keys, positions-last.
+        v: the forward's values.
         lse: the forward's log-sum-exp.
-        gamma: the forward's scale (``None``: 1).
+        gamma: the forward's one-element scale (``None``: 1).
         needs: which of (dq, dk, dv, dγ) to compute; the others are returned as ``None``.
 
     Returns:
-        ``(dq, dk, dv, dγ)`` in the dtypes of q, k, v and γ.
+        ``(dq, dk, dv, dγ)``: dq, dk positions-last in the dtypes of q, k; dv like v (layout and
+        dtype); dγ shaped like γ.
 
     Shape:
-        grad_y, v: (B, C, H, W). q, k: (B, C', H, W). lse: (B, H, W). gamma: any shape with one
-        element.
+        grad_y, v: (B, C, H, W). qp, kp: (B, H, W, C'). lse: (B, H, W).
     """
     need_q, need_k, need_v, need_gamma = needs
     need_gamma = need_gamma and gamma is not None
-    attn_h, attn_w = _attention_from_lse(q, k, lse)
-    acc = attn_h.dtype
+    need_scores = need_q or need_k or need_gamma
+    acc = _accumulation_dtype(qp)
+    q_acc, k_acc = qp.to(acc), kp.to(acc)
+    energy_h, energy_w = _energies(q_acc, k_acc)
+    attn_h = energy_h.sub_(lse.transpose(1, 2).unsqueeze(-1)).exp_()  # A = exp(E - lse)
+    attn_w = energy_w.sub_(lse.unsqueeze(-1)).exp_()
     grad_q = grad_k = grad_v = grad_gamma = None
-    grad_y = grad_y.to(v.dtype)  # y may be float32 for half values (γ is float32 under autocast)
-    if need_v:
-        grad_v = torch.einsum("bhwi,bchw->bciw", attn_h.to(v.dtype), grad_y)  # column
-        grad_v += torch.einsum("bhwj,bchw->bchj", attn_w.to(v.dtype), grad_y)  # row
-        if gamma is not None:
-            grad_v.mul_(gamma.to(v.dtype))
-    if need_q or need_k or need_gamma:
-        grad_h = torch.einsum("bchw,bciw->bhwi", grad_y, v).to(acc)  # dA'_h (B, H, W, H)
-        grad_w = torch.einsum("bchw,bchj->bhwj", grad_y, v).to(acc)  # dA'_w (B, H, W, W)
-        dot = torch.linalg.vecdot(attn_h, grad_h) + torch.linalg.vecdot(attn_w, grad_w)  # D' (B, H, W)
+    v_cl, grad_cl = _is_channels_last(v), _is_channels_last(grad_y)
+    slices = _channel_slices(v.shape[1])
+    if need_scores:
+        # dA' = dY_u · v_i, accumulated over channel chunks (in float32 for half inputs)
+        grad_h, grad_w = attn_h.new_empty(attn_h.shape), attn_w.new_empty(attn_w.shape)
+        for n, channels in enumerate(slices):
+            grad_c, v_c = _read(grad_y, channels, grad_cl, v.dtype), _read(v, channels, v_cl, v.dtype)
+            if v.dtype == acc:
+                _pair_products(grad_c, v_c, grad_h, grad_w, accumulate=n > 0)
+            else:
+                cols, rows = _pair_products(grad_c, v_c)
+                grad_h = grad_h.copy_(cols) if n == 0 else grad_h.add_(cols)
+                grad_w = grad_w.copy_(rows) if n == 0 else grad_w.add_(rows)
+        dot = torch.linalg.vecdot(attn_h, grad_h).transpose(1, 2) + torch.linalg.vecdot(attn_w, grad_w)  # D'
         if need_gamma:
             grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
         # softmax backward in place on dA': dE = γ A ⊙ (dA' − D')
-        scale = attn_h if gamma is None else attn_h * gamma.to(acc)
-        grad_h = grad_h.sub_(dot.unsqueeze(-1)).mul_(scale)
-        scale = attn_w if gamma is None else attn_w * gamma.to(acc)
-        grad_w = grad_w.sub_(dot.unsqueeze(-1)).mul_(scale)
-        del attn_h, attn_w, scale
-        q_acc, k_acc = q.to(acc), k.to(acc)
-        if need_q:
-            grad_q = torch.einsum("bhwi,bciw->bchw", grad_h, k_acc)
-            grad_q += torch.einsum("bhwj,bchj->bchw", grad_w, k_acc)
-            grad_q = grad_q.to(q.dtype)
-        if need_k:
-            grad_k = torch.einsum("bhwi,bchw->bciw", grad_h, q_acc)
-            grad_k += torch.einsum("bhwj,bchw->bchj", grad_w, q_acc)
-            grad_k = grad_k.to(k.dtype)
+        grad_h = grad_h.sub_(dot.transpose(1, 2).unsqueeze(-1)).mul_(attn_h)
+        grad_w = grad_w.sub_(dot.unsqueeze(-1)).mul_(attn_w)
+        if gamma is not None:
+            grad_h.mul_(gamma.to(acc))
+            grad_w.mul_(gamma.to(acc))
+        if need_q:  # dq_u = Σ_i dE[u, i] k_i
+            grad_q = _gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)).to(qp.dtype)
+        if need_k:  # dk_i = Σ_u dE[u, i] q_u
+            grad_k = _scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)).to(kp.dtype)
+        del grad_h, grad_w  # freed before dv exists: the two never add to the peak together
+    if need_v:
+        attn_h, attn_w = attn_h.to(v.dtype), attn_w.to(v.dtype)
+        grad_v = _new_like_layout(v, v_cl, tuple(v.shape), v.dtype)
+        for channels in slices:
+            target = _target(grad_v, channels, v_cl)
+            _scatter(attn_h, attn_w, _read(grad_y, channels, grad_cl, v.dtype), target)
+            _commit(grad_v, channels, v_cl, target)
+        if gamma is not None:
+            grad_v.mul_(gamma.to(v.dtype))
     return grad_q, grad_k, grad_v, grad_gamma
+
+
+def _positions_last(t: Tensor) -> Tensor:
+    """(B, C, H, W) → contiguous (B, H, W, C): a view of channels_last input, else one copy."""
+    return t.permute(0, 2, 3, 1).contiguous()
+
+
+def _output(v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tuple[Tensor, bool]:
+    """Buffer for ``out`` in the residual's (else the values') layout; whether ``residual + γ·out``
+    can then be finished in place (its promoted dtype is v's)."""
+    layout = residual if residual is not None else v
+    dtype = v.dtype
+    for t in (gamma, residual):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    out = _new_like_layout(v, _is_channels_last(layout), tuple(v.shape), v.dtype)
+    return out, dtype == v.dtype
+
+
+def _finish(out: Tensor, in_place: bool, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tensor:
+    """``residual + γ · out``, in place on ``out`` when its dtype is the result's."""
+    if not in_place:
+        if residual is None:
+            return out * gamma
+        return residual + out if gamma is None else torch.addcmul(residual, gamma, out)
+    if gamma is not None:
+        out.mul_(gamma)
+    return out if residual is None else out.add_(residual)
 
 
 class LeanCrissCrossAttention(torch.autograd.Function):
     """``y = residual + γ · CCA(q, k, v)`` saving (q, k, v, γ, lse); attention recomputed in backward.
 
-    ``gamma`` and ``residual`` may be ``None`` (scale 1, no residual). Once differentiable: the
-    backward is not itself tracked (no double backward).
+    q and k (C/8 channels) are kept positions-last (the inputs themselves when channels_last,
+    otherwise copies that replace them); v is kept as it is. ``gamma`` and ``residual`` may be
+    ``None`` (scale 1, no residual). Once differentiable: the backward is not itself tracked.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
                 residual: Optional[Tensor]) -> Tensor:
-        out, lse = criss_cross_attention_forward(q, k, v)
-        ctx.save_for_backward(q, k, v, gamma, lse)
+        qp, kp = _positions_last(q), _positions_last(k)
+        out, in_place = _output(v, gamma, residual)
+        lse = criss_cross_attention_forward(qp, kp, v, out)
+        ctx.save_for_backward(qp, kp, v, gamma, lse)
+        ctx.channels_last = (_is_channels_last(q), _is_channels_last(k))
         ctx.residual_dtype = None if residual is None else residual.dtype
-        return _scale_and_add(out, gamma, residual)
+        return _finish(out, in_place, gamma, residual)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
-        q, k, v, gamma, lse = ctx.saved_tensors
-        needs = tuple(ctx.needs_input_grad[:4])
-        grad_q, grad_k, grad_v, grad_gamma = criss_cross_attention_backward(grad_y, q, k, v, lse, gamma, needs)
+        qp, kp, v, gamma, lse = ctx.saved_tensors
+        grad_q, grad_k, grad_v, grad_gamma = criss_cross_attention_backward(
+            grad_y, qp, kp, v, lse, gamma, tuple(ctx.needs_input_grad[:4]))
+        grad_q, grad_k = (None if g is None else _channels_first(g, cl)
+                          for g, cl in zip((grad_q, grad_k), ctx.channels_last))
         grad_residual = grad_y.to(ctx.residual_dtype) if ctx.needs_input_grad[4] else None
         return grad_q, grad_k, grad_v, grad_gamma, grad_residual
-
-
-def _scale_and_add(out: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tensor:
-    """``residual + γ · out`` with PyTorch's type promotion, in place on ``out`` when possible."""
-    if gamma is None and residual is None:
-        return out
-    if residual is None:
-        return out.mul_(gamma) if torch.result_type(out, gamma) == out.dtype else out * gamma
-    if gamma is None:
-        return out.add_(residual) if torch.result_type(out, residual) == out.dtype else out + residual
-    return torch.addcmul(residual, gamma, out)
 
 
 def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
@@ -254,7 +385,8 @@ def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[
         residual: added to the scaled aggregation (the module's input); ``None`` for none.
 
     Returns:
-        ``residual + γ · (out_H + out_W)``, with PyTorch's type promotion of those operands.
+        ``residual + γ · (out_H + out_W)`` with PyTorch's type promotion of those operands, in the
+        residual's memory layout (else the values').
 
     Shape:
         q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,).
@@ -266,4 +398,6 @@ def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[
     inputs = [t for t in (q, k, v, gamma, residual) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         return LeanCrissCrossAttention.apply(q, k, v, gamma, residual)
-    return _scale_and_add(criss_cross_attention_forward(q, k, v)[0], gamma, residual)
+    out, in_place = _output(v, gamma, residual)
+    criss_cross_attention_forward(_positions_last(q), _positions_last(k), v, out)
+    return _finish(out, in_place, gamma, residual)

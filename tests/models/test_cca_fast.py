@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ccnet.models import cca_fast
 from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
 from ccnet.models.cca_fast import IMPL_ENV, LeanCrissCrossAttention, criss_cross_attention_lean, select_implementation
 from tests.models.reference import loop_criss_cross_attention
@@ -54,14 +55,19 @@ def test_gradcheck_float64():
 
 
 def test_saves_only_inputs_gamma_and_per_position_statistics():
-    """The memory claim: no attention map, no ``out`` — q, k, v, γ and one (B, H, W) float32 lse."""
-    q, k, v, gamma, x = (t.requires_grad_() for t in _inputs(2, 3, 5, 4, 6))
-    y = criss_cross_attention_lean(q, k, v, gamma, x)
-    saved = y.grad_fn.saved_tensors
-    assert len(saved) == 5
-    for original, kept in zip((q, k, v, gamma), saved[:4]):
+    """The memory claim: no attention map, no ``out`` — q, k, v, γ and one (B, H, W) float32 lse.
+    v and channels_last q, k are kept as they are (no copies); other q, k (C/8 channels) once,
+    positions-last, instead of the originals."""
+    q, k, v, gamma, x = _inputs(2, 3, 5, 4, 6)
+    channels_last = [t.contiguous(memory_format=torch.channels_last).requires_grad_() for t in (q, k, v)]
+    for tensors in ([t.requires_grad_() for t in (q, k, v)], channels_last):
+        y = criss_cross_attention_lean(*tensors, gamma.requires_grad_(), x.requires_grad_())
+        saved = y.grad_fn.saved_tensors
+        assert [tuple(t.shape) for t in saved] == [(2, 4, 6, 3), (2, 4, 6, 3), (2, 5, 4, 6), (1,), (2, 4, 6)]
+        assert saved[2].data_ptr() == tensors[2].data_ptr() and saved[3].data_ptr() == gamma.data_ptr()
+        assert saved[4].dtype == torch.float32
+    for original, kept in zip(channels_last[:2], saved[:2]):
         assert kept.data_ptr() == original.data_ptr()
-    assert saved[4].shape == (2, 4, 6) and saved[4].dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
@@ -94,16 +100,20 @@ def test_half_values_with_float32_gamma_follow_type_promotion():
     torch.testing.assert_close(y.detach(), ref, atol=2e-2, rtol=2e-2)
 
 
-def test_channels_last_non_contiguous_inputs_and_expanded_gradient():
+@pytest.mark.parametrize("chunk", [128, 2], ids=["one_chunk", "chunks_of_2"])
+def test_channels_last_non_contiguous_inputs_and_expanded_gradient(chunk, monkeypatch):
+    monkeypatch.setattr(cca_fast, "CHANNEL_CHUNK", chunk)  # 5 value channels: chunks 2 + 2 + 1
     q, k, v, gamma, x = _inputs(2, 3, 5, 6, 4)
     ref, ref_grads = _grads(_reference, (q, k, v, gamma, x), torch.ones(2, 5, 6, 4))
     channels_last = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
     transposed = lambda t: t.transpose(2, 3).contiguous().transpose(2, 3)  # noqa: E731 (non-contiguous)
-    for convert in (channels_last, transposed):
-        tensors = [convert(q), convert(k), convert(v), gamma.clone(), convert(x)]
+    for convert_qkv, convert_x in ((channels_last, channels_last), (transposed, transposed),
+                                   (channels_last, transposed), (transposed, channels_last)):
+        tensors = [convert_qkv(q), convert_qkv(k), convert_qkv(v), gamma.clone(), convert_x(x)]
         tensors = [t.requires_grad_() for t in tensors]
         out = criss_cross_attention_lean(*tensors)
         out.sum().backward()  # an expanded (stride-0) incoming gradient
+        assert out.is_contiguous(memory_format=torch.channels_last) == (convert_x is channels_last)  # x's layout
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         for t, g in zip(tensors, ref_grads):
             torch.testing.assert_close(t.grad, g, atol=1e-5, rtol=1e-5)
