@@ -52,6 +52,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def size_hw(values: Sequence[int], option: str = "--size") -> Tuple[int, int]:
+    """``H`` or ``H W`` from the command line as ``(H, W)``."""
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ValueError(f"{option} takes H or H W (positive), got {' '.join(map(str, values))}")
+    return (values[0], values[-1])
+
+
 def apply_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:

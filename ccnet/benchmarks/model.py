@@ -6,7 +6,7 @@ Each ``configs/model/*.yaml`` is composed with ``num_classes`` (default 19, City
 come from ``FlopCounterMode`` on the meta device (a multiply-add is 2 FLOPs; convolutions and
 matrix products); latency is the median evaluation forward (``torch.no_grad``, batch 1).
 
-    python tools/benchmark.py model --size 769 769 --threads 2
+    python tools/benchmark.py model --size 769 --threads 2
     python tools/benchmark.py model --device cuda --dtype bfloat16 --channels-last
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from omegaconf import OmegaConf
 
 from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, count_flops, describe_machine,
-                                     format_table, machine_info, resolve_device, time_call)
+                                     format_table, machine_info, resolve_device, size_hw, time_call)
 from ccnet.models import build_model
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``model`` benchmark."""
     parser.add_argument("--configs", nargs="+", default=None,
                         help=f"model config names or .yaml paths (default: every file in {MODEL_CONFIGS})")
-    parser.add_argument("--size", type=int, nargs=2, default=[769, 769], metavar=("H", "W"),
-                        help="input size (default 769 769)")
+    parser.add_argument("--size", type=int, nargs="+", default=[769], metavar="H [W]",
+                        help="input size, H [W] (default 769: 769x769)")
     parser.add_argument("--num-classes", type=int, default=19, help="classes of the composed configs (default 19)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="latency under autocast in this dtype (float32: no autocast)")
@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser, warmup=1, repeats=3)
 
 
-def _config_paths(names: List[str] | None) -> List[Path]:
+def config_paths(names: List[str] | None) -> List[Path]:
+    """Model config files by name (``ccnet_r101``) or path; all of ``configs/model/`` for ``None``."""
     if names is None:
         paths = sorted(MODEL_CONFIGS.glob("*.yaml"))
         if not paths:
@@ -80,9 +81,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     device = resolve_device(args.device)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
-    height, width = args.size
+    height, width = size_hw(args.size)
     rows: List[Dict[str, Any]] = []
-    for path in _config_paths(args.configs):
+    for path in config_paths(args.configs):
         cfg = compose_model_config(path, args.num_classes)
         with torch.device("meta"):
             meta_model = build_model(cfg).eval()
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                "params_m": sum(p.numel() for p in meta_model.parameters()) / 1e6,
                                "gflops": flops / 1e9, "latency_ms": None}
         if not args.no_latency:
-            row["latency_ms"] = _latency(cfg, args, device, dtype)
+            row["latency_ms"] = _latency(cfg, (height, width), args, device, dtype)
         log.info("model %s: %s", path.stem, row)
         rows.append(row)
     config = {"size": [height, width], "num_classes": args.num_classes, "dtype": args.dtype,
@@ -104,10 +105,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
-def _latency(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> float:
+def _latency(cfg: Dict[str, Any], size: Tuple[int, int], args: argparse.Namespace, device: torch.device,
+             dtype: torch.dtype) -> float:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = build_model(cfg).eval().to(device=device, memory_format=memory_format)
-    images = torch.randn(1, 3, *args.size, device=device).contiguous(memory_format=memory_format)
+    images = torch.randn(1, 3, *size, device=device).contiguous(memory_format=memory_format)
 
     def forward() -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

@@ -12,10 +12,10 @@ Reported: median step time, images/s, speed-up over the first float32 variant, a
 of one step above the memory before it (after warm-up, so the optimizer state already exists;
 gradients are dropped before the step as its ``zero_grad(set_to_none=True)`` would). Defaults are the GPU setting of
 the performance targets (CCNet-R101 at 769×769, batch 2); on a CPU use a small model, e.g.
-``--config ccnet_tiny --size 256 256``.
+``--config ccnet_tiny --size 256``.
 
     python tools/benchmark.py train --device cuda
-    python tools/benchmark.py train --config ccnet_tiny --size 256 256 --batch 4 --threads 2
+    python tools/benchmark.py train --config ccnet_tiny --size 256 --batch 4 --threads 2
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ccnet.benchmarks.common import (add_device_arguments, apply_threads, describe_machine, format_table,
-                                     machine_info, memory_method, peak_memory, resolve_device, time_call)
-from ccnet.benchmarks.model import _config_paths, compose_model_config
+                                     machine_info, memory_method, peak_memory, resolve_device, size_hw, time_call)
+from ccnet.benchmarks.model import config_paths, compose_model_config
 from ccnet.models import build_model
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ AUX_WEIGHT = 0.4
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``train`` benchmark."""
     parser.add_argument("--config", default="ccnet_r101", help="model config name or .yaml path (default ccnet_r101)")
-    parser.add_argument("--size", type=int, nargs=2, default=[769, 769], metavar=("H", "W"),
-                        help="crop size (default 769 769)")
+    parser.add_argument("--size", type=int, nargs="+", default=[769], metavar="H [W]",
+                        help="crop size, H [W] (default 769: 769x769)")
     parser.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     parser.add_argument("--num-classes", type=int, default=19, help="classes (default 19)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
@@ -60,7 +60,7 @@ def _variant_step(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.d
     model = build_model(cfg).train().to(device=device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    height, width = args.size
+    height, width = size_hw(args.size)
     images = torch.randn(args.batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, args.num_classes, (args.batch, height, width), device=device)
     labels[:, : max(1, height // 10)] = IGNORE_INDEX  # an ignored band, as in real annotations
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     apply_threads(args.threads)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    path = _config_paths([args.config])[0]
+    path = config_paths([args.config])[0]
     cfg = compose_model_config(path, args.num_classes)
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32", "fp32+cl", "bf16", "bf16+cl"])
     rows: List[Dict[str, Any]] = []
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     reference = next((r for r in rows if r["variant"].startswith("fp32")), None)
     for row in rows:
         row["speedup_vs_fp32"] = reference["step_ms"] / row["step_ms"] if reference else None
-    config = {"config": path.stem, "size": args.size, "batch": args.batch, "num_classes": args.num_classes,
+    config = {"config": path.stem, "size": list(size_hw(args.size)), "batch": args.batch, "num_classes": args.num_classes,
               "warmup": args.warmup, "repeats": args.repeats}
     result = {"benchmark": "train", "config": config, "machine": machine_info(device),
               "memory_method": memory_method(device), "results": rows}
