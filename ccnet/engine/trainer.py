@@ -82,13 +82,16 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     device = resolve_device(str(cfg.train.device))
     created_group = not dist.is_distributed() and dist.init_distributed(device.type)
     package_log = logging.getLogger("ccnet")
-    level = package_log.level
+    level, threads = package_log.level, torch.get_num_threads()
     if not dist.is_main_process():
         package_log.setLevel(logging.WARNING)  # one copy of every info line: rank 0's
+    if cfg.train.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.train.cpu_threads))
     try:
         return _train(cfg, device)
     finally:
         package_log.setLevel(level)
+        torch.set_num_threads(threads)
         if created_group:
             dist.destroy_distributed()
 
