@@ -61,12 +61,14 @@ def test_sigkill_then_resume_gives_identical_weights(configs_dir, tiny_overrides
     assert full.returncode == 0, full.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    killed = run_child(configs_dir, n // 2, common + [f"work_dir={killed_dir}"])
+    # The interrupted run loads data with 2 worker processes, the reference with none: the sample
+    # stream must not depend on that either.
+    killed = run_child(configs_dir, n // 2, common + [f"work_dir={killed_dir}", "train.num_workers=2"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pth")["iteration"] == n // 2
     assert not (killed_dir / "checkpoints" / f"iter_{n}.pth").exists()
 
-    resumed = run_child(configs_dir, -1, common + [f"work_dir={killed_dir}", "resume=true"])
+    resumed = run_child(configs_dir, -1, common + [f"work_dir={killed_dir}", "resume=true", "train.num_workers=2"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = (killed_dir / "train.log").read_text()
     assert f"resumed from {killed_dir / 'checkpoints' / 'last.pth'} at iteration {n // 2}" in log
