@@ -110,7 +110,7 @@ class SyntheticConfig:
         if self.key_cells < 1 or self.num_shapes < 1 or self.min_gap < 0:
             raise ValueError(f"dataset.key_cells={self.key_cells}, num_shapes={self.num_shapes} must be >= 1 and "
                              f"min_gap={self.min_gap} >= 0")
-        if self.num_shapes > 1 and not self._feasible_key_positions():
+        if not self.feasible_key_positions():
             raise ValueError(
                 f"synthetic geometry does not fit: image_size={self.image_size} px is {self.grid} cells of "
                 f"{self.feature_stride} px; a diagonal shape needs key_cells={self.key_cells} + gap "
@@ -119,9 +119,13 @@ class SyntheticConfig:
         if self.num_train < 1 or self.num_val < 1:
             raise ValueError(f"dataset.num_train={self.num_train} and num_val={self.num_val} must be >= 1")
 
-    def _feasible_key_positions(self) -> List[int]:
-        # A key start r leaves r cells before it and grid - r - key_cells after it; one side must hold
-        # the gap plus the smallest shape, so a diagonal shape fits (the same holds for columns).
+    def feasible_key_positions(self) -> List[int]:
+        """Key start cells (same for rows and columns) that leave room for every kind of shape.
+
+        A key starting at cell r has r cells before it and ``grid - r - key_cells`` after it; one side
+        must hold the gap plus the smallest shape, which lets a diagonal shape fit in rows (and, by
+        symmetry, columns) and an aligned shape along either axis.
+        """
         need = self.gap_cells + self.shape_cells[0]
         return [r for r in range(self.grid - self.key_cells + 1)
                 if max(r, self.grid - r - self.key_cells) >= need]
@@ -151,64 +155,46 @@ def _cells_to_pixels(mask_cells: np.ndarray, stride: int) -> np.ndarray:
     return np.repeat(np.repeat(mask_cells, stride, axis=0), stride, axis=1)
 
 
-def _sample_span(rng: np.random.Generator, lo: int, hi: int, length: int) -> Optional[Tuple[int, int]]:
-    """A random ``[start, start + length)`` inside ``[lo, hi)``, or None when it does not fit."""
-    if hi - lo < length:
-        return None
+def _sample_span(rng: np.random.Generator, lo: int, hi: int, length: int) -> Tuple[int, int]:
+    """A random ``[start, start + length)`` inside ``[lo, hi)`` (``hi - lo >= length``)."""
     start = int(rng.integers(lo, hi - length + 1))
     return start, start + length
 
 
-def _sample_far_span(rng: np.random.Generator, cfg: SyntheticConfig, k0: int, k1: int,
-                     length_range: Tuple[int, int]) -> Optional[Tuple[int, int]]:
-    """A span of cells on one side of the key's span ``[k0, k1)``, separated from it by the gap."""
-    sides = []
-    if k0 - cfg.gap_cells >= length_range[0]:
-        sides.append((0, k0 - cfg.gap_cells))
-    if cfg.grid - (k1 + cfg.gap_cells) >= length_range[0]:
-        sides.append((k1 + cfg.gap_cells, cfg.grid))
-    if not sides:
-        return None
+def _sample_far_span(rng: np.random.Generator, cfg: SyntheticConfig, k0: int, k1: int) -> Tuple[int, int]:
+    """A span of ``shape_cells`` cells on one side of the key's span ``[k0, k1)``, beyond the gap."""
+    shortest, longest = cfg.shape_cells
+    sides = [(lo, hi) for lo, hi in ((0, k0 - cfg.gap_cells), (k1 + cfg.gap_cells, cfg.grid)) if hi - lo >= shortest]
+    assert sides, "key positions are drawn from SyntheticConfig.feasible_key_positions()"
     lo, hi = sides[int(rng.integers(len(sides)))]
-    length = int(rng.integers(length_range[0], min(length_range[1], hi - lo) + 1))
-    return _sample_span(rng, lo, hi, length)
+    return _sample_span(rng, lo, hi, int(rng.integers(shortest, min(longest, hi - lo) + 1)))
 
 
-def _sample_shape(rng: np.random.Generator, cfg: SyntheticConfig, key: Box, kind: str) -> Optional[Box]:
+def _sample_shape(rng: np.random.Generator, cfg: SyntheticConfig, key: Box, kind: str) -> Box:
     kr0, kc0, kr1, kc1 = key
     if kind == "diagonal":
-        rows = _sample_far_span(rng, cfg, kr0, kr1, cfg.shape_cells)
-        cols = _sample_far_span(rng, cfg, kc0, kc1, cfg.shape_cells)
-        if rows is None or cols is None:
-            return None
+        rows = _sample_far_span(rng, cfg, kr0, kr1)
+        cols = _sample_far_span(rng, cfg, kc0, kc1)
         return rows[0], cols[0], rows[1], cols[1]
     # Aligned: thickness within the key's band on one axis, far from the key along the other axis.
     along_rows = bool(rng.integers(2))
     b0, b1, o0, o1 = (kr0, kr1, kc0, kc1) if along_rows else (kc0, kc1, kr0, kr1)
-    thickness = int(rng.integers(1, b1 - b0 + 1))
-    band = _sample_span(rng, b0, b1, thickness)
-    far = _sample_far_span(rng, cfg, o0, o1, cfg.shape_cells)
-    if band is None or far is None:
-        return None
+    band = _sample_span(rng, b0, b1, int(rng.integers(1, b1 - b0 + 1)))
+    far = _sample_far_span(rng, cfg, o0, o1)
     return (band[0], far[0], band[1], far[1]) if along_rows else (far[0], band[0], far[1], band[1])
 
 
-def _boxes_touch(a: Box, b: Box) -> bool:
-    # One free cell between shapes keeps them separate objects.
-    return not (a[2] + 1 <= b[0] or b[2] + 1 <= a[0] or a[3] + 1 <= b[1] or b[3] + 1 <= a[1])
-
-
-def generate_sample(cfg: SyntheticConfig, split: str, index: int, max_tries: int = 100) -> SyntheticSample:
+def generate_sample(cfg: SyntheticConfig, split: str, index: int) -> SyntheticSample:
     """Generate scene ``index`` of ``split``; a pure function of ``(cfg, split, index)``.
 
     Shapes alternate aligned / diagonal (the first is aligned), so every image with two or more shapes
-    has pixels that need one hop and pixels that need two.
+    has pixels that need one hop and pixels that need two. Shapes of the same kind may overlap (they
+    share the class, so they merge into one grey region).
 
     Args:
         cfg: generator settings (``cfg.seed`` selects the whole dataset).
         split: ``"train"``, ``"val"`` or ``"test"``; each split is an independent stream.
         index: sample index within the split.
-        max_tries: placement attempts before giving up (the geometry is validated, so this is a guard).
 
     Returns:
         The scene with its image, label and geometry.
@@ -216,28 +202,12 @@ def generate_sample(cfg: SyntheticConfig, split: str, index: int, max_tries: int
     if split not in _SPLIT_STREAMS:
         raise ValueError(f"synthetic split {split!r} unknown: expected one of {sorted(_SPLIT_STREAMS)}")
     rng = np.random.default_rng([cfg.seed, _SPLIT_STREAMS[split], index])
-    positions = cfg._feasible_key_positions() or list(range(cfg.grid - cfg.key_cells + 1))
+    positions = cfg.feasible_key_positions()
     stride, size = cfg.feature_stride, cfg.image_size
-    for _ in range(max_tries):
-        kr, kc = (int(rng.choice(positions)) for _ in range(2))
-        key = (kr, kc, kr + cfg.key_cells, kc + cfg.key_cells)
-        shapes: List[Tuple[Box, str]] = []
-        for i in range(cfg.num_shapes):
-            kind = "aligned" if i % 2 == 0 else "diagonal"
-            box = None
-            for _ in range(max_tries):
-                box = _sample_shape(rng, cfg, key, kind)
-                if box is not None and not any(_boxes_touch(box, other) for other, _ in shapes):
-                    break
-                box = None
-            if box is None:
-                break
-            shapes.append((box, kind))
-        if len(shapes) == cfg.num_shapes:
-            break
-    else:
-        raise RuntimeError(f"could not place {cfg.num_shapes} shapes in {max_tries} tries for {split}[{index}]; "
-                           f"reduce dataset.num_shapes or dataset.shape_cells")
+    kr, kc = (int(rng.choice(positions)) for _ in range(2))
+    key = (kr, kc, kr + cfg.key_cells, kc + cfg.key_cells)
+    kinds = ["aligned" if i % 2 == 0 else "diagonal" for i in range(cfg.num_shapes)]
+    shapes = [(_sample_shape(rng, cfg, key, kind), kind) for kind in kinds]
 
     color = int(rng.integers(cfg.num_classes - 1)) + 1
     label_cells = np.zeros((cfg.grid, cfg.grid), dtype=np.uint8)
