@@ -137,18 +137,22 @@ class CrissCrossAttention(nn.Module):
     """Criss-cross attention module: ``x + γ · CCA(Wq x, Wk x, Wv x)``.
 
     Parameter names (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) match the official
-    release so its checkpoints load without renaming. ``gamma`` starts at 0, so a freshly built
-    module is the identity and attention is blended in as training finds it useful.
+    release so its checkpoints load without renaming. ``gamma`` starts at ``gamma_init``, 0 by default
+(the paper and official release): a freshly built module is then the identity and attention is
+blended in as training finds it useful.
 
     Args:
         in_channels: channels C of the input (and of the values).
         reduction: queries and keys have ``in_channels // reduction`` channels (paper: 8).
+        gamma_init: initial ``gamma``. 0 makes the start a saddle point (the value path gets no
+            gradient until ``gamma`` moves), which pretrained backbones and long schedules escape; a
+            small model trained from scratch on a short schedule may not (``ccnet_tiny`` uses 1).
 
     Shape:
         x: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, in_channels: int, reduction: int = 8) -> None:
+    def __init__(self, in_channels: int, reduction: int = 8, gamma_init: float = 0.0) -> None:
         super().__init__()
         if in_channels // reduction < 1:
             raise ValueError(f"in_channels={in_channels} // reduction={reduction} leaves no query/key channels")
@@ -156,7 +160,7 @@ class CrissCrossAttention(nn.Module):
         self.query_conv = nn.Conv2d(in_channels, inner, kernel_size=1)
         self.key_conv = nn.Conv2d(in_channels, inner, kernel_size=1)
         self.value_conv = nn.Conv2d(in_channels, in_channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        self.gamma = nn.Parameter(torch.full((1,), float(gamma_init)))
 
     def forward(self, x: Tensor) -> Tensor:
         # x + γ·out fused into the operator: autograd then keeps no copy of out for γ's gradient

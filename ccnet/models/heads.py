@@ -54,6 +54,8 @@ class RCCAHead(nn.Module):
         dropout: Dropout2d probability before the classifier.
         norm_layer: normalisation constructor taking the channel count.
         activation: ``relu`` or ``leaky_relu``.
+        context_init: initial scale of the context branch's residual (the attention's ``gamma``);
+            0, the paper's choice, starts the head as the plain baseline.
 
     Shape:
         x: (B, in_channels, h, w) -> logits (B, num_classes, h, w).
@@ -62,14 +64,14 @@ class RCCAHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, recurrence: int = 2,
                  inter_channels: Optional[int] = None, bottleneck_channels: int = 512,
                  dropout: float = 0.1, norm_layer: NormLayer = nn.BatchNorm2d,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", context_init: float = 0.0) -> None:
         super().__init__()
         if recurrence < 0:
             raise ValueError(f"recurrence must be >= 0, got {recurrence}")
         inter_channels = inter_channels or in_channels // 4
         self.recurrence = recurrence
         self.conva = conv_norm_act(in_channels, inter_channels, 3, norm_layer, activation)
-        self.cca = CrissCrossAttention(inter_channels) if recurrence > 0 else None
+        self.cca = CrissCrossAttention(inter_channels, gamma_init=context_init) if recurrence > 0 else None
         self.convb = conv_norm_act(inter_channels, inter_channels, 3, norm_layer, activation)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_channels + inter_channels, bottleneck_channels, 3, padding=1, bias=False),
@@ -100,21 +102,21 @@ class NonLocalBlock(nn.Module):
 
     ``y = x + W_z(softmax(θ(x)ᵀ φ(x)) g(x))`` over all HW positions; θ, φ, g are 1×1 convs to
     ``inter_channels`` and ``W_z`` a 1×1 conv + norm back to C, its norm's scale initialised to
-    zero so the block starts as the identity (as in the original paper).
+    ``out_scale_init``: zero (the original paper) starts the block as the identity.
 
     Shape:
         x: (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, in_channels: int, inter_channels: Optional[int] = None,
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+                 norm_layer: NormLayer = nn.BatchNorm2d, out_scale_init: float = 0.0) -> None:
         super().__init__()
         inter_channels = inter_channels or max(in_channels // 2, 1)
         self.theta = nn.Conv2d(in_channels, inter_channels, 1)
         self.phi = nn.Conv2d(in_channels, inter_channels, 1)
         self.g = nn.Conv2d(in_channels, inter_channels, 1)
         self.out = nn.Sequential(nn.Conv2d(inter_channels, in_channels, 1, bias=False), norm_layer(in_channels))
-        nn.init.zeros_(self.out[1].weight)
+        nn.init.constant_(self.out[1].weight, float(out_scale_init))
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -133,15 +135,18 @@ class NonLocalHead(RCCAHead):
     Args:
         in_channels, num_classes, inter_channels, bottleneck_channels, dropout, norm_layer,
         activation: as in :class:`RCCAHead`.
+        context_init: initial scale of the block's ``W_z`` norm (0 = identity at the start).
     """
 
     def __init__(self, in_channels: int, num_classes: int, inter_channels: Optional[int] = None,
                  bottleneck_channels: int = 512, dropout: float = 0.1,
-                 norm_layer: NormLayer = nn.BatchNorm2d, activation: str = "relu") -> None:
+                 norm_layer: NormLayer = nn.BatchNorm2d, activation: str = "relu",
+                 context_init: float = 0.0) -> None:
         super().__init__(in_channels, num_classes, recurrence=0, inter_channels=inter_channels,
                          bottleneck_channels=bottleneck_channels, dropout=dropout,
                          norm_layer=norm_layer, activation=activation)
-        self.nonlocal_block = NonLocalBlock(self.conva[0].out_channels, norm_layer=norm_layer)
+        self.nonlocal_block = NonLocalBlock(self.conva[0].out_channels, norm_layer=norm_layer,
+                                            out_scale_init=context_init)
 
     def context(self, x: Tensor) -> Tensor:
         return self.convb(self.nonlocal_block(self.conva(x)))

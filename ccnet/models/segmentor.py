@@ -113,7 +113,8 @@ def build_model(cfg: Mapping[str, Any]) -> CCNet:
     path), ``weights_strict``,
     ``norm`` (bn | syncbn | frozen_bn), ``context`` (rcca | nonlocal | none), ``recurrence``,
     ``num_classes``, ``head_channels`` (null = backbone channels / 4), ``bottleneck_channels``,
-    ``dropout``, ``activation`` (relu | leaky_relu), ``aux`` (bool), ``aux_channels``,
+    ``dropout``, ``activation`` (relu | leaky_relu), ``context_init`` (initial scale of the context
+    residual: the attention's gamma, the non-local block's output norm; default 0), ``aux`` (bool), ``aux_channels``,
     ``aux_conv_bias``, ``align_corners``, ``ccl`` (bool) and ``ccl_channels`` (default 16); tiny
     backbone: ``tiny_widths``, ``tiny_layer4_convs``.
 
@@ -138,12 +139,14 @@ def build_model(cfg: Mapping[str, Any]) -> CCNet:
     head_kwargs = dict(inter_channels=cfg.get("head_channels"),
                        bottleneck_channels=int(_get(cfg, "bottleneck_channels", 512)),
                        dropout=float(_get(cfg, "dropout", 0.1)), norm_layer=norm_layer, activation=activation)
+    context_init = float(_get(cfg, "context_init", 0.0))
     if context == "rcca":
-        head = RCCAHead(in_channels, num_classes, recurrence=int(_get(cfg, "recurrence", 2)), **head_kwargs)
+        head = RCCAHead(in_channels, num_classes, recurrence=int(_get(cfg, "recurrence", 2)),
+                        context_init=context_init, **head_kwargs)
     elif context == "none":
         head = RCCAHead(in_channels, num_classes, recurrence=0, **head_kwargs)
     elif context == "nonlocal":
-        head = NonLocalHead(in_channels, num_classes, **head_kwargs)
+        head = NonLocalHead(in_channels, num_classes, context_init=context_init, **head_kwargs)
     else:
         raise ValueError(f"unknown model.context {context!r}: expected one of {', '.join(CONTEXTS)}")
     aux_head = None

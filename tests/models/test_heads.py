@@ -88,3 +88,19 @@ def test_fcn_head():
     head = FCNHead(32, 4, channels=8, conv_bias=True).eval()
     assert head.layers[0].bias is not None
     assert head(torch.randn(1, 32, 5, 6)).shape == (1, 4, 5, 6)
+
+
+def test_context_init_sets_the_residual_scale_of_both_context_modules():
+    # Default 0 (paper): the context branch starts switched off.
+    assert float(RCCAHead(32, 3, inter_channels=16).cca.gamma) == 0.0
+    assert torch.all(NonLocalHead(32, 3, inter_channels=16).nonlocal_block.out[1].weight == 0)
+    head = RCCAHead(32, 3, inter_channels=16, context_init=1.0).eval()
+    assert float(head.cca.gamma) == 1.0
+    nl = NonLocalHead(32, 3, inter_channels=16, context_init=0.5)
+    assert torch.all(nl.nonlocal_block.out[1].weight == 0.5)
+    # With gamma = 1 the head's output depends on the attention (it differs from gamma = 0).
+    x = torch.randn(1, 16, 5, 6)
+    off = RCCAHead(32, 3, inter_channels=16).eval().cca
+    off.load_state_dict({**head.cca.state_dict(), "gamma": torch.zeros(1)})
+    assert not torch.allclose(head.cca(x), off(x))
+    assert torch.equal(off(x), x)
