@@ -12,11 +12,14 @@ mmsegmentation recipes' floor otherwise.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Dict, List, Mapping
 
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, no_decay_norm_bias: bool = False,
@@ -89,8 +92,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping[str, An
     max_iters = int(train_cfg["max_iters"])
     min_lr = float(train_cfg.get("min_lr", 0.0))
     warmup_iters = int(train_cfg.get("warmup_iters", 0))
-    if not 0 <= warmup_iters < max_iters:
-        raise ValueError(f"train.warmup_iters must be in [0, train.max_iters={max_iters}), got {warmup_iters}")
+    if warmup_iters < 0:
+        raise ValueError(f"train.warmup_iters must be >= 0, got {warmup_iters}")
+    if warmup_iters >= max_iters > 0:  # e.g. a short trial run with the quickstart's 100-step warm-up
+        log.warning("train.warmup_iters=%d >= train.max_iters=%d: the lr warms up during the whole run "
+                    "(set train.warmup_iters=0 for none)", warmup_iters, max_iters)
     factors = []
     for group in optimizer.param_groups:
         if min_lr > group["lr"]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, PolynomialLR
 
-from ccnet.engine.optim import build_optimizer, build_scheduler, param_groups
+from ccnet.engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 class Net(nn.Module):
@@ -69,8 +71,20 @@ def test_param_groups_split_backbone_head_and_no_decay():
 
 def test_bad_schedule_settings():
     opt = build_optimizer(Net(), {"lr": 0.01})
-    with pytest.raises(ValueError, match="warmup_iters"):
-        build_scheduler(opt, {"max_iters": 10, "warmup_iters": 10})
+    with pytest.raises(ValueError, match="warmup_iters must be >= 0"):
+        build_scheduler(opt, {"max_iters": 10, "warmup_iters": -1})
+
+
+def test_warmup_longer_than_the_run_still_follows_the_formula(caplog):
+    opt = build_optimizer(Net(), {"lr": 0.01})
+    with caplog.at_level(logging.WARNING, logger="ccnet"):
+        sched = build_scheduler(opt, {"max_iters": 10, "warmup_iters": 100})
+    assert "warms up during the whole run" in caplog.text
+    for step in range(10):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * lr_factor(step, 10, 0.9, 100, 0.1))
+        assert lr_factor(step, 10, 0.9, 100, 0.1) == pytest.approx((1 - step / 10) ** 0.9 * (0.1 + 0.9 * step / 100))
+        opt.step()
+        sched.step()
     with pytest.raises(ValueError, match="min_lr=0.1 exceeds"):
         build_scheduler(opt, {"max_iters": 10, "min_lr": 0.1})
     with pytest.raises(ValueError, match="train.lr must be positive"):
