@@ -15,7 +15,7 @@ TINY_SYNTHETIC = ["dataset.image_size=64", "dataset.min_gap=16", "dataset.num_tr
 TINY = TINY_SYNTHETIC + [
     "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
     "model.aux_channels=8", "train.batch_size=4", "train.num_workers=0", "eval.num_workers=0",
-    "train.device=cpu", "train.log_interval=5", "train.vis_images=1",
+    "train.device=cpu", "train.log_interval=5", "train.vis_images=1", "train.warmup_iters=0",
 ]
 
 

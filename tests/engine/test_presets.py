@@ -44,6 +44,8 @@ def test_preset_composes_and_builds(name):
     assert list(train_cfg.crop_size) == crop and train_cfg.batch_size * 4 == total_batch
     assert (train_cfg.max_iters, train_cfg.weight_decay, train_cfg.min_lr) == (iters, wd, min_lr)
     assert (train_cfg.lr, train_cfg.momentum, train_cfg.poly_power, train_cfg.aux_weight) == (0.01, 0.9, 0.9, 0.4)
+    # No warm-up and the paper's zero-initialised attention (not the quickstart's choices).
+    assert train_cfg.warmup_iters == 0 and cfg.model.context_init == 0.0
     assert cfg.work_dir == f"work_dirs/{name}"
 
     model = build_model(cfg.model)
