@@ -37,6 +37,7 @@ from ccnet.engine.rng import get_rng_state, seed_everything, set_rng_state
 from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import build_model
 from ccnet.utils.visualize import colorize, denormalize
+from ccnet.visualize_attention import attention_panel
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,9 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
     log.info("training %s on %s: %d iterations, batch %d per process x %d processes, device %s, amp %s",
              cfg.model.get("name"), cfg.dataset.get("name"), max_iters, batch_size, world, device, amp)
 
+    show_attention = bool(tcfg.get("vis_attention", True)) and getattr(getattr(model, "head", None), "cca", None) \
+        is not None and getattr(model.head, "recurrence", 0) > 0
+
     def validate(iteration: int) -> Dict[str, Any]:
         nonlocal best_miou
         panels: List[Any] = []
@@ -239,6 +243,9 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
                          colorize(label.numpy(), val_set.palette, val_set.ignore_index),
                          colorize(pred.numpy(), val_set.palette, val_set.ignore_index)]
                 recorder.image(f"val/panel_{j}", np.concatenate(panel, axis=1), iteration)
+                if show_attention:  # the image centre's attention, loop by loop (paper, Fig. 1)
+                    recorder.image(f"val/attention_{j}", attention_panel(model, image.to(device), mean=val_set.mean,
+                                                                         std=val_set.std), iteration)
         if result["mIoU"] > best_miou:
             best_miou = float(result["mIoU"])
             ckpts.save_best({"model": model.state_dict(), "config": _plain(cfg), "iteration": iteration,

@@ -63,6 +63,8 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
             "val/IoU/background"} <= set(events.Tags()["scalars"])
     panel = events.Images("val/panel_0")[-1]
     assert (panel.step, panel.width, panel.height) == (40, 3 * 64, 64)  # input | ground truth | prediction
+    attention = events.Images("val/attention_0")[-1]  # input | loop 1 | loop 2
+    assert (attention.step, attention.width, attention.height) == (40, (1 + cfg.model.recurrence) * 64, 64)
 
 
 class NaNAt:

@@ -1,0 +1,140 @@
+"""Attention maps of the recurrent criss-cross head for one pixel (CCNet, arXiv 1811.11721, Fig. 1 / Sec. 3.2).
+
+Loop r of the RCCA head computes, for every feature position u, weights ``A_r[u, p]`` over the
+positions p of u's row and column (:func:`ccnet.models.cca.criss_cross_attention_weights`). Loop 1
+alone reaches only u's cross. The information u gathers after two loops comes from q through every
+intermediate p, so its *effective* loop-2 map is the composition ``Σ_p A_2[u, p] · A_1[p, q]`` — it
+covers the whole image, because any q is linked to u by p = (row of u, column of q) or (row of q,
+column of u). Loop r's effective map composes loops 1..r in the same way.
+
+Used by ``tools/visualize_attention.py`` (PNG files) and, through :func:`attention_panel`, by the
+training loop's TensorBoard image panels.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, overlay
+
+log = logging.getLogger(__name__)
+
+
+def _spread(weights: Tensor, attn_h: Tensor, attn_w: Tensor) -> Tensor:
+    """``Σ_p weights[p] · A[p, q]``: push a distribution over positions p through one loop's attention.
+
+    Shape:
+        weights: (H, W). attn_h: (H, W, H), attn_w: (H, W, W) of one image. Returns (H, W).
+    """
+    # Column branch: p = (h, w) sends attn_h[h, w, i] to (i, w); row branch: attn_w[h, w, j] to (h, j).
+    return torch.einsum("hw,hwi->iw", weights, attn_h) + torch.einsum("hw,hwj->hj", weights, attn_w)
+
+
+@torch.no_grad()
+def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int, int]) -> List[Tensor]:
+    """Effective attention of ``pixel`` after each criss-cross loop of ``model``'s RCCA head.
+
+    Args:
+        model: a CCNet whose head is an RCCA head with ``recurrence >= 1``.
+        image: one normalised image.
+        pixel: (row, column) in image pixels; mapped to its feature position.
+
+    Returns:
+        One map per loop, each summing to 1: loop 1 is non-zero only on the pixel's cross, loop
+        r >= 2 composes loops 1..r.
+
+    Shape:
+        image: (3, H, W). Each map: (h, w), the feature resolution.
+    """
+    head = getattr(model, "head", None)
+    cca = getattr(head, "cca", None)
+    if cca is None or not getattr(head, "recurrence", 0):
+        context = type(head).__name__ if head is not None else "none"
+        raise ValueError(f"model has no criss-cross attention to show (head {context}, recurrence "
+                         f"{getattr(head, 'recurrence', None)}): use a checkpoint trained with model.context=rcca "
+                         f"and model.recurrence >= 1")
+    was_training = model.training
+    model.eval()
+    try:
+        feats = model.backbone(image.unsqueeze(0))["layer4"]
+        x = head.conva(feats)
+        _, _, h, w = x.shape
+        row = min(int(pixel[0]) * h // image.shape[-2], h - 1)
+        col = min(int(pixel[1]) * w // image.shape[-1], w - 1)
+        loops = []
+        maps = []
+        for _ in range(head.recurrence):
+            attn_h, attn_w = cca.attention_weights(x)
+            loops.append((attn_h[0], attn_w[0]))
+            x = cca(x)
+            # Effective map of this loop: e_u · A_r · A_(r-1) ··· A_1 (u gathers through p what p gathered).
+            reach = torch.zeros(h, w, dtype=attn_h.dtype, device=attn_h.device)
+            reach[row, col] = 1.0
+            for attn in reversed(loops):
+                reach = _spread(reach, *attn)
+            maps.append(reach)
+    finally:
+        model.train(was_training)
+    return maps
+
+
+def heat_overlay(image: np.ndarray, heat: Tensor, pixel: Optional[Tuple[int, int]] = None,
+                 alpha: float = 0.6) -> np.ndarray:
+    """Blend a heat map (upsampled to the image size, scaled to its maximum) over an RGB image.
+
+    Args:
+        image: RGB uint8 image.
+        heat: non-negative map at any resolution (nearest upsampling keeps feature cells visible).
+        pixel: (row, column) to mark with a white cross-hair circle, or None.
+        alpha: weight of the heat colours.
+
+    Returns:
+        The blended RGB uint8 image.
+
+    Shape:
+        image: (H, W, 3). heat: (h, w). Returns (H, W, 3).
+    """
+    height, width = image.shape[:2]
+    heat = F.interpolate(heat[None, None].float().cpu(), size=(height, width), mode="nearest")[0, 0]
+    scaled = (heat / heat.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
+    colours = cv2.cvtColor(cv2.applyColorMap(scaled, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    out = overlay(image, colours, alpha)
+    return mark_pixel(out, pixel) if pixel is not None else out
+
+
+def mark_pixel(image: np.ndarray, pixel: Tuple[int, int]) -> np.ndarray:
+    """A copy of the RGB uint8 ``image`` with a white circle around ``pixel`` (row, column)."""
+    out = np.ascontiguousarray(image).copy()
+    radius = max(3, min(image.shape[:2]) // 40)
+    cv2.circle(out, (int(pixel[1]), int(pixel[0])), radius, (255, 255, 255), 1)
+    return out
+
+
+def attention_panel(model: torch.nn.Module, image: Tensor, pixel: Optional[Tuple[int, int]] = None,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Side-by-side ``input | loop 1 | loop 2 | ...`` attention overlays for one pixel, for TensorBoard.
+
+    Args:
+        model: a CCNet with an RCCA head (see :func:`rcca_attention_maps`).
+        image: one normalised image.
+        pixel: (row, column); the image centre when None.
+        mean, std: the normalisation to undo for display.
+
+    Returns:
+        RGB uint8 panel.
+
+    Shape:
+        image: (3, H, W). Returns (H, W * (1 + recurrence), 3).
+    """
+    height, width = image.shape[-2:]
+    pixel = pixel if pixel is not None else (height // 2, width // 2)
+    rgb = denormalize(image, mean, std)
+    maps = rcca_attention_maps(model, image, pixel)
+    return np.concatenate([mark_pixel(rgb, pixel)] + [heat_overlay(rgb, m, pixel) for m in maps], axis=1)
