@@ -1,0 +1,280 @@
+"""Summary of the recurrence ablation (CCNet, arXiv 1811.11721, Sec. 4.3, Tables 3 and 5).
+
+``scripts/ablation_recurrence.sh`` trains one run per (context, R, seed) with Hydra multirun; this
+module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl``, as written by
+:func:`ccnet.engine.train`), groups the runs by (context, R) and prints a markdown table:
+
+* val mIoU of the final validation, mean ± std over seeds;
+* on the synthetic long-range set, the accuracy on long-range pixels (grey shapes, whose class is
+  only visible at the distant key) and on the subset that needs two criss-cross hops, computed
+  from each run's last checkpoint (:func:`ccnet.data.synthetic.region_masks`);
+* the context head's GFLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counts 2),
+  the part of them the context module adds (head GFLOPs minus those of the same head without
+  context) and the head's peak activation memory of one forward pass on a single input at the
+  training crop's feature size — properties of the architecture, identical across seeds. Both are measured with the
+  reference criss-cross implementation (``CCNET_CCA_IMPL=reference``), so they describe the
+  operator as the paper defines it rather than a particular kernel;
+* training wall time (``train_time_s`` of the last validation record), mean over seeds.
+
+    python -m ccnet.ablation work_dirs/ablation_recurrence [--out table.md] [--feature-size 97 97]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from ccnet.models.cca_fast import IMPL_ENV as CCA_IMPL_ENV
+
+log = logging.getLogger(__name__)
+
+OUTPUT_STRIDE = 8  # every CCNet backbone here; the head runs at 1/8 of the input
+
+
+@dataclass
+class Run:
+    """One finished training run of the sweep."""
+
+    path: Path
+    config: Dict[str, Any]
+    final: Dict[str, Any]
+
+    @property
+    def context(self) -> str:
+        return str(self.config["model"].get("context", "rcca"))
+
+    @property
+    def recurrence(self) -> int:
+        # Only the criss-cross head has loops; other contexts share one row whatever recurrence says.
+        return int(self.config["model"].get("recurrence", 2)) if self.context == "rcca" else 0
+
+
+@dataclass
+class Row:
+    """Aggregated numbers of one (context, R) group."""
+
+    context: str
+    recurrence: int
+    runs: List[Run]
+    miou: List[float] = field(default_factory=list)
+    long_range: List[float] = field(default_factory=list)
+    two_hop: List[float] = field(default_factory=list)
+    train_time: List[float] = field(default_factory=list)
+    gflops: Optional[float] = None
+    context_gflops: Optional[float] = None
+    peak_mib: Optional[float] = None
+
+
+def find_runs(root: Path) -> List[Run]:
+    """Every run directory below ``root`` with a ``config.yaml`` and a non-empty ``metrics.jsonl``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no finished run.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"ablation root {root} does not exist; run scripts/ablation_recurrence.sh first "
+                                f"(OUT=... sets where it writes)")
+    runs = []
+    for metrics in sorted(root.rglob("metrics.jsonl")):
+        config_path = metrics.parent / "config.yaml"
+        lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+        if not lines or not config_path.is_file():
+            log.warning("skipping %s: no validation record or no config.yaml (unfinished run?)", metrics.parent)
+            continue
+        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+        runs.append(Run(metrics.parent, config, json.loads(lines[-1])))
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (config.yaml + metrics.jsonl) below {root}")
+    return runs
+
+
+class _PeakLiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated inside the mode and still alive (inputs and weights
+    made outside it are not counted). Storage objects keep their Python identity while the memory
+    lives, so a finaliser on them fires exactly when the memory is released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self._seen:
+                continue
+            self._seen.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._release, key, nbytes)
+        return out
+
+
+def head_cost(model_cfg: Mapping[str, Any], feature_size: Tuple[int, int]) -> Tuple[float, float]:
+    """GFLOPs and peak activation memory (MiB) of the context head on one feature map (inference).
+
+    Args:
+        model_cfg: the run's ``model`` config (``num_classes`` resolved); weights are not loaded.
+        feature_size: (h, w) of the backbone output, i.e. the input size / 8.
+
+    Returns:
+        ``(gflops, peak_mib)``.
+    """
+    from ccnet.models import build_model
+
+    cfg = {**model_cfg, "weights": None}
+    model = build_model(cfg).eval()
+    channels = model.backbone.out_channels["layer4"]
+    x = torch.randn(1, channels, *feature_size)
+    previous = os.environ.get(CCA_IMPL_ENV)
+    os.environ[CCA_IMPL_ENV] = "reference"
+    try:
+        with torch.no_grad():
+            with FlopCounterMode(display=False) as flops:
+                model.head(x)
+            memory = _PeakLiveBytes()
+            with memory:
+                model.head(x)
+    finally:
+        if previous is None:
+            del os.environ[CCA_IMPL_ENV]
+        else:
+            os.environ[CCA_IMPL_ENV] = previous
+    return flops.get_total_flops() / 1e9, memory.peak / 2**20
+
+
+def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
+    crop = config.get("train", {}).get("crop_size") or config["dataset"].get("crop_size") \
+        or config["dataset"].get("image_size")
+    if crop is None:
+        raise ValueError("cannot tell the training input size from the run's config (train.crop_size, "
+                         "dataset.crop_size, dataset.image_size are all unset); pass --feature-size H W")
+    h, w = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[-1]))
+    return math.ceil(h / OUTPUT_STRIDE), math.ceil(w / OUTPUT_STRIDE)
+
+
+@torch.no_grad()
+def long_range_accuracy(run: Run, batch_size: int = 16) -> Optional[Tuple[float, float]]:
+    """Pixel accuracy of the run's last checkpoint on long-range and two-hop pixels of the synthetic
+    validation set; None for other datasets or when the checkpoint is missing."""
+    if run.config["dataset"].get("name") != "synthetic":
+        return None
+    checkpoint_path = run.path / "checkpoints" / "last.pth"
+    if not checkpoint_path.is_file():
+        log.warning("%s: no checkpoints/last.pth, long-range accuracy left out", run.path)
+        return None
+    from ccnet.data.synthetic import build_synthetic
+    from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model
+
+    checkpoint, _ = load_checkpoint_for_eval(checkpoint_path)
+    model = load_model(run.config["model"], checkpoint, checkpoint_path, torch.device("cpu"))
+    dataset = build_synthetic(run.config["dataset"], "val")
+    hits = {"long": 0, "two": 0}
+    totals = {"long": 0, "two": 0}
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        images, labels = zip(*(dataset[i] for i in indices))
+        correct = model(torch.stack(images))["out"].argmax(1) == torch.stack(labels)  # (B, H, W)
+        for j, index in enumerate(indices):
+            for name, mask in zip(("long", "two"), dataset.region_masks(index)):
+                mask = torch.from_numpy(mask)
+                hits[name] += int(correct[j][mask].sum())
+                totals[name] += int(mask.sum())
+    return hits["long"] / max(totals["long"], 1), hits["two"] / max(totals["two"], 1)
+
+
+def summarize(runs: Sequence[Run], feature_size: Optional[Tuple[int, int]] = None,
+              evaluate_regions: bool = True) -> List[Row]:
+    """Group runs by (context, R) and fill in every column; rows ordered none, R=1.., non-local."""
+    groups: Dict[Tuple[str, int], Row] = {}
+    for run in runs:
+        row = groups.setdefault((run.context, run.recurrence), Row(run.context, run.recurrence, []))
+        row.runs.append(run)
+        row.miou.append(float(run.final["val/mIoU"]))
+        row.train_time.append(float(run.final.get("train_time_s", float("nan"))))
+        accuracy = long_range_accuracy(run) if evaluate_regions else None
+        if accuracy is not None:
+            row.long_range.append(accuracy[0])
+            row.two_hop.append(accuracy[1])
+    for row in groups.values():
+        size = feature_size or _feature_size(row.runs[0].config)
+        model_cfg = row.runs[0].config["model"]
+        row.gflops, row.peak_mib = head_cost(model_cfg, size)
+        row.context_gflops = row.gflops - head_cost({**model_cfg, "context": "none"}, size)[0]
+    order = {"none": 0, "rcca": 1, "nonlocal": 2}
+    return sorted(groups.values(), key=lambda r: (order.get(r.context, 3), r.context, r.recurrence))
+
+
+def _mean_std(values: Sequence[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The summary as a markdown table (one line per (context, R))."""
+    lines = ["| context | R | seeds | val mIoU | long-range acc | two-hop acc | head GFLOPs | context GFLOPs "
+             "| head peak MiB | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        times = [t for t in row.train_time if not math.isnan(t)]
+        lines.append(
+            f"| {row.context} | {row.recurrence if row.context == 'rcca' else '–'} | {len(row.runs)} | "
+            f"{_mean_std(row.miou)} | {_mean_std(row.long_range)} | {_mean_std(row.two_hop)} | "
+            f"{row.gflops:.3f} | {row.context_gflops:.4f} | {row.peak_mib:.1f} | "
+            f"{f'{statistics.mean(times):.0f}' if times else '–'} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
+    """``python -m ccnet.ablation ROOT``: print the table and write ``ROOT/summary.md`` and ``summary.json``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("root", type=Path, help="folder holding the sweep's run directories")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file (default ROOT/summary.md)")
+    parser.add_argument("--feature-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="head input size for GFLOPs/memory (default: training crop / 8)")
+    parser.add_argument("--no-regions", action="store_true",
+                        help="skip the long-range accuracy (which re-runs each synthetic checkpoint)")
+    args = parser.parse_args(argv)
+    rows = summarize(find_runs(args.root), tuple(args.feature_size) if args.feature_size else None,
+                     evaluate_regions=not args.no_regions)
+    table = markdown_table(rows)
+    out = args.out or args.root / "summary.md"
+    out.write_text(table + "\n")
+    (out.with_suffix(".json")).write_text(json.dumps([
+        {"context": r.context, "recurrence": r.recurrence, "runs": [str(x.path) for x in r.runs], "val/mIoU": r.miou,
+         "long_range_acc": r.long_range, "two_hop_acc": r.two_hop, "train_time_s": r.train_time,
+         "head_gflops": r.gflops, "context_gflops": r.context_gflops, "head_peak_mib": r.peak_mib} for r in rows], indent=2) + "\n")
+    print(table)
+    print(f"\nwritten to {out} and {out.with_suffix('.json')}")
+    return rows
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()
