@@ -64,7 +64,8 @@ def select_implementation(impl: Optional[str], device: torch.device) -> str:
             module), ``"triton"`` (fused kernels, :mod:`ccnet.models.cca_triton`) or ``"auto"``;
             ``None`` reads the ``CCNET_CCA_IMPL`` environment variable (default ``auto``).
         device: device of the inputs; ``auto`` picks ``triton`` for CUDA tensors when Triton is
-            installed and ``lean`` otherwise.
+            installed and ``lean`` otherwise, and ``reference`` while ``torch.jit.trace`` or an ONNX
+            export records the graph (plain tensor operations that both can represent).
 
     Returns:
         One of ``"reference"``, ``"lean"``, ``"triton"``.
@@ -75,6 +76,8 @@ def select_implementation(impl: Optional[str], device: torch.device) -> str:
         raise ValueError(f"unknown criss-cross attention implementation {choice!r} from the {source}: "
                          f"expected one of {', '.join(IMPLEMENTATIONS)}")
     if choice == "auto":
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return "reference"
         return "triton" if device.type == "cuda" and TRITON_INSTALLED else "lean"
     return choice
 

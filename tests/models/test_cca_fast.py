@@ -148,6 +148,24 @@ def test_implementation_switch(monkeypatch):
 
 
 @pytest.mark.slow
+def test_auto_uses_the_reference_while_tracing(monkeypatch):
+    monkeypatch.delenv(IMPL_ENV, raising=False)
+    seen = []
+
+    def double(x):
+        seen.append(select_implementation(None, x.device))
+        return x * 2
+
+    torch.jit.trace(double, torch.randn(2), check_trace=False)  # one traced call, no re-runs
+    assert seen == ["reference"]
+    assert select_implementation(None, torch.device("cpu")) == "lean"
+    # An explicit choice is honoured even while tracing.
+    seen.clear()
+    monkeypatch.setenv(IMPL_ENV, "lean")
+    torch.jit.trace(double, torch.randn(2), check_trace=False)  # one traced call, no re-runs
+    assert seen == ["lean"]
+
+
 def test_module_forward_and_backward_under_torch_compile(monkeypatch):
     monkeypatch.setenv(IMPL_ENV, "lean")
     torch.manual_seed(0)
