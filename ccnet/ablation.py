@@ -5,9 +5,9 @@ module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl
 :func:`ccnet.engine.train`), groups the runs by (context, R) and prints a markdown table:
 
 * val mIoU of the final validation, mean ± std over seeds;
-* on the synthetic long-range set, the accuracy on long-range pixels (grey shapes, whose class is
-  only visible at the distant key) and on the subset that needs two criss-cross hops, computed
-  from each run's last checkpoint (:func:`ccnet.data.synthetic.region_masks`);
+* on the synthetic long-range set, the pixel accuracy on the grey shapes, whose class is only
+  visible at the distant key: those one criss-cross hop from it (aligned) and those two hops from
+  it (diagonal), computed from each run's last checkpoint (:func:`ccnet.data.synthetic.region_masks`);
 * the context head's GFLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counts 2),
   the part of them the context module adds (head GFLOPs minus those of the same head without
   context) and the head's peak activation memory of one forward pass on a single input at the
@@ -71,7 +71,7 @@ class Row:
     recurrence: int
     runs: List[Run]
     miou: List[float] = field(default_factory=list)
-    long_range: List[float] = field(default_factory=list)
+    one_hop: List[float] = field(default_factory=list)
     two_hop: List[float] = field(default_factory=list)
     train_time: List[float] = field(default_factory=list)
     gflops: Optional[float] = None
@@ -178,8 +178,8 @@ def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
 
 @torch.no_grad()
 def long_range_accuracy(run: Run, batch_size: int = 16) -> Optional[Tuple[float, float]]:
-    """Pixel accuracy of the run's last checkpoint on long-range and two-hop pixels of the synthetic
-    validation set; None for other datasets or when the checkpoint is missing."""
+    """``(one-hop, two-hop)`` pixel accuracy of the run's last checkpoint on the synthetic validation
+    set's aligned and diagonal shapes; None for other datasets or when the checkpoint is missing."""
     if run.config["dataset"].get("name") != "synthetic":
         return None
     checkpoint_path = run.path / "checkpoints" / "last.pth"
@@ -192,18 +192,19 @@ def long_range_accuracy(run: Run, batch_size: int = 16) -> Optional[Tuple[float,
     checkpoint, _ = load_checkpoint_for_eval(checkpoint_path)
     model = load_model(run.config["model"], checkpoint, checkpoint_path, torch.device("cpu"))
     dataset = build_synthetic(run.config["dataset"], "val")
-    hits = {"long": 0, "two": 0}
-    totals = {"long": 0, "two": 0}
+    hits = {"one": 0, "two": 0}
+    totals = {"one": 0, "two": 0}
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
         images, labels = zip(*(dataset[i] for i in indices))
         correct = model(torch.stack(images))["out"].argmax(1) == torch.stack(labels)  # (B, H, W)
         for j, index in enumerate(indices):
-            for name, mask in zip(("long", "two"), dataset.region_masks(index)):
+            long_range, two_hop = dataset.region_masks(index)
+            for name, mask in (("one", long_range & ~two_hop), ("two", two_hop)):
                 mask = torch.from_numpy(mask)
                 hits[name] += int(correct[j][mask].sum())
                 totals[name] += int(mask.sum())
-    return hits["long"] / max(totals["long"], 1), hits["two"] / max(totals["two"], 1)
+    return hits["one"] / max(totals["one"], 1), hits["two"] / max(totals["two"], 1)
 
 
 def summarize(runs: Sequence[Run], feature_size: Optional[Tuple[int, int]] = None,
@@ -217,7 +218,7 @@ def summarize(runs: Sequence[Run], feature_size: Optional[Tuple[int, int]] = Non
         row.train_time.append(float(run.final.get("train_time_s", float("nan"))))
         accuracy = long_range_accuracy(run) if evaluate_regions else None
         if accuracy is not None:
-            row.long_range.append(accuracy[0])
+            row.one_hop.append(accuracy[0])
             row.two_hop.append(accuracy[1])
     for row in groups.values():
         size = feature_size or _feature_size(row.runs[0].config)
@@ -238,14 +239,14 @@ def _mean_std(values: Sequence[float], digits: int = 3) -> str:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The summary as a markdown table (one line per (context, R))."""
-    lines = ["| context | R | seeds | val mIoU | long-range acc | two-hop acc | head GFLOPs | context GFLOPs "
+    lines = ["| context | R | seeds | val mIoU | one-hop acc | two-hop acc | head GFLOPs | context GFLOPs "
              "| head peak MiB | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         times = [t for t in row.train_time if not math.isnan(t)]
         lines.append(
             f"| {row.context} | {row.recurrence if row.context == 'rcca' else '–'} | {len(row.runs)} | "
-            f"{_mean_std(row.miou)} | {_mean_std(row.long_range)} | {_mean_std(row.two_hop)} | "
+            f"{_mean_std(row.miou)} | {_mean_std(row.one_hop)} | {_mean_std(row.two_hop)} | "
             f"{row.gflops:.3f} | {row.context_gflops:.4f} | {row.peak_mib:.1f} | "
             f"{f'{statistics.mean(times):.0f}' if times else '–'} |")
     return "\n".join(lines)
@@ -268,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     out.write_text(table + "\n")
     (out.with_suffix(".json")).write_text(json.dumps([
         {"context": r.context, "recurrence": r.recurrence, "runs": [str(x.path) for x in r.runs], "val/mIoU": r.miou,
-         "long_range_acc": r.long_range, "two_hop_acc": r.two_hop, "train_time_s": r.train_time,
+         "one_hop_acc": r.one_hop, "two_hop_acc": r.two_hop, "train_time_s": r.train_time,
          "head_gflops": r.gflops, "context_gflops": r.context_gflops, "head_peak_mib": r.peak_mib} for r in rows], indent=2) + "\n")
     print(table)
     print(f"\nwritten to {out} and {out.with_suffix('.json')}")

@@ -7,7 +7,7 @@
 # Usage: scripts/ablation_recurrence.sh [Hydra overrides passed to every run ...]
 #   scripts/ablation_recurrence.sh                          # CPU default: ccnet_tiny on the synthetic set
 #   SEEDS=0 scripts/ablation_recurrence.sh train.max_iters=20 dataset.num_val=8   # smoke test
-#   JOBS=1 LAUNCHER="torchrun --nproc_per_node=4" SEEDS=0 CONTEXTS=none RECURRENCES=1,2,3 \
+#   JOBS=1 LAUNCHER="torchrun --nproc_per_node=4" SEEDS=0 CONTEXTS=none RECURRENCES=1,2,3 ABLATION_DEFAULTS= \
 #     OUT=work_dirs/ablation_cityscapes scripts/ablation_recurrence.sh experiment=cityscapes_r101_official \
 #     dataset.root=/data/cityscapes
 #
@@ -24,7 +24,8 @@
 #   LAUNCHER     command that runs tools/train.py                      [python]
 #   ABLATION_DEFAULTS  overrides applied before yours (your arguments win); the schedule is the
 #                quickstart's (configs/train.yaml), validated and saved once at the end
-#                [train.eval_interval=0 train.checkpoint_interval=0 train.vis_images=0]
+#                [train.eval_interval=0 train.checkpoint_interval=0 train.vis_images=0]; empty for
+#                long GPU runs, which should keep the preset's validation and checkpoint intervals
 #   SUMMARY_ARGS extra arguments of python -m ccnet.ablation (e.g. --feature-size 97 97)
 set -euo pipefail
 cd "$(dirname "$0")/.."

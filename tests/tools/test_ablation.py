@@ -120,7 +120,9 @@ def test_ablation_script_end_to_end(repo_root: Path, tmp_path: Path) -> None:
     assert [(r["context"], r["recurrence"]) for r in rows] == [("none", 0), ("rcca", 1), ("rcca", 2), ("nonlocal", 0)]
     for row in rows:
         assert len(row["val/mIoU"]) == 1 and 0.0 <= row["val/mIoU"][0] <= 1.0
-        assert len(row["long_range_acc"]) == 1 and 0.0 <= row["long_range_acc"][0] <= 1.0
+        assert len(row["one_hop_acc"]) == 1 and 0.0 <= row["one_hop_acc"][0] <= 1.0
+        assert len(row["two_hop_acc"]) == 1 and 0.0 <= row["two_hop_acc"][0] <= 1.0
+        assert row["context_gflops"] >= 0
         assert row["train_time_s"][0] > 0
     table = (tmp_path / "ablation" / "summary.md").read_text()
     assert table.count("\n") == 2 + 4 and table in proc.stdout
