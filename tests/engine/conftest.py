@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -42,10 +41,5 @@ def tiny_overrides() -> List[str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny convolutions gain nothing from two, and on a shared 2-core
-    machine a second thread spinning at OpenMP barriers makes every step several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _engine_tests_use_one_thread(one_thread):
+    """Every engine test runs with one intra-op thread (``one_thread`` in tests/conftest.py)."""

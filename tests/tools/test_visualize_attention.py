@@ -17,12 +17,7 @@ from ccnet.visualize_attention import attention_panel, rcca_attention_maps
 SIZE = 64  # px; 8x8 feature cells with the tiny backbone
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model_cfg(configs_dir: Path, **changes) -> dict:
