@@ -125,6 +125,15 @@ def test_degenerate_batches_give_no_nan(case):
         assert out["dis"].item() == pytest.approx((2 * DD) ** 2)
 
 
+def test_train_yaml_ccl_block_holds_the_paper_defaults(configs_dir):
+    from omegaconf import OmegaConf
+
+    block = OmegaConf.to_container(OmegaConf.load(configs_dir / "train.yaml").train.ccl)
+    assert block == {"delta_v": 0.5, "delta_d": 1.5, "alpha": 1.0, "beta": 1.0, "gamma": 0.001}
+    loss, default = ccl_from_config(block), CategoryConsistentLoss()
+    assert all(getattr(loss, k) == getattr(default, k) for k in block)
+
+
 def test_config_errors():
     assert ccl_from_config({"alpha": 2, "delta_d": 2.0}).alpha == 2.0
     with pytest.raises(ValueError, match="unknown train.ccl keys"):
@@ -179,7 +188,7 @@ def test_training_run_with_ccl(configs_dir, tmp_path, monkeypatch):
                  "dataset.num_val=2", "model.tiny_widths=[8,16,32]", "model.head_channels=16",
                  "model.bottleneck_channels=16", "model.aux_channels=8", "train.batch_size=2", "train.max_iters=2",
                  "train.num_workers=0", "eval.num_workers=0", "train.device=cpu", "train.log_interval=1",
-                 "train.vis_images=0", "+train.ccl.alpha=2.0"]
+                 "train.vis_images=0", "train.ccl.alpha=2.0"]
     with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
