@@ -78,6 +78,14 @@ def resolve_model_and_dataset(checkpoint_config: Optional[Mapping[str, Any]], mo
                 f"or was converted); choose one on the command line, e.g. {example}")
     resolved = OmegaConf.to_container(OmegaConf.create({"model": model, "dataset": dataset}), resolve=True)
     assert isinstance(resolved, dict)
+    trained = stored.get("dataset") or {}
+    for key in ("mean", "std"):
+        before, now = trained.get(key), resolved["dataset"].get(key)
+        if before is not None and now is not None and [float(v) for v in before] != [float(v) for v in now]:
+            log.warning("checkpoint %s was trained with dataset.%s=%s, the evaluation uses %s (dataset=%s); "
+                        "inputs normalised differently from training usually lower the scores. Pass "
+                        "dataset.%s=%s to keep the training normalisation", checkpoint_path, key, list(before),
+                        list(now), resolved["dataset"].get("name"), key, list(before))
     return resolved["model"], resolved["dataset"]
 
 
