@@ -148,6 +148,26 @@ def test_implementation_switch(monkeypatch):
 
 
 @pytest.mark.slow
+def test_module_inference_computes_channels_last_with_the_same_values(monkeypatch):
+    monkeypatch.setenv(IMPL_ENV, "lean")
+    torch.manual_seed(0)
+    module = CrissCrossAttention(16)
+    with torch.no_grad():
+        module.gamma.fill_(0.7)
+    x = torch.randn(2, 16, 5, 7)
+    with torch.no_grad():
+        y = module(x)  # inference: converted to channels_last before the 1×1 convolutions
+        again = module(y)  # a second recurrence takes the channels_last output as it is
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv(IMPL_ENV, "reference")
+    with torch.no_grad():
+        ref = module(x)
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(again, module(ref), atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv(IMPL_ENV, "lean")
+    assert module(x).is_contiguous()  # training keeps the input's layout
+
+
 def test_auto_uses_the_reference_while_tracing(monkeypatch):
     monkeypatch.delenv(IMPL_ENV, raising=False)
     seen = []
