@@ -147,14 +147,18 @@ def test_implementation_switch(monkeypatch):
         torch.testing.assert_close(criss_cross_attention(q, k, v, gamma, x, impl=impl), ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_module_inference_computes_channels_last_with_the_same_values(monkeypatch):
-    monkeypatch.setenv(IMPL_ENV, "lean")
+def _seeded_module(gamma: float, width: int) -> tuple:
+    """A CrissCrossAttention(16) with the given γ and a (2, 16, 5, width) input, from seed 0."""
     torch.manual_seed(0)
     module = CrissCrossAttention(16)
     with torch.no_grad():
-        module.gamma.fill_(0.7)
-    x = torch.randn(2, 16, 5, 7)
+        module.gamma.fill_(gamma)
+    return module, torch.randn(2, 16, 5, width)
+
+
+def test_module_inference_computes_channels_last_with_the_same_values(monkeypatch):
+    monkeypatch.setenv(IMPL_ENV, "lean")
+    module, x = _seeded_module(0.7, 7)
     with torch.no_grad():
         y = module(x)  # inference: converted to channels_last before the 1×1 convolutions
         again = module(y)  # a second recurrence takes the channels_last output as it is
@@ -186,13 +190,10 @@ def test_auto_uses_the_reference_while_tracing(monkeypatch):
     assert seen == ["lean"]
 
 
+@pytest.mark.slow
 def test_module_forward_and_backward_under_torch_compile(monkeypatch):
     monkeypatch.setenv(IMPL_ENV, "lean")
-    torch.manual_seed(0)
-    module = CrissCrossAttention(16)
-    with torch.no_grad():
-        module.gamma.fill_(0.5)
-    x = torch.randn(2, 16, 5, 6)
+    module, x = _seeded_module(0.5, 6)
     x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected = module(x_eager)
     expected.square().sum().backward()
