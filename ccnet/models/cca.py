@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ccnet.models.cca_fast import check_scale_and_residual, criss_cross_attention_lean, select_implementation
+from ccnet.models.cca_fast import (check_scale_and_residual, criss_cross_attention_lean, criss_cross_block_lean,
+                                   select_implementation)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -148,6 +149,11 @@ blended in as training finds it useful.
             gradient until ``gamma`` moves), which pretrained backbones and long schedules escape; a
             small model trained from scratch on a short schedule may not (``ccnet_tiny`` uses 1).
 
+    With the ``lean`` implementation (the CPU default) one application is a single fused autograd
+    function — the three convolutions as one stacked matrix product, the attention, the residual —
+    and the output is channels_last memory whatever the input's layout; other implementations
+    return the input's layout. The values are the same.
+
     Shape:
         x: (B, C, H, W) -> (B, C, H, W).
     """
@@ -164,15 +170,12 @@ blended in as training finds it useful.
 
     def forward(self, x: Tensor) -> Tensor:
         impl = select_implementation(None, x.device)
-        if (impl == "lean" and not torch.is_grad_enabled() and x.dim() == 4
-                and not x.is_contiguous(memory_format=torch.channels_last)):
-            # Inference: the lean path computes on a positions-last layout, so in channels_last
-            # memory the 1×1 convolutions write q, k, v there directly instead of every value
-            # channel being converted and the output converted back (forward 1.5× the baseline
-            # instead of 1.2× on a 2-core CPU). The output, and so the next recurrence's input, stays
-            # channels_last. Not while training: there the CPU's channels_last convolution backward
-            # costs more than the conversions save.
-            x = x.contiguous(memory_format=torch.channels_last)
+        if impl == "lean":
+            # the whole application fused: one stacked 1×1 projection written positions-last, the
+            # attention, the residual; backward by hand (see ccnet.models.cca_fast)
+            projections = (self.query_conv.weight, self.query_conv.bias, self.key_conv.weight,
+                           self.key_conv.bias, self.value_conv.weight, self.value_conv.bias)
+            return criss_cross_block_lean(x, projections, self.gamma)
         # x + γ·out fused into the operator: autograd then keeps no copy of out for γ's gradient
         return criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x),
                                      gamma=self.gamma, residual=x, impl=impl)

@@ -1,5 +1,5 @@
 """Memory-lean criss-cross attention in PyTorch with a hand-written backward (CCNet, arXiv 1811.11721),
-and the choice between the implementations of the operator.
+the whole module application fused the same way, and the choice between the implementations.
 
 Same operator as :func:`ccnet.models.cca.criss_cross_attention_reference` (Eq. 1–2: a joint softmax
 over the H + W − 1 positions of each pixel's column and row, then the weighted sum of the values),
@@ -23,6 +23,14 @@ as little as possible:
 * energies and softmax are float32 for half inputs (float64 stays float64, for gradcheck); the
   value aggregation runs in the values' dtype, like the reference.
 
+:class:`LeanCrissCrossBlock` fuses the module around the operator, ``y = x + γ · CCA(Wq x + bq,
+Wk x + bk, Wv x + bv)``: the three 1×1 convolutions are one matrix product with the stacked
+(2C' + C, C) weight that reads x through a transposed view and writes q, k and v positions-last into
+one buffer (no convolution, no layout conversion of the values); the backward writes dq, dk and dv
+into one buffer and returns dW and dx as two more products. It saves x, the stacked weight, that
+q/k/v buffer and the log-sum-exp. The output is channels_last memory whatever x's layout: the
+positions-last layout everything is computed in, which the next recurrence then reads as it is.
+
 Backward, with ``dY`` the incoming gradient, ``A``/``E`` the column (·_h) and row (·_w) blocks and
 ``dO = γ dY`` the gradient of ``out``::
 
@@ -40,7 +48,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -52,6 +60,8 @@ IMPLEMENTATIONS = ("auto", "reference", "lean", "triton")
 IMPL_ENV = "CCNET_CCA_IMPL"
 # Value channels converted per step for non-channels_last tensors (bounds the temporary copies).
 CHANNEL_CHUNK = 128
+# Positions per step when the fused block's backward turns dv into dx in place (bounds the temporary).
+ROW_CHUNK = 1024
 # Looked up once without importing Triton (its import is slow and only CUDA tensors use it).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
@@ -182,8 +192,9 @@ def _softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
     return row_max + total.log()
 
 
-def _gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor) -> Tensor:
-    """``out_u = Σ_i A[u, i] values_i`` over each position's cross, written into ``out``.
+def _gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
+    """``out_u = Σ_i A[u, i] values_i`` over each position's cross, written into (or, with
+    ``accumulate``, added to) ``out``.
 
     Shape:
         attn_h, attn_w: as from :func:`_energies`. values, out: (B, H, W, c) positions-last, rows of
@@ -191,7 +202,8 @@ def _gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor) -> Tens
     """
     batch, height, width, channels = values.shape
     # rows: (B*H, W, W) @ (B*H, W, c)
-    torch.bmm(attn_w.view(-1, width, width), values.view(-1, width, channels), out=out.view(-1, width, channels))
+    _baddbmm_(out.view(-1, width, channels), attn_w.view(-1, width, width), values.view(-1, width, channels),
+              beta=1 if accumulate else 0)
     for b in range(batch):  # columns: accumulated in place into the strided (W, H, c) view
         _baddbmm_(out[b].transpose(0, 1), attn_h[b], values[b].transpose(0, 1))
     return out
@@ -404,3 +416,208 @@ def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[
     out, in_place = _output(v, gamma, residual)
     criss_cross_attention_forward(_positions_last(q), _positions_last(k), v, out)
     return _finish(out, in_place, gamma, residual)
+
+
+# --- the fused module application ------------------------------------------------------------------
+
+
+def _channels_last_only(t: Tensor) -> bool:
+    """channels_last memory that is not also contiguous (H = W = 1 or C = 1 is both: take contiguous)."""
+    return _is_channels_last(t) and not t.is_contiguous()
+
+
+def _position_rows(t: Tensor) -> List[Tensor]:
+    """Per image, the (H·W, C) matrix of a (B, C, H, W) tensor's positions: a view either way —
+    row-major for channels_last memory, a transposed view of contiguous memory (BLAS reads both)."""
+    batch, channels, height, width = t.shape
+    if _channels_last_only(t):
+        return [t[b].permute(1, 2, 0).reshape(height * width, channels) for b in range(batch)]
+    return [t[b].reshape(channels, height * width).t() for b in range(batch)]
+
+
+def _positions_last_copy(t: Tensor, always: bool = False) -> Tensor:
+    """(B, C, H, W) → contiguous (B, H, W, C): a view of channels_last memory (unless ``always``:
+    then a copy), else one 2-D transpose per image (several times faster on CPU than a 4-D
+    permuted copy)."""
+    p = t.permute(0, 2, 3, 1)
+    if p.is_contiguous():
+        return p.clone() if always else p
+    batch, channels, height, width = t.shape
+    out = t.new_empty(batch, height, width, channels)
+    for b in range(batch):
+        out[b].view(height * width, channels).copy_(t[b].reshape(channels, height * width).t())
+    return out
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast would compute a matrix product in on ``device_type``; ``None`` when off
+    (or for a device type autocast does not know, such as ``meta``)."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        try:
+            enabled = torch.is_autocast_enabled(device_type)
+        except RuntimeError:  # "unknown device type for autocast"
+            return None
+        return torch.get_autocast_dtype(device_type) if enabled else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _grad_input_in_place(buffer: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor) -> Tensor:
+    """dx = dY + dqk Wqk + dv Wv, built in the memory of dv.
+
+    dv occupies ``buffer[ROW_CHUNK:]`` (dW must already have been taken from it). dx is computed at
+    most ROW_CHUNK positions at a time and written ROW_CHUNK rows before the dv rows it reads —
+    rows of dv already consumed, or the spare rows in front — so it needs no (B, H, W, C) buffer of
+    its own and no copy.
+
+    Shape:
+        buffer: (ROW_CHUNK + B·H·W, C). grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
+        weight: (2C' + C, C). Returns dx (B, C, H, W) in channels_last memory (a view of buffer).
+    """
+    batch, channels, height, width = grad_y.shape
+    pixels, inner2 = height * width, grad_qk.shape[-1]
+    dv_rows, dqk_rows = buffer[ROW_CHUNK:], grad_qk.view(-1, inner2)
+    for b, grad_rows in enumerate(_position_rows(grad_y)):
+        for start in range(0, pixels, ROW_CHUNK):
+            end = min(start + ROW_CHUNK, pixels)
+            part = slice(b * pixels + start, b * pixels + end)
+            target = buffer[part]
+            torch.addmm(grad_rows[start:end], dv_rows[part], weight[inner2:], out=target)
+            target.addmm_(dqk_rows[part], weight[:inner2])
+    return buffer[:batch * pixels].view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+class LeanCrissCrossBlock(torch.autograd.Function):
+    """``y = x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)`` — a whole criss-cross module application
+    (1×1 projections, attention, residual) with a hand-written backward.
+
+    Saves x, the stacked (2C' + C, C) weight, the positions-last (B, H, W, 2C' + C) q/k/v buffer,
+    γ and the (B, H, W) log-sum-exp; ``y`` and dx are channels_last memory. All tensors share one
+    dtype. Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor, wv: Tensor,
+                bv: Tensor, gamma: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        inner = wq.shape[0]
+        weight = torch.cat([wq.reshape(inner, channels), wk.reshape(inner, channels), wv.reshape(channels, channels)])
+        bias = torch.cat([bq, bk, bv])
+        stacked = weight.shape[0]
+        qkv = x.new_empty(batch, height, width, stacked)
+        for b, rows in enumerate(_position_rows(x)):  # (HW, C) @ (C, 2C' + C), written positions-last
+            torch.addmm(bias, rows, weight.t(), out=qkv[b].view(height * width, stacked))
+        q, k, v = qkv.split([inner, inner, channels], dim=-1)
+        acc = _accumulation_dtype(x)
+        energy_h, energy_w = _energies(q.to(acc), k.to(acc))
+        lse = _softmax_(energy_h, energy_w)
+        # y = x + Σ_i (γ A)[u, i] v_i: the attention (H + W − 1 per position) scaled rather than the
+        # C-channel output, and the products accumulated onto a positions-last copy of x
+        scale = gamma.to(energy_h.dtype)
+        attn_h, attn_w = energy_h.mul_(scale).to(v.dtype), energy_w.mul_(scale).to(v.dtype)
+        del energy_h, energy_w
+        out = _positions_last_copy(x, always=True)
+        _gather(attn_h, attn_w, v, out, accumulate=True)
+        del attn_h, attn_w
+        y = out.permute(0, 3, 1, 2)  # channels_last memory
+        ctx.save_for_backward(x, weight, qkv, gamma, lse)
+        ctx.inner = inner
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, qkv, gamma, lse = ctx.saved_tensors
+        inner = ctx.inner
+        batch, channels, height, width = x.shape
+        stacked = weight.shape[0]
+        grad_y = grad_y.to(x.dtype)
+        q, k, v = qkv.split([inner, inner, channels], dim=-1)
+        acc = _accumulation_dtype(x)
+        q_acc, k_acc = q.to(acc), k.to(acc)
+        attn_h, attn_w = _energies(q_acc, k_acc)
+        attn_h.sub_(lse.transpose(1, 2).unsqueeze(-1)).exp_()  # A = exp(E - lse), in place
+        attn_w.sub_(lse.unsqueeze(-1)).exp_()
+        # dY positions-last: a view of channels_last memory, else CHANNEL_CHUNK channels at a time
+        grad_cl = _is_channels_last(grad_y)
+        slices = [slice(0, channels)] if grad_cl else _channel_slices(channels)
+        grad_h, grad_w = torch.empty_like(attn_h), torch.empty_like(attn_w)
+        for n, part in enumerate(slices):  # dA' = dY_u · v_i, accumulated over channel chunks
+            grad_c, v_c = _read(grad_y, part, grad_cl, x.dtype), v[..., part]
+            if acc == x.dtype:
+                _pair_products(grad_c, v_c, grad_h, grad_w, accumulate=n > 0)
+            else:
+                cols, rows = _pair_products(grad_c, v_c)
+                grad_h = grad_h.copy_(cols) if n == 0 else grad_h.add_(cols)
+                grad_w = grad_w.copy_(rows) if n == 0 else grad_w.add_(rows)
+        dot = torch.linalg.vecdot(attn_h, grad_h).transpose(1, 2) + torch.linalg.vecdot(attn_w, grad_w)  # D'
+        grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
+        scale = gamma.to(acc)
+        grad_h = grad_h.sub_(dot.transpose(1, 2).unsqueeze(-1)).mul_(attn_h).mul_(scale)  # dE = γ A ⊙ (dA' − D')
+        grad_w = grad_w.sub_(dot.unsqueeze(-1)).mul_(attn_w).mul_(scale)
+        grad_qk = qkv.new_empty(batch, height, width, 2 * inner)
+        grad_qk[..., :inner].copy_(_gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)))  # dq_u = Σ_i dE[u, i] k_i
+        grad_qk[..., inner:].copy_(_scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)))  # dk_i = Σ_u dE[u, i] q_u
+        del grad_h, grad_w, dot
+        # dv lives ROW_CHUNK rows into a buffer whose memory dx later takes over (_grad_input_in_place)
+        pixels = height * width
+        buffer = v.new_empty(ROW_CHUNK + batch * pixels, channels)
+        grad_v = buffer[ROW_CHUNK:].view(batch, height, width, channels)
+        attn_h, attn_w = attn_h.to(v.dtype), attn_w.to(v.dtype)
+        for part in slices:  # dv_i = γ Σ_u A[u, i] dY_u
+            _scatter(attn_h, attn_w, _read(grad_y, part, grad_cl, x.dtype), grad_v[..., part])
+        grad_v.mul_(gamma.to(v.dtype))
+        del attn_h, attn_w
+        # dW = Σ_u dqkv_u x_uᵀ, db = Σ_u dqkv_u (a matrix-vector product: a column sum would
+        # allocate a temporary)
+        grad_weight = weight.new_empty(weight.shape)
+        ones = grad_v.new_ones(pixels)
+        grad_bias = grad_v.new_zeros(stacked)
+        for b, rows in enumerate(_position_rows(x)):
+            beta = 0 if b == 0 else 1
+            for grads, part in ((grad_qk[b].view(pixels, 2 * inner), slice(0, 2 * inner)),
+                                (grad_v[b].view(pixels, channels), slice(2 * inner, stacked))):
+                torch.addmm(grad_weight[part], grads.t(), rows, beta=beta, out=grad_weight[part])
+                grad_bias[part].addmv_(grads.t(), ones)
+        grad_x = _grad_input_in_place(buffer, grad_qk, grad_y, weight) if ctx.needs_input_grad[0] else None
+        grad_wq, grad_wk, grad_wv = (g.reshape(g.shape[0], channels, 1, 1)
+                                     for g in grad_weight.split([inner, inner, channels]))
+        grad_bq, grad_bk, grad_bv = grad_bias.split([inner, inner, channels])
+        return grad_x, grad_wq, grad_bq, grad_wk, grad_bk, grad_wv, grad_bv, grad_gamma
+
+
+def criss_cross_block_lean(x: Tensor, projections: Sequence[Tensor], gamma: Tensor) -> Tensor:
+    """One criss-cross module application, ``x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)``, through
+    :class:`LeanCrissCrossBlock`.
+
+    Under autocast, x and the projections are cast to the autocast dtype (as the convolutions would
+    be) and the result is in that dtype; γ stays in its own dtype and so does its gradient.
+
+    Args:
+        x: the module input.
+        projections: ``(Wq, bq, Wk, bk, Wv, bv)``, the 1×1 convolutions' weights and biases.
+        gamma: one-element scale of the aggregation.
+
+    Returns:
+        y, in channels_last memory (the same values as the convolution form; a following layer that
+        needs another layout converts once, as :class:`ccnet.models.heads.RCCAHead` does).
+
+    Shape:
+        x: (B, C, H, W). Wq, Wk: (C', C, 1, 1); Wv: (C, C, 1, 1); bq, bk: (C',); bv: (C,);
+        gamma: one element. Returns (B, C, H, W).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"criss-cross attention expects a (B, C, H, W) input, got shape {tuple(x.shape)}")
+    wq, bq, wk, bk, wv, bv = projections
+    check_scale_and_residual(x, gamma, None)
+    cast = _autocast_dtype(x.device.type)
+    if cast is not None and x.is_floating_point():
+        x, (wq, bq, wk, bk, wv, bv) = x.to(cast), (t.to(cast) for t in (wq, bq, wk, bk, wv, bv))
+        with torch.autocast(x.device.type, enabled=False):
+            return LeanCrissCrossBlock.apply(x, wq, bq, wk, bk, wv, bv, gamma.reshape(1))
+    for name, t in zip(("Wq", "bq", "Wk", "bk", "Wv", "bv"), (wq, bq, wk, bk, wv, bv)):
+        if t.dtype != x.dtype:
+            raise TypeError(f"criss-cross attention: input is {x.dtype} but {name} is {t.dtype}; "
+                            f"cast the module (module.to(dtype)) or run under torch.autocast")
+    return LeanCrissCrossBlock.apply(x, wq, bq, wk, bk, wv, bv, gamma.reshape(1))

@@ -84,9 +84,13 @@ class RCCAHead(nn.Module):
     def context(self, x: Tensor) -> Tensor:
         """Features after ``convb``: the aggregated context, before fusion with ``x``."""
         out = self.conva(x)
+        channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
         for _ in range(self.recurrence):
             out = self.cca(out)
-        return self.convb(out)
+        # the lean criss-cross path returns channels_last memory (its positions-last layout), so
+        # recurrences after the first read it without conversion; convb gets conva's layout back
+        return self.convb(out.contiguous(memory_format=torch.channels_last if channels_last else
+                                         torch.contiguous_format))
 
     def features(self, x: Tensor) -> Tensor:
         """Fused features after the bottleneck's activation (input to dropout and classifier)."""

@@ -1,5 +1,6 @@
-"""The lean criss-cross attention (ccnet.models.cca_fast) against the loop-based reference, its
-autograd function (gradcheck, what it saves), the implementation switch, and torch.compile."""
+"""The lean criss-cross attention (ccnet.models.cca_fast) against the loop-based reference: the
+operator's and the fused module application's autograd functions (gradcheck, what they save,
+layouts, dtypes), the implementation switch, and torch.compile."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 
 from ccnet.models import cca_fast
 from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
-from ccnet.models.cca_fast import IMPL_ENV, LeanCrissCrossAttention, criss_cross_attention_lean, select_implementation
+from ccnet.models.cca_fast import (IMPL_ENV, LeanCrissCrossAttention, LeanCrissCrossBlock, criss_cross_attention_lean,
+                                   criss_cross_block_lean, select_implementation)
 from tests.models.reference import loop_criss_cross_attention
 
 SHAPES = [(2, 3, 5, 4, 6), (1, 2, 3, 1, 7), (1, 2, 3, 6, 1), (3, 4, 2, 5, 5), (1, 1, 1, 1, 1)]
@@ -156,20 +158,123 @@ def _seeded_module(gamma: float, width: int) -> tuple:
     return module, torch.randn(2, 16, 5, width)
 
 
-def test_module_inference_computes_channels_last_with_the_same_values(monkeypatch):
-    monkeypatch.setenv(IMPL_ENV, "lean")
-    module, x = _seeded_module(0.7, 7)
+def _module_reference(module, x):
+    """The module's function from its own convolutions and the loop oracle."""
+    return x + module.gamma * loop_criss_cross_attention(module.query_conv(x), module.key_conv(x), module.value_conv(x))
+
+
+def _block(module, x):
+    projections = (module.query_conv.weight, module.query_conv.bias, module.key_conv.weight,
+                   module.key_conv.bias, module.value_conv.weight, module.value_conv.bias)
+    return criss_cross_block_lean(x, projections, module.gamma)
+
+
+def _module_grads(fn, module, x, grad):
+    x = x.detach().clone().requires_grad_()
+    out = fn(module, x)
+    return out, torch.autograd.grad(out, [x, *module.parameters()], grad)
+
+
+BLOCK_SHAPES = [(2, 16, 5, 4), (1, 8, 1, 7), (1, 8, 6, 1), (3, 16, 3, 3), (1, 8, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("chunks", [(128, 1024), (3, 7)], ids=["one_chunk", "small_chunks"])
+def test_fused_block_matches_convolutions_and_loop_reference(shape, layout, chunks, monkeypatch):
+    """The whole application — stacked projection, attention, residual — against nn.Conv2d + the
+    loop oracle: output, dx and the gradients of all seven parameters. y is channels_last memory
+    whatever x's layout (the next recurrence reads it without conversion). Small chunks: dY read 3
+    channels at a time and dx built 7 positions at a time in dv's memory, across image boundaries."""
+    monkeypatch.setattr(cca_fast, "CHANNEL_CHUNK", chunks[0])
+    monkeypatch.setattr(cca_fast, "ROW_CHUNK", chunks[1])
+    torch.manual_seed(0)
+    module = CrissCrossAttention(shape[1])
     with torch.no_grad():
-        y = module(x)  # inference: converted to channels_last before the 1×1 convolutions
-        again = module(y)  # a second recurrence takes the channels_last output as it is
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    monkeypatch.setenv(IMPL_ENV, "reference")
-    with torch.no_grad():
-        ref = module(x)
-        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(again, module(ref), atol=1e-5, rtol=1e-5)
-    monkeypatch.setenv(IMPL_ENV, "lean")
-    assert module(x).is_contiguous()  # training keeps the input's layout
+        module.gamma.fill_(0.7)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape).contiguous(memory_format=memory_format)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    out, grads = _module_grads(_block, module, x, grad)
+    ref, ref_grads = _module_grads(_module_reference, module, x, grad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    names = ["x"] + [n for n, _ in module.named_parameters()]
+    for name, mine, theirs in zip(names, grads, ref_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+
+
+def test_fused_block_gradcheck_float64():
+    g = torch.Generator().manual_seed(0)
+    c, inner = 4, 2
+    x = torch.randn(2, c, 3, 4, generator=g, dtype=torch.float64)
+    params = [torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
+              for shape in ((inner, c, 1, 1), (inner,), (inner, c, 1, 1), (inner,), (c, c, 1, 1), (c,), (1,))]
+    inputs = [t.requires_grad_() for t in (x, *params)]
+    assert torch.autograd.gradcheck(LeanCrissCrossBlock.apply, inputs, eps=1e-6, atol=1e-6)
+    channels_last = [inputs[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()] + inputs[1:]
+    assert torch.autograd.gradcheck(LeanCrissCrossBlock.apply, channels_last, eps=1e-6, atol=1e-6)
+
+
+def test_fused_block_saves_input_weight_projections_and_statistics():
+    """What training keeps per application: x (alive anyway), the stacked weight, one positions-last
+    q/k/v buffer, γ and a (B, H, W) lse — no attention map, no output, no converted copies."""
+    module, x = _seeded_module(0.7, 6)
+    x.requires_grad_()
+    y = module(x)
+    saved = y.grad_fn.saved_tensors
+    assert [tuple(t.shape) for t in saved] == [(2, 16, 5, 6), (20, 16), (2, 5, 6, 20), (1,), (2, 5, 6)]
+    assert saved[0].data_ptr() == x.data_ptr() and saved[3].data_ptr() == module.gamma.data_ptr()
+
+
+def test_fused_block_incoming_gradient_in_any_layout():
+    """dY arrives expanded (from .sum()), channels_last for a contiguous x, or contiguous for a
+    channels_last x: every combination gives the reference gradients."""
+    module, x = _seeded_module(0.7, 4)
+    layouts = {"contiguous": lambda t: t.contiguous(),
+               "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+               "expanded": lambda t: torch.ones(1).expand(t.shape)}
+    grad = torch.ones(x.shape)
+    _, ref_grads = _module_grads(_module_reference, module, x, grad)
+    for x_layout in ("contiguous", "channels_last"):
+        for grad_layout, convert in layouts.items():
+            _, grads = _module_grads(_block, module, layouts[x_layout](x), convert(grad))
+            for mine, theirs in zip(grads, ref_grads):
+                torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5,
+                                           msg=lambda m: f"x {x_layout}, dY {grad_layout}: {m}")
+
+
+def test_fused_block_without_input_gradient():
+    """A frozen input (no dx wanted) still gives the reference parameter gradients."""
+    module, x = _seeded_module(0.7, 5)
+    module(x).square().sum().backward()
+    mine = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    _module_reference(module, x).square().sum().backward()
+    for a, b in zip(mine, (p.grad for p in module.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_block_under_bfloat16_autocast():
+    """Like the convolutions would be, x and the projections are cast to bf16; γ and every parameter
+    gradient stay float32. Tolerance: bf16 rounding (2^-9 relative) of unit-scale sums."""
+    module, x = _seeded_module(0.5, 6)
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(x)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert x.grad.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in module.parameters())
+    ref = _module_reference(module, x.detach())
+    torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=2e-2)
+
+
+def test_fused_block_rejects_mixed_dtypes_and_bad_shapes():
+    module, x = _seeded_module(0.5, 6)
+    with pytest.raises(TypeError, match="input is torch.float64 but Wq is torch.float32"):
+        module(x.double())
+    with pytest.raises(ValueError, match=r"expects a \(B, C, H, W\) input, got shape \(16, 5, 6\)"):
+        module(x[0])
 
 
 def test_auto_uses_the_reference_while_tracing(monkeypatch):

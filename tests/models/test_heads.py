@@ -20,6 +20,29 @@ def test_rcca_head_structure_and_shapes():
     assert head.features(x).shape == (2, 32, 7, 9)
 
 
+def test_rcca_head_hands_convb_the_layout_of_conva(monkeypatch):
+    """The lean path computes channels_last; the head returns to conva's layout before convb, and
+    every implementation gives the same features."""
+    head = RCCAHead(32, num_classes=3, recurrence=2, bottleneck_channels=16).eval()
+    nn.init.constant_(head.cca.gamma, 0.5)
+    seen = []
+    head.convb.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    x = torch.randn(2, 32, 5, 6)
+    with torch.no_grad():
+        for impl in ("lean", "reference"):
+            monkeypatch.setenv("CCNET_CCA_IMPL", impl)
+            seen.clear()
+            out = head.context(x)
+            assert seen == [True], impl
+            if impl == "lean":
+                lean = out
+        torch.testing.assert_close(lean, out, atol=1e-5, rtol=1e-5)
+        monkeypatch.setenv("CCNET_CCA_IMPL", "lean")
+        seen.clear()
+        head.to(memory_format=torch.channels_last).context(x.contiguous(memory_format=torch.channels_last))
+        assert seen == [False]  # channels_last in, channels_last kept
+
+
 def test_recurrence_zero_is_the_plain_baseline():
     head = RCCAHead(32, num_classes=3, recurrence=0)
     assert head.cca is None
