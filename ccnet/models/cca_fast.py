@@ -115,9 +115,16 @@ def _channel_slices(channels: int) -> List[slice]:
 
 def _read(t: Tensor, channels: slice, channels_last: bool, dtype: torch.dtype) -> Tensor:
     """Channels of a (B, C, H, W) tensor as positions-last (B, H, W, c): a strided view of
-    channels_last memory, else a contiguous copy of just these channels."""
-    p = t[:, channels].permute(0, 2, 3, 1).to(dtype)
-    return p if channels_last and p.dtype == t.dtype else p.contiguous()
+    channels_last memory, else a contiguous copy of just these channels (one 2-D transpose per
+    image: about twice as fast on CPU as a 4-D permuted copy)."""
+    if channels_last and t.dtype == dtype:
+        return t[:, channels].permute(0, 2, 3, 1)
+    batch, _, height, width = t.shape
+    part = t[:, channels]
+    out = torch.empty(batch, height, width, part.shape[1], dtype=dtype, device=t.device)
+    for b in range(batch):
+        out[b].view(height * width, -1).copy_(part[b].reshape(part.shape[1], -1).t())
+    return out
 
 
 def _target(t: Tensor, channels: slice, channels_last: bool) -> Tensor:
