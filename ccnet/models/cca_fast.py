@@ -26,8 +26,9 @@ as little as possible:
 :class:`LeanCrissCrossBlock` fuses the module around the operator, ``y = x + γ · CCA(Wq x + bq,
 Wk x + bk, Wv x + bv)``: the three 1×1 convolutions are one matrix product with the stacked
 (2C' + C, C) weight that reads x through a transposed view and writes q, k and v positions-last into
-one buffer (no convolution, no layout conversion of the values); the backward writes dq, dk and dv
-into one buffer and returns dW and dx as two more products. It saves x, the stacked weight, that
+one buffer (no convolution, no layout conversion of the values); the backward returns dW and dx as
+matrix products of dq, dk, dv, reading dY once for both of its products, and builds dx in dv's
+memory (channels_last x) or channels-first (contiguous x). It saves x, the stacked weight, that
 q/k/v buffer and the log-sum-exp. The output is channels_last memory whatever x's layout: the
 positions-last layout everything is computed in, which the next recurrence then reads as it is.
 
@@ -58,9 +59,10 @@ log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("auto", "reference", "lean", "triton")
 IMPL_ENV = "CCNET_CCA_IMPL"
-# Value channels converted per step for non-channels_last tensors (bounds the temporary copies).
-CHANNEL_CHUNK = 128
-# Positions per step when the fused block's backward turns dv into dx in place (bounds the temporary).
+# Value (or gradient) channels converted per step for non-channels_last tensors: bounds the
+# temporary copies (64: the fused block's training peak stays under half the baseline's).
+CHANNEL_CHUNK = 64
+# Positions per step when the fused block's backward builds dx (bounds the temporary).
 ROW_CHUNK = 1024
 # Looked up once without importing Triton (its import is slow and only CUDA tensors use it).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -470,29 +472,50 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
-def _grad_input_in_place(buffer: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor) -> Tensor:
-    """dx = dY + dqk Wqk + dv Wv, built in the memory of dv.
-
-    dv occupies ``buffer[ROW_CHUNK:]`` (dW must already have been taken from it). dx is computed at
-    most ROW_CHUNK positions at a time and written ROW_CHUNK rows before the dv rows it reads —
-    rows of dv already consumed, or the spare rows in front — so it needs no (B, H, W, C) buffer of
-    its own and no copy.
+def _grad_input_in_place(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor) -> Tensor:
+    """dx = dY + dqk Wqk + dv Wv for a channels_last x, built in dv's memory (dW must already have
+    been taken from dv): ROW_CHUNK positions at a time into a small buffer, then over the dv rows
+    just read, so dx needs no (B, H, W, C) buffer of its own.
 
     Shape:
-        buffer: (ROW_CHUNK + B·H·W, C). grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
-        weight: (2C' + C, C). Returns dx (B, C, H, W) in channels_last memory (a view of buffer).
+        grad_v: (B, H, W, C) contiguous. grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
+        weight: (2C' + C, C). Returns dx (B, C, H, W) in channels_last memory (grad_v's).
     """
     batch, channels, height, width = grad_y.shape
     pixels, inner2 = height * width, grad_qk.shape[-1]
-    dv_rows, dqk_rows = buffer[ROW_CHUNK:], grad_qk.view(-1, inner2)
+    chunk = grad_v.new_empty(min(ROW_CHUNK, pixels), channels)
     for b, grad_rows in enumerate(_position_rows(grad_y)):
+        dv_rows, dqk_rows = grad_v[b].view(pixels, channels), grad_qk[b].view(pixels, inner2)
         for start in range(0, pixels, ROW_CHUNK):
-            end = min(start + ROW_CHUNK, pixels)
-            part = slice(b * pixels + start, b * pixels + end)
-            target = buffer[part]
-            torch.addmm(grad_rows[start:end], dv_rows[part], weight[inner2:], out=target)
+            part = slice(start, min(start + ROW_CHUNK, pixels))
+            target = chunk[:part.stop - start]
+            torch.addmm(grad_rows[part], dv_rows[part], weight[inner2:], out=target)
             target.addmm_(dqk_rows[part], weight[:inner2])
-    return buffer[:batch * pixels].view(batch, height, width, channels).permute(0, 3, 1, 2)
+            dv_rows[part].copy_(target)
+    return grad_v.permute(0, 3, 1, 2)
+
+
+def _grad_input_channels_first(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor) -> Tensor:
+    """dx = dY + dqk Wqk + dv Wv for a contiguous x: written channels-first, ROW_CHUNK positions at
+    a time, as dxᵀ = dYᵀ + Wᵀ dqkvᵀ (the products read dv and dqk through transposed views; as fast
+    as the positions-last product, and autograd then gets dx in x's own layout, with no copy).
+
+    Shape:
+        grad_v: (B, H, W, C). grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
+        weight: (2C' + C, C). Returns a contiguous (B, C, H, W).
+    """
+    batch, channels, height, width = grad_y.shape
+    pixels, inner2 = height * width, grad_qk.shape[-1]
+    grad_x = grad_v.new_empty(batch, channels, height, width)
+    for b in range(batch):
+        dv_rows, dqk_rows = grad_v[b].view(pixels, channels), grad_qk[b].view(pixels, inner2)
+        grad_cols, target_cols = grad_y[b].reshape(channels, pixels), grad_x[b].view(channels, pixels)
+        for start in range(0, pixels, ROW_CHUNK):
+            part = slice(start, min(start + ROW_CHUNK, pixels))
+            target = target_cols[:, part]
+            torch.addmm(grad_cols[:, part], weight[inner2:].t(), dv_rows[part].t(), out=target)
+            target.addmm_(weight[:inner2].t(), dqk_rows[part].t())
+    return grad_x
 
 
 class LeanCrissCrossBlock(torch.autograd.Function):
@@ -500,8 +523,8 @@ class LeanCrissCrossBlock(torch.autograd.Function):
     (1×1 projections, attention, residual) with a hand-written backward.
 
     Saves x, the stacked (2C' + C, C) weight, the positions-last (B, H, W, 2C' + C) q/k/v buffer,
-    γ and the (B, H, W) log-sum-exp; ``y`` and dx are channels_last memory. All tensors share one
-    dtype. Once differentiable.
+    γ and the (B, H, W) log-sum-exp; ``y`` is channels_last memory, dx has x's layout (channels_last
+    or contiguous). All tensors share one dtype. Once differentiable.
     """
 
     @staticmethod
@@ -546,36 +569,40 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         attn_h, attn_w = _energies(q_acc, k_acc)
         attn_h.sub_(lse.transpose(1, 2).unsqueeze(-1)).exp_()  # A = exp(E - lse), in place
         attn_w.sub_(lse.unsqueeze(-1)).exp_()
-        # dY positions-last: a view of channels_last memory, else CHANNEL_CHUNK channels at a time
+        pixels = height * width
+        grad_v = v.new_empty(batch, height, width, channels)
+        # one pass over dY (positions-last: a view of channels_last memory, else CHANNEL_CHUNK channels
+        # at a time) for both of its products: dA' = dY_u · v_i (accumulated over the chunks) and
+        # dv_i = Σ_u A[u, i] dY_u
         grad_cl = _is_channels_last(grad_y)
         slices = [slice(0, channels)] if grad_cl else _channel_slices(channels)
         grad_h, grad_w = torch.empty_like(attn_h), torch.empty_like(attn_w)
-        for n, part in enumerate(slices):  # dA' = dY_u · v_i, accumulated over channel chunks
+        attn_h_v, attn_w_v = attn_h.to(v.dtype), attn_w.to(v.dtype)
+        for n, part in enumerate(slices):
             grad_c, v_c = _read(grad_y, part, grad_cl, x.dtype), v[..., part]
+            _scatter(attn_h_v, attn_w_v, grad_c, grad_v[..., part])
             if acc == x.dtype:
                 _pair_products(grad_c, v_c, grad_h, grad_w, accumulate=n > 0)
             else:
                 cols, rows = _pair_products(grad_c, v_c)
                 grad_h = grad_h.copy_(cols) if n == 0 else grad_h.add_(cols)
                 grad_w = grad_w.copy_(rows) if n == 0 else grad_w.add_(rows)
-        dot = torch.linalg.vecdot(attn_h, grad_h).transpose(1, 2) + torch.linalg.vecdot(attn_w, grad_w)  # D'
+            del grad_c
+        del attn_h_v, attn_w_v
+        grad_v.mul_(gamma.to(v.dtype))
+        # softmax backward, dE = γ (A ⊙ dA' − A D') with D' = Σ A ⊙ dA', in place (no temporaries)
+        grad_h.mul_(attn_h)
+        grad_w.mul_(attn_w)
+        dot = grad_h.sum(-1).transpose(1, 2) + grad_w.sum(-1)  # D' (B, H, W)
         grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
         scale = gamma.to(acc)
-        grad_h = grad_h.sub_(dot.transpose(1, 2).unsqueeze(-1)).mul_(attn_h).mul_(scale)  # dE = γ A ⊙ (dA' − D')
-        grad_w = grad_w.sub_(dot.unsqueeze(-1)).mul_(attn_w).mul_(scale)
+        grad_h.addcmul_(attn_h, dot.transpose(1, 2).unsqueeze(-1), value=-1).mul_(scale)
+        grad_w.addcmul_(attn_w, dot.unsqueeze(-1), value=-1).mul_(scale)
+        del attn_h, attn_w, dot
         grad_qk = qkv.new_empty(batch, height, width, 2 * inner)
         grad_qk[..., :inner].copy_(_gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)))  # dq_u = Σ_i dE[u, i] k_i
         grad_qk[..., inner:].copy_(_scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)))  # dk_i = Σ_u dE[u, i] q_u
-        del grad_h, grad_w, dot
-        # dv lives ROW_CHUNK rows into a buffer whose memory dx later takes over (_grad_input_in_place)
-        pixels = height * width
-        buffer = v.new_empty(ROW_CHUNK + batch * pixels, channels)
-        grad_v = buffer[ROW_CHUNK:].view(batch, height, width, channels)
-        attn_h, attn_w = attn_h.to(v.dtype), attn_w.to(v.dtype)
-        for part in slices:  # dv_i = γ Σ_u A[u, i] dY_u
-            _scatter(attn_h, attn_w, _read(grad_y, part, grad_cl, x.dtype), grad_v[..., part])
-        grad_v.mul_(gamma.to(v.dtype))
-        del attn_h, attn_w
+        del grad_h, grad_w
         # dW = Σ_u dqkv_u x_uᵀ, db = Σ_u dqkv_u (a matrix-vector product: a column sum would
         # allocate a temporary)
         grad_weight = weight.new_empty(weight.shape)
@@ -587,7 +614,11 @@ class LeanCrissCrossBlock(torch.autograd.Function):
                                 (grad_v[b].view(pixels, channels), slice(2 * inner, stacked))):
                 torch.addmm(grad_weight[part], grads.t(), rows, beta=beta, out=grad_weight[part])
                 grad_bias[part].addmv_(grads.t(), ones)
-        grad_x = _grad_input_in_place(buffer, grad_qk, grad_y, weight) if ctx.needs_input_grad[0] else None
+        grad_x = None  # for a channels_last x in dv's memory; for a contiguous one channels-first
+        if ctx.needs_input_grad[0] and _channels_last_only(x):
+            grad_x = _grad_input_in_place(grad_v, grad_qk, grad_y, weight)
+        elif ctx.needs_input_grad[0]:
+            grad_x = _grad_input_channels_first(grad_v, grad_qk, grad_y, weight)
         grad_wq, grad_wk, grad_wv = (g.reshape(g.shape[0], channels, 1, 1)
                                      for g in grad_weight.split([inner, inner, channels]))
         grad_bq, grad_bk, grad_bv = grad_bias.split([inner, inner, channels])

@@ -184,8 +184,8 @@ BLOCK_SHAPES = [(2, 16, 5, 4), (1, 8, 1, 7), (1, 8, 6, 1), (3, 16, 3, 3), (1, 8,
 def test_fused_block_matches_convolutions_and_loop_reference(shape, layout, chunks, monkeypatch):
     """The whole application — stacked projection, attention, residual — against nn.Conv2d + the
     loop oracle: output, dx and the gradients of all seven parameters. y is channels_last memory
-    whatever x's layout (the next recurrence reads it without conversion). Small chunks: dY read 3
-    channels at a time and dx built 7 positions at a time in dv's memory, across image boundaries."""
+    whatever x's layout (the next recurrence reads it without conversion); dx has x's layout. Small chunks: dY read 3
+    channels at a time and dx built 7 positions at a time."""
     monkeypatch.setattr(cca_fast, "CHANNEL_CHUNK", chunks[0])
     monkeypatch.setattr(cca_fast, "ROW_CHUNK", chunks[1])
     torch.manual_seed(0)
@@ -198,6 +198,7 @@ def test_fused_block_matches_convolutions_and_loop_reference(shape, layout, chun
     out, grads = _module_grads(_block, module, x, grad)
     ref, ref_grads = _module_grads(_module_reference, module, x, grad)
     assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=memory_format)  # dx in x's layout: no copy downstream
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     names = ["x"] + [n for n, _ in module.named_parameters()]
     for name, mine, theirs in zip(names, grads, ref_grads):
