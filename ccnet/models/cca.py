@@ -152,7 +152,9 @@ blended in as training finds it useful.
     With the ``lean`` implementation (the CPU default) one application is a single fused autograd
     function — the three convolutions as one stacked matrix product, the attention, the residual —
     and the output is channels_last memory whatever the input's layout; other implementations
-    return the input's layout. The values are the same.
+    return the input's layout. The values are the same. On that path the three convolutions'
+    parameters are used directly, so forward hooks registered on ``query_conv``/``key_conv``/
+    ``value_conv`` do not fire (``CCNET_CCA_IMPL=reference`` calls them as modules).
 
     Shape:
         x: (B, C, H, W) -> (B, C, H, W).

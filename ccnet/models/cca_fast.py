@@ -605,24 +605,27 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         del grad_h, grad_w
         # dW = Σ_u dqkv_u x_uᵀ, db = Σ_u dqkv_u (a matrix-vector product: a column sum would
         # allocate a temporary)
-        grad_weight = weight.new_empty(weight.shape)
-        ones = grad_v.new_ones(pixels)
-        grad_bias = grad_v.new_zeros(stacked)
-        for b, rows in enumerate(_position_rows(x)):
-            beta = 0 if b == 0 else 1
-            for grads, part in ((grad_qk[b].view(pixels, 2 * inner), slice(0, 2 * inner)),
-                                (grad_v[b].view(pixels, channels), slice(2 * inner, stacked))):
-                torch.addmm(grad_weight[part], grads.t(), rows, beta=beta, out=grad_weight[part])
-                grad_bias[part].addmv_(grads.t(), ones)
+        grad_projections: Tuple[Optional[Tensor], ...] = (None,) * 6
+        if any(ctx.needs_input_grad[1:7]):  # not for a frozen module
+            grad_weight = weight.new_empty(weight.shape)
+            ones = grad_v.new_ones(pixels)
+            grad_bias = grad_v.new_zeros(stacked)
+            for b, rows in enumerate(_position_rows(x)):
+                beta = 0 if b == 0 else 1
+                for grads, part in ((grad_qk[b].view(pixels, 2 * inner), slice(0, 2 * inner)),
+                                    (grad_v[b].view(pixels, channels), slice(2 * inner, stacked))):
+                    torch.addmm(grad_weight[part], grads.t(), rows, beta=beta, out=grad_weight[part])
+                    grad_bias[part].addmv_(grads.t(), ones)
+            grad_wq, grad_wk, grad_wv = (g.reshape(g.shape[0], channels, 1, 1)
+                                         for g in grad_weight.split([inner, inner, channels]))
+            grad_bq, grad_bk, grad_bv = grad_bias.split([inner, inner, channels])
+            grad_projections = (grad_wq, grad_bq, grad_wk, grad_bk, grad_wv, grad_bv)
         grad_x = None  # for a channels_last x in dv's memory; for a contiguous one channels-first
         if ctx.needs_input_grad[0] and _channels_last_only(x):
             grad_x = _grad_input_in_place(grad_v, grad_qk, grad_y, weight)
         elif ctx.needs_input_grad[0]:
             grad_x = _grad_input_channels_first(grad_v, grad_qk, grad_y, weight)
-        grad_wq, grad_wk, grad_wv = (g.reshape(g.shape[0], channels, 1, 1)
-                                     for g in grad_weight.split([inner, inner, channels]))
-        grad_bq, grad_bk, grad_bv = grad_bias.split([inner, inner, channels])
-        return grad_x, grad_wq, grad_bq, grad_wk, grad_bk, grad_wv, grad_bv, grad_gamma
+        return (grad_x, *grad_projections, grad_gamma)
 
 
 def criss_cross_block_lean(x: Tensor, projections: Sequence[Tensor], gamma: Tensor) -> Tensor:

@@ -245,14 +245,23 @@ def test_fused_block_incoming_gradient_in_any_layout():
                                            msg=lambda m: f"x {x_layout}, dY {grad_layout}: {m}")
 
 
-def test_fused_block_without_input_gradient():
-    """A frozen input (no dx wanted) still gives the reference parameter gradients."""
+def test_fused_block_without_input_gradient_or_with_frozen_projections():
+    """No dx wanted (a frozen input) or frozen convolutions (only γ and dx wanted): the gradients
+    that are wanted equal the reference's, the others are not computed."""
     module, x = _seeded_module(0.7, 5)
     module(x).square().sum().backward()
     mine = [p.grad.clone() for p in module.parameters()]
     module.zero_grad()
     _module_reference(module, x).square().sum().backward()
     for a, b in zip(mine, (p.grad for p in module.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for conv in (module.query_conv, module.key_conv, module.value_conv):
+        conv.requires_grad_(False)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    x_mine, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    mine = torch.autograd.grad(module(x_mine), [x_mine, module.gamma], grad)
+    theirs = torch.autograd.grad(_module_reference(module, x_ref), [x_ref, module.gamma], grad)
+    for a, b in zip(mine, theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
