@@ -41,7 +41,11 @@ Backward, with ``dY`` the incoming gradient, ``A``/``E`` the column (·_h) and r
     dq_u        = Σ_i dE_h[u, i] k_(i, w) + Σ_j dE_w[u, j] k_(h, j)
     dk_(i, w)  += Σ_h dE_h[(h, w), i] q_(h, w)         dk_(h, j) += Σ_w dE_w[(h, w), j] q_(h, w)
     dv_(i, w)  += γ Σ_h A_h[(h, w), i] dY_(h, w)       dv_(h, j) += γ Σ_w A_w[(h, w), j] dY_(h, w)
-    dx          = dY
+    dx          = dY                                    (operator with residual)
+
+and in :class:`LeanCrissCrossBlock`, where q, k, v = W x + b with the stacked W = [Wq; Wk; Wv]::
+
+    dW = Σ_u [dq; dk; dv]_u x_uᵀ      db = Σ_u [dq; dk; dv]_u      dx = dY + Wᵀ [dq; dk; dv]
 """
 
 from __future__ import annotations
