@@ -279,6 +279,28 @@ def test_fused_block_under_bfloat16_autocast():
     torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 5e-3)])
+def test_fused_block_in_half_precision(dtype, tol):
+    """A module cast to bf16/fp16 (no autocast): output, dx and dWv in that dtype, close to the
+    float32 reference (projections and aggregation rounded to the half format; energies, softmax
+    and the softmax backward in float32)."""
+    module, x = _seeded_module(0.5, 6)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    ref, ref_grads = _module_grads(_module_reference, module, x, grad)
+    half = CrissCrossAttention(16)
+    half.load_state_dict(module.state_dict())
+    half = half.to(dtype)
+    x_half = x.to(dtype).requires_grad_()
+    out = half(x_half)
+    out.backward(grad.to(dtype))
+    assert out.dtype == x_half.grad.dtype == half.value_conv.weight.grad.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(x_half.grad.float(), ref_grads[0], atol=tol, rtol=tol)
+    ref_dwv = dict(zip([n for n, _ in module.named_parameters()], ref_grads[1:]))["value_conv.weight"]
+    scale = ref_dwv.abs().max()  # dWv sums over positions: compared relative to its size
+    torch.testing.assert_close(half.value_conv.weight.grad.float() / scale, ref_dwv / scale, atol=2 * tol, rtol=0)
+
+
 def test_fused_block_rejects_mixed_dtypes_and_bad_shapes():
     module, x = _seeded_module(0.5, 6)
     with pytest.raises(TypeError, match="input is torch.float64 but Wq is torch.float32"):
