@@ -183,6 +183,18 @@ def _pair_products(a: Tensor, b: Tensor, cols: Optional[Tensor] = None, rows: Op
     return cols, rows
 
 
+def _add_pair_products(a: Tensor, b: Tensor, cols: Tensor, rows: Tensor, first: bool) -> None:
+    """Add :func:`_pair_products` of one channel chunk to the ``cols``/``rows`` accumulators (set
+    them on the ``first`` chunk). Half inputs give half products, accumulated in the buffers'
+    float32; otherwise the products accumulate in place."""
+    if a.dtype == cols.dtype:
+        _pair_products(a, b, cols, rows, accumulate=not first)
+        return
+    chunk_cols, chunk_rows = _pair_products(a, b)
+    for total, chunk in ((cols, chunk_cols), (rows, chunk_rows)):
+        total.copy_(chunk) if first else total.add_(chunk)
+
+
 def _energies(qp: Tensor, kp: Tensor) -> Tuple[Tensor, Tensor]:
     """Column and row energies (layout of :func:`_pair_products`), the column diagonal −inf."""
     energy_h, energy_w = _pair_products(qp, kp)
@@ -307,12 +319,7 @@ def criss_cross_attention_backward(grad_y: Tensor, qp: Tensor, kp: Tensor, v: Te
         grad_h, grad_w = attn_h.new_empty(attn_h.shape), attn_w.new_empty(attn_w.shape)
         for n, channels in enumerate(slices):
             grad_c, v_c = _read(grad_y, channels, grad_cl, v.dtype), _read(v, channels, v_cl, v.dtype)
-            if v.dtype == acc:
-                _pair_products(grad_c, v_c, grad_h, grad_w, accumulate=n > 0)
-            else:
-                cols, rows = _pair_products(grad_c, v_c)
-                grad_h = grad_h.copy_(cols) if n == 0 else grad_h.add_(cols)
-                grad_w = grad_w.copy_(rows) if n == 0 else grad_w.add_(rows)
+            _add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
         dot = torch.linalg.vecdot(attn_h, grad_h).transpose(1, 2) + torch.linalg.vecdot(attn_w, grad_w)  # D'
         if need_gamma:
             grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
@@ -448,20 +455,6 @@ def _position_rows(t: Tensor) -> List[Tensor]:
     return [t[b].reshape(channels, height * width).t() for b in range(batch)]
 
 
-def _positions_last_copy(t: Tensor, always: bool = False) -> Tensor:
-    """(B, C, H, W) → contiguous (B, H, W, C): a view of channels_last memory (unless ``always``:
-    then a copy), else one 2-D transpose per image (several times faster on CPU than a 4-D
-    permuted copy)."""
-    p = t.permute(0, 2, 3, 1)
-    if p.is_contiguous():
-        return p.clone() if always else p
-    batch, channels, height, width = t.shape
-    out = t.new_empty(batch, height, width, channels)
-    for b in range(batch):
-        out[b].view(height * width, channels).copy_(t[b].reshape(channels, height * width).t())
-    return out
-
-
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The dtype autocast would compute a matrix product in on ``device_type``; ``None`` when off
     (or for a device type autocast does not know, such as ``meta``)."""
@@ -476,49 +469,32 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
-def _grad_input_in_place(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor) -> Tensor:
-    """dx = dY + dqk Wqk + dv Wv for a channels_last x, built in dv's memory (dW must already have
-    been taken from dv): ROW_CHUNK positions at a time into a small buffer, then over the dv rows
-    just read, so dx needs no (B, H, W, C) buffer of its own.
+def _grad_input(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor, channels_last: bool) -> Tensor:
+    """dx = dY + dqk Wqk + dv Wv (dW must already have been taken from dv), ROW_CHUNK positions at
+    a time, in x's layout: for a channels_last x in dv's own memory (through a small buffer, then
+    over the dv rows just read: no (B, H, W, C) buffer for dx), for a contiguous x channels-first
+    (the products write the transposed view directly; as fast as positions-last, and autograd gets
+    dx with no layout copy).
 
     Shape:
         grad_v: (B, H, W, C) contiguous. grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
-        weight: (2C' + C, C). Returns dx (B, C, H, W) in channels_last memory (grad_v's).
+        weight: (2C' + C, C). Returns dx (B, C, H, W), channels_last memory (grad_v's) or contiguous.
     """
     batch, channels, height, width = grad_y.shape
     pixels, inner2 = height * width, grad_qk.shape[-1]
-    chunk = grad_v.new_empty(min(ROW_CHUNK, pixels), channels)
+    if channels_last:
+        grad_x, chunk = grad_v.permute(0, 3, 1, 2), grad_v.new_empty(min(ROW_CHUNK, pixels), channels)
+    else:
+        grad_x = grad_v.new_empty(batch, channels, height, width)
     for b, grad_rows in enumerate(_position_rows(grad_y)):
         dv_rows, dqk_rows = grad_v[b].view(pixels, channels), grad_qk[b].view(pixels, inner2)
         for start in range(0, pixels, ROW_CHUNK):
             part = slice(start, min(start + ROW_CHUNK, pixels))
-            target = chunk[:part.stop - start]
+            target = chunk[:part.stop - start] if channels_last else grad_x[b].view(channels, pixels)[:, part].t()
             torch.addmm(grad_rows[part], dv_rows[part], weight[inner2:], out=target)
             target.addmm_(dqk_rows[part], weight[:inner2])
-            dv_rows[part].copy_(target)
-    return grad_v.permute(0, 3, 1, 2)
-
-
-def _grad_input_channels_first(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor) -> Tensor:
-    """dx = dY + dqk Wqk + dv Wv for a contiguous x: written channels-first, ROW_CHUNK positions at
-    a time, as dxᵀ = dYᵀ + Wᵀ dqkvᵀ (the products read dv and dqk through transposed views; as fast
-    as the positions-last product, and autograd then gets dx in x's own layout, with no copy).
-
-    Shape:
-        grad_v: (B, H, W, C). grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
-        weight: (2C' + C, C). Returns a contiguous (B, C, H, W).
-    """
-    batch, channels, height, width = grad_y.shape
-    pixels, inner2 = height * width, grad_qk.shape[-1]
-    grad_x = grad_v.new_empty(batch, channels, height, width)
-    for b in range(batch):
-        dv_rows, dqk_rows = grad_v[b].view(pixels, channels), grad_qk[b].view(pixels, inner2)
-        grad_cols, target_cols = grad_y[b].reshape(channels, pixels), grad_x[b].view(channels, pixels)
-        for start in range(0, pixels, ROW_CHUNK):
-            part = slice(start, min(start + ROW_CHUNK, pixels))
-            target = target_cols[:, part]
-            torch.addmm(grad_cols[:, part], weight[inner2:].t(), dv_rows[part].t(), out=target)
-            target.addmm_(weight[:inner2].t(), dqk_rows[part].t())
+            if channels_last:
+                dv_rows[part].copy_(target)
     return grad_x
 
 
@@ -551,7 +527,7 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         scale = gamma.to(energy_h.dtype)
         attn_h, attn_w = energy_h.mul_(scale).to(v.dtype), energy_w.mul_(scale).to(v.dtype)
         del energy_h, energy_w
-        out = _positions_last_copy(x, always=True)
+        out = _read(x, slice(0, channels), False, x.dtype)  # a positions-last copy, whatever x's layout
         _gather(attn_h, attn_w, v, out, accumulate=True)
         del attn_h, attn_w
         y = out.permute(0, 3, 1, 2)  # channels_last memory
@@ -585,12 +561,7 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         for n, part in enumerate(slices):
             grad_c, v_c = _read(grad_y, part, grad_cl, x.dtype), v[..., part]
             _scatter(attn_h_v, attn_w_v, grad_c, grad_v[..., part])
-            if acc == x.dtype:
-                _pair_products(grad_c, v_c, grad_h, grad_w, accumulate=n > 0)
-            else:
-                cols, rows = _pair_products(grad_c, v_c)
-                grad_h = grad_h.copy_(cols) if n == 0 else grad_h.add_(cols)
-                grad_w = grad_w.copy_(rows) if n == 0 else grad_w.add_(rows)
+            _add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
             del grad_c
         del attn_h_v, attn_w_v
         grad_v.mul_(gamma.to(v.dtype))
@@ -624,11 +595,9 @@ class LeanCrissCrossBlock(torch.autograd.Function):
                                          for g in grad_weight.split([inner, inner, channels]))
             grad_bq, grad_bk, grad_bv = grad_bias.split([inner, inner, channels])
             grad_projections = (grad_wq, grad_bq, grad_wk, grad_bk, grad_wv, grad_bv)
-        grad_x = None  # for a channels_last x in dv's memory; for a contiguous one channels-first
-        if ctx.needs_input_grad[0] and _channels_last_only(x):
-            grad_x = _grad_input_in_place(grad_v, grad_qk, grad_y, weight)
-        elif ctx.needs_input_grad[0]:
-            grad_x = _grad_input_channels_first(grad_v, grad_qk, grad_y, weight)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _grad_input(grad_v, grad_qk, grad_y, weight, _channels_last_only(x))
         return (grad_x, *grad_projections, grad_gamma)
 
 
