@@ -35,12 +35,14 @@ class Rule:
             ``reshape``.
         reshape: accept a value whose shape differs from the target's when the number of elements
             agrees (mmcv's ``Scale`` stores γ as a 0-d tensor, ours is shape (1,)).
+        note: what ``transform`` does, for the report (keys sharing a note are counted together).
     """
 
     pattern: str
     template: str
     transform: Optional[Transform] = None
     reshape: bool = False
+    note: Optional[str] = None
 
     def match(self, key: str) -> Optional[str]:
         m = re.fullmatch(self.pattern, key)
@@ -57,6 +59,7 @@ class ConversionReport:
     missing: List[str] = field(default_factory=list)  # target keys nothing filled
     mismatched: List[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     defaulted: List[str] = field(default_factory=list)  # target num_batches_tracked set to 0
+    transformed: Dict[str, List[str]] = field(default_factory=dict)  # rule note -> source keys it changed
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,7 @@ class ConversionReport:
 
         lines = [f"mapped {len(self.mapped)} keys, dropped {len(self.dropped)}, "
                  f"defaulted {len(self.defaulted)} num_batches_tracked buffers"]
+        lines += [f"transformed {len(keys)} values: {note}" for note, keys in self.transformed.items()]
         lines += listing("source keys not consumed", self.unconsumed)
         lines += listing("target keys not filled", self.missing)
         lines += listing("shape mismatches (source -> target)",
@@ -175,6 +179,8 @@ def remap_state_dict(source: Mapping[str, Tensor], target: Mapping[str, Tensor],
                 continue
         if rule.transform is not None:
             value = rule.transform(value)
+            if rule.note:
+                report.transformed.setdefault(rule.note, []).append(key)
         out[name] = value.detach().to(dtype=expected.dtype)
         report.mapped[key] = name
     mismatched_targets = {t for _, t, _, _ in report.mismatched}

@@ -6,6 +6,11 @@ Source layout: ResNet-101 with a deep stem ``conv1/bn1, conv2/bn2, conv3/bn3`` a
 2 dropout, 3 classifier}`` on layer3. Every norm is InPlace-ABN(Sync): BatchNorm statistics and affine
 parameters (no ``num_batches_tracked``) fused with an activation — identity in the backbone (a ReLU
 follows), leaky-ReLU(0.01) in the head and dsn, which ``ccnet_r101_official`` reproduces.
+InPlace-ABN does not scale by its weight but by ``|weight| + eps`` (eps = 1e-5): its kernels compute
+``act((x - mean) / sqrt(var + eps) * (|weight| + eps) + bias)`` (``inplace_abn`` package,
+``src/inplace_abn_cpu.cpp``/``.cu``; the older ``libs/`` kernels of the release's pytorch-1.x branches
+alike). Trained ABN weights may be negative, and their sign has no effect there, so every ABN weight
+is folded to ``|weight| + eps`` on conversion; our BatchNorm then computes exactly the same.
 An earlier revision of the release named the head's modules ``conv1a``, ``pc``, ``conv1b``; both
 namings are accepted. ``criterion.*`` entries (the loss's class-weight buffer) are dropped.
 
@@ -28,9 +33,24 @@ from ccnet.convert.core import ConversionError, Rule, SourceFormat, num_blocks
 _MEAN_RGB_255 = (122.67891434, 116.66876762, 104.00698793)
 
 
+ABN_EPS = 1e-5  # InPlaceABN / InPlaceABNSync default, used by every norm of the release
+ABN_NOTE = f"InPlace-ABN weights folded to |weight| + {ABN_EPS:g} (InPlace-ABN's scale)"
+
+
 def _bgr_to_rgb(weight: Tensor) -> Tensor:
     """Reverse the input channels of the first convolution: (out, 3 BGR, k, k) -> (out, 3 RGB, k, k)."""
     return weight.flip(1)
+
+
+def _abn_scale(weight: Tensor) -> Tensor:
+    """The scale InPlace-ABN actually applies, ``|w| + eps``, as a BatchNorm weight (summed in float64,
+    so a half-precision source does not lose the eps)."""
+    return weight.abs().double() + ABN_EPS
+
+
+def _abn(pattern: str, template: str) -> Rule:
+    """Rule for an ABN layer's ``weight``, folded; its other entries go through the plain rules below."""
+    return Rule(pattern, template, transform=_abn_scale, note=ABN_NOTE)
 
 
 def _model_config(state: Mapping[str, Tensor]) -> str:
@@ -45,6 +65,13 @@ FORMAT = SourceFormat(
     name="official",
     description="official CCNet release (speedinghzl/CCNet), ResNet-101 with InPlace-ABN",
     rules=(
+        # ABN weights first: the first matching rule wins
+        _abn(r"(bn[123])\.weight", r"backbone.\1.weight"),
+        _abn(r"(layer[1-4]\.\d+\.(?:bn[123]|downsample\.1))\.weight", r"backbone.\1.weight"),
+        _abn(r"head\.(?:conva|conv1a)\.1\.weight", "head.conva.1.weight"),
+        _abn(r"head\.(?:convb|conv1b)\.1\.weight", "head.convb.1.weight"),
+        _abn(r"head\.bottleneck\.1\.weight", "head.bottleneck.1.weight"),
+        _abn(r"dsn\.1\.weight", "aux_head.layers.1.weight"),
         Rule(r"conv1\.weight", "backbone.conv1.weight", transform=_bgr_to_rgb),
         Rule(r"(conv[23]\.weight|bn[123]\.\w+)", r"backbone.\1"),
         Rule(r"(layer[1-4]\..+)", r"backbone.\1"),

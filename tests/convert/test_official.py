@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ccnet.convert import ConversionError, convert_state_dict, remap_state_dict
-from ccnet.convert.official import FORMAT
+from ccnet.convert.official import ABN_EPS, ABN_NOTE, FORMAT
 from ccnet.models import build_model
 from tests.convert.upstream import OfficialCCNet, randomize_
 
@@ -36,6 +38,10 @@ def ours(converted):
     return model.eval()
 
 
+def _abn_weight_keys(model):
+    return [f"{name}.weight" for name, module in model.named_modules() if hasattr(module, "running_var")]
+
+
 def test_every_key_mapped(official, converted):
     _, model_cfg, report = converted
     assert model_cfg["name"] == "ccnet_r101_official" and model_cfg["num_classes"] == NUM_CLASSES
@@ -45,19 +51,34 @@ def test_every_key_mapped(official, converted):
     assert report.defaulted and all(k.endswith("num_batches_tracked") for k in report.defaulted)
 
 
+def test_every_abn_weight_is_folded_to_inplace_abn_scale(official, converted):
+    state, _, report = converted
+    abn_keys = _abn_weight_keys(official)
+    assert len(abn_keys) == 3 + 33 * 3 + 4 + 3 + 1  # stem, block norms, downsamples, head, dsn
+    assert sorted(report.transformed[ABN_NOTE]) == sorted(abn_keys)
+    assert "|weight| + 1e-05" in report.format()
+    source = official.state_dict()
+    assert any((source[k] < 0).any() for k in abn_keys)  # the test data has negative ABN weights
+    for key in abn_keys:
+        expected = (source[key].double().abs() + ABN_EPS).float()
+        assert torch.equal(state[report.mapped[key]], expected), key
+
+
 def test_outputs_match_the_release(official, ours):
-    x = torch.randn(1, 3, 33, 45)  # RGB, as our pipeline feeds it
+    """float64 on both sides, so 1e-6 relative is far above rounding and far below the difference
+    a plain BatchNorm reading of the ABN weights makes (it fails with the negative weights)."""
+    official64, ours64 = copy.deepcopy(official).double(), copy.deepcopy(ours).double()
+    x = torch.randn(1, 3, 33, 45, dtype=torch.float64)  # RGB, as our pipeline feeds it
     feats = {}
-    hook = ours.backbone.register_forward_hook(lambda module, args, output: feats.update(output))
+    ours64.backbone.register_forward_hook(lambda module, args, output: feats.update(output))
     with torch.no_grad():
-        out = ours(x)["out"]
-        aux = ours.aux_head(feats["layer3"])  # eval mode skips the aux head; run it on the same features
-        head, dsn = official(x.flip(1))  # the release reads BGR
+        out = ours64(x)["out"]
+        aux = ours64.aux_head(feats["layer3"])  # eval mode skips the aux head; run it on the same features
+        head, dsn = official64(x.flip(1))  # the release reads BGR
         ref = F.interpolate(head, size=x.shape[2:], mode="bilinear", align_corners=True)
-    hook.remove()
     assert out.shape == ref.shape == (1, NUM_CLASSES, 33, 45)
-    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1.0)
-    assert (aux - dsn).abs().max() <= 1e-5 * dsn.abs().max().clamp_min(1.0)
+    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+    assert (aux - dsn).abs().max() <= 1e-6 * dsn.abs().max()
 
 
 def test_earlier_head_naming_is_accepted(official, converted):

@@ -5,8 +5,8 @@ They reproduce the *parameter naming and forward semantics* of
 - the official release (speedinghzl/CCNet ``networks/ccnet.py``): ResNet-101 with a deep stem
   ``conv1/bn1 … conv3/bn3``, dilation 2/4 in every block, ``head`` = ``RCCAModule``, ``dsn``; its
   InPlace-ABN norm layers are modelled by :class:`ABN` (BatchNorm statistics and affine parameters,
-  no ``num_batches_tracked``, fused activation: identity in the backbone, leaky-ReLU(0.01) in heads);
-  the model takes BGR images;
+  no ``num_batches_tracked``, InPlace-ABN's own scale ``|weight| + eps``, fused activation: identity in
+  the backbone, leaky-ReLU(0.01) in heads); the model takes BGR images;
 - mmsegmentation's ``EncoderDecoder`` with ``ResNetV1c`` (``stem.N``, contracted dilation),
   ``CCHead`` (``convs.{0,1}``, ``cca`` with γ in a ``Scale`` module, ``conv_cat``, ``conv_seg``) and an
   ``FCNHead`` auxiliary head.
@@ -38,7 +38,14 @@ def criss_cross(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
 
 
 class ABN(nn.Module):
-    """InPlace-ABN as saved by the official release: weight, bias, running_mean, running_var."""
+    """InPlace-ABN as saved by the official release: weight, bias, running_mean, running_var.
+
+    Inference follows the ``inplace_abn`` kernels (``forward`` in ``src/inplace_abn_cpu.cpp``):
+    ``scale = (|weight| + eps) / sqrt(var + eps)``, ``y = act(x * scale + bias - mean * scale)``.
+    The absolute value is the point: a negative weight scales like a positive one.
+    """
+
+    eps = 1e-5
 
     def __init__(self, channels: int, activation: str = "leaky_relu") -> None:
         super().__init__()
@@ -49,7 +56,9 @@ class ABN(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, 1e-5)
+        scale = (self.weight.abs() + self.eps) / torch.sqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        x = x * scale[:, None, None] + shift[:, None, None]
         return F.leaky_relu(x, 0.01) if self.activation == "leaky_relu" else x
 
 
@@ -268,17 +277,21 @@ class MMSegCCNet(nn.Module):
         return F.interpolate(out, size=img.shape[2:], mode="bilinear", align_corners=self.align_corners)
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize_(model: nn.Module, seed: int = 0, negative: float = 0.1) -> nn.Module:
     """Give every norm layer non-trivial statistics and affine parameters, every bias a value and
     every γ a non-zero value, so a wrong mapping changes the output. The last norm of each residual
-    branch gets a small scale, keeping activations of a 101-layer random network in range."""
+    branch gets a small scale, keeping activations of a 101-layer random network in range. A
+    ``negative`` fraction of the norm weights is negated, as training leaves some InPlace-ABN
+    weights (whose sign InPlace-ABN ignores)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in model.named_modules():
             if hasattr(module, "running_var"):
                 n = module.running_var.numel()
                 small = name.endswith("bn3") and ".layer" in f".{name}"
-                module.weight.copy_(torch.rand(n, generator=gen) * (0.2 if small else 1.0) + (0.05 if small else 0.5))
+                sign = torch.where(torch.rand(n, generator=gen) < negative, -1.0, 1.0)
+                module.weight.copy_(sign * (torch.rand(n, generator=gen) * (0.2 if small else 1.0)
+                                            + (0.05 if small else 0.5)))
                 module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
                 module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
