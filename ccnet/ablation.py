@@ -145,8 +145,7 @@ def head_cost(model_cfg: Mapping[str, Any], feature_size: Tuple[int, int]) -> Tu
     """
     from ccnet.models import build_model
 
-    cfg = {**model_cfg, "weights": None}
-    model = build_model(cfg).eval()
+    model = build_model(model_cfg, pretrained=False).eval()
     channels = model.backbone.out_channels["layer4"]
     x = torch.randn(1, channels, *feature_size)
     previous = os.environ.get(CCA_IMPL_ENV)

@@ -6,19 +6,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ccnet import dist
+from ccnet.errors import exit_on_user_error
 from ccnet.evaluation.runner import run_eval
+
+log = logging.getLogger("eval")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     choices = HydraConfig.get().runtime.choices
     try:
-        run_eval(cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None)
+        with exit_on_user_error(log):
+            run_eval(cfg, model_group=choices.get("model") is not None,
+                     dataset_group=choices.get("dataset") is not None)
     finally:
         dist.destroy_distributed()
 

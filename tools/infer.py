@@ -6,17 +6,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ccnet.errors import exit_on_user_error
 from ccnet.evaluation.predict import run_infer
+
+log = logging.getLogger("infer")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="infer")
 def main(cfg: DictConfig) -> None:
     choices = HydraConfig.get().runtime.choices
-    run_infer(cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None)
+    with exit_on_user_error(log):
+        run_infer(cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,24 @@ See the README section "Training" for examples.
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ccnet.engine import train
+from ccnet.errors import exit_on_user_error
+
+log = logging.getLogger("train")
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     # Hydra's output dir is the work dir: ${work_dir} for a run, ${work_dir}/<job number> in multirun.
     cfg.work_dir = HydraConfig.get().runtime.output_dir
-    return train(cfg)["val/mIoU"]  # a float, so Hydra sweepers can optimise it
+    with exit_on_user_error(log):
+        return train(cfg)["val/mIoU"]  # a float, so Hydra sweepers can optimise it
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def compose_model_config(path: Path, num_classes: int) -> Dict[str, Any]:
     """
     cfg = OmegaConf.load(path)
     cfg.num_classes = num_classes
-    cfg.weights = None
+    cfg.weights = None  # random weights: build_model(cfg, pretrained=False) needs no file and warns of nothing
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for path in config_paths(args.configs):
         cfg = compose_model_config(path, args.num_classes)
         with torch.device("meta"):
-            meta_model = build_model(cfg).eval()
+            meta_model = build_model(cfg, pretrained=False).eval()
             meta_input = torch.empty(1, 3, height, width)
         with torch.no_grad():
             flops = count_flops(lambda: meta_model(meta_input))
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def _latency(cfg: Dict[str, Any], size: Tuple[int, int], args: argparse.Namespace, device: torch.device,
              dtype: torch.dtype) -> float:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = build_model(cfg).eval().to(device=device, memory_format=memory_format)
+    model = build_model(cfg, pretrained=False).eval().to(device=device, memory_format=memory_format)
     images = torch.randn(1, 3, *size, device=device).contiguous(memory_format=memory_format)
 
     def forward() -> None:

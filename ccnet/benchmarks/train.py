@@ -57,7 +57,7 @@ def _variant_step(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.d
     dtype = PRECISIONS[precision]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_model(cfg).train().to(device=device, memory_format=memory_format)
+    model = build_model(cfg, pretrained=False).train().to(device=device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     height, width = size_hw(args.size)

@@ -119,7 +119,7 @@ def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_clas
         raise ConversionError(f"--num-classes {num_classes} given, but the checkpoint's classifier "
                               f"{fmt.classifier_key} predicts {found} classes")
     model_cfg = model_config_for(fmt.model_config(state), found, align_corners, recurrence, configs_dir)
-    target = build_model(model_cfg).state_dict()
+    target = build_model(model_cfg, pretrained=False).state_dict()
     converted, report = remap_state_dict(state, target, fmt.rules, fmt.drop)
     return converted, model_cfg, report
 

@@ -18,10 +18,12 @@ from typing import Any, Dict, Union
 
 import torch
 
+from ccnet.errors import UserError
+
 PathLike = Union[str, os.PathLike]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable, or lacks an expected entry."""
 
 

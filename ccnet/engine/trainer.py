@@ -153,7 +153,8 @@ def _train(cfg: DictConfig, device: torch.device) -> Dict[str, Any]:
                     "continues it instead)", ckpts.directory)
 
     seed_everything(seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg.model)
+    # A resumed or fine-tuned run takes every weight from its checkpoint: no ImageNet file is read.
+    model = build_model(cfg.model, pretrained=resumed is None and not cfg.get("load_from"))
     if cfg.get("load_from"):
         load_weights(model, model_state_from(load_checkpoint(cfg.load_from), cfg.load_from), cfg.load_from)
     if world > 1 and (tcfg.sync_bn or cfg.model.get("norm") == "syncbn"):

@@ -93,8 +93,8 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
                device: torch.device) -> nn.Module:
     """Build the model of ``model_cfg``, load the checkpoint's weights strictly, move it to ``device``.
 
-    Pretrained backbone weights are not loaded (``model.weights`` is cleared): the checkpoint
-    overwrites every parameter anyway, and evaluation must not need the ImageNet file.
+    Pretrained backbone weights are not loaded: the checkpoint overwrites every parameter anyway,
+    and evaluation must neither need the ImageNet file nor download it.
 
     Raises:
         ValueError: the weights do not fit the model (names the checkpoint, the class counts, and
@@ -103,8 +103,7 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
     from ccnet.models import build_model
 
     cfg = dict(model_cfg)
-    cfg["weights"] = None
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained=False)
     state = model_state_from(dict(checkpoint), checkpoint_path)
     expected = model.state_dict()
     mismatched = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()

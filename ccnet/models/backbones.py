@@ -1,5 +1,5 @@
 """Dilated backbones for CCNet: torchvision ResNet-50/101 and the official release's layout (output
-stride 8), and a tiny CNN for CPU demos and tests.
+stride 8), and a tiny CNN for CPU demos and tests. Their ImageNet weights: :mod:`ccnet.models.pretrained`.
 
 Every backbone returns the features of its last two stages, ``{"layer3": ..., "layer4": ...}``:
 layer4 feeds the context head, layer3 the auxiliary FCN head.
@@ -7,19 +7,11 @@ layer4 feeds the context head, layer3 the auxiliary FCN head.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Sequence
 
-import torch
 import torch.nn as nn
-import torchvision
 from torch import Tensor
 from torchvision.models.resnet import Bottleneck
-
-from ccnet.engine.checkpoint import load_checkpoint, model_state_from
-
-log = logging.getLogger(__name__)
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -145,58 +137,3 @@ class TinyBackbone(nn.Module):
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         c3 = self.layer3(self.layer2(self.layer1(x)))
         return {"layer3": c3, "layer4": self.layer4(c3)}
-
-
-def _torchvision_state_dict(weights: str, depth: int) -> Dict[str, Tensor]:
-    """ImageNet weights through torchvision's weight enums, e.g. ``IMAGENET1K_V2`` or
-    ``ResNet101_Weights.IMAGENET1K_V2`` (downloaded by torchvision into its cache on first use)."""
-    enum_name = f"ResNet{depth}_Weights"
-    member = weights.split(".", 1)[1] if weights.startswith(enum_name + ".") else weights
-    try:
-        enum = torchvision.models.get_model_weights(f"resnet{depth}")
-        w = enum[member]
-    except (KeyError, ValueError) as exc:
-        valid = ", ".join(m.name for m in torchvision.models.get_model_weights(f"resnet{depth}"))
-        raise ValueError(f"unknown torchvision weights {weights!r} for resnet{depth}: expected a path to a "
-                         f"checkpoint file or one of {valid}") from exc
-    return w.get_state_dict(progress=False)
-
-
-def load_backbone_weights(backbone: nn.Module, weights: str, depth: Optional[int] = None,
-                          strict: bool = True) -> None:
-    """Initialise ``backbone`` from a torchvision weights enum name or a local checkpoint file.
-
-    An ImageNet classifier's ``fc.*`` entries are dropped (the backbone has no classifier). Missing
-    or unexpected keys raise a ``RuntimeError`` listing them when ``strict``; otherwise they are
-    logged.
-
-    Args:
-        backbone: the module to initialise.
-        weights: a file path (a state dict, or a checkpoint with ``model``/``state_dict``) or a
-            torchvision enum member name such as ``IMAGENET1K_V2``.
-        depth: ResNet depth, needed to resolve an enum name.
-        strict: fail on missing/unexpected keys.
-    """
-    path = Path(weights).expanduser()
-    if path.suffix in {".pth", ".pt", ".bin", ".ckpt"} or path.exists():
-        state = model_state_from(load_checkpoint(path), path)
-        source = str(path)
-    else:
-        if depth is None:
-            raise ValueError(f"backbone weights {weights!r} are neither an existing file nor resolvable: "
-                             "torchvision weight enums exist only for ResNet backbones")
-        state = _torchvision_state_dict(weights, depth)
-        source = f"torchvision ResNet{depth}_Weights.{weights}"
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = backbone.load_state_dict(state, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys ({len(result.missing_keys)}): {result.missing_keys[:8]}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected keys ({len(result.unexpected_keys)}): {result.unexpected_keys[:8]}")
-    if problems:
-        msg = f"backbone weights from {source} do not match the backbone: " + "; ".join(problems)
-        if strict:
-            raise RuntimeError(msg + ". Set model.weights_strict=false to load the overlap anyway.")
-        log.warning(msg)
-    log.info("loaded backbone weights from %s", source)

@@ -11,14 +11,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ccnet.models.backbones import ResNetBackbone, TinyBackbone, load_backbone_weights
+from ccnet.models.backbones import ResNetBackbone, TinyBackbone
 from ccnet.models.heads import FCNHead, NonLocalHead, RCCAHead
+from ccnet.models.pretrained import load_backbone_weights
 
 log = logging.getLogger(__name__)
 
 CONTEXTS = ("rcca", "nonlocal", "none")
 NORMS = ("bn", "syncbn", "frozen_bn")
 BACKBONES = ("resnet50", "resnet101", "resnet101_official", "resnet50_v1c", "resnet101_v1c", "tiny")
+TORCHVISION_DEPTHS = {"resnet50": 50, "resnet101": 101}  # backbones torchvision weight names resolve for
 
 
 class CCNet(nn.Module):
@@ -105,12 +107,13 @@ def build_backbone(cfg: Mapping[str, Any], norm_layer: Callable[[int], nn.Module
     raise ValueError(f"unknown model.backbone {name!r}: expected one of {', '.join(BACKBONES)}")
 
 
-def build_model(cfg: Mapping[str, Any]) -> CCNet:
+def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     """Build a CCNet from a model config (``configs/model/*.yaml``).
 
     Keys: ``backbone`` (resnet50 | resnet101 | resnet101_official | resnet50_v1c | resnet101_v1c |
-    tiny), ``weights`` (null, a torchvision enum name such as ``IMAGENET1K_V2``, or a checkpoint
-    path), ``weights_strict``,
+    tiny), ``weights`` (null, a torchvision enum name such as ``IMAGENET1K_V2``, ``timm:NAME``, or a
+    path to a backbone state dict in torchvision, timm, mmseg or the release's naming; see
+    :mod:`ccnet.models.pretrained`), ``weights_strict``,
     ``norm`` (bn | syncbn | frozen_bn), ``context`` (rcca | nonlocal | none), ``recurrence``,
     ``num_classes``, ``head_channels`` (null = backbone channels / 4), ``bottleneck_channels``,
     ``dropout``, ``activation`` (relu | leaky_relu), ``context_init`` (initial scale of the context
@@ -120,9 +123,15 @@ def build_model(cfg: Mapping[str, Any]) -> CCNet:
 
     Args:
         cfg: the ``model`` config node (a DictConfig or plain dict) with ``num_classes`` resolved.
+        pretrained: load ``weights`` into the backbone. False when a checkpoint will overwrite every
+            tensor anyway (evaluation, resume, fine-tuning, conversion, benchmarks): nothing is read
+            or downloaded then.
 
     Returns:
         The model, in training mode.
+
+    Raises:
+        PretrainedWeightsError: the backbone weights cannot be obtained or do not fit.
     """
     num_classes = cfg.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -130,9 +139,12 @@ def build_model(cfg: Mapping[str, Any]) -> CCNet:
     norm_layer = make_norm_layer(_get(cfg, "norm", "bn"))
     backbone = build_backbone(cfg, norm_layer)
     weights = cfg.get("weights")
-    if weights:
-        depth = {"resnet50": 50, "resnet101": 101, "resnet101_official": 101}.get(cfg["backbone"])
+    if pretrained and weights:
+        depth = TORCHVISION_DEPTHS.get(cfg["backbone"])
         load_backbone_weights(backbone, str(weights), depth=depth, strict=bool(_get(cfg, "weights_strict", True)))
+    elif pretrained and isinstance(backbone, ResNetBackbone):
+        log.warning("model.weights is null: the %s backbone starts from random weights, not ImageNet "
+                    "(the README's model zoo lists the weights each model config takes)", cfg["backbone"])
     in_channels = backbone.out_channels["layer4"]
     context = _get(cfg, "context", "rcca")
     activation = _get(cfg, "activation", "relu")

@@ -154,9 +154,11 @@ def test_load_from_initialises_weights_only(tiny_cfg):
     source = tiny_cfg("train.max_iters=3", "train.eval_interval=0", work_dir="source")
     train(source)
     src = load_checkpoint(f"{source.work_dir}/checkpoints/last.pth")
-    # A new run from those weights; a negligible lr keeps them where they were loaded.
+    # A new run from those weights; a negligible lr keeps them where they were loaded. The backbone
+    # weights named in the config are never read (the file does not exist): load_from provides them.
     cfg = tiny_cfg("train.max_iters=1", "train.eval_interval=0", "train.lr=1e-12",
-                   f"load_from={source.work_dir}/checkpoints/last.pth", work_dir="finetune")
+                   f"load_from={source.work_dir}/checkpoints/last.pth", "model.weights=/nonexistent/in1k.pth",
+                   work_dir="finetune")
     train(cfg)
     last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")
     assert last["iteration"] == 1 and last["sampler"]["position"] == 4  # a new run, not a resume

@@ -1,14 +1,11 @@
 """Backbones: output stride, dilation layout, the official release's exact size, the tiny network's
-receptive field, and weight loading from torchvision enums and local files."""
+receptive field (their ImageNet weights: test_pretrained.py)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-import torchvision
 
-from ccnet.engine.checkpoint import CheckpointError, save_checkpoint
-from ccnet.models.backbones import ResNetBackbone, TinyBackbone, load_backbone_weights
+from ccnet.models.backbones import ResNetBackbone, TinyBackbone
 from ccnet.models.segmentor import build_model
 
 
@@ -58,40 +55,3 @@ def test_tiny_backbone_is_small_with_documented_receptive_field():
     assert _receptive_field(net) == 31
     assert _receptive_field(TinyBackbone(layer4_convs=2)) == 47
     assert net(torch.randn(2, 3, 64, 48))["layer4"].shape == (2, 128, 8, 6)
-
-
-def test_load_local_checkpoint_file(tmp_path):
-    src = ResNetBackbone(50)
-    state = {k: v for k, v in torchvision.models.resnet50().state_dict().items()}
-    save_checkpoint({"model": state}, tmp_path / "r50.pth")
-    dst = ResNetBackbone(50)
-    load_backbone_weights(dst, str(tmp_path / "r50.pth"))  # fc.* dropped, everything else matches
-    for (name, a), (_, b) in zip(dst.state_dict().items(), state.items()):
-        assert torch.equal(a, state[name]), name
-    del src
-
-
-def test_load_reports_mismatched_keys(tmp_path):
-    save_checkpoint(TinyBackbone().state_dict(), tmp_path / "tiny.pth")
-    with pytest.raises(RuntimeError, match="missing keys.*unexpected keys"):
-        load_backbone_weights(ResNetBackbone(50), str(tmp_path / "tiny.pth"), depth=50)
-
-
-def test_missing_weights_file_and_unknown_enum():
-    with pytest.raises(CheckpointError, match="not found"):
-        load_backbone_weights(TinyBackbone(), "/nonexistent/weights.pth")
-    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
-        load_backbone_weights(ResNetBackbone(50), "IMAGENET_BOGUS", depth=50)
-
-
-def test_torchvision_enum_resolves_through_torchvision(monkeypatch):
-    """The enum path asks torchvision for the weights (no download here: get_state_dict is faked)."""
-    calls = []
-
-    def fake_get_state_dict(self, *args, **kwargs):
-        calls.append(self)
-        return torchvision.models.resnet50().state_dict()
-
-    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", fake_get_state_dict)
-    load_backbone_weights(ResNetBackbone(50), "ResNet50_Weights.IMAGENET1K_V2", depth=50)
-    assert calls == [torchvision.models.ResNet50_Weights.IMAGENET1K_V2]

@@ -36,6 +36,13 @@ def test_unknown_key_or_group_is_hydras_error(repo_root, tmp_path, override, mes
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_user_error_is_one_message_without_traceback(repo_root, tmp_path):
+    proc = run_train(repo_root, *TINY, "model.weights=/nonexistent/in1k.pth", f"work_dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "checkpoint not found: /nonexistent/in1k.pth" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_multirun_gives_each_job_its_own_work_dir(repo_root, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train(repo_root, "-m", *TINY, "train.seed=0,1", f"work_dir={sweep}")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccnet.convert import ConversionError, Rule, remap_state_dict
-from ccnet.convert.core import strip_prefix
+from ccnet.utils.state_dict import ConversionError, Rule, remap_state_dict, strip_prefix
 
 TARGET = {"a.weight": torch.zeros(2, 3), "bn.running_mean": torch.zeros(2),
           "bn.num_batches_tracked": torch.zeros((), dtype=torch.long), "gamma": torch.zeros(1)}
