@@ -95,7 +95,8 @@ class SegmentationLoss(nn.Module):
 
         Returns:
             ``{"loss": total, "main": ..., "aux": ..., "ccl": ...}`` (``"aux"`` only when the model
-            returned it and ``aux_weight > 0``, ``"ccl"`` only when it returned ``"ccl_features"``);
+            returned it and ``aux_weight > 0``, ``"ccl"`` only when it returned ``"ccl_features"``,
+            with its unweighted terms ``"ccl_var"``, ``"ccl_dis"``, ``"ccl_reg"`` for logging);
             ``"loss"`` is the weighted sum that is back-propagated.
         """
         main_target = target
@@ -107,11 +108,14 @@ class SegmentationLoss(nn.Module):
         if "aux" in outputs and self.aux_weight > 0:
             terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index, self.class_weights)
             weights["aux"] = self.aux_weight
+        parts: Dict[str, Tensor] = {}
         if self.ccl is not None and "ccl_features" in outputs:
-            terms["ccl"] = self.ccl(outputs["ccl_features"], target)["loss"]
+            ccl = self.ccl(outputs["ccl_features"], target)
+            terms["ccl"] = ccl["loss"]
             weights["ccl"] = 1.0
+            parts = {f"ccl_{name}": ccl[name].detach() for name in ("var", "dis", "reg")}
         total = sum(weights[name] * value for name, value in terms.items())
-        return {"loss": total, **terms}
+        return {"loss": total, **terms, **parts}
 
 
 def build_criterion(train_cfg: Mapping[str, Any], num_classes: int, ignore_index: int = 255) -> SegmentationLoss:

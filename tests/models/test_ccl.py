@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccnet.engine.losses import build_criterion
 from ccnet.models import build_model
@@ -73,11 +74,12 @@ def _example(seed=0, b=3, d=4, h=5, w=6, classes=4):
     return features, labels
 
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0, 0.001), (0.5, 2.0, 0.1)])
-def test_matches_loop_reference(weights):
+@pytest.mark.parametrize("weights, weight", [((1.0, 1.0, 0.001), 1.0), ((0.5, 2.0, 0.1), 0.1)])
+def test_matches_loop_reference(weights, weight):
     features, labels = _example()
-    out = CategoryConsistentLoss(DV, DD, *weights, ignore_index=IGNORE)(features, labels)
-    expected = loop_ccl(features, labels, *weights)
+    out = CategoryConsistentLoss(DV, DD, *weights, weight=weight, ignore_index=IGNORE)(features, labels)
+    expected = list(loop_ccl(features, labels, *weights))
+    expected[0] *= weight  # λ scales the sum, not the logged terms
     got = [out[k].item() for k in ("loss", "var", "dis", "reg")]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert expected[1] > 0 and expected[2] > 0  # the example exercises every term
@@ -129,9 +131,10 @@ def test_train_yaml_ccl_block_holds_the_paper_defaults(configs_dir):
     from omegaconf import OmegaConf
 
     block = OmegaConf.to_container(OmegaConf.load(configs_dir / "train.yaml").train.ccl)
-    assert block == {"delta_v": 0.5, "delta_d": 1.5, "alpha": 1.0, "beta": 1.0, "gamma": 0.001}
+    assert block == {"delta_v": 0.5, "delta_d": 1.5, "alpha": 1.0, "beta": 1.0, "gamma": 0.001, "weight": 0.1}
     loss, default = ccl_from_config(block), CategoryConsistentLoss()
-    assert all(getattr(loss, k) == getattr(default, k) for k in block)
+    assert all(getattr(loss, k) == getattr(default, k) for k in block if k != "weight")
+    assert default.weight == 1.0 and loss.weight == 0.1  # the paper's formula; training scales it (README)
 
 
 def test_config_errors():
@@ -158,12 +161,15 @@ def test_model_ccl_projection_only_when_enabled():
 def test_criterion_adds_ccl_when_the_model_returns_features():
     torch.manual_seed(0)
     model = build_model({**TINY, "ccl": True, "ccl_channels": 8})
-    criterion = build_criterion({"aux_weight": 0.4, "ccl": {"gamma": 0.01}}, 4)
+    criterion = build_criterion({"aux_weight": 0.4, "ccl": {"gamma": 0.01, "weight": 0.1}}, 4)
     images, target = torch.randn(2, 3, 40, 48), torch.randint(0, 4, (2, 40, 48))
     outputs = model(images)
     losses = criterion(outputs, target)
-    ccl = CategoryConsistentLoss(gamma=0.01)(outputs["ccl_features"], target)["loss"]
+    reference = CategoryConsistentLoss(gamma=0.01)(outputs["ccl_features"], target)
+    ccl = 0.1 * reference["loss"]
     assert losses["ccl"].item() == pytest.approx(ccl.item(), rel=1e-6)
+    for term in ("var", "dis", "reg"):  # logged unweighted, not added again
+        assert losses[f"ccl_{term}"].item() == pytest.approx(reference[term].item(), rel=1e-6)
     assert losses["loss"].item() == pytest.approx((losses["main"] + 0.4 * losses["aux"] + ccl).item(), rel=1e-6)
     losses["loss"].backward()
     assert model.ccl_proj.weight.grad.abs().sum() > 0
@@ -199,3 +205,10 @@ def test_training_run_with_ccl(configs_dir, tmp_path, monkeypatch):
     assert len(calls) == 2 and all(alpha == 2.0 and value > 0 for alpha, value in calls)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
     assert "ccl_proj.weight" in last["model"] and last["config"]["model"]["ccl"] is True
+    # every CCL term on the console/log line and in TensorBoard
+    log_line = next(line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "iter 2/2" in line)
+    assert all(f"{term} " in log_line for term in ("ccl", "ccl_var", "ccl_dis", "ccl_reg"))
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert {"train/loss_ccl", "train/loss_ccl_var", "train/loss_ccl_dis", "train/loss_ccl_reg"} <= \
+        set(events.Tags()["scalars"])
