@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from ccnet.convert import FORMATS, ConversionError, convert_checkpoint
-from ccnet.engine.checkpoint import CheckpointError
+from ccnet.checkpoint import CheckpointError
 
 log = logging.getLogger("convert_checkpoint")
 

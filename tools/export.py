@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ccnet.engine.checkpoint import CheckpointError
+from ccnet.checkpoint import CheckpointError
 from ccnet.export import MIN_OPSET, export_checkpoint
 
 log = logging.getLogger("export")

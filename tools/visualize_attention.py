@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model, resolve_device
-from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from ccnet.visualize_attention import heat_overlay, mark_pixel, rcca_attention_maps
+from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel
+from ccnet.models.attention_maps import rcca_attention_maps
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

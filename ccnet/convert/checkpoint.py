@@ -1,6 +1,6 @@
 """Convert a foreign CCNet checkpoint file into one ``tools/eval.py`` loads directly.
 
-The output is a regular checkpoint of this framework (:mod:`ccnet.engine.checkpoint`):
+The output is a regular checkpoint of this framework (:mod:`ccnet.checkpoint`):
 ``{"model": state dict, "config": {"model": ..., "dataset": ...}, "iteration": 0,
 "converted_from": {"format", "path"}}``. The stored model config is ours (``configs/model/<name>.yaml``
 with ``num_classes`` from the checkpoint's classifier); the stored dataset config is
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ccnet.convert import mmseg, official
 from ccnet.convert.core import ConversionError, ConversionReport, SourceFormat, remap_state_dict, strip_prefix
-from ccnet.engine.checkpoint import load_checkpoint, model_state_from, save_checkpoint
+from ccnet.checkpoint import load_checkpoint, model_state_from, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
     Raises:
         ConversionError: see :func:`convert_state_dict`.
         ValueError: no dataset config fits the class count.
-        ccnet.engine.checkpoint.CheckpointError: ``src`` is missing or not loadable with
+        ccnet.checkpoint.CheckpointError: ``src`` is missing or not loadable with
             ``weights_only=True``.
     """
     fmt = get_format(source_format)

@@ -1,18 +1,5 @@
-"""Training engine: ``train(cfg)`` (the loop), losses, optimiser/schedule, checkpoints.
+"""Training engine: ``train(cfg)`` (the loop), losses, optimiser/schedule, checkpoint files of a run."""
 
-``train`` and ``NonFiniteLossError`` are imported lazily: ``ccnet.models`` and ``ccnet.evaluation``
-import ``ccnet.engine.checkpoint``, and an eager import of the trainer here (which imports them)
-would be circular.
-"""
-
-from typing import Any
+from ccnet.engine.trainer import NonFiniteLossError, train
 
 __all__ = ["NonFiniteLossError", "train"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from ccnet.engine import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'ccnet.engine' has no attribute {name!r}")

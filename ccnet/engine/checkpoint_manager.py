@@ -1,7 +1,7 @@
 """The trainer's checkpoint files: ``work_dir/checkpoints/iter_<n>.pth``, ``last.pth`` and ``best.pth``,
 the last K periodic ones kept; which file ``resume`` means; weight initialisation for ``load_from``.
 
-Every file is written with :func:`ccnet.engine.checkpoint.save_checkpoint` (temp file + fsync +
+Every file is written with :func:`ccnet.checkpoint.save_checkpoint` (temp file + fsync +
 rename): a crash while saving leaves the previous files intact and loadable.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ccnet.engine.checkpoint import CheckpointError, save_checkpoint
+from ccnet.checkpoint import CheckpointError, save_checkpoint
 
 log = logging.getLogger(__name__)
 

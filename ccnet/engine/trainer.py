@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ccnet import dist
 from ccnet.data import build_dataset, seed_worker
 from ccnet.data.samplers import InfiniteSampler, SeededDataset
-from ccnet.engine.checkpoint import CheckpointError, load_checkpoint, model_state_from
+from ccnet.checkpoint import CheckpointError, load_checkpoint, model_state_from
 from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights, resolve_resume
 from ccnet.engine.losses import build_criterion
 from ccnet.engine.optim import build_optimizer, build_scheduler
@@ -37,7 +37,7 @@ from ccnet.engine.rng import get_rng_state, seed_everything, set_rng_state
 from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import build_model
 from ccnet.utils.visualize import colorize, denormalize
-from ccnet.visualize_attention import attention_panel
+from ccnet.models.attention_maps import attention_panel
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ccnet.engine.checkpoint import load_checkpoint, model_state_from
+from ccnet.checkpoint import load_checkpoint, model_state_from
 
 log = logging.getLogger(__name__)
 

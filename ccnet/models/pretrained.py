@@ -39,7 +39,7 @@ import torch.hub
 import torchvision
 from torch import Tensor, nn
 
-from ccnet.engine.checkpoint import load_checkpoint, model_state_from
+from ccnet.checkpoint import load_checkpoint, model_state_from
 from ccnet.errors import UserError
 from ccnet.utils.state_dict import Rule, remap_state_dict, strip_prefix
 
@@ -158,7 +158,7 @@ def read_backbone_state(weights: str, depth: Optional[int] = None) -> Tuple[Dict
     Raises:
         PretrainedWeightsError: unknown name, missing timm, or a download that failed (the message
             says where to put the file on an offline machine).
-        ccnet.engine.checkpoint.CheckpointError: the file is missing or not loadable.
+        ccnet.checkpoint.CheckpointError: the file is missing or not loadable.
     """
     if weights.startswith(TIMM_PREFIX):
         return _timm_state_dict(weights[len(TIMM_PREFIX):])

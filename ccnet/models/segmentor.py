@@ -30,7 +30,7 @@ class CCNet(nn.Module):
     in training mode when an auxiliary head exists. With ``return_features=True`` it also returns
     ``"features"``, the head's fused features before the classifier (at feature resolution). With a
     ``ccl_proj`` it returns ``"ccl_features"`` in training mode: those features projected by it, the
-    input of the category-consistent loss (:mod:`ccnet.models.ccl`).
+    input of the category-consistent loss (:class:`ccnet.engine.losses.CategoryConsistentLoss`).
 
     Args:
         backbone: module returning ``{"layer3", "layer4"}`` features.

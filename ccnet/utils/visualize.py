@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,3 +49,35 @@ def denormalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     x = (image.detach().float().cpu() * s + m) * 255.0
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def heat_overlay(image: np.ndarray, heat: Tensor, pixel: Optional[Tuple[int, int]] = None,
+                 alpha: float = 0.6) -> np.ndarray:
+    """Blend a heat map (upsampled to the image size, scaled to its maximum) over an RGB image.
+
+    Args:
+        image: RGB uint8 image.
+        heat: non-negative map at any resolution (nearest upsampling keeps feature cells visible).
+        pixel: (row, column) to mark with a white cross-hair circle, or None.
+        alpha: weight of the heat colours.
+
+    Returns:
+        The blended RGB uint8 image.
+
+    Shape:
+        image: (H, W, 3). heat: (h, w). Returns (H, W, 3).
+    """
+    height, width = image.shape[:2]
+    heat = F.interpolate(heat[None, None].float().cpu(), size=(height, width), mode="nearest")[0, 0]
+    scaled = (heat / heat.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
+    colours = cv2.cvtColor(cv2.applyColorMap(scaled, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    out = overlay(image, colours, alpha)
+    return mark_pixel(out, pixel) if pixel is not None else out
+
+
+def mark_pixel(image: np.ndarray, pixel: Tuple[int, int]) -> np.ndarray:
+    """A copy of the RGB uint8 ``image`` with a white circle around ``pixel`` (row, column)."""
+    out = np.ascontiguousarray(image).copy()
+    radius = max(3, min(image.shape[:2]) // 40)
+    cv2.circle(out, (int(pixel[1]), int(pixel[0])), radius, (255, 255, 255), 1)
+    return out

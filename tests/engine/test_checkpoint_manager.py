@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import ccnet.engine.checkpoint as checkpoint_module
-from ccnet.engine.checkpoint import CheckpointError, load_checkpoint
+import ccnet.checkpoint as checkpoint_module
+from ccnet.checkpoint import CheckpointError, load_checkpoint
 from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights, resolve_resume
 
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from ccnet.engine import train
-from ccnet.engine.checkpoint import load_checkpoint
+from ccnet.checkpoint import load_checkpoint
 from ccnet.engine.rng import seed_everything
 from ccnet.models import build_model
 

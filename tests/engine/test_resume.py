@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ccnet.engine import train
-from ccnet.engine.checkpoint import load_checkpoint
+from ccnet.checkpoint import load_checkpoint
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys

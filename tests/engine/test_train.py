@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import ccnet.engine.trainer as trainer
 from ccnet.data import build_dataset
 from ccnet.engine import NonFiniteLossError, train
-from ccnet.engine.checkpoint import CheckpointError, load_checkpoint
+from ccnet.checkpoint import CheckpointError, load_checkpoint
 
 
 def majority_class_miou(cfg) -> float:

@@ -70,7 +70,7 @@ def make_checkpoint(path: Path, configs_dir: Path, dataset_cfg: dict, seed: int 
                     store_config: bool = True) -> Path:
     """A narrow ccnet_tiny with random weights for ``dataset_cfg``, saved like the trainer saves:
     ``{"model", "config": {"model", "dataset"}, "iteration"}``."""
-    from ccnet.engine.checkpoint import save_checkpoint
+    from ccnet.checkpoint import save_checkpoint
     from ccnet.models import build_model
 
     model_cfg = {**load_yaml(configs_dir, "model", "ccnet_tiny"), **TINY_MODEL,

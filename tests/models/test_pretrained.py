@@ -13,7 +13,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from ccnet.engine.checkpoint import CheckpointError, save_checkpoint
+from ccnet.checkpoint import CheckpointError, save_checkpoint
 from ccnet.models import build_model
 from ccnet.models.backbones import ResNetBackbone, TinyBackbone
 from ccnet.models.pretrained import PretrainedWeightsError, detect_layout, load_backbone_weights

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ccnet.data.config import transform_from_cfg
-from ccnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from ccnet.checkpoint import load_checkpoint, save_checkpoint
 from ccnet.evaluation.loading import load_model, resolve_model_and_dataset
 from tests.convert.upstream import MMSegCCNet, OfficialCCNet, randomize_
 

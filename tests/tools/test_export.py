@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ccnet.engine.checkpoint import save_checkpoint
+from ccnet.checkpoint import save_checkpoint
 from ccnet.export import CCA_IMPL_ENV
 from ccnet.models import build_model
 

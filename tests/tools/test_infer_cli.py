@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from ccnet.data.cityscapes import PALETTE
-from ccnet.engine.checkpoint import load_checkpoint
+from ccnet.checkpoint import load_checkpoint
 from ccnet.evaluation.predict import list_inputs, run_infer
 from ccnet.models import build_model
 from tests.evaluation.helpers import load_yaml, make_checkpoint

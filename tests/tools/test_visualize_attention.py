@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ccnet.engine.checkpoint import save_checkpoint
+from ccnet.checkpoint import save_checkpoint
 from ccnet.models import build_model
-from ccnet.visualize_attention import attention_panel, rcca_attention_maps
+from ccnet.models.attention_maps import attention_panel, rcca_attention_maps
 
 SIZE = 64  # px; 8x8 feature cells with the tiny backbone
 

@@ -11,9 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ccnet.engine.losses import build_criterion
+from ccnet.engine.losses import CategoryConsistentLoss, build_criterion, ccl_from_config
 from ccnet.models import build_model
-from ccnet.models.ccl import CategoryConsistentLoss, ccl_from_config
 
 IGNORE = 255
 DV, DD = 0.5, 1.5
@@ -178,7 +177,7 @@ def test_criterion_adds_ccl_when_the_model_returns_features():
 
 def test_training_run_with_ccl(configs_dir, tmp_path, monkeypatch):
     from ccnet.engine import train
-    from ccnet.engine.checkpoint import load_checkpoint
+    from ccnet.checkpoint import load_checkpoint
 
     calls = []
     forward = CategoryConsistentLoss.forward

@@ -8,23 +8,19 @@ covers the whole image, because any q is linked to u by p = (row of u, column of
 column of u). Loop r's effective map composes loops 1..r in the same way.
 
 Used by ``tools/visualize_attention.py`` (PNG files) and, through :func:`attention_panel`, by the
-training loop's TensorBoard image panels.
+training loop's TensorBoard image panels; the overlays themselves are drawn by
+:mod:`ccnet.utils.visualize`.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, overlay
-
-log = logging.getLogger(__name__)
+from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel
 
 
 def _spread(weights: Tensor, attn_h: Tensor, attn_w: Tensor) -> Tensor:
@@ -83,38 +79,6 @@ def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int,
     finally:
         model.train(was_training)
     return maps
-
-
-def heat_overlay(image: np.ndarray, heat: Tensor, pixel: Optional[Tuple[int, int]] = None,
-                 alpha: float = 0.6) -> np.ndarray:
-    """Blend a heat map (upsampled to the image size, scaled to its maximum) over an RGB image.
-
-    Args:
-        image: RGB uint8 image.
-        heat: non-negative map at any resolution (nearest upsampling keeps feature cells visible).
-        pixel: (row, column) to mark with a white cross-hair circle, or None.
-        alpha: weight of the heat colours.
-
-    Returns:
-        The blended RGB uint8 image.
-
-    Shape:
-        image: (H, W, 3). heat: (h, w). Returns (H, W, 3).
-    """
-    height, width = image.shape[:2]
-    heat = F.interpolate(heat[None, None].float().cpu(), size=(height, width), mode="nearest")[0, 0]
-    scaled = (heat / heat.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
-    colours = cv2.cvtColor(cv2.applyColorMap(scaled, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    out = overlay(image, colours, alpha)
-    return mark_pixel(out, pixel) if pixel is not None else out
-
-
-def mark_pixel(image: np.ndarray, pixel: Tuple[int, int]) -> np.ndarray:
-    """A copy of the RGB uint8 ``image`` with a white circle around ``pixel`` (row, column)."""
-    out = np.ascontiguousarray(image).copy()
-    radius = max(3, min(image.shape[:2]) // 40)
-    cv2.circle(out, (int(pixel[1]), int(pixel[0])), radius, (255, 255, 255), 1)
-    return out
 
 
 def attention_panel(model: torch.nn.Module, image: Tensor, pixel: Optional[Tuple[int, int]] = None,
