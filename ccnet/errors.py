@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Iterator, Type
 
 
 class UserError(Exception):
@@ -18,12 +18,13 @@ class UserError(Exception):
 
 
 @contextlib.contextmanager
-def exit_on_user_error(log: logging.Logger) -> Iterator[None]:
-    """Turn a :class:`UserError` into one logged error line (on the console and in the run's log
-    file, through Hydra's handlers; Python's last-resort handler prints it to stderr when logging is
-    not configured) and exit status 1."""
+def exit_on_user_error(log: logging.Logger, *also: Type[Exception]) -> Iterator[None]:
+    """Turn a :class:`UserError` (or one of the exception types ``also``, for library code whose
+    standard exceptions carry complete messages) into one logged error line (on the console and in
+    the run's log file, through Hydra's handlers; Python's last-resort handler prints it to stderr
+    when logging is not configured) and exit status 1."""
     try:
         yield
-    except UserError as exc:
+    except (UserError, *also) as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 CITYSCAPES_SAMPLE = REPO.parent / "shared" / "fixtures" / "cityscapes_sample"
+CITYSCAPES_STEM = "frankfurt_000000_000294"  # the sample's image
 
 # CI and developer machines have 2 cores; more intra-op threads only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -52,3 +55,24 @@ def cityscapes_sample() -> Path:
     if not (CITYSCAPES_SAMPLE / "leftImg8bit").is_dir():
         pytest.skip(f"Cityscapes sample not found at {CITYSCAPES_SAMPLE} (third-party data kept in ../shared)")
     return CITYSCAPES_SAMPLE
+
+
+def _perturbed_prediction(gt: np.ndarray) -> np.ndarray:
+    """Ground-truth label ids with a band of wrong classes, a void (0) patch and a parking (9) patch."""
+    pred = gt.copy()
+    pred[:, 100:140] = 26  # car
+    pred[10:30, 10:60] = 0  # unlabeled: a void prediction
+    pred[90:110, 200:250] = 9  # parking: ignoreInEval, void as a prediction
+    return pred
+
+
+@pytest.fixture()
+def sample_folders(cityscapes_sample, tmp_path):
+    """(prediction folder, gtFine/val folder): the sample's label ids with wrong, void and parking
+    patches written as a Cityscapes test-server prediction."""
+    gt_dir = cityscapes_sample / "gtFine" / "val"
+    gt = np.asarray(Image.open(gt_dir / "frankfurt" / f"{CITYSCAPES_STEM}_gtFine_labelIds.png"))
+    pred_dir = tmp_path / "pred" / "frankfurt"
+    pred_dir.mkdir(parents=True)
+    Image.fromarray(_perturbed_prediction(gt)).save(pred_dir / f"{CITYSCAPES_STEM}_leftImg8bit.png")
+    return tmp_path / "pred", gt_dir

@@ -16,8 +16,8 @@ key's colour class (decidable locally); the shape pixels carry the same class al
 Everything is aligned to the feature grid (multiples of ``feature_stride`` pixels) so the bands are
 exact and a stride-8 segmentation head can represent every boundary; mIoU then measures context, not
 boundary precision. Samples are generated on the fly from ``(seed, split, index)``: deterministic,
-in memory, no downloads. ``python -m ccnet.data.synthetic --out data/synthetic`` writes the same samples
-as PNG files (``images/<split>/``, ``masks/<split>/``) for inspection.
+in memory, no downloads. ``python tools/write_synthetic.py --out data/synthetic`` writes the same
+samples as PNG files (``images/<split>/``, ``masks/<split>/``), e.g. to try the folder dataset on them.
 
 Training uses no augmentation: every training index is a distinct scene, so the generator already
 provides the variety a flip would; crops or rescales would cut keys off or break the pixel gaps that
@@ -26,7 +26,6 @@ define the task.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ KEY_COLORS: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
     ("cyan", (40, 210, 220)),
 )
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+SPLITS = tuple(_SPLIT_STREAMS)
 
 Box = Tuple[int, int, int, int]  # (row0, col0, row1, col1) in feature cells, end exclusive
 
@@ -361,30 +361,3 @@ def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("tra
             written += 1
         log.info("wrote %d %s samples to %s", count, split, out)
     return written
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m ccnet.data.synthetic --out DIR``: write the synthetic dataset as PNG files."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="output folder (images/ and masks/ are created)")
-    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[2]
-                        / "configs" / "dataset" / "synthetic.yaml", help="dataset YAML with the generator settings")
-    parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=sorted(_SPLIT_STREAMS))
-    parser.add_argument("--limit", type=int, default=None, help="at most this many samples per split")
-    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    args = parser.parse_args(argv)
-
-    from omegaconf import OmegaConf
-
-    if not args.config.is_file():
-        raise FileNotFoundError(f"synthetic dataset config not found at {args.config}; pass --config PATH")
-    mapping = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
-    if args.seed is not None:
-        mapping["seed"] = args.seed
-    count = write_to_disk(SyntheticConfig.from_mapping(mapping), args.out, args.splits, args.limit)
-    print(f"wrote {count} samples to {args.out}/images and {args.out}/masks")
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    main()

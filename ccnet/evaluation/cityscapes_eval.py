@@ -17,13 +17,11 @@ The instance-weighted iIoU of the official script is not computed. Prediction fi
 official script finds them: for ground truth ``<city>_<seq>_<frame>_gtFine_labelIds.png``, the one
 file matching ``<city>_<seq>_<frame>*.png`` anywhere under the prediction folder.
 
-    python -m ccnet.evaluation.cityscapes_eval --pred results/ --gt data/cityscapes/gtFine/val
+Command line: ``python tools/cityscapes_eval.py --pred results/ --gt data/cityscapes/gtFine/val``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -139,26 +137,3 @@ def evaluate_label_id_folders(pred_root: Union[str, Path], gt_root: Union[str, P
         with ThreadPoolExecutor(threads) as pool:
             metric.matrix = sum(pool.map(count, [pairs[i::threads] for i in range(threads)]))
     return {**metric.compute(), "classes": list(CLASSES), "num_images": len(pairs)}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Command line: print the per-class table and optionally write the metrics as JSON."""
-    from ccnet.evaluation.runner import format_table, json_safe
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pred", required=True, type=Path, help="folder of label-id prediction PNGs")
-    parser.add_argument("--gt", required=True, type=Path, help="gtFine/<split> folder, e.g. data/cityscapes/gtFine/val")
-    parser.add_argument("--threads", type=int, default=None, help="PNG decoding threads (default: CPU cores, <= 8)")
-    parser.add_argument("--out", type=Path, default=None, help="write the metrics to this JSON file")
-    args = parser.parse_args(argv)
-    results = evaluate_label_id_folders(args.pred, args.gt, threads=args.threads)
-    print(format_table(results["classes"], results))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(json_safe(results), indent=2) + "\n")
-    return results
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ccnet.data.synthetic import (KEY_COLORS, SyntheticConfig, build_synthetic, generate_sample, main,
+from ccnet.data.synthetic import (KEY_COLORS, SyntheticConfig, build_synthetic, generate_sample,
                                   region_masks)
 
 N_CHECKED = 60  # scenes per property check: enough to hit every placement branch, fast on 2 cores
@@ -142,14 +142,3 @@ def test_bad_settings_raise_specific_errors(yaml_cfg: dict) -> None:
         build_synthetic({**yaml_cfg, "num_classes": 9}, "train")
     with pytest.raises(ValueError, match="split 'bogus'"):
         build_synthetic(yaml_cfg, "bogus")
-
-
-def test_write_to_disk_round_trip(yaml_cfg: dict, configs_dir: Path, tmp_path: Path) -> None:
-    main(["--out", str(tmp_path), "--config", str(configs_dir / "dataset" / "synthetic.yaml"), "--limit", "2"])
-    ds = build_synthetic(yaml_cfg, "val")
-    for index in range(2):
-        scene = ds.sample(index)
-        image = np.asarray(Image.open(tmp_path / "images" / "val" / f"{index:06d}.png"))
-        mask = np.asarray(Image.open(tmp_path / "masks" / "val" / f"{index:06d}.png"))
-        assert np.array_equal(image, scene.image) and np.array_equal(mask, scene.label)
-    assert len(list((tmp_path / "images" / "train").glob("*.png"))) == 2

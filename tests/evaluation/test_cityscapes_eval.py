@@ -11,28 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccnet.evaluation.cityscapes_eval import evaluate_label_id_folders, main, match_files
-
-STEM = "frankfurt_000000_000294"
-
-
-def _perturbed_prediction(gt: np.ndarray) -> np.ndarray:
-    """Ground-truth label ids with a band of wrong classes, a void (0) patch and a parking (9) patch."""
-    pred = gt.copy()
-    pred[:, 100:140] = 26  # car
-    pred[10:30, 10:60] = 0  # unlabeled: a void prediction
-    pred[90:110, 200:250] = 9  # parking: ignoreInEval, void as a prediction
-    return pred
-
-
-@pytest.fixture()
-def sample_folders(cityscapes_sample, tmp_path):
-    gt_dir = cityscapes_sample / "gtFine" / "val"
-    gt = np.asarray(Image.open(gt_dir / "frankfurt" / f"{STEM}_gtFine_labelIds.png"))
-    pred_dir = tmp_path / "pred" / "frankfurt"
-    pred_dir.mkdir(parents=True)
-    Image.fromarray(_perturbed_prediction(gt)).save(pred_dir / f"{STEM}_leftImg8bit.png")
-    return tmp_path / "pred", gt_dir
+from ccnet.evaluation.cityscapes_eval import evaluate_label_id_folders, match_files
+from tests.conftest import CITYSCAPES_STEM as STEM
 
 
 def test_matches_pixel_count_reference(sample_folders):
@@ -55,13 +35,6 @@ def test_matches_pixel_count_reference(sample_folders):
         assert result["IoU"][c] == pytest.approx(expected, nan_ok=True), result["classes"][c]
     assert result["num_images"] == 1
     assert 0 < result["mIoU"] < 1
-
-
-def test_cli_prints_table_and_writes_json(sample_folders, tmp_path, capsys):
-    pred_dir, gt_dir = sample_folders
-    main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--threads", "2", "--out", str(tmp_path / "m.json")])
-    assert "mIoU" in capsys.readouterr().out
-    assert (tmp_path / "m.json").read_text().count('"IoU"') == 1
 
 
 def test_missing_and_duplicate_predictions_are_reported(sample_folders, tmp_path):
