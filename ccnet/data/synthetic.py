@@ -291,6 +291,16 @@ class SyntheticDataset(Dataset):
         """``(long_range, two_hop)`` pixel masks of item ``index``; see :func:`region_masks`."""
         return region_masks(self.sample(index), self.cfg.feature_stride)
 
+    def two_hop_pixel(self, index: int) -> Optional[Tuple[int, int]]:
+        """(row, column) of the centre of item ``index``'s first diagonal shape — a pixel whose class
+        only two criss-cross hops bring from the key — or None when the scene has none."""
+        stride = self.cfg.feature_stride
+        diagonal = [box for box, kind in self.sample(index).shapes if kind == "diagonal"]
+        if not diagonal:
+            return None
+        r0, c0, r1, c1 = diagonal[0]
+        return (r0 + r1) * stride // 2, (c0 + c1) * stride // 2
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         scene = self.sample(index)
         image = torch.from_numpy(scene.image).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
