@@ -1,4 +1,5 @@
-"""Distributed helpers: process-group setup from torchrun's environment, rank queries, reductions.
+"""Distributed helpers: the device of this process, process-group setup from torchrun's environment,
+rank queries, reductions and gathers.
 
 Every function works without an initialised process group (a plain single-process run), so library
 code calls them unconditionally instead of branching on ``torch.distributed.is_initialized()``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import Dict, Optional
+from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,28 @@ def get_local_rank() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """The device a ``device`` setting names: ``auto`` (CUDA when available, else CPU), ``cpu``,
+    ``cuda`` (this process's GPU: ``LOCAL_RANK`` under torchrun) or ``cuda:N``.
+
+    Args:
+        name: the setting's value.
+        key: the setting's name, for the error message (``train.device``, ``--device``, ...).
+
+    Raises:
+        ValueError: an unknown value, or CUDA asked for on a machine without it.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"{key} must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{key}={name} but no CUDA device is visible here; use {key}=cpu (or auto)")
+    return torch.device("cuda", get_local_rank()) if name == "cuda" else torch.device(name)
 
 
 def launched_by_torchrun() -> bool:
@@ -83,17 +106,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def reduce_mean_dict(values: Dict[str, float], device: Optional[torch.device] = None) -> Dict[str, float]:
-    """Average a dict of Python scalars over all ranks (every rank gets the result)."""
-    if not is_distributed() or not values:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= get_world_size()
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
-
-
 def broadcast_object(obj, src: int = 0):
     """Send a picklable Python object from ``src`` to every rank (identity for one process)."""
     if not is_distributed():
@@ -101,3 +113,12 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` for one process)."""
+    if not is_distributed():
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

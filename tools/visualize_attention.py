@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ccnet.evaluation.attention import attention_input
-from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model, resolve_device
+from ccnet.dist import resolve_device
+from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model
 from ccnet.models.attention_maps import rcca_attention_maps
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel
 
@@ -44,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     if config is None or "model" not in config:
         raise ValueError(f"{args.checkpoint} holds no config (model and dataset); use a checkpoint written by "
                          f"tools/train.py")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
     model = load_model(config["model"], checkpoint, args.checkpoint, device)
     dataset_cfg = config.get("dataset") or {}
     image, default_pixel = attention_input(dataset_cfg, args.image, args.index)

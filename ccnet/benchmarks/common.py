@@ -22,6 +22,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from ccnet.dist import resolve_device  # noqa: F401  (re-exported for the benchmark modules)
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,16 +42,6 @@ def add_device_arguments(parser: argparse.ArgumentParser, warmup: int = 1, repea
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls first (default {warmup})")
     parser.add_argument("--repeats", type=int, default=repeats,
                         help=f"timed calls; the median is reported (default {repeats})")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def size_hw(values: Sequence[int], option: str = "--size") -> Tuple[int, int]:

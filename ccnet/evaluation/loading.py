@@ -22,20 +22,6 @@ from ccnet.checkpoint import load_checkpoint, model_state_from
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; any other string is a torch device name.
-
-    Raises:
-        ValueError: CUDA requested on a machine without it.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
-    return device
-
-
 def merge_section(stored: Optional[Mapping[str, Any]], given: Optional[Mapping[str, Any]],
                   whole_group: bool) -> Dict[str, Any]:
     """Merge a command-line config section over the one stored in a checkpoint.

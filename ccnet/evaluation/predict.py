@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from ccnet.data import dataset_metainfo
 from ccnet.evaluation.inference import InferenceSettings, predict_logits
-from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_device,
-                                      resolve_model_and_dataset)
+from ccnet.dist import resolve_device
+from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_model_and_dataset)
 from ccnet.evaluation.writers import PredictionWriter, check_unique_outputs
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 
@@ -96,7 +96,7 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     from ccnet.evaluation.runner import plain_config
 
     settings = InferenceSettings.from_config(plain_config(cfg.get("infer"), resolve=True))
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = resolve_device(str(cfg.get("device", "auto")), key="device")
     inputs = list_inputs(str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     ckpt, stored = load_checkpoint_for_eval(ckpt_path)

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from ccnet import dist
 from ccnet.evaluation.evaluator import PredictionCallback, evaluate
 from ccnet.evaluation.inference import InferenceSettings
-from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_device,
-                                      resolve_model_and_dataset)
+from ccnet.dist import resolve_device
+from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_model_and_dataset)
 from ccnet.evaluation.writers import PredictionWriter
 from ccnet.utils.visualize import denormalize
 
@@ -76,7 +76,7 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
         ValueError: inconsistent configuration (class counts, unlabelled split without
             ``eval.save_dir``, bad ``eval.*`` values), with the key to change.
     """
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = resolve_device(str(cfg.get("device", "auto")), key="device")
     if dist.init_distributed(device.type) and device.type == "cuda":
         device = torch.device("cuda", dist.get_local_rank())
     eval_cfg = plain_config(cfg.get("eval"), resolve=True)
