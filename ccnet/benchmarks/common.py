@@ -22,11 +22,11 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-
-from ccnet.dist import resolve_device  # noqa: F401  (re-exported for the benchmark modules)
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+
+from ccnet.dist import resolve_device  # noqa: F401  (re-exported for the benchmark modules)
 
 CPU_MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak running sum of the CPU allocator's "
                      "allocation/free events during the call, above the memory allocated before it")
