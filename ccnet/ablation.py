@@ -12,7 +12,7 @@ module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl
   the part of them the context module adds (head GFLOPs minus those of the same head without
   context) and the head's peak activation memory of one forward pass on a single input at the
   training crop's feature size — properties of the architecture, identical across seeds. Both are measured with the
-  reference criss-cross implementation (``CCNET_CCA_IMPL=reference``), so they describe the
+  reference criss-cross implementation (``use_implementation("reference")``), so they describe the
   operator as the paper defines it rather than a particular kernel;
 * training wall time (``train_time_s`` of the last validation record), mean over seeds.
 
@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import statistics
 import weakref
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from ccnet.models.cca_fast import IMPL_ENV as CCA_IMPL_ENV
+from ccnet.models.cca import use_implementation
 
 log = logging.getLogger(__name__)
 
@@ -148,20 +147,12 @@ def head_cost(model_cfg: Mapping[str, Any], feature_size: Tuple[int, int]) -> Tu
     model = build_model(model_cfg, pretrained=False).eval()
     channels = model.backbone.out_channels["layer4"]
     x = torch.randn(1, channels, *feature_size)
-    previous = os.environ.get(CCA_IMPL_ENV)
-    os.environ[CCA_IMPL_ENV] = "reference"
-    try:
-        with torch.no_grad():
-            with FlopCounterMode(display=False) as flops:
-                model.head(x)
-            memory = _PeakLiveBytes()
-            with memory:
-                model.head(x)
-    finally:
-        if previous is None:
-            del os.environ[CCA_IMPL_ENV]
-        else:
-            os.environ[CCA_IMPL_ENV] = previous
+    with use_implementation("reference"), torch.no_grad():
+        with FlopCounterMode(display=False) as flops:
+            model.head(x)
+        memory = _PeakLiveBytes()
+        with memory:
+            model.head(x)
     return flops.get_total_flops() / 1e9, memory.peak / 2**20
 
 

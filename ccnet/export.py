@@ -7,10 +7,11 @@ and width are dynamic in the ONNX graph; the traced TorchScript module records s
 
 The criss-cross attention has several implementations (:func:`ccnet.models.cca.criss_cross_attention`):
 the fast ones are a custom ``autograd.Function`` and Triton kernels, which neither the ONNX exporter
-nor TorchScript can serialise. Export therefore runs under :func:`reference_attention`, which selects
-the einsum reference (plain ``einsum``/``masked_fill``/``softmax`` ops) through the implementation
-switch ``CCNET_CCA_IMPL``. The parity checks compare the exported graph with the eager model as it
-normally runs (fast path), so they also confirm that both paths compute the same function.
+nor TorchScript can serialise. Export therefore runs inside ``use_implementation("reference")``
+(:func:`ccnet.models.cca.use_implementation`), which selects the einsum reference (plain
+``einsum``/``masked_fill``/``softmax`` ops) whatever ``model.cca_impl`` or ``CCNET_CCA_IMPL`` say.
+The parity checks compare the exported graph with the eager model as it normally runs (fast
+path), so they also confirm that both paths compute the same function.
 
 ONNX uses the TorchScript-based exporter (``dynamo=False``): it needs only the ``onnx`` package,
 exports the R101 model in seconds, and handles the dynamic H/W of the attention; the ``torch.export``
@@ -32,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ccnet.models.cca_fast import IMPL_ENV as CCA_IMPL_ENV  # switch read by criss_cross_attention per call
+from ccnet.models.cca import use_implementation
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,11 @@ class LogitsOnly(nn.Module):
 
 
 @contextmanager
-def reference_attention() -> Iterator[None]:
-    """Run the criss-cross attention's einsum reference inside the block (restores the previous
-    setting on exit)."""
-    previous = os.environ.get(CCA_IMPL_ENV)
-    os.environ[CCA_IMPL_ENV] = "reference"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[CCA_IMPL_ENV]
-        else:
-            os.environ[CCA_IMPL_ENV] = previous
-
-
-@contextmanager
 def _tracing() -> Iterator[None]:
     """Reference attention, no autograd, and no warnings that are not actionable: tracing warns
     about Python-side shape checks (they only validate, so a constant result is right for any size)
     and the TorchScript-based ONNX exporter warns that it is the legacy one."""
-    with warnings.catch_warnings(), reference_attention(), torch.no_grad():
+    with warnings.catch_warnings(), use_implementation("reference"), torch.no_grad():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message="The feature will be removed.*")  # inside that exporter

@@ -3,8 +3,9 @@
 Times and measures, in one run and on identical weights, the baseline formulation
 (:mod:`ccnet.benchmarks.baseline_cca`) and our implementations — ``reference`` (einsum, plain
 autograd), ``lean`` (saved q, k, v and log-sum-exp, recomputing backward) and, on CUDA with Triton,
-``triton`` (fused kernels) — selected through ``CCNET_CCA_IMPL``. Default shape: the paper's head
-map, 1×512×97×97 (a 769×769 crop at output stride 8), R = 2 recurrences with shared weights.
+``triton`` (fused kernels) — selected with :func:`ccnet.models.cca.use_implementation`. Default
+shape: the paper's head map, 1×512×97×97 (a 769×769 crop at output stride 8), R = 2 recurrences with
+shared weights.
 
 Scopes:
 
@@ -26,8 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, ContextManager, Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +35,7 @@ from torch import Tensor, nn
 from ccnet.benchmarks.baseline_cca import BaselineCrissCrossAttention, baseline_criss_cross_attention
 from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, describe_machine, format_table,
                                      machine_info, memory_method, peak_memory, resolve_device, time_interleaved)
-from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
-from ccnet.models.cca_fast import IMPL_ENV, TRITON_INSTALLED
+from ccnet.models.cca import TRITON_INSTALLED, CrissCrossAttention, criss_cross_attention, use_implementation
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser, warmup=1, repeats=5)
 
 
-@contextlib.contextmanager
-def _implementation(name: str) -> Iterator[None]:
-    """Force our implementation through the documented environment switch."""
-    previous = os.environ.get(IMPL_ENV)
-    if name != "baseline":
-        os.environ[IMPL_ENV] = name
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(IMPL_ENV, None)
-        else:
-            os.environ[IMPL_ENV] = previous
+def _implementation(name: str) -> ContextManager[None]:
+    """Our implementation ``name`` selected inside the block (the baseline is a separate module)."""
+    return contextlib.nullcontext() if name == "baseline" else use_implementation(name)
 
 
 def _forced(impl: str, fn: Callable[[], Any]) -> Callable[[], Any]:

@@ -2,7 +2,7 @@
 
 Computes ``y = residual + γ · (out_H + out_W)`` (Eq. 1–2, γ and the residual optional) without
 materialising an energy or attention map: energies are recomputed tile by tile in registers from
-q and k, exactly like the lean PyTorch path (:mod:`ccnet.models.cca_fast`) the autograd keeps only
+q and k, exactly like the lean PyTorch path (:mod:`ccnet.models.cca_lean`) the autograd keeps only
 q, k, v, γ and the per-position log-sum-exp ``lse`` (B, H, W), and the backward formulas are the
 ones derived in that module's docstring.
 
@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ccnet.models.cca_fast import check_scale_and_residual
+from ccnet.models.cca import check_scale_and_residual
 
 # Largest tile sizes; tests lower them to exercise the multi-block loops on small shapes.
 MAX_BLOCK_POSITIONS = 32  # query/key positions per tile
@@ -451,12 +451,12 @@ def criss_cross_attention_triton(q: Tensor, k: Tensor, v: Tensor, gamma: Optiona
     """
     if not (q.is_cuda or interpreting()):
         raise ValueError(f"the Triton criss-cross attention needs CUDA tensors, got {q.device}: use "
-                         f"impl='lean' (CCNET_CCA_IMPL=lean) on CPU, or set TRITON_INTERPRET=1 before "
-                         f"importing triton to run its (slow) CPU interpreter")
+                         f"implementation='lean' (or use_implementation('lean'), CCNET_CCA_IMPL=lean) on CPU, "
+                         f"or set TRITON_INTERPRET=1 before importing triton to run its (slow) CPU interpreter")
     supported = (torch.float32, torch.float16, torch.bfloat16)
     if q.dtype not in supported or v.dtype not in supported or k.dtype != q.dtype:
         raise ValueError(f"the Triton criss-cross attention takes float32/float16/bfloat16 inputs with q and k of "
-                         f"one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}: use impl='lean' otherwise")
+                         f"one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}: use implementation='lean' otherwise")
     check_scale_and_residual(v, gamma, residual)
     if gamma is not None:
         gamma = gamma.reshape(1)  # y's dtype promotes v, γ and the residual alike (as in the lean path)

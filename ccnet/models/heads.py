@@ -56,6 +56,9 @@ class RCCAHead(nn.Module):
         activation: ``relu`` or ``leaky_relu``.
         context_init: initial scale of the context branch's residual (the attention's ``gamma``);
             0, the paper's choice, starts the head as the plain baseline.
+        cca_implementation: the criss-cross module's ``implementation`` (``auto``, ``reference``,
+            ``lean``, ``triton``); ``None`` inherits ``CCNET_CCA_IMPL``, else ``auto``
+            (:class:`ccnet.models.cca.CrissCrossAttention`).
 
     Shape:
         x: (B, in_channels, h, w) -> logits (B, num_classes, h, w).
@@ -64,14 +67,16 @@ class RCCAHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, recurrence: int = 2,
                  inter_channels: Optional[int] = None, bottleneck_channels: int = 512,
                  dropout: float = 0.1, norm_layer: NormLayer = nn.BatchNorm2d,
-                 activation: str = "relu", context_init: float = 0.0) -> None:
+                 activation: str = "relu", context_init: float = 0.0,
+                 cca_implementation: Optional[str] = None) -> None:
         super().__init__()
         if recurrence < 0:
             raise ValueError(f"recurrence must be >= 0, got {recurrence}")
         inter_channels = inter_channels or in_channels // 4
         self.recurrence = recurrence
         self.conva = conv_norm_act(in_channels, inter_channels, 3, norm_layer, activation)
-        self.cca = CrissCrossAttention(inter_channels, gamma_init=context_init) if recurrence > 0 else None
+        self.cca = (CrissCrossAttention(inter_channels, gamma_init=context_init, implementation=cca_implementation)
+                    if recurrence > 0 else None)
         self.convb = conv_norm_act(inter_channels, inter_channels, 3, norm_layer, activation)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_channels + inter_channels, bottleneck_channels, 3, padding=1, bias=False),

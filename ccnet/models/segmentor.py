@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ccnet.models.backbones import ResNetBackbone, TinyBackbone
+from ccnet.models.cca import IMPLEMENTATIONS
 from ccnet.models.heads import FCNHead, NonLocalHead, RCCAHead
 from ccnet.models.pretrained import load_backbone_weights
 
@@ -118,8 +119,11 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     ``num_classes``, ``head_channels`` (null = backbone channels / 4), ``bottleneck_channels``,
     ``dropout``, ``activation`` (relu | leaky_relu), ``context_init`` (initial scale of the context
     residual: the attention's gamma, the non-local block's output norm; default 0), ``aux`` (bool), ``aux_channels``,
-    ``aux_conv_bias``, ``align_corners``, ``ccl`` (bool) and ``ccl_channels`` (default 16); tiny
-    backbone: ``tiny_widths``, ``tiny_layer4_convs``.
+    ``aux_conv_bias``, ``align_corners``, ``ccl`` (bool), ``ccl_channels`` (default 16) and
+    ``cca_impl`` (auto | reference | lean | triton: the RCCA head's criss-cross implementation, see
+    :func:`ccnet.models.cca.select_implementation`; null or absent = the ``CCNET_CCA_IMPL``
+    environment variable, else auto; a :func:`ccnet.models.cca.use_implementation` block, as export
+    uses, overrides it); tiny backbone: ``tiny_widths``, ``tiny_layer4_convs``.
 
     Args:
         cfg: the ``model`` config node (a DictConfig or plain dict) with ``num_classes`` resolved.
@@ -136,6 +140,10 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     num_classes = cfg.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"model.num_classes must be a positive integer, got {num_classes!r}")
+    cca_impl = cfg.get("cca_impl")
+    if cca_impl is not None and cca_impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown model.cca_impl {cca_impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}, "
+                         f"or null for the CCNET_CCA_IMPL environment variable (else auto)")
     norm_layer = make_norm_layer(_get(cfg, "norm", "bn"))
     backbone = build_backbone(cfg, norm_layer)
     weights = cfg.get("weights")
@@ -154,7 +162,7 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     context_init = float(_get(cfg, "context_init", 0.0))
     if context == "rcca":
         head = RCCAHead(in_channels, num_classes, recurrence=int(_get(cfg, "recurrence", 2)),
-                        context_init=context_init, **head_kwargs)
+                        context_init=context_init, cca_implementation=cca_impl, **head_kwargs)
     elif context == "none":
         head = RCCAHead(in_channels, num_classes, recurrence=0, **head_kwargs)
     elif context == "nonlocal":

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
-from ccnet.models.cca_fast import criss_cross_attention_lean
+from ccnet.models.cca_lean import criss_cross_attention_lean
+from tests.models.helpers import loop_reference, make_inputs, outputs_and_grads
 from tests.models.reference import loop_criss_cross_attention
 
 pytest.importorskip("triton", reason="Triton is not installed (the lean PyTorch path is used instead)")
@@ -32,29 +33,9 @@ def device() -> torch.device:
     return torch.device("cpu" if cca_triton.interpreting() else "cuda")
 
 
-def _inputs(b, cq, c, h, w, device, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(b, cq, h, w, generator=g).to(device, dtype) for _ in range(2))
-    v, x = (torch.randn(b, c, h, w, generator=g).to(device, dtype) for _ in range(2))
-    return q, k, v, torch.tensor([0.7], device=device, dtype=dtype), x
-
-
-def _reference(q, k, v, gamma=None, x=None):
-    out = loop_criss_cross_attention(q, k, v)
-    if gamma is not None:
-        out = gamma * out
-    return out if x is None else x + out
-
-
-def _grads(fn, tensors, grad):
-    tensors = [t.detach().clone().requires_grad_() for t in tensors]
-    out = fn(*tensors)
-    return out, torch.autograd.grad(out, tensors, grad)
-
-
 def _assert_matches(fn, reference, tensors, grad, tol):
-    out, grads = _grads(fn, tensors, grad)
-    ref, ref_grads = _grads(reference, [t.float() for t in tensors], grad.float())
+    out, grads = outputs_and_grads(fn, tensors, grad)
+    ref, ref_grads = outputs_and_grads(reference, [t.float() for t in tensors], grad.float())
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
     for name, tensor, mine, theirs in zip("q k v gamma x".split(), tensors, grads, ref_grads):
         assert mine.dtype == tensor.dtype
@@ -62,15 +43,15 @@ def _assert_matches(fn, reference, tensors, grad, tol):
 
 
 def _triton(*tensors):
-    return criss_cross_attention(*tensors, impl="triton")
+    return criss_cross_attention(*tensors, implementation="triton")
 
 
 @pytest.mark.parametrize("shape,fused", [((2, 3, 5, 4, 6), True), ((1, 2, 3, 1, 7), False), ((1, 2, 3, 6, 1), True)])
 def test_matches_loop_reference_float32(device, shape, fused):
-    q, k, v, gamma, x = _inputs(*shape, device)
+    q, k, v, gamma, x = make_inputs(*shape, device)
     tensors = (q, k, v, gamma, x) if fused else (q, k, v)
     grad = torch.randn(v.shape, generator=torch.Generator().manual_seed(1)).to(device)
-    _assert_matches(_triton, _reference, tensors, grad, 1e-5)
+    _assert_matches(_triton, loop_reference, tensors, grad, 1e-5)
 
 
 def test_multi_block_tiles(device, monkeypatch):
@@ -78,24 +59,24 @@ def test_multi_block_tiles(device, monkeypatch):
     falling in both the first and the second tile."""
     for name in ("MAX_BLOCK_POSITIONS", "MAX_BLOCK_QK", "BLOCK_VALUES"):
         monkeypatch.setattr(cca_triton, name, 16)
-    q, k, v, gamma, x = _inputs(1, 17, 17, 17, 1, device)
+    q, k, v, gamma, x = make_inputs(1, 17, 17, 17, 1, device)
     grad = torch.randn(v.shape, generator=torch.Generator().manual_seed(1)).to(device)
-    _assert_matches(_triton, _reference, (q, k, v, gamma, x), grad, 1e-5)
+    _assert_matches(_triton, loop_reference, (q, k, v, gamma, x), grad, 1e-5)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
 def test_half_precision_close_to_loop_reference(device, dtype, tol):
-    """Same tolerances as the lean path (tests/models/test_cca_fast.py): values and the value
+    """Same tolerances as the lean path (tests/models/test_cca_lean.py): values and the value
     gradient are aggregated from half-precision operands with float32 accumulation; energies,
     softmax and the q/k gradients are float32 until the final rounding."""
-    q, k, v, gamma, x = _inputs(1, 4, 6, 5, 7, device, dtype)
+    q, k, v, gamma, x = make_inputs(1, 4, 6, 5, 7, device, dtype)
     grad = torch.randn(v.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     _assert_matches(_triton, loop_criss_cross_attention, (q, k, v), grad, tol)
 
 
 def test_channels_last_inputs_and_expanded_gradient(device):
-    q, k, v, gamma, x = _inputs(1, 3, 5, 4, 6, device)
-    ref, ref_grads = _grads(_reference, (q, k, v, gamma, x), torch.ones_like(v))
+    q, k, v, gamma, x = make_inputs(1, 3, 5, 4, 6, device)
+    ref, ref_grads = outputs_and_grads(loop_reference, (q, k, v, gamma, x), torch.ones_like(v))
     tensors = [t.contiguous(memory_format=torch.channels_last).requires_grad_() for t in (q, k, v)]
     tensors += [gamma.clone().requires_grad_(), x.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()]
     out = _triton(*tensors)
@@ -108,22 +89,22 @@ def test_channels_last_inputs_and_expanded_gradient(device):
 def test_custom_operator_registration(device):
     """Schema, fake (meta) implementation and autograd formula are consistent — what torch.compile
     relies on to treat the kernels as one opaque call."""
-    q, k, v, gamma, x = (t.requires_grad_() for t in _inputs(1, 2, 3, 3, 4, device))
+    q, k, v, gamma, x = (t.requires_grad_() for t in make_inputs(1, 2, 3, 3, 4, device))
     result = torch.library.opcheck(torch.ops.ccnet.cca_triton_forward.default, (q, k, v, gamma, x))
     assert set(result.values()) == {"SUCCESS"}, result
 
 
 def test_rejects_inputs_it_cannot_run(device, monkeypatch):
-    q, k, v, _, _ = _inputs(1, 2, 3, 3, 4, device, torch.float64)
-    with pytest.raises(ValueError, match="float32/float16/bfloat16.*impl='lean'"):
+    q, k, v, _, _ = make_inputs(1, 2, 3, 3, 4, device, torch.float64)
+    with pytest.raises(ValueError, match="float32/float16/bfloat16.*implementation='lean'"):
         cca_triton.criss_cross_attention_triton(q, k, v)
     monkeypatch.setattr(cca_triton, "interpreting", lambda: False)
-    with pytest.raises(ValueError, match="needs CUDA tensors.*impl='lean'"):
+    with pytest.raises(ValueError, match="needs CUDA tensors.*implementation='lean'"):
         cca_triton.criss_cross_attention_triton(*(t.float().cpu() for t in (q, k, v)))
 
 
 def _paper_inputs(dtype=torch.float32, channels_last=False):
-    q, k, v, gamma, x = _inputs(2, 64, 512, 97, 97, "cuda", dtype)
+    q, k, v, gamma, x = make_inputs(2, 64, 512, 97, 97, "cuda", dtype)
     if channels_last:
         q, k, v, x = (t.contiguous(memory_format=torch.channels_last) for t in (q, k, v, x))
     return q, k, v, gamma, x
@@ -137,8 +118,8 @@ def test_cuda_paper_shape_matches_lean_path(channels_last):
     tested against the loop reference) in float32, with exact (IEEE) products."""
     tensors = _paper_inputs(channels_last=channels_last)
     grad = torch.randn_like(tensors[2])
-    out, grads = _grads(_triton, tensors, grad)
-    ref, ref_grads = _grads(criss_cross_attention_lean, tensors, grad)
+    out, grads = outputs_and_grads(_triton, tensors, grad)
+    ref, ref_grads = outputs_and_grads(criss_cross_attention_lean, tensors, grad)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     for mine, theirs in zip(grads, ref_grads):
         torch.testing.assert_close(mine, theirs, atol=1e-4 * theirs.abs().max().item(), rtol=1e-4)

@@ -43,7 +43,27 @@ def test_frozen_bn():
                                              ("backbone", "vgg", "resnet50"),
                                              ("norm", "gn", "bn, syncbn, frozen_bn"),
                                              ("num_classes", 0, "positive integer"),
-                                             ("activation", "gelu", "leaky_relu")])
+                                             ("activation", "gelu", "leaky_relu"),
+                                             ("cca_impl", "fast", "auto, reference, lean, triton")])
 def test_bad_config_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
         build_model({**TINY, key: value})
+
+
+@pytest.mark.parametrize("cca_impl", [None, "auto", "reference", "lean", "triton"])
+def test_cca_impl_is_the_attention_modules_setting(cca_impl):
+    assert build_model({**TINY, "cca_impl": cca_impl}).head.cca.implementation == cca_impl
+    assert build_model(TINY).head.cca.implementation is None  # absent: inherit CCNET_CCA_IMPL, else auto
+
+
+def test_cca_impl_decides_over_the_environment(monkeypatch):
+    """model.cca_impl=reference runs the reference even with CCNET_CCA_IMPL=lean: the reference calls
+    the 1×1 convolutions as modules (their hooks fire once per recurrence), the lean block does not."""
+    monkeypatch.setenv("CCNET_CCA_IMPL", "lean")
+    calls = []
+    for cca_impl in (None, "reference"):
+        model = build_model({**TINY, "cca_impl": cca_impl}).eval()
+        model.head.cca.query_conv.register_forward_hook(lambda *_: calls.append(cca_impl))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 32, 32))
+    assert calls == ["reference", "reference"]

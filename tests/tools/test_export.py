@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ccnet.checkpoint import save_checkpoint
-from ccnet.export import CCA_IMPL_ENV
 from ccnet.models import build_model
+from ccnet.models.cca import IMPL_ENV as CCA_IMPL_ENV
 
 onnx = pytest.importorskip("onnx", reason="optional export dependency (requirements-dev.txt)")
 ort = pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-dev.txt)")
