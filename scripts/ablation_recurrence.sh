@@ -2,7 +2,7 @@
 # Recurrence ablation of CCNet (arXiv 1811.11721, Sec. 4.3): no context, criss-cross attention with
 # R = 1, 2, 3 loops, and a non-local block, each trained with several seeds (Hydra multirun), then a
 # markdown table of val mIoU (mean ± std), long-range-pixel accuracy (synthetic set), head GFLOPs,
-# head peak memory and training time (python -m ccnet.ablation).
+# head peak memory and training time (python tools/benchmark.py ablation).
 #
 # Usage: scripts/ablation_recurrence.sh [Hydra overrides passed to every run ...]
 #   scripts/ablation_recurrence.sh                          # CPU default: ccnet_tiny on the synthetic set
@@ -26,7 +26,7 @@
 #                quickstart's (configs/train.yaml), validated and saved once at the end
 #                [train.eval_interval=0 train.checkpoint_interval=0 train.vis_images=0]; empty for
 #                long GPU runs, which should keep the preset's validation and checkpoint intervals
-#   SUMMARY_ARGS extra arguments of python -m ccnet.ablation (e.g. --feature-size 97 97)
+#   SUMMARY_ARGS extra arguments of python tools/benchmark.py ablation (e.g. --feature-size 97 97)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,4 +91,4 @@ while [ "${#running[@]}" -gt 0 ]; do finish_one; done
 [ "$failed" -eq 0 ] || exit 1
 
 # shellcheck disable=SC2086
-python -m ccnet.ablation "$OUT" $SUMMARY_ARGS
+python tools/benchmark.py ablation "$OUT" $SUMMARY_ARGS

@@ -1,10 +1,10 @@
-"""Benchmarks: ``python tools/benchmark.py {cca,context,model,train,data} [options]``.
+"""Benchmarks: ``python tools/benchmark.py {cca,context,model,train,data,ablation} [options]``.
 
 A thin command line over ``ccnet/benchmarks/<name>.py``; each module adds its options
 (``add_arguments(parser)``) and runs (``run(args) -> dict``, printing a table). The returned dict is
 written as JSON to ``--out`` (default ``benchmarks/results/<name>.json`` in the repository, which git
-ignores). ``python tools/benchmark.py <name> --help`` lists a benchmark's options; the README's
-"Performance" section has the commands behind its tables.
+ignores; the ablation summary: beside its runs). ``python tools/benchmark.py <name> --help`` lists a
+benchmark's options; docs/performance.md has the commands behind its tables.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ BENCHMARKS: Dict[str, tuple] = {
     "model": ("ccnet.benchmarks.model", "params, GFLOPs and latency of every configs/model/*.yaml"),
     "train": ("ccnet.benchmarks.train", "training-step images/s and memory: fp32 vs AMP, channels_last"),
     "data": ("ccnet.benchmarks.data", "data-loading pipeline images/s per DataLoader worker count"),
+    "ablation": ("ccnet.benchmarks.ablation", "summary table of a recurrence ablation sweep (scripts/ablation_recurrence.sh)"),
 }
 
 
@@ -61,8 +62,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     # only the chosen benchmark's module is imported (the others may need heavy or optional imports)
     chosen = [a for a in argv if a in BENCHMARKS][:1]
     args = build_parser(chosen or None).parse_args(argv)
-    result = _load(args.benchmark).run(args)
-    out = args.out or RESULTS_DIR / f"{args.benchmark}.json"
+    module = _load(args.benchmark)
+    result = module.run(args)
+    default_out = getattr(module, "default_out", None)  # a benchmark may keep its results beside its input
+    out = args.out or (default_out(args) if default_out else RESULTS_DIR / f"{args.benchmark}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {out}")

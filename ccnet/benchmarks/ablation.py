@@ -10,13 +10,17 @@ module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl
   it (diagonal), computed from each run's last checkpoint (:func:`ccnet.data.synthetic.region_masks`);
 * the context head's GFLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counts 2),
   the part of them the context module adds (head GFLOPs minus those of the same head without
-  context) and the head's peak activation memory of one forward pass on a single input at the
-  training crop's feature size — properties of the architecture, identical across seeds. Both are measured with the
-  reference criss-cross implementation (``use_implementation("reference")``), so they describe the
-  operator as the paper defines it rather than a particular kernel;
+  context) and the head's peak memory of one forward pass on a single input at the training crop's
+  feature size (:func:`ccnet.benchmarks.common.peak_memory`, the meter of every benchmark) —
+  properties of the architecture, identical across seeds. Both are measured with the reference
+  criss-cross implementation (``use_implementation("reference")``), so they describe the operator
+  as the paper defines it rather than a particular kernel;
 * training wall time (``train_time_s`` of the last validation record), mean over seeds.
 
-    python -m ccnet.ablation work_dirs/ablation_recurrence [--out table.md] [--feature-size 97 97]
+    python tools/benchmark.py ablation work_dirs/ablation_recurrence [--table table.md] [--feature-size 97 97]
+
+The table goes to stdout and ``ROOT/summary.md`` (``--table``), the rows as JSON to ``ROOT/summary.json``
+(``--out``).
 """
 
 from __future__ import annotations
@@ -26,17 +30,14 @@ import json
 import logging
 import math
 import statistics
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
 
+from ccnet.benchmarks.common import count_flops, peak_memory
 from ccnet.models.cca import use_implementation
 
 log = logging.getLogger(__name__)
@@ -101,37 +102,6 @@ def find_runs(root: Path) -> List[Run]:
     return runs
 
 
-class _PeakLiveBytes(TorchDispatchMode):
-    """Peak bytes of tensor storage allocated inside the mode and still alive (inputs and weights
-    made outside it are not counted). Storage objects keep their Python identity while the memory
-    lives, so a finaliser on them fires exactly when the memory is released."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: set = set()
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self._seen.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in self._seen:
-                continue
-            self._seen.add(key)
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._release, key, nbytes)
-        return out
-
-
 def head_cost(model_cfg: Mapping[str, Any], feature_size: Tuple[int, int]) -> Tuple[float, float]:
     """GFLOPs and peak activation memory (MiB) of the context head on one feature map (inference).
 
@@ -148,12 +118,9 @@ def head_cost(model_cfg: Mapping[str, Any], feature_size: Tuple[int, int]) -> Tu
     channels = model.backbone.out_channels["layer4"]
     x = torch.randn(1, channels, *feature_size)
     with use_implementation("reference"), torch.no_grad():
-        with FlopCounterMode(display=False) as flops:
-            model.head(x)
-        memory = _PeakLiveBytes()
-        with memory:
-            model.head(x)
-    return flops.get_total_flops() / 1e9, memory.peak / 2**20
+        flops = count_flops(lambda: model.head(x))
+        peak, _ = peak_memory(lambda: model.head(x), torch.device("cpu"))
+    return flops / 1e9, peak / 2**20
 
 
 def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
@@ -247,30 +214,32 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
-    """``python -m ccnet.ablation ROOT``: print the table and write ``ROOT/summary.md`` and ``summary.json``."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``ablation`` benchmark (``tools/benchmark.py ablation ROOT``)."""
     parser.add_argument("root", type=Path, help="folder holding the sweep's run directories")
-    parser.add_argument("--out", type=Path, default=None, help="markdown file (default ROOT/summary.md)")
+    parser.add_argument("--table", type=Path, default=None, help="markdown file (default ROOT/summary.md)")
     parser.add_argument("--feature-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="head input size for GFLOPs/memory (default: training crop / 8)")
     parser.add_argument("--no-regions", action="store_true",
                         help="skip the long-range accuracy (which re-runs each synthetic checkpoint)")
-    args = parser.parse_args(argv)
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """Where ``tools/benchmark.py`` writes the JSON rows when ``--out`` is not given: beside the runs."""
+    return Path(args.root) / "summary.json"
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Print the table, write it as markdown; returns the rows for the JSON file."""
     rows = summarize(find_runs(args.root), tuple(args.feature_size) if args.feature_size else None,
                      evaluate_regions=not args.no_regions)
     table = markdown_table(rows)
-    out = args.out or args.root / "summary.md"
+    print(table)
+    out = args.table or Path(args.root) / "summary.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
-    (out.with_suffix(".json")).write_text(json.dumps([
+    print(f"\nwritten to {out}")
+    return {"benchmark": "ablation", "root": str(args.root), "rows": [
         {"context": r.context, "recurrence": r.recurrence, "runs": [str(x.path) for x in r.runs], "val/mIoU": r.miou,
          "one_hop_acc": r.one_hop, "two_hop_acc": r.two_hop, "train_time_s": r.train_time,
-         "head_gflops": r.gflops, "context_gflops": r.context_gflops, "head_peak_mib": r.peak_mib} for r in rows], indent=2) + "\n")
-    print(table)
-    print(f"\nwritten to {out} and {out.with_suffix('.json')}")
-    return rows
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main()
+         "head_gflops": r.gflops, "context_gflops": r.context_gflops, "head_peak_mib": r.peak_mib} for r in rows]}

@@ -1,5 +1,6 @@
-"""Recurrence ablation: head cost against closed forms, memory tracking, the summary table, and
-scripts/ablation_recurrence.sh end to end in a CI-sized setting."""
+"""Recurrence ablation summary (tools/benchmark.py ablation): head cost against closed forms, the
+benchmarks' memory meter, the summary table, and scripts/ablation_recurrence.sh end to end in a
+CI-sized setting."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ccnet.ablation import _PeakLiveBytes, find_runs, head_cost, main, markdown_table, summarize
+from ccnet.benchmarks.ablation import find_runs, head_cost, markdown_table, summarize
+from ccnet.benchmarks.common import peak_memory
+from tools.benchmark import main as benchmark_main
 
 NARROW = dict(num_classes=5, tiny_widths=[8, 16, 32], head_channels=16, bottleneck_channels=16, aux_channels=8)
 TINY_RUN = ["dataset.image_size=64", "dataset.min_gap=16", "dataset.num_train=64", "dataset.num_val=2",
@@ -32,19 +35,22 @@ def model_cfg(configs_dir: Path):
     return make
 
 
-def test_peak_live_bytes_follows_storage_lifetimes() -> None:
-    tracker = _PeakLiveBytes()
-    with tracker:
-        a = torch.empty(1000)  # 4000 B
-        b = torch.empty(2000)  # 8000 B, live 12000
-        del a  # live 8000
-        c = torch.empty(500)  # live 10000
-        view = c[10:]  # shares c's storage: no new bytes
-        del c  # storage kept alive by the view
-        d = torch.empty(100)  # live 10400
-    assert tracker.peak == 12000
-    assert tracker.live == 10400
-    del b, view, d
+def test_peak_memory_counts_what_lives_at_once_on_the_cpu() -> None:
+    """The profiler-based meter of every benchmark: 4 MiB and 8 MiB alive together peak at 12 MiB;
+    the 2 MiB allocated after the first is freed do not raise the peak; memory from before the call
+    is not counted."""
+    before = torch.empty(1 << 20)  # 4 MiB outside the measurement
+
+    def fn() -> None:
+        a = torch.empty(1 << 20)  # 4 MiB
+        b = torch.empty(2 << 20)  # 8 MiB: 12 MiB alive
+        del a
+        c = torch.empty(512 << 10)  # 2 MiB: 10 MiB alive
+        del b, c
+
+    peak, method = peak_memory(fn, torch.device("cpu"))
+    assert peak == 12 << 20 and "profiler" in method
+    del before
 
 
 def test_head_flops_match_closed_forms(model_cfg) -> None:
@@ -116,7 +122,7 @@ def test_ablation_script_end_to_end(repo_root: Path, tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(repo_root / "scripts" / "ablation_recurrence.sh"), *TINY_RUN],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "ablation" / "summary.json").read_text())
+    rows = json.loads((tmp_path / "ablation" / "summary.json").read_text())["rows"]
     assert [(r["context"], r["recurrence"]) for r in rows] == [("none", 0), ("rcca", 1), ("rcca", 2), ("nonlocal", 0)]
     for row in rows:
         assert len(row["val/mIoU"]) == 1 and 0.0 <= row["val/mIoU"][0] <= 1.0
@@ -127,4 +133,9 @@ def test_ablation_script_end_to_end(repo_root: Path, tmp_path: Path) -> None:
     table = (tmp_path / "ablation" / "summary.md").read_text()
     assert table.count("\n") == 2 + 4 and table in proc.stdout
     # Re-running the summary alone gives the same table.
-    assert markdown_table(main([str(tmp_path / "ablation"), "--out", str(tmp_path / "again.md")])) + "\n" == table
+    result = benchmark_main(["ablation", str(tmp_path / "ablation"), "--table", str(tmp_path / "again.md"),
+                             "--out", str(tmp_path / "again.json"), "--no-regions"])
+    again = (tmp_path / "again.md").read_text().splitlines()
+    assert [line.split("|")[:4] + line.split("|")[7:] for line in again] == \
+        [line.split("|")[:4] + line.split("|")[7:] for line in table.splitlines()]  # accuracies left out
+    assert [r["context"] for r in result["rows"]] == [r["context"] for r in rows]
