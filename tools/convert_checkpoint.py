@@ -6,7 +6,7 @@
 
 Strict: every source key must be consumed and every key of our model filled with a tensor of the
 right shape; otherwise nothing is written and the unconsumed / missing / mismatched keys are listed.
-See README "Interop" for the published weights and how to evaluate them.
+docs/interop.md lists the published weights and how to evaluate them.
 """
 
 from __future__ import annotations

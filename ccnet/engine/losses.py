@@ -41,7 +41,7 @@ Choices made here:
   pixels is 50× the cross-entropy's, and on the attention's γ 50× too. At λ = 1 the network first
   satisfies the CCL with a local foreground/background embedding and its attention never learns to
   carry a class from far away (val mIoU 0.26–0.30 instead of 0.97); at λ = 0.1 the CCL shapes the
-  features without taking over (see the README for the measured runs).
+  features without taking over (docs/reproducing.md has the measured runs).
 """
 
 from __future__ import annotations

@@ -195,8 +195,8 @@ def load_backbone_weights(backbone: nn.Module, weights: str, depth: Optional[int
         message = (f"backbone weights from {source} do not fit the {type(backbone).__name__} of this model "
                    f"(read as the {layout} layout: {description}):\n{report.format(limit=8)}")
         if strict:
-            raise PretrainedWeightsError(message + "\nThe layouts each model config takes are in the README's "
-                                         "model zoo; model.weights_strict=false loads the overlap anyway.")
+            raise PretrainedWeightsError(message + "\nThe weights each model config takes: docs/models.md; "
+                                         "model.weights_strict=false loads the overlap anyway.")
         log.warning(message)
     backbone.load_state_dict(out, strict=False)
     log.info("loaded backbone weights from %s (%s layout, %d tensors)", source, layout, len(report.mapped))

@@ -152,7 +152,7 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
         load_backbone_weights(backbone, str(weights), depth=depth, strict=bool(_get(cfg, "weights_strict", True)))
     elif pretrained and isinstance(backbone, ResNetBackbone):
         log.warning("model.weights is null: the %s backbone starts from random weights, not ImageNet "
-                    "(the README's model zoo lists the weights each model config takes)", cfg["backbone"])
+                    "(docs/models.md lists the weights each model config takes)", cfg["backbone"])
     in_channels = backbone.out_channels["layer4"]
     context = _get(cfg, "context", "rcca")
     activation = _get(cfg, "activation", "relu")
