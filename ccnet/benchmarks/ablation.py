@@ -124,13 +124,13 @@ def head_cost(model_cfg: Mapping[str, Any], feature_size: Tuple[int, int]) -> Tu
 
 
 def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
-    crop = config.get("train", {}).get("crop_size") or config["dataset"].get("crop_size") \
-        or config["dataset"].get("image_size")
-    if crop is None:
+    from ccnet.data import train_input_size
+
+    size = train_input_size(config["dataset"], config.get("train", {}).get("crop_size"))
+    if size is None:
         raise ValueError("cannot tell the training input size from the run's config (train.crop_size, "
                          "dataset.crop_size, dataset.image_size are all unset); pass --feature-size H W")
-    h, w = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[-1]))
-    return math.ceil(h / OUTPUT_STRIDE), math.ceil(w / OUTPUT_STRIDE)
+    return math.ceil(size[0] / OUTPUT_STRIDE), math.ceil(size[1] / OUTPUT_STRIDE)
 
 
 @torch.no_grad()

@@ -105,3 +105,4 @@ def reseed_dataset(dataset: Dataset, seed: int) -> None:
     for i, child in enumerate(getattr(dataset, "datasets", ()) or ()):
         # Distinct streams per member so that two members never repeat each other's augmentation.
         reseed_dataset(child, (seed + 7919 * (i + 1)) % 2**32)
+

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
-from ccnet.data.transforms import SizeLike, build_train_transform, build_val_transform
+from ccnet.data.transforms import SizeLike, build_train_transform, build_val_transform, to_hw
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 
 SPLIT_ROLES = ("train", "val", "test")
@@ -92,7 +92,7 @@ def transform_from_cfg(dataset_cfg: Mapping[str, Any], is_train: bool, crop_size
     mean, std = mean_std(dataset_cfg)
     if not is_train:
         return build_val_transform(dataset_cfg.get("val_base_size"), mean, std)
-    crop = crop_size if crop_size is not None else dataset_cfg.get("crop_size")
+    crop = train_input_size(dataset_cfg, crop_size)
     if crop is None:
         raise ValueError("No crop size for the training pipeline: set dataset.crop_size or pass crop_size")
     return build_train_transform(
@@ -107,3 +107,13 @@ def transform_from_cfg(dataset_cfg: Mapping[str, Any], is_train: bool, crop_size
         ignore_index=int(dataset_cfg.get("ignore_index", 255)),
         seed=torch.initial_seed() % 2**32,
     )
+
+
+def train_input_size(dataset_cfg: Mapping[str, Any], crop_size: Optional[SizeLike] = None) -> Optional[Tuple[int, int]]:
+    """(height, width) of the images a training step sees: the crop (``train.crop_size``, else
+    ``dataset.crop_size``), or the synthetic set's whole ``image_size``; None when neither is set.
+    The one place that rule lives (the training pipeline, the ablation's cost measurement)."""
+    crop = crop_size if crop_size is not None else dataset_cfg.get("crop_size")
+    if crop is None and dataset_cfg.get("name") == "synthetic":
+        crop = dataset_cfg.get("image_size")
+    return None if crop is None else to_hw(crop, "crop_size")

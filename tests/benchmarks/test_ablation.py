@@ -76,7 +76,7 @@ def test_head_flops_match_closed_forms(model_cfg) -> None:
 def _fake_run(root: Path, name: str, model: dict, miou: float, seconds: float) -> None:
     run = root / name
     run.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"model": model, "dataset": {"name": "folder", "image_size": 64},
+    OmegaConf.save(OmegaConf.create({"model": model, "dataset": {"name": "synthetic", "image_size": 64},
                                      "train": {"crop_size": None}}), run / "config.yaml")
     lines = [{"iteration": 5, "val/mIoU": 0.1, "train_time_s": 1.0},
              {"iteration": 10, "val/mIoU": miou, "train_time_s": seconds}]
