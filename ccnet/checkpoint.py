@@ -7,14 +7,18 @@ A checkpoint is a plain dict of tensors and Python containers, never pickled obj
 - ``iteration``: number of optimisation steps completed
 - training state when saved by the trainer: ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
   ``sampler``, ``best_miou``
+
+A checkpoint may come from anywhere, so its stored config is data: :func:`stored_config` refuses
+interpolations (``${oc.env:...}`` would read this machine's environment) instead of resolving them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 
@@ -32,8 +36,13 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
 
     The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and only then
     renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows). A crash at any point
-    leaves either the previous file or the new one, never a truncated mix. The directory is fsync'ed
-    too so the rename itself survives a power loss.
+    leaves either the previous file or the new one, never a truncated mix (a killed process may
+    leave its ``.<name>.*.tmp`` file behind: :func:`remove_stale_temporaries`). The directory is
+    fsync'ed too so the rename itself survives a power loss.
+
+    Raises:
+        CheckpointError: the disk is full (the message says so and that ``path``, if it existed,
+            is intact); other write errors propagate unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +53,13 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(exc):
+            previous = f"{path} is intact" if path.exists() else f"nothing was written to {path}"
+            raise CheckpointError(f"no space left on device while writing {path}; {previous}. Free space "
+                                  "(e.g. lower train.keep_checkpoints) and resume") from exc
         raise
     if hasattr(os, "O_DIRECTORY"):
         dir_fd = os.open(path.parent, os.O_DIRECTORY)
@@ -55,6 +68,47 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain (torch.save reports it as a RuntimeError of its own,
+    with the OSError as context)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def remove_stale_temporaries(directory: PathLike) -> List[Path]:
+    """Delete the ``.<name>.*.tmp`` files killed saves left in ``directory``; returns what was removed.
+
+    Only call it when no other process writes there (rank 0 at the start of a run)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".link"))]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold NaN or inf."""
+    return [name for name, t in _tensors(state) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _tensors(value: Any, prefix: str = "") -> Iterator[tuple]:
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{prefix}.{i}")
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
@@ -99,3 +153,38 @@ def model_state_from(obj: Dict[str, Any], path: PathLike = "<memory>") -> Dict[s
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def stored_config(checkpoint: Mapping[str, Any], path: PathLike = "<memory>") -> Optional[Dict[str, Any]]:
+    """A checkpoint's stored config as plain data, or None when it has none.
+
+    Checkpoints written here hold resolved values. A string with an OmegaConf interpolation
+    (``${...}``) would be evaluated by whoever resolves the config — ``${oc.env:SECRET}`` reads an
+    environment variable into outputs — so it is refused, never resolved.
+
+    Raises:
+        CheckpointError: the config is not a mapping or holds an interpolation (names the key).
+    """
+    config = checkpoint.get("config")
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(config).__name__} as its config, expected a mapping")
+    for key, value in _leaves(config):
+        if isinstance(value, str) and "${" in value:
+            raise CheckpointError(
+                f"checkpoint {path}: its stored config has an interpolation at {key} ({value!r}). Checkpoints "
+                "written by this framework hold resolved values only; this one was edited or made elsewhere, and "
+                "resolving it could read this machine's environment. Refusing to use it")
+    return dict(config)
+
+
+def _leaves(value: Any, prefix: str = "") -> Iterator[tuple]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, value

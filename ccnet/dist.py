@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import Any, List
+from typing import Any, Callable, List, TypeVar
+
+T = TypeVar("T")
 
 import torch
 import torch.distributed as dist
@@ -66,13 +68,14 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device_type: str, timeout_minutes: int = 30) -> bool:
+def init_distributed(device_type: str, timeout_s: float = 600.0) -> bool:
     """Initialise the default process group when launched by torchrun.
 
     Args:
         device_type: ``"cuda"`` selects NCCL (and binds this process to ``LOCAL_RANK``'s GPU),
             anything else selects gloo.
-        timeout_minutes: collective timeout; long validations on rank 0 must fit inside it.
+        timeout_s: how long a collective waits for the other processes before failing
+            (``train.dist_timeout_s``); a validation on rank 0 alone must fit inside it.
 
     Returns:
         True if a process group is (now) initialised, False for a single-process run.
@@ -84,9 +87,18 @@ def init_distributed(device_type: str, timeout_minutes: int = 30) -> bool:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     log.info("initialised %s process group: rank %d of %d", backend, get_rank(), get_world_size())
     return True
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a collective failed because another process did not answer in time (gloo: "Timed
+    out waiting ... for recv operation"; NCCL's watchdog: "collective operation timeout"); a
+    DataLoader's own timeout is not one."""
+    text = str(exc).lower()
+    return (isinstance(exc, RuntimeError) and is_distributed() and ("timed out" in text or "timeout" in text)
+            and "dataloader" not in text)
 
 
 def destroy_distributed() -> None:
@@ -122,3 +134,20 @@ def all_gather_object(obj: Any) -> List[Any]:
     out: List[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def run_on_main(fn: Callable[..., T], *args: Any) -> T:
+    """Call ``fn(*args)`` on rank 0 only and give every rank its result, or raise its exception on
+    every rank (so that no rank waits forever for one that failed)."""
+    if not is_distributed():
+        return fn(*args)
+    outcome = None
+    if is_main_process():
+        try:
+            outcome = (True, fn(*args))
+        except Exception as exc:  # re-raised on every rank below
+            outcome = (False, exc)
+    ok, value = broadcast_object(outcome)
+    if ok:
+        return value
+    raise value

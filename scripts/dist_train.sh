@@ -4,7 +4,9 @@
 #   scripts/dist_train.sh 4 experiment=cityscapes_r101_official dataset.root=data/cityscapes
 # train.batch_size is per process: total batch = NUM_GPUS x train.batch_size.
 # --standalone picks a free rendezvous port, so several jobs can share a machine.
-# Environment: PYTHON (default python), CUDA_VISIBLE_DEVICES to choose the GPUs.
+# Restarts: when a process fails, torchrun restarts all of them (up to MAX_RESTARTS times) and
+# resume=auto (passed first, so a later resume=... of yours wins) continues from the last checkpoint.
+# Environment: PYTHON (default python), MAX_RESTARTS (3), CUDA_VISIBLE_DEVICES to choose the GPUs.
 set -euo pipefail
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -16,4 +18,4 @@ shift
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 exec "${PYTHON:-python}" -m torch.distributed.run --standalone --nproc_per_node="${NUM_GPUS}" \
-    "${REPO}/tools/train.py" "$@"
+    --max-restarts="${MAX_RESTARTS:-3}" "${REPO}/tools/train.py" resume=auto "$@"

@@ -43,13 +43,15 @@ def read_image(path: Path) -> np.ndarray:
     a partially decoded picture, and a silently corrupt training sample is worse than a crash.
 
     Args:
-        path: Image file (any format PIL reads; grey, palette and RGBA images are converted to RGB).
+        path: Image file (any format PIL reads; grey, palette and RGBA images are converted to RGB;
+            16-bit grey images are scaled to 8 bits, 0..65535 -> 0..255, not clipped).
 
     Returns:
         (H, W, 3) uint8 array.
 
     Raises:
-        DatasetError: If the file is empty or cannot be decoded; the message names the file.
+        DatasetError: If the file is empty or cannot be decoded, or holds floating-point or 32-bit
+            values outside 0..65535; the message names the file.
     """
     path = Path(path)
     if path.stat().st_size == 0:
@@ -57,11 +59,30 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in WIDE_GREY_MODES:
+                return _wide_grey_to_rgb(np.asarray(img), img.mode, path)
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"Cannot decode image {path}: {exc}. The file is corrupt or not an image; "
                            "re-copy or remove it from the dataset.") from exc
     return np.asarray(rgb)
+
+
+# PIL modes of grey images wider than 8 bits; PIL's convert("RGB") clips them at 255 (white).
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _wide_grey_to_rgb(arr: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """16-bit grey (0..65535) to 8-bit RGB, rounding ``v / 257``; other wide data is rejected."""
+    if mode == "F":
+        raise DatasetError(f"Image {path} holds floating-point pixels (mode F); convert it to an 8- or 16-bit "
+                           "image first, since its value range is not defined.")
+    values = arr.astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(f"Image {path} is a 32-bit integer image with values in [{values.min()}, {values.max()}]; "
+                           "expected 8- or 16-bit data (0..65535). Convert it to an 8-bit RGB image first.")
+    grey = ((values + 128) // 257).astype(np.uint8)  # 0 -> 0, 65535 -> 255, round to nearest
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -226,6 +247,14 @@ class SegmentationDataset(Dataset):
                 f"Size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but label "
                 f"{label_path} is {raw.shape[1]}x{raw.shape[0]} (WxH); a label must have its image's size.")
         return image, map_label(raw, self.label_lut, label_path, self.num_classes, self.ignore_index)
+
+    def label(self, index: int) -> np.ndarray:
+        """The (H, W) uint8 training-id label of sample ``index``, read without its image (all
+        ``ignore_index`` for an unlabelled split)."""
+        if self.label_paths is None:
+            return np.full((1, 1), self.ignore_index, dtype=np.uint8)
+        path = self.label_paths[index]
+        return map_label(read_label(path), self.label_lut, path, self.num_classes, self.ignore_index)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)

@@ -1,8 +1,11 @@
 """The trainer's checkpoint files: ``work_dir/checkpoints/iter_<n>.pth``, ``last.pth`` and ``best.pth``,
-the last K periodic ones kept; which file ``resume`` means; weight initialisation for ``load_from``.
+the last K periodic ones kept; weight initialisation for ``load_from``.
 
 Every file is written with :func:`ccnet.checkpoint.save_checkpoint` (temp file + fsync +
-rename): a crash while saving leaves the previous files intact and loadable.
+rename): a crash while saving leaves the previous files intact and loadable, and the temporary files
+of killed saves are removed when the next run starts. ``last.pth`` is a hard link to the newest
+``iter_<n>.pth`` (one copy on disk); when it cannot be read, resuming falls back to the previous
+periodic file (:mod:`ccnet.engine.resume`).
 """
 
 from __future__ import annotations
@@ -16,53 +19,37 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ccnet.checkpoint import CheckpointError, save_checkpoint
+from ccnet.checkpoint import CheckpointError, remove_stale_temporaries, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 _ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
 
 
-def resolve_resume(resume: Union[bool, str, None], work_dir: Path) -> Optional[Path]:
-    """The checkpoint a ``resume`` setting refers to.
-
-    Args:
-        resume: ``false``/``null`` (new run), ``true`` (``work_dir/checkpoints/last.pth``) or a path.
-        work_dir: the run directory.
-
-    Raises:
-        CheckpointError: the checkpoint does not exist (message says where it looked and what to do).
-    """
-    if resume is None or resume is False:
-        return None
-    if resume is True:
-        path = Path(work_dir) / "checkpoints" / "last.pth"
-        if not path.is_file():
-            raise CheckpointError(
-                f"resume=true but there is no checkpoint to resume: {path} does not exist. Pass the "
-                "work_dir of the run to continue (work_dir=...), resume=PATH for a specific file, or drop "
-                "resume to start a new run")
-        return path
-    path = Path(str(resume))
-    if not path.is_file():
-        raise CheckpointError(f"resume={resume}: no such checkpoint file; expected a .pth written by the "
-                              "trainer, e.g. WORK_DIR/checkpoints/last.pth")
-    return path
-
-
-def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, os.PathLike]) -> None:
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, os.PathLike],
+                 partial: bool = False) -> None:
     """Initialise ``model`` from ``state`` for fine-tuning (``load_from``): tensors whose name and shape
     match are copied; the rest (e.g. a classifier for another class count) keep their initial values
     and are listed in a warning.
 
+    Args:
+        partial: accept a checkpoint that fills fewer than half of the model's tensors
+            (``load_from_partial``); otherwise that is taken for a wrong file.
+
     Raises:
-        CheckpointError: no tensor of the checkpoint fits the model.
+        CheckpointError: no tensor of the checkpoint fits the model, or fewer than half do and
+            ``partial`` is false.
     """
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise CheckpointError(f"load_from={path}: none of its {len(state)} tensors matches the model "
                               f"(first keys: {sorted(state)[:5]}); is it a checkpoint of another architecture?")
+    if 2 * len(matched) < len(own) and not partial:
+        unfilled = sorted(set(own) - set(matched))
+        raise CheckpointError(f"load_from={path} fills only {len(matched)} of the model's {len(own)} tensors "
+                              f"(e.g. not {unfilled[:3]}): probably a checkpoint of another architecture. If a "
+                              "partial initialisation is what you want, set load_from_partial=true")
     model.load_state_dict(matched, strict=False)
     skipped = sorted(set(state) - set(matched))
     missing = sorted(set(own) - set(matched))
@@ -86,6 +73,22 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.keep = keep
         self.enabled = enabled
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete what killed saves left (``.<name>.*.tmp``); only while no other process writes here."""
+        if self.enabled:
+            removed = remove_stale_temporaries(self.directory)
+            if removed:
+                log.info("removed %d temporary files of interrupted saves from %s", len(removed), self.directory)
+
+    def resume_candidates(self) -> List[Path]:
+        """Checkpoints a resume may continue from, newest first: ``last.pth``, then ``iter_<n>.pth``."""
+        periodic = list(reversed(self.periodic()))
+        return [p for p in [self.last, *periodic] if p.is_file()]
+
+    def holds_run(self) -> bool:
+        """Whether a run already saved here (last, periodic or best checkpoint)."""
+        return self.last.is_file() or self.best.is_file() or bool(self.periodic())
 
     @property
     def last(self) -> Path:

@@ -4,16 +4,21 @@ One object, used on rank 0 only, so every number is written from one place. ``me
 one JSON object per validation::
 
     {"iteration": 2000, "val/mIoU": 0.71, "val/mAcc": 0.80, "val/aAcc": 0.95,
-     "val/IoU/road": 0.97, ..., "train_time_s": 812.4}
+     "val/IoU/road": 0.97, ..., "train_time_s": 812.4, "skipped_nonfinite": 0}
 
 Metric values are fractions in [0, 1]; a class absent from both ground truth and predictions has
 IoU ``null`` (NaN in the metric, which JSON cannot represent). ``train_time_s`` is the wall time
-spent in training steps so far (validation excluded), carried across resumes.
+spent in training steps so far (validation excluded), carried across resumes; ``skipped_nonfinite``
+counts the steps skipped for a non-finite loss so far (``train.skip_nonfinite``).
+
+A resumed run reads the file back; a last line cut short (power loss, full disk) is dropped with a
+warning instead of blocking the resume.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -21,9 +26,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
+log = logging.getLogger(__name__)
+
 
 def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: Sequence[str],
-                      train_time_s: float) -> Dict[str, Any]:
+                      train_time_s: float, skipped_nonfinite: int = 0) -> Dict[str, Any]:
     """The ``metrics.jsonl`` line for one validation (see the module docstring).
 
     Args:
@@ -31,6 +38,7 @@ def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: S
         metrics: ``SegMetric.compute()`` output: ``mIoU``, ``mAcc``, ``aAcc`` and per-class ``IoU``.
         class_names: names for the per-class entries.
         train_time_s: training wall time so far.
+        skipped_nonfinite: steps skipped so far for a non-finite loss.
     """
     def clean(v: float) -> Optional[float]:
         v = float(v)
@@ -42,6 +50,7 @@ def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: S
     for name, iou in zip(class_names, metrics["IoU"]):
         record[f"val/IoU/{name}"] = clean(iou)
     record["train_time_s"] = round(float(train_time_s), 3)
+    record["skipped_nonfinite"] = int(skipped_nonfinite)
     return record
 
 
@@ -60,8 +69,16 @@ class Recorder:
         self.tb_dir = Path(work_dir) / "tb"
         kept = []
         if start_iteration > 0 and self.metrics_path.is_file():
-            for line in self.metrics_path.read_text().splitlines():
-                if line.strip() and json.loads(line)["iteration"] <= start_iteration:
+            for number, line in enumerate(self.metrics_path.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    iteration = json.loads(line)["iteration"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("%s line %d is not a complete record (cut short by a crash or a full disk?); "
+                                "dropped: %.80s", self.metrics_path, number, line)
+                    continue
+                if iteration <= start_iteration:
                     kept.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
         self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_iteration + 1 if start_iteration else None)

@@ -9,13 +9,14 @@ checkpoint when one is due — and returns the final metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,14 +28,19 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ccnet import dist
-from ccnet.checkpoint import CheckpointError, load_checkpoint, model_state_from
+from ccnet.checkpoint import load_checkpoint, model_state_from, non_finite_tensors
 from ccnet.data import build_dataset, seed_worker
+from ccnet.data.base import DatasetError
 from ccnet.data.samplers import InfiniteSampler, SeededDataset
-from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights, resolve_resume
+from ccnet.engine import resume
+from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights
+from ccnet.engine.config import check_train_config
 from ccnet.engine.losses import build_criterion
 from ccnet.engine.optim import build_optimizer, build_scheduler
 from ccnet.engine.recorder import Recorder, validation_record
-from ccnet.engine.rng import get_rng_state, seed_everything, set_rng_state
+from ccnet.engine.rng import get_rng_state, seed_everything
+from ccnet.engine.signals import StopRequest, TrainingStopped
+from ccnet.errors import UserError
 from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import build_model
 from ccnet.models.attention_maps import attention_panel
@@ -43,11 +49,19 @@ from ccnet.utils.visualize import colorize, denormalize
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng", "sampler", "iteration")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (and ``train.skip_nonfinite`` is false)."""
+    """The training loss became NaN or infinite (and ``train.skip_nonfinite`` is false), or the
+    model's state did, so that it could not be saved."""
+
+
+class RunDirError(UserError, ValueError):
+    """A new run was pointed at a directory holding another run."""
+
+
+class DistributedTimeout(UserError, RuntimeError):
+    """A collective waited longer than ``train.dist_timeout_s`` for the other processes."""
 
 
 def train(cfg: DictConfig) -> Dict[str, Any]:
@@ -69,9 +83,13 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     Raises:
         NonFiniteLossError: the loss became NaN/inf at some iteration (message names it).
         CheckpointError: ``resume``/``load_from`` names a missing or corrupt file.
+        TrainingStopped: SIGTERM, SIGINT or SIGUSR1 stopped the run after writing ``last.pth``.
+        ccnet.errors.UserError: a setting, a file or the run directory is wrong (message says how).
     """
+    check_train_config(cfg)
     device = dist.resolve_device(str(cfg.train.device), key="train.device")
-    created_group = not dist.is_distributed() and dist.init_distributed(device.type)
+    created_group = not dist.is_distributed() and dist.init_distributed(
+        device.type, float(cfg.train.get("dist_timeout_s", 600)))
     package_log = logging.getLogger("ccnet")
     level, threads = package_log.level, torch.get_num_threads()
     if not dist.is_main_process():
@@ -80,8 +98,19 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         torch.set_num_threads(int(cfg.train.cpu_threads))
     run = None
     try:
-        run = setup(cfg, device)
-        return loop(run)
+        with StopRequest() as stop:
+            run = setup(cfg, device)
+            return loop(run, stop)
+    except resume.RunFinished as finished:
+        log.info("resume=auto: %s; nothing to train", finished)
+        return finished_summary(Path(cfg.work_dir), finished)
+    except RuntimeError as exc:
+        if not dist.is_timeout(exc):
+            raise
+        raise DistributedTimeout(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: a collective waited more than "
+            f"train.dist_timeout_s={cfg.train.get('dist_timeout_s')} s for the other processes (one of them stopped, "
+            f"hung or died; its own log says which). Underlying error: {str(exc).splitlines()[0][:300]}") from exc
     finally:
         if run is not None:
             run.close()
@@ -139,24 +168,19 @@ def setup(cfg: DictConfig, device: torch.device) -> Run:
     Datasets come first: a wrong ``dataset.root`` fails in seconds, before a ResNet-101 is built.
     """
     tcfg = cfg.train
-    rank, world, main = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
+    main = dist.is_main_process()
     # Every rank must use rank 0's directory (a `${now:...}` in work_dir may resolve differently).
     work_dir = Path(dist.broadcast_object(str(Path(cfg.work_dir).resolve())))
-    seed, batch_size, max_iters = int(tcfg.seed), int(tcfg.batch_size), int(tcfg.max_iters)
-    if str(tcfg.amp) not in AMP_DTYPES:
-        raise ValueError(f"train.amp must be one of {sorted(AMP_DTYPES)}, got {tcfg.amp!r}")
-    if batch_size < 1 or max_iters < 1:
-        raise ValueError(f"train.batch_size and train.max_iters must be >= 1, got {batch_size} and {max_iters}")
-    resume_path = resolve_resume(cfg.get("resume"), work_dir)
-    if resume_path is not None and cfg.get("load_from"):
-        raise ValueError("set either resume (continue a run) or load_from (initialise weights), not both")
-    resumed = load_checkpoint(resume_path) if resume_path is not None else None
-    if resumed is not None and any(k not in resumed for k in TRAINING_STATE):
-        raise CheckpointError(f"checkpoint {resume_path} lacks training state (has {sorted(resumed)}); "
-                              f"use load_from={resume_path} to start a new run from its weights")
+    # Rank 0 decides which checkpoint continues the run (every rank agrees, or fails together).
+    loaded: Dict[str, Any] = {}
+    resume_path = dist.run_on_main(_choose_resume, cfg, work_dir, loaded)
+    resumed = loaded.get("checkpoint") or (load_checkpoint(resume_path) if resume_path is not None else None)
+    if resumed is not None:
+        resume.check_resume_config(resumed, resume_path, _plain(cfg))
 
     train_set = build_dataset(cfg.dataset, "train", crop_size=tcfg.get("crop_size"))
     val_set = build_dataset(cfg.dataset, "val")
+    check_validation_labels(val_set, str(cfg.dataset.get("val_split", "val")))
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, work_dir / "config.yaml", resolve=True)
@@ -177,9 +201,7 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
     rank, world, main = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
     seed, batch_size, max_iters = int(tcfg.seed), int(tcfg.batch_size), int(tcfg.max_iters)
     ckpts = CheckpointManager(work_dir / "checkpoints", keep=int(tcfg.keep_checkpoints), enabled=main)
-    if main and resumed is None and ckpts.last.is_file():
-        log.warning("%s holds checkpoints of an earlier run; this new run overwrites them (resume=true "
-                    "continues it instead)", ckpts.directory)
+    ckpts.remove_stale_temporaries()
 
     model = _build_model(cfg, device, from_checkpoint=resumed is not None)
     optimizer = build_optimizer(model, tcfg)
@@ -190,7 +212,7 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
               scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
               autocast=torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "none" else nullcontext(),
               val_set=val_set, sampler=None, batches=None, ckpts=ckpts, recorder=None, file_log=file_log)
-    stream_start = restore(run, resumed, resume_path, len(train_set)) if resumed is not None else 0
+    stream_start = resume.restore(run, resumed, resume_path, len(train_set)) if resumed is not None else 0
     if world > 1:
         run.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
@@ -204,13 +226,30 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
                         generator=torch.Generator().manual_seed(seed + rank), persistent_workers=num_workers > 0)
     run.batches = iter(loader)
     if resumed is not None:
-        _restore_rng(resumed["rng"], seed, run.start_iter)
+        resume.restore_rng(resumed["rng"], seed, run.start_iter)
     else:
         seed_everything(seed + rank)  # per-rank dropout streams
     run.recorder = Recorder(work_dir, run.start_iter) if main else None
     log.info("training %s on %s: %d iterations, batch %d per process x %d processes, device %s, amp %s",
              cfg.model.get("name"), cfg.dataset.get("name"), max_iters, batch_size, world, device, amp)
     return run
+
+
+def _choose_resume(cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any]) -> Optional[Path]:
+    """The checkpoint this run continues (None: a new run), also stored in ``loaded["checkpoint"]``
+    (read once); refuses to start over another run."""
+    setting = cfg.get("resume")
+    path = resume.resume_path(setting, work_dir)
+    if path is not None and cfg.get("load_from"):
+        raise ValueError("set either resume (continue a run) or load_from (initialise weights), not both")
+    if path is not None:
+        loaded["checkpoint"], path = resume.load_resume_checkpoint(path, setting, work_dir)
+        return path
+    if CheckpointManager(work_dir / "checkpoints").holds_run():
+        raise RunDirError(
+            f"{work_dir} holds an earlier run (its checkpoints/); a new run would overwrite it. Continue it with "
+            "resume=auto (or resume=true), or give this run its own work_dir=...")
+    return None
 
 
 def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -> nn.Module:
@@ -220,7 +259,8 @@ def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -
     # A resumed or fine-tuned run takes every weight from its checkpoint: no ImageNet file is read.
     model = build_model(cfg.model, pretrained=not from_checkpoint and not cfg.get("load_from"))
     if cfg.get("load_from"):
-        load_weights(model, model_state_from(load_checkpoint(cfg.load_from), cfg.load_from), cfg.load_from)
+        load_weights(model, model_state_from(load_checkpoint(cfg.load_from), cfg.load_from), cfg.load_from,
+                     partial=bool(cfg.get("load_from_partial", False)))
     if dist.get_world_size() > 1 and (tcfg.sync_bn or cfg.model.get("norm") == "syncbn"):
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -233,38 +273,32 @@ def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -
     return model
 
 
-def restore(run: Run, checkpoint: Dict[str, Any], path: Path, dataset_size: int) -> int:
-    """Load a checkpoint's model, optimiser, schedule and progress into ``run``.
+def check_validation_labels(dataset: Dataset, split: str) -> None:
+    """Fail at the start, not at the first validation, when no validation pixel is labelled.
 
-    Returns:
-        The position in the sample stream to continue from.
+    Reads labels until the first labelled pixel: one file for any real split.
+
+    Raises:
+        DatasetError: the split is unlabelled or every label is ``ignore_index`` (names the split).
     """
-    run.model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
-    run.start_iter = int(checkpoint["iteration"])
-    run.best_miou = float(checkpoint.get("best_miou", float("-inf")))
-    run.train_time = float(checkpoint.get("train_time_s", 0.0))
-    if run.start_iter >= run.max_iters:
-        raise ValueError(f"checkpoint {path} is at iteration {run.start_iter}, train.max_iters={run.max_iters}: "
-                         "nothing left to train; raise train.max_iters to train longer")
-    log.info("resumed from %s at iteration %d", path, run.start_iter)
-    return InfiniteSampler.start_from_state(checkpoint["sampler"], dataset_size, int(run.cfg.train.seed))
-
-
-def _restore_rng(states: List[Dict[str, Any]], seed: int, iteration: int) -> None:
-    """This rank's generators as the checkpoint saved them; re-seeded when the process count changed."""
-    if len(states) == dist.get_world_size():
-        set_rng_state(states[dist.get_rank()])
+    label = getattr(dataset, "label", None)
+    if label is None:  # generated datasets (synthetic) always label every pixel
         return
-    log.warning("checkpoint saved by %d processes, resuming on %d: random streams (dropout) are "
-                "re-seeded; the sample order continues exactly", len(states), dist.get_world_size())
-    seed_everything(seed + dist.get_rank() + 1_000_003 * iteration)
+    if getattr(dataset, "has_labels", True) and any((label(i) != dataset.ignore_index).any()
+                                                   for i in range(len(dataset))):
+        return
+    raise DatasetError(f"the validation split {split!r} ({len(dataset)} images) has no labelled pixel: every label "
+                       f"is {dataset.ignore_index} (ignore) or missing, so nothing could be scored. Check "
+                       "dataset.val_split, the mask files and dataset.ignore_index")
 
 
-def loop(run: Run) -> Dict[str, Any]:
-    """Train from ``run.start_iter`` to ``train.max_iters``; returns the final metrics (see :func:`train`)."""
+def loop(run: Run, stop: StopRequest) -> Dict[str, Any]:
+    """Train from ``run.start_iter`` to ``train.max_iters``; returns the final metrics (see :func:`train`).
+
+    Raises:
+        TrainingStopped: a stop signal arrived (on any rank): the step finished and ``last.pth``
+            was written.
+    """
     tcfg = run.cfg.train
     log_interval, eval_interval = int(tcfg.log_interval), int(tcfg.eval_interval)
     ckpt_interval = int(tcfg.checkpoint_interval)
@@ -275,7 +309,7 @@ def loop(run: Run) -> Dict[str, Any]:
     with bar, logging_redirect_tqdm() if show_bar else nullcontext():  # log lines above the bar
         for it in range(run.start_iter + 1, run.max_iters + 1):
             tic = time.perf_counter()
-            values = train_step(run, it)
+            values, stop_any = train_step(run, it, stop.requested)
             run.scheduler.step()
             step_time = time.perf_counter() - tic  # includes data loading; train_step's .tolist() synced
             run.train_time += step_time
@@ -287,29 +321,38 @@ def loop(run: Run) -> Dict[str, Any]:
                                 img_s=f"{scalars['train/img_per_s']:.1f}")
             if (eval_interval > 0 and it % eval_interval == 0) or it == run.max_iters:
                 metrics = validate(run, it, progress=show_bar)
-            if (ckpt_interval > 0 and it % ckpt_interval == 0) or it == run.max_iters:
+            if (ckpt_interval > 0 and it % ckpt_interval == 0) or it == run.max_iters or stop_any:
                 save(run, it)
+            if stop_any:
+                raise TrainingStopped(stop.signal_name or "a signal to another process", it, str(run.ckpts.last))
     return summary(run, metrics, window.last_loss)
 
 
-def train_step(run: Run, it: int) -> Optional[List[float]]:
-    """One optimisation step; returns ``[total, *terms]`` averaged over ranks, or None when the loss
-    was non-finite on some rank and the step was skipped (``train.skip_nonfinite``)."""
+def train_step(run: Run, it: int, stop_requested: bool = False) -> Tuple[Optional[List[float]], bool]:
+    """One optimisation step.
+
+    Returns:
+        ``([total, *terms] averaged over ranks, or None when the loss was non-finite on some rank and
+        the step was skipped (train.skip_nonfinite), whether any rank asked to stop)``.
+    """
     tcfg = run.cfg.train
     images, targets = next(run.batches)
     images = images.to(run.device, non_blocking=True)
     if tcfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     targets = targets.to(run.device, non_blocking=True)
+    # The forward pass updates BatchNorm's running statistics: a skipped step must undo that too.
+    buffers = [b.detach().clone() for b in run.model.buffers()] if tcfg.skip_nonfinite else None
     with run.autocast:
         losses = run.criterion(run.train_model(images), targets)
     run.terms = run.terms or [k for k in losses if k != "loss"]
     run.scaler.scale(losses["loss"]).backward()
-    # One all-reduce per step: the loss terms for logging, and whether any rank's loss was non-finite,
-    # so that all ranks skip or stop together.
+    # One all-reduce per step: the loss terms for logging, whether any rank's loss was non-finite (so
+    # that all ranks skip or stop together) and whether any rank was asked to stop.
     total = losses["loss"].detach().float()
-    stats = torch.stack([total, *(losses[k].detach().float() for k in run.terms), (~torch.isfinite(total)).float()])
-    *values, nonfinite = (dist.all_reduce_sum(stats) / dist.get_world_size()).tolist()
+    stats = torch.stack([total, *(losses[k].detach().float() for k in run.terms), (~torch.isfinite(total)).float(),
+                         torch.tensor(float(stop_requested), device=total.device)])
+    *values, nonfinite, stop_any = (dist.all_reduce_sum(stats) / dist.get_world_size()).tolist()
     if nonfinite > 0:
         run.optimizer.zero_grad(set_to_none=True)
         if not tcfg.skip_nonfinite:
@@ -318,16 +361,19 @@ def train_step(run: Run, it: int) -> Optional[List[float]]:
                 f"non-finite loss ({values[0]}) at iteration {it}; weights were not updated. Last checkpoint: "
                 f"{last}. Lower train.lr, set train.grad_clip, use train.amp=bf16 instead of fp16, or set "
                 "train.skip_nonfinite=true")
+        with torch.no_grad():
+            for buffer, before in zip(run.model.buffers(), buffers):
+                buffer.copy_(before)
         run.skipped += 1
         log.warning("non-finite loss at iteration %d: step skipped (%d so far)", it, run.skipped)
-        return None
+        return None, stop_any > 0
     if tcfg.grad_clip:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(tcfg.grad_clip))
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    return values
+    return values, stop_any > 0
 
 
 class LogWindow:
@@ -371,7 +417,7 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
                       desc=f"val@{it}",
                       on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if len(panels) < keep else None)
     class_names = list(getattr(val_set, "classes", [str(i) for i in range(run.model.num_classes)]))
-    record = validation_record(it, result, class_names, run.train_time)
+    record = validation_record(it, result, class_names, run.train_time, run.skipped)
     per_class = "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, result["IoU"]))
     log.info("val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f%s", it, result["mIoU"], result["mAcc"], result["aAcc"],
              f" | {per_class}" if len(class_names) <= 40 else " (per class: metrics.jsonl)")
@@ -380,7 +426,7 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
         _record_panels(run, panels, it)
     if result["mIoU"] > run.best_miou:
         run.best_miou = float(result["mIoU"])
-        run.ckpts.save_best({"model": run.model.state_dict(), "config": _plain(run.cfg), "iteration": it,
+        run.ckpts.save_best({"model": _finite_model_state(run, it), "config": _plain(run.cfg), "iteration": it,
                              "best_miou": run.best_miou})
     return record
 
@@ -405,10 +451,25 @@ def save(run: Run, it: int) -> None:
     """Write ``iter_<it>.pth`` and ``last.pth``: everything an exact resume needs."""
     rng_states = dist.all_gather_object(get_rng_state())
     consumed = (it - run.start_iter) * run.images_per_step
-    run.ckpts.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+    run.ckpts.save({"model": _finite_model_state(run, it), "optimizer": run.optimizer.state_dict(),
                     "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_states,
                     "sampler": run.sampler.state_at(consumed), "iteration": it, "best_miou": run.best_miou,
-                    "train_time_s": run.train_time, "config": _plain(run.cfg)}, it)
+                    "train_time_s": run.train_time, "skipped_nonfinite": run.skipped, "config": _plain(run.cfg)}, it)
+
+
+def _finite_model_state(run: Run, it: int) -> Dict[str, torch.Tensor]:
+    """The model's state dict; a checkpoint with NaN/inf weights or statistics is never written.
+
+    Raises:
+        NonFiniteLossError: naming the tensors and the last good checkpoint.
+    """
+    state = run.model.state_dict()
+    bad = non_finite_tensors(state)
+    if bad:
+        last = run.ckpts.last if run.ckpts.last.is_file() else "none"
+        raise NonFiniteLossError(f"the model holds non-finite values at iteration {it} ({len(bad)} tensors, e.g. "
+                                 f"{bad[:3]}); nothing was saved. Last good checkpoint: {last}")
+    return state
 
 
 def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, Any]:
@@ -418,11 +479,26 @@ def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, An
               "best_checkpoint": str(run.ckpts.best)}
     if dist.is_main_process() and metrics:
         work_dir = run.work_dir
-        log.info("done: %d iterations in %.0f s of training; val mIoU %.4f (best %.4f)\n"
+        skipped = f"; {run.skipped} steps skipped (non-finite loss)" if run.skipped else ""
+        log.info("done: %d iterations in %.0f s of training; val mIoU %.4f (best %.4f)%s\n"
                  "  checkpoints: %s (last), %s (best)\n  log: %s\n  metrics: %s\n  TensorBoard: tensorboard "
-                 "--logdir %s", run.max_iters, run.train_time, metrics["val/mIoU"], run.best_miou, run.ckpts.last,
+                 "--logdir %s", run.max_iters, run.train_time, metrics["val/mIoU"], run.best_miou, skipped, run.ckpts.last,
                  run.ckpts.best, work_dir / "train.log", work_dir / "metrics.jsonl", work_dir / "tb")
     return result
+
+
+def finished_summary(work_dir: Path, finished: "resume.RunFinished") -> Dict[str, Any]:
+    """What :func:`summary` returned for a run that had already finished: its last validation
+    record (``metrics.jsonl``) and its files."""
+    metrics: Dict[str, Any] = {}
+    records = work_dir / "metrics.jsonl"
+    if records.is_file():
+        lines = [line for line in records.read_text().splitlines() if line.strip()]
+        if lines:
+            metrics = json.loads(lines[-1])
+    checkpoints = work_dir / "checkpoints"
+    return {**metrics, "iteration": finished.iteration, "checkpoint": str(finished.path),
+            "best_checkpoint": str(checkpoints / "best.pth"), "work_dir": str(work_dir)}
 
 
 def _attach_file_log(path: Path) -> Optional[logging.Handler]:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ccnet.checkpoint import load_checkpoint, model_state_from
+from ccnet.checkpoint import load_checkpoint, model_state_from, stored_config
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,11 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
 
 
 def load_checkpoint_for_eval(path: Union[str, Path]) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
-    """Read a checkpoint; returns ``(checkpoint dict, stored config or None)``."""
+    """Read a checkpoint; returns ``(checkpoint dict, stored config or None)``.
+
+    Raises:
+        CheckpointError: unreadable file, or a stored config with interpolations (refused, never
+            resolved: see :func:`ccnet.checkpoint.stored_config`).
+    """
     ckpt = load_checkpoint(path)
-    config = ckpt.get("config")
-    return ckpt, dict(config) if isinstance(config, Mapping) else None
+    return ckpt, stored_config(ckpt, path)

@@ -154,3 +154,19 @@ def test_ambiguous_names_are_rejected(folder_root: Path) -> None:
     write_image(folder_root / "images" / "img_5.jpg", random_image(np.random.default_rng(0), 40, 48))
     with pytest.raises(ValueError, match=r"Ambiguous files .*img_5\.(png|jpg) and .*img_5\.(png|jpg)"):
         build_dataset(folder_cfg(folder_root), "val")
+
+
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit grey PNG (PIL mode I;16) used to become white wherever it exceeded 255."""
+    from ccnet.data.base import read_image
+
+    values = np.array([[0, 257, 32896, 65535], [128, 383, 1000, 65278]], dtype=np.uint16)  # 383 / 257 = 1.49
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    rgb = read_image(tmp_path / "grey16.png")
+    expected = np.array([[0, 1, 128, 255], [0, 1, 4, 254]], dtype=np.uint8)  # round(v / 257)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3)
+    assert np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)
+    Image.fromarray(np.full((2, 2), 0.5, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DatasetError, match=r"float.tif holds floating-point pixels \(mode F\)"):
+        read_image(tmp_path / "float.tif")

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import ccnet.checkpoint as checkpoint_module
 from ccnet.checkpoint import CheckpointError, load_checkpoint
-from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights, resolve_resume
+from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights
 
 
 def state(iteration: int) -> dict:
@@ -82,17 +82,6 @@ def test_last_is_written_without_hard_links(tmp_path, monkeypatch):
     manager = CheckpointManager(tmp_path)
     manager.save(state(7), 7)
     assert load_checkpoint(manager.last)["iteration"] == 7
-
-
-def test_resolve_resume(tmp_path):
-    assert resolve_resume(False, tmp_path) is None and resolve_resume(None, tmp_path) is None
-    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
-        resolve_resume(True, tmp_path)
-    with pytest.raises(CheckpointError, match="resume=/nope.pth: no such checkpoint file"):
-        resolve_resume("/nope.pth", tmp_path)
-    CheckpointManager(tmp_path / "checkpoints").save(state(3), 3)
-    assert resolve_resume(True, tmp_path) == tmp_path / "checkpoints" / "last.pth"
-    assert resolve_resume(str(tmp_path / "checkpoints" / "iter_3.pth"), tmp_path).name == "iter_3.pth"
 
 
 def test_load_weights_copies_matching_tensors_only(caplog):

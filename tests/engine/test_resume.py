@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ccnet.checkpoint import CheckpointError, load_checkpoint
 from ccnet.engine import train
-from ccnet.checkpoint import load_checkpoint
+from ccnet.engine.checkpoint_manager import CheckpointManager
+from ccnet.engine.resume import resume_path
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
@@ -95,3 +97,19 @@ def test_resume_of_finished_run_is_refused(tiny_cfg):
     with pytest.raises(ValueError, match="iteration 2, train.max_iters=2: nothing left to train"):
         # the checkpoint holds every weight: the config's backbone file is never read (it does not exist)
         train(tiny_cfg("train.max_iters=2", "resume=true", "model.weights=/nonexistent/in1k.pth"))
+
+
+def test_resume_path(tmp_path):
+    def state(iteration):
+        return {"model": {"w": torch.full((3,), float(iteration))}, "iteration": iteration}
+
+    assert resume_path(False, tmp_path) is None and resume_path(None, tmp_path) is None
+    assert resume_path("auto", tmp_path) is None  # nothing to continue: start
+    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
+        resume_path(True, tmp_path)
+    with pytest.raises(CheckpointError, match="resume=/nope.pth: no such checkpoint file"):
+        resume_path("/nope.pth", tmp_path)
+    CheckpointManager(tmp_path / "checkpoints").save(state(3), 3)
+    assert resume_path(True, tmp_path) == tmp_path / "checkpoints" / "last.pth"
+    assert resume_path("auto", tmp_path) == tmp_path / "checkpoints" / "last.pth"
+    assert resume_path(str(tmp_path / "checkpoints" / "iter_3.pth"), tmp_path).name == "iter_3.pth"

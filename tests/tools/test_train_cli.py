@@ -54,3 +54,37 @@ def test_multirun_gives_each_job_its_own_work_dir(repo_root, tmp_path):
         assert (job_dir / "checkpoints" / "last.pth").is_file()
         assert json.loads((job_dir / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 2
         assert "done: 2 iterations" in (job_dir / "train.log").read_text()
+
+
+def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(repo_root, tmp_path):
+    """Run from tmp_path so that the default work_dirs/ lands there: the quickstart's command plus an
+    override gets its own directory (never the quickstart's), and the same command with
+    resume=auto finds it again."""
+    def run(*args):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    first = run(*TINY)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    (run_dir,) = (tmp_path / "work_dirs").iterdir()
+    assert run_dir.name.startswith("ccnet_tiny_synthetic+") and (run_dir / "checkpoints" / "last.pth").is_file()
+    assert not (run_dir / ".hydra").exists()  # Hydra writes nothing before the trainer checked the directory
+
+    again = run(*TINY)  # the same command again: refused, nothing overwritten
+    assert again.returncode == 1 and "holds an earlier run" in again.stdout + again.stderr
+    resumed = run(*TINY, "resume=auto", "train.num_workers=0")  # excluded keys keep the same directory
+    assert resumed.returncode == 0 and "nothing to train" in resumed.stdout + resumed.stderr
+    other = run(*TINY, "model.ccl=true")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert len(list((tmp_path / "work_dirs").iterdir())) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr must be a number > 0, got 'abc' (a string)"),
+    ("train.batch_size=2.5", "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
+])
+def test_wrong_setting_is_one_line_naming_the_key(repo_root, tmp_path, override, message):
+    proc = run_train(repo_root, *TINY, override, f"work_dir={tmp_path}")
+    assert proc.returncode == 1 and message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,0 +1,105 @@
+"""Checks of the training settings (``configs/train.yaml``) before anything runs.
+
+Hydra turns ``train.lr=abc`` into the string ``"abc"`` and ``train.batch_size=2.5`` into a float;
+without a check the first reads either fail deep inside PyTorch without naming the key, or
+silently truncate. :func:`check_train_config` names the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ccnet.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A setting has the wrong type or an out-of-range value."""
+
+
+def _int(minimum: Optional[int] = None) -> Tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and (minimum is None or v >= minimum)
+    return ok, "an integer" + (f" >= {minimum}" if minimum is not None else "")
+
+
+def _number(low: float = 0.0, high: Optional[float] = None, low_open: bool = False,
+            high_open: bool = False) -> Tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or v != v:
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+    upper = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
+    return ok, f"a number {'>' if low_open else '>='} {low:g}{upper}"
+
+
+def _bool() -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _optional(rule: Tuple[Callable[[Any], bool], str]) -> Tuple[Callable[[Any], bool], str]:
+    check, text = rule
+    return (lambda v: v is None or check(v)), f"null or {text}"
+
+
+def _choice(*values: str) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in values), "one of " + ", ".join(values)
+
+
+TRAIN_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "max_iters": _int(1),
+    "batch_size": _int(1),
+    "lr": _number(0, low_open=True),
+    "momentum": _number(0, 1, high_open=True),
+    "weight_decay": _number(0),
+    "no_decay_norm_bias": _bool(),
+    "head_lr_mult": _number(0, low_open=True),
+    "warmup_iters": _int(0),
+    "warmup_ratio": _number(0, 1),
+    "poly_power": _number(0),
+    "min_lr": _number(0),
+    "amp": _choice("none", "bf16", "fp16"),
+    "channels_last": _bool(),
+    "compile": _bool(),
+    "grad_clip": _optional(_number(0, low_open=True)),
+    "cudnn_benchmark": _bool(),
+    "sync_bn": _bool(),
+    "eval_interval": _int(0),
+    "checkpoint_interval": _int(0),
+    "keep_checkpoints": _int(0),
+    "log_interval": _int(1),
+    "vis_images": _int(0),
+    "vis_attention": _bool(),
+    "seed": _int(),
+    "cpu_threads": _optional(_int(1)),
+    "num_workers": _int(0),
+    "aux_weight": _number(0),
+    "skip_nonfinite": _bool(),
+    "dist_timeout_s": _number(0, low_open=True),
+}
+
+
+def describe(value: Any) -> str:
+    """``'abc' (a string)``, ``2.5 (a float)``: the value and its type, as the user wrote it."""
+    kinds = {str: "a string", float: "a float", int: "an integer", bool: "a boolean", type(None): "null"}
+    return f"{value!r} ({kinds.get(type(value), type(value).__name__)})"
+
+
+def check_train_config(cfg: Mapping[str, Any]) -> None:
+    """Check the types and ranges of ``cfg.train`` and of ``resume`` / ``load_from_partial``.
+
+    Raises:
+        ConfigError: naming the key, the value received and what is expected.
+    """
+    train = cfg.get("train") or {}
+    for key, (ok, expected) in TRAIN_RULES.items():
+        if key in train and not ok(train[key]):
+            raise ConfigError(f"train.{key} must be {expected}, got {describe(train[key])}")
+    resume = cfg.get("resume")
+    if not (resume is None or isinstance(resume, bool) or isinstance(resume, str)):
+        raise ConfigError(f"resume must be false, true, auto or a checkpoint path, got {describe(resume)}")
+    partial = cfg.get("load_from_partial", False)
+    if not isinstance(partial, bool):
+        raise ConfigError(f"load_from_partial must be true or false, got {describe(partial)}")
