@@ -12,12 +12,11 @@ import logging
 import os
 from typing import Any, Callable, List, TypeVar
 
-T = TypeVar("T")
-
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:

@@ -53,7 +53,7 @@ def make_folder(root: Path, num_images: int, height: int, width: int, seed: int 
         off = cell // 2
         noise = rng.integers(0, 34, size=(gh + 1, gw + 1), dtype=np.uint8)
         keep = rng.random((gh + 1, gw + 1)) < 0.6
-        block = lambda a: np.repeat(np.repeat(a, cell, 0), cell, 1)[off:off + height, off:off + width]  # noqa: E731
+        block = lambda a, off=off: np.repeat(np.repeat(a, cell, 0), cell, 1)[off:off + height, off:off + width]  # noqa: E731
         pred = np.where(block(keep), pred, block(noise))
         # instance ids: the blocks of each instance class form 2 instances -> about 20 per image, like
         # Cityscapes val (persons, riders, cars, ... per frame)

@@ -27,7 +27,8 @@ BENCHMARKS: Dict[str, tuple] = {
     "model": ("ccnet.benchmarks.model", "params, GFLOPs and latency of every configs/model/*.yaml"),
     "train": ("ccnet.benchmarks.train", "training-step images/s and memory: fp32 vs AMP, channels_last"),
     "data": ("ccnet.benchmarks.data", "data-loading pipeline images/s per DataLoader worker count"),
-    "ablation": ("ccnet.benchmarks.ablation", "summary table of a recurrence ablation sweep (scripts/ablation_recurrence.sh)"),
+    "ablation": ("ccnet.benchmarks.ablation", "summary table of a recurrence ablation sweep "
+                 "(scripts/ablation_recurrence.sh)"),
 }
 
 

@@ -16,8 +16,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from ccnet.convert import FORMATS, ConversionError, convert_checkpoint
 from ccnet.checkpoint import CheckpointError
+from ccnet.convert import FORMATS, ConversionError, convert_checkpoint
 
 log = logging.getLogger("convert_checkpoint")
 

@@ -18,8 +18,8 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ccnet.evaluation.attention import attention_input
 from ccnet.dist import resolve_device
+from ccnet.evaluation.attention import attention_input
 from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model
 from ccnet.models.attention_maps import rcca_attention_maps
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel

@@ -30,11 +30,21 @@ import logging
 from typing import Any, Callable, ContextManager, Dict, List
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ccnet.benchmarks.baseline_cca import BaselineCrissCrossAttention, baseline_criss_cross_attention
-from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, describe_machine, format_table,
-                                     machine_info, memory_method, peak_memory, resolve_device, time_interleaved)
+from ccnet.benchmarks.common import (
+    DTYPES,
+    add_device_arguments,
+    apply_threads,
+    describe_machine,
+    format_table,
+    machine_info,
+    memory_method,
+    peak_memory,
+    resolve_device,
+    time_interleaved,
+)
 from ccnet.models.cca import TRITON_INSTALLED, CrissCrossAttention, criss_cross_attention, use_implementation
 
 log = logging.getLogger(__name__)

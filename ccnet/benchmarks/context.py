@@ -27,9 +27,19 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, count_flops, describe_machine,
-                                     format_table, machine_info, memory_method, peak_memory, resolve_device,
-                                     time_call)
+from ccnet.benchmarks.common import (
+    DTYPES,
+    add_device_arguments,
+    apply_threads,
+    count_flops,
+    describe_machine,
+    format_table,
+    machine_info,
+    memory_method,
+    peak_memory,
+    resolve_device,
+    time_call,
+)
 from ccnet.models.cca import select_implementation
 from ccnet.models.heads import NonLocalHead, RCCAHead
 

@@ -20,8 +20,18 @@ from typing import Any, Dict, List, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from ccnet.benchmarks.common import (DTYPES, add_device_arguments, apply_threads, count_flops, describe_machine,
-                                     format_table, machine_info, resolve_device, size_hw, time_call)
+from ccnet.benchmarks.common import (
+    DTYPES,
+    add_device_arguments,
+    apply_threads,
+    count_flops,
+    describe_machine,
+    format_table,
+    machine_info,
+    resolve_device,
+    size_hw,
+    time_call,
+)
 from ccnet.models import build_model
 
 log = logging.getLogger(__name__)
@@ -89,7 +99,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             meta_model = build_model(cfg, pretrained=False).eval()
             meta_input = torch.empty(1, 3, height, width)
         with torch.no_grad():
-            flops = count_flops(lambda: meta_model(meta_input))
+            flops = count_flops(lambda m=meta_model, x=meta_input: m(x))
         recurrence = cfg.get("recurrence") if cfg.get("context", "rcca") == "rcca" else None
         row: Dict[str, Any] = {"config": path.stem, "context": cfg.get("context"), "recurrence": recurrence,
                                "params_m": sum(p.numel() for p in meta_model.parameters()) / 1e6,

@@ -27,9 +27,19 @@ from typing import Any, Dict, List
 import torch
 import torch.nn.functional as F
 
-from ccnet.benchmarks.common import (add_device_arguments, apply_threads, describe_machine, format_table,
-                                     machine_info, memory_method, peak_memory, resolve_device, size_hw, time_call)
-from ccnet.benchmarks.model import config_paths, compose_model_config
+from ccnet.benchmarks.common import (
+    add_device_arguments,
+    apply_threads,
+    describe_machine,
+    format_table,
+    machine_info,
+    memory_method,
+    peak_memory,
+    resolve_device,
+    size_hw,
+    time_call,
+)
+from ccnet.benchmarks.model import compose_model_config, config_paths
 from ccnet.models import build_model
 
 log = logging.getLogger(__name__)
@@ -95,16 +105,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         step, drop_gradients = _variant_step(cfg, args, device, variant)
         timing = time_call(step, device, args.warmup, args.repeats, setup=drop_gradients)
         peak, _ = peak_memory(step, device, setup=drop_gradients)
-        row = {"variant": variant, "step_ms": timing["median_ms"], "images_per_s": args.batch / timing["median_ms"] * 1e3,
-               "peak_mb": peak / 2**20}
+        row = {"variant": variant, "step_ms": timing["median_ms"],
+               "images_per_s": args.batch / timing["median_ms"] * 1e3, "peak_mb": peak / 2**20}
         log.info("train %s: %s", variant, row)
         rows.append(row)
         del step, drop_gradients
     reference = next((r for r in rows if r["variant"].startswith("fp32")), None)
     for row in rows:
         row["speedup_vs_fp32"] = reference["step_ms"] / row["step_ms"] if reference else None
-    config = {"config": path.stem, "size": list(size_hw(args.size)), "batch": args.batch, "num_classes": args.num_classes,
-              "warmup": args.warmup, "repeats": args.repeats}
+    config = {"config": path.stem, "size": list(size_hw(args.size)), "batch": args.batch,
+              "num_classes": args.num_classes, "warmup": args.warmup, "repeats": args.repeats}
     result = {"benchmark": "train", "config": config, "machine": machine_info(device),
               "memory_method": memory_method(device), "results": rows}
     _print(result)

@@ -16,9 +16,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from ccnet.checkpoint import load_checkpoint, model_state_from, save_checkpoint
 from ccnet.convert import mmseg, official
 from ccnet.convert.core import ConversionError, ConversionReport, SourceFormat, remap_state_dict, strip_prefix
-from ccnet.checkpoint import load_checkpoint, model_state_from, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ from typing import Callable, Mapping, Optional, Tuple
 
 from torch import Tensor
 
-from ccnet.utils.state_dict import (ConversionError, ConversionReport, Rule, num_blocks, remap_state_dict,
-                                    strip_prefix)
+from ccnet.utils.state_dict import ConversionError, ConversionReport, Rule, num_blocks, remap_state_dict, strip_prefix
 
 __all__ = ["ConversionError", "ConversionReport", "Rule", "SourceFormat", "num_blocks", "remap_state_dict",
            "strip_prefix"]

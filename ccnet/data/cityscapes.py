@@ -21,8 +21,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ccnet.data.base import SegmentationDataset
-from ccnet.data.config import (check_label_spec, mean_std, resolve_split, root_from_cfg,
-                               transform_from_cfg)
+from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
 
 log = logging.getLogger(__name__)

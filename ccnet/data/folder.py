@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ccnet.data.base import IMAGE_EXTENSIONS, SegmentationDataset, make_label_lut
-from ccnet.data.config import (check_label_spec, mean_std, resolve_split, root_from_cfg,
-                               transform_from_cfg)
+from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
 
 log = logging.getLogger(__name__)

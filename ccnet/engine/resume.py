@@ -168,9 +168,9 @@ def check_resume_config(checkpoint: Mapping[str, Any], path: Path, new: Mapping[
         return
     changes = compare_configs(saved, new)
     if changes["blocking"]:
-        raise ResumeError(
-            f"cannot resume {path}: it was trained with another model or dataset:\n  " + "\n  ".join(changes["blocking"])
-            + "\nStart a new run instead (another work_dir; load_from=PATH initialises it from these weights)")
+        keys = "\n  ".join(changes["blocking"])
+        raise ResumeError(f"cannot resume {path}: it was trained with another model or dataset:\n  {keys}\nStart a "
+                          "new run instead (another work_dir; load_from=PATH initialises it from these weights)")
     if changes["applied"]:
         log.warning("resuming with changed optimisation settings, applied to the restored optimiser and "
                     "schedule:\n  %s", "\n  ".join(changes["applied"]))

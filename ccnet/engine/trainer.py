@@ -482,8 +482,8 @@ def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, An
         skipped = f"; {run.skipped} steps skipped (non-finite loss)" if run.skipped else ""
         log.info("done: %d iterations in %.0f s of training; val mIoU %.4f (best %.4f)%s\n"
                  "  checkpoints: %s (last), %s (best)\n  log: %s\n  metrics: %s\n  TensorBoard: tensorboard "
-                 "--logdir %s", run.max_iters, run.train_time, metrics["val/mIoU"], run.best_miou, skipped, run.ckpts.last,
-                 run.ckpts.best, work_dir / "train.log", work_dir / "metrics.jsonl", work_dir / "tb")
+                 "--logdir %s", run.max_iters, run.train_time, metrics["val/mIoU"], run.best_miou, skipped,
+                 run.ckpts.last, run.ckpts.best, work_dir / "train.log", work_dir / "metrics.jsonl", work_dir / "tb")
     return result
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import glob
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ccnet.data import dataset_metainfo
-from ccnet.evaluation.inference import InferenceSettings, predict_logits
 from ccnet.dist import resolve_device
-from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_model_and_dataset)
+from ccnet.evaluation.inference import InferenceSettings, predict_logits
+from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model, resolve_model_and_dataset
 from ccnet.evaluation.writers import PredictionWriter, check_unique_outputs
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 

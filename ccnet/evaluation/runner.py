@@ -16,10 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ccnet import dist
+from ccnet.dist import resolve_device
 from ccnet.evaluation.evaluator import PredictionCallback, evaluate
 from ccnet.evaluation.inference import InferenceSettings
-from ccnet.dist import resolve_device
-from ccnet.evaluation.loading import (load_checkpoint_for_eval, load_model, resolve_model_and_dataset)
+from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model, resolve_model_and_dataset
 from ccnet.evaluation.writers import PredictionWriter
 from ccnet.utils.visualize import denormalize
 
@@ -42,7 +42,8 @@ def format_table(classes: Sequence[str], results: Mapping[str, Any]) -> str:
 
     width = max([len("class")] + [len(c) for c in classes])
     lines = [f"{'class':<{width}}    IoU    Acc", "-" * (width + 15)]
-    lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}" for name, iou, acc in zip(classes, results["IoU"], results["Acc"])]
+    lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}"
+              for name, iou, acc in zip(classes, results["IoU"], results["Acc"])]
     lines += ["-" * (width + 15),
               f"mIoU {pct(results['mIoU']).strip()}  mAcc {pct(results['mAcc']).strip()}  "
               f"aAcc {pct(results['aAcc']).strip()}  ({results['num_images']} images)"]

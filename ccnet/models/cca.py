@@ -157,9 +157,9 @@ def criss_cross_attention_weights(q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]
         k: keys.
 
     Returns:
-        ``(attn_h, attn_w)`` in float32 (float64 for float64 inputs): ``attn_h[b, h, w, i]`` is the weight of position (i, w) of u's column,
-        ``attn_w[b, h, w, j]`` that of (h, j) in u's row. ``attn_h[..., h, w, h]`` is 0 (the masked
-        diagonal), and for every u the two together sum to 1.
+        ``(attn_h, attn_w)`` in float32 (float64 for float64 inputs): ``attn_h[b, h, w, i]`` is the
+        weight of position (i, w) of u's column, ``attn_w[b, h, w, j]`` that of (h, j) in u's row.
+        ``attn_h[..., h, w, h]`` is 0 (the masked diagonal), and for every u the two together sum to 1.
 
     Shape:
         q, k: (B, C', H, W). attn_h: (B, H, W, H). attn_w: (B, H, W, W).

@@ -26,8 +26,18 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ccnet.models.cca import check_scale_and_residual
-from ccnet.models.cca_lean import (_accumulation_dtype, _add_pair_products, _channel_slices, _energies, _gather,
-                                   _is_channels_last, _read, _scatter, _softmax_, _softmax_backward_)
+from ccnet.models.cca_lean import (
+    _accumulation_dtype,
+    _add_pair_products,
+    _channel_slices,
+    _energies,
+    _gather,
+    _is_channels_last,
+    _read,
+    _scatter,
+    _softmax_,
+    _softmax_backward_,
+)
 
 # Positions per step when the backward builds dx (bounds the temporary).
 ROW_CHUNK = 1024

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.data.datagen import block_label, random_image, write_image, write_label
 
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
-from ccnet.data.synthetic import (KEY_COLORS, SyntheticConfig, build_synthetic, generate_sample,
-                                  region_masks)
+from ccnet.data.synthetic import KEY_COLORS, SyntheticConfig, build_synthetic, generate_sample, region_masks
 
 N_CHECKED = 60  # scenes per property check: enough to hit every placement branch, fast on 2 cores
 

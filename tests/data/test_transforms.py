@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ccnet.data.transforms import (CatMaxRatioCrop, KeepRatioResize, RandomRescale, build_train_transform,
-                                   build_val_transform, keep_ratio_size, to_hw)
+from ccnet.data.transforms import (
+    CatMaxRatioCrop,
+    KeepRatioResize,
+    RandomRescale,
+    build_train_transform,
+    build_val_transform,
+    keep_ratio_size,
+    to_hw,
+)
 from tests.data.datagen import normalise
 
 PHOTOMETRIC = dict(p=1.0, brightness_delta=32, contrast_range=[0.5, 1.5], saturation_range=[0.5, 1.5],

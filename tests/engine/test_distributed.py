@@ -23,8 +23,8 @@ import sys
 import pytest
 import torch
 
-from ccnet.engine import train
 from ccnet.checkpoint import load_checkpoint
+from ccnet.engine import train
 from ccnet.engine.rng import seed_everything
 from ccnet.models import build_model
 

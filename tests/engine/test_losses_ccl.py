@@ -176,8 +176,8 @@ def test_criterion_adds_ccl_when_the_model_returns_features():
 
 
 def test_training_run_with_ccl(configs_dir, tmp_path, monkeypatch):
-    from ccnet.engine import train
     from ccnet.checkpoint import load_checkpoint
+    from ccnet.engine import train
 
     calls = []
     forward = CategoryConsistentLoss.forward

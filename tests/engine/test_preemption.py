@@ -116,19 +116,21 @@ def test_second_signal_aborts_at_once_without_saving(repo_root, tmp_path, common
 
 @pytest.mark.slow  # two torchrun jobs of 2 processes: 40-120 s on 2 cores
 def test_torchrun_restart_after_a_killed_worker_ends_with_the_same_weights(repo_root, tmp_path, tiny_overrides):
+    # A restarted gloo group often fails to connect ("Gloo connectFullMesh failed", also without this
+    # framework: torch 2.14 on this machine) and succeeds at a later attempt, so the test allows several
+    # restarts, and a short collective timeout so that a stuck connection fails fast.
     overrides = tiny_overrides + ["train.max_iters=6", "train.batch_size=2", "train.eval_interval=0",
-                                  "train.checkpoint_interval=2", "train.vis_images=0", "model.dropout=0.2"]
+                                  "train.checkpoint_interval=2", "train.vis_images=0", "model.dropout=0.2",
+                                  "train.dist_timeout_s=15"]
     script = tmp_path / "child.py"
     script.write_text(CHILD)
 
     def job(action: str, work: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3",
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=6",
              str(script), action, "5", str(tmp_path / "marker"), "--", "resume=auto", *overrides, f"work_dir={work}"],
             capture_output=True, text=True, env=_env(repo_root), timeout=600)
 
-    # --max-restarts=3 as scripts/dist_train.sh: a restart's gloo connection can itself fail once on a loaded
-    # machine ("Connection refused" while the peers start), which costs a restart, not the job.
     reference = job("none", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
     restarted = job("kill", tmp_path / "restarted")  # rank 1 dies at step 5, after the iteration-4 checkpoint

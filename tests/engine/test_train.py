@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ccnet.engine.trainer as trainer
+from ccnet.checkpoint import CheckpointError, load_checkpoint
 from ccnet.data import build_dataset
 from ccnet.engine import NonFiniteLossError, train
-from ccnet.checkpoint import CheckpointError, load_checkpoint
 
 
 def majority_class_miou(cfg) -> float:

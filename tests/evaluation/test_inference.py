@@ -132,7 +132,8 @@ def test_autocast_close_to_fp32(amp, tol):
 def test_channels_last_equals_fp32():
     model, x = make(), images(b=1, h=32, w=40)
     ref = predict_logits(model, x, InferenceSettings(flip=True))
-    cl = predict_logits(model.to(memory_format=torch.channels_last), x, InferenceSettings(flip=True, channels_last=True))
+    cl = predict_logits(model.to(memory_format=torch.channels_last), x,
+                        InferenceSettings(flip=True, channels_last=True))
     assert torch.allclose(cl, ref, atol=1e-5)
 
 

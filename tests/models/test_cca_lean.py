@@ -25,7 +25,7 @@ def test_matches_loop_reference_outputs_and_gradients(shape, fused):
     ref, ref_grads = outputs_and_grads(loop_reference, args, grad)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for name, mine, theirs in zip("q k v gamma x".split(), grads, ref_grads):
-        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"d{name}: {m}")
 
 
 def test_gradcheck_float64():

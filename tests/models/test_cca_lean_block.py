@@ -66,7 +66,7 @@ def test_fused_block_matches_convolutions_and_loop_reference(shape, layout, chun
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     names = ["x"] + [n for n, _ in module.named_parameters()]
     for name, mine, theirs in zip(names, grads, ref_grads):
-        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"d{name}: {m}")
 
 
 def test_fused_block_gradcheck_float64():
@@ -106,7 +106,7 @@ def test_fused_block_incoming_gradient_in_any_layout():
             _, grads = _module_grads(_block, module, layouts[x_layout](x), convert(grad))
             for mine, theirs in zip(grads, ref_grads):
                 torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5,
-                                           msg=lambda m: f"x {x_layout}, dY {grad_layout}: {m}")
+                                           msg=lambda m, a=x_layout, b=grad_layout: f"x {a}, dY {b}: {m}")
 
 
 def test_fused_block_without_input_gradient_or_with_frozen_projections():

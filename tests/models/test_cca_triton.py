@@ -39,7 +39,8 @@ def _assert_matches(fn, reference, tensors, grad, tol):
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
     for name, tensor, mine, theirs in zip("q k v gamma x".split(), tensors, grads, ref_grads):
         assert mine.dtype == tensor.dtype
-        torch.testing.assert_close(mine.float(), theirs, atol=2 * tol, rtol=2 * tol, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(mine.float(), theirs, atol=2 * tol, rtol=2 * tol,
+                                   msg=lambda m, name=name: f"d{name}: {m}")
 
 
 def _triton(*tensors):

@@ -63,7 +63,7 @@ def test_cca_impl_decides_over_the_environment(monkeypatch):
     calls = []
     for cca_impl in (None, "reference"):
         model = build_model({**TINY, "cca_impl": cca_impl}).eval()
-        model.head.cca.query_conv.register_forward_hook(lambda *_: calls.append(cca_impl))
+        model.head.cca.query_conv.register_forward_hook(lambda *_, impl=cca_impl: calls.append(impl))
         with torch.no_grad():
             model(torch.randn(1, 3, 32, 32))
     assert calls == ["reference", "reference"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccnet.data.config import transform_from_cfg
 from ccnet.checkpoint import load_checkpoint, save_checkpoint
+from ccnet.data.config import transform_from_cfg
 from ccnet.evaluation.loading import load_model, resolve_model_and_dataset
 from tests.convert.upstream import MMSegCCNet, OfficialCCNet, randomize_
 

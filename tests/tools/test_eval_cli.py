@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
@@ -37,7 +36,8 @@ def eval_cfg(configs_dir, *overrides):
 
 def run_cli(repo_root, tool, *args, nproc=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    launcher = [sys.executable] if not nproc else [sys.executable, "-m", "torch.distributed.run",
+                                                    f"--nproc_per_node={nproc}"]
     proc = subprocess.run([*launcher, str(repo_root / "tools" / tool), *args], cwd=repo_root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,12 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from ccnet.data.cityscapes import PALETTE
 from ccnet.checkpoint import load_checkpoint
+from ccnet.data.cityscapes import PALETTE
 from ccnet.evaluation.predict import list_inputs, run_infer
 from ccnet.models import build_model
 from tests.evaluation.helpers import load_yaml, make_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
