@@ -1,21 +1,32 @@
-"""Export a trained CCNet to ONNX and TorchScript, and check the exported graphs against PyTorch.
+"""Export a trained CCNet as a ``torch.export`` program (``.pt2``) and as ONNX, and check both against PyTorch.
 
-Both exports trace the model in eval mode and keep only the main logits, ``images (B, 3, H, W) ->
-logits (B, K, H, W)`` (inputs normalised with the dataset's mean/std, as in training). Batch, height
-and width are dynamic in the ONNX graph; the traced TorchScript module records sizes through
-``aten::size``, so it also runs at other input sizes (both are checked by the tests).
+Both artefacts hold the model's inference function in eval mode with only the main logits,
+``images (B, 3, H, W) -> logits (B, K, H, W)``: RGB images normalised as in training,
+``(x / 255 - mean) / std``, logits bilinearly upsampled back to the input size. Batch, height and
+width are dynamic. Each artefact carries its metadata (model name, classes, palette, mean, std, input
+convention): the ``.pt2`` as the extra file ``meta.json``, the ONNX model as ``metadata_props``;
+:func:`load_exported` reads either back as ``(callable, metadata)``.
 
-The criss-cross attention has several implementations (:func:`ccnet.models.cca.criss_cross_attention`):
-the fast ones are a custom ``autograd.Function`` and Triton kernels, which neither the ONNX exporter
-nor TorchScript can serialise. Export therefore runs inside ``use_implementation("reference")``
-(:func:`ccnet.models.cca.use_implementation`), which selects the einsum reference (plain
-``einsum``/``masked_fill``/``softmax`` ops) whatever ``model.cca_impl`` or ``CCNET_CCA_IMPL`` say.
-The parity checks compare the exported graph with the eager model as it normally runs (fast
-path), so they also confirm that both paths compute the same function.
+**Dynamic shapes.** The program is exported with ``Dim.DYNAMIC`` for batch, height and width and
+``torch.export`` infers the constraints that hold: H, W >= 9, so that the output-stride-8 feature
+map is at least 2 x 2 (at 1 x 1 the criss-cross attention's shapes specialise, and an explicit
+``Dim(min=9)`` is refused because the symbolic solver cannot prove the attention's size guard
+``(h + 1) % (h + 1)**2 != 0`` for ``h >= 2``). No multiple of 8 is needed: the strided convolutions
+are padded and the logits are resized to the exact input size. Batch is recorded as >= 2
+(``torch.export`` specialises sizes 0 and 1, so the example batch is 2), and a batch of 1 runs too
+(checked by the parity run and the tests).
 
-ONNX uses the TorchScript-based exporter (``dynamo=False``): it needs only the ``onnx`` package,
-exports the R101 model in seconds, and handles the dynamic H/W of the attention; the ``torch.export``
--based exporter additionally requires ``onnxscript``.
+**Criss-cross attention.** Its fast implementations (:func:`ccnet.models.cca.criss_cross_attention`)
+are a custom ``autograd.Function`` and Triton kernels, which no exporter serialises. Export therefore
+runs inside ``use_implementation("reference")`` (:func:`ccnet.models.cca.use_implementation`), the
+einsum reference (``einsum``/``masked_fill``/``softmax``) whatever ``model.cca_impl`` or
+``CCNET_CCA_IMPL`` say. The parity checks compare the exports with the eager model as it normally
+runs (fast path), so they also confirm that both paths compute the same function.
+
+**ONNX exporter.** The ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``,
+needs ``onnxscript``) converts the same exported program. Where it is unavailable or fails, the
+TorchScript-based exporter (``dynamo=False``, deprecated in PyTorch but still shipped) writes the ONNX
+file instead, and the reason is recorded (``exporter``/``fallback_reason`` of :class:`OnnxExport`).
 """
 
 from __future__ import annotations
@@ -26,27 +37,38 @@ import logging
 import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.export import Dim, ExportedProgram
 
+from ccnet.errors import UserError
 from ccnet.models.cca import use_implementation
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 MIN_OPSET = 17
+DEFAULT_OPSET = 18  # the dynamo exporter's own opset; 17 works through an ONNX version conversion
+META_FILE = "meta.json"  # the .pt2 extra file holding the metadata
+INPUT_CONVENTION = "RGB, (x / 255 - mean) / std, NCHW float32"
+AXES = {0: "batch", 2: "height", 3: "width"}  # dynamic axes of images (B, 3, H, W) and logits (B, K, H, W)
 
 
-def _require(module: str):
+class ExportError(UserError, RuntimeError):
+    """``torch.export`` could not export the model (the message says at which size and why)."""
+
+
+def _require(module: str, purpose: str = "ONNX export and its parity check"):
     """Import an optional export dependency, or say how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{module} is needed for ONNX export and its parity check: pip install -e '.[export]' "
+        raise ImportError(f"{module} is needed for {purpose}: pip install -e '.[export]' "
                           "(or pip install -r requirements-dev.txt)") from exc
 
 
@@ -65,131 +87,309 @@ class LogitsOnly(nn.Module):
         return self.model(images)["out"]
 
 
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` wrote and how.
+
+    Attributes:
+        path: the ``.onnx`` file.
+        opset: the default-domain opset of the written model.
+        exporter: ``"dynamo"`` (``torch.export``-based) or ``"torchscript"`` (the fallback).
+        fallback_reason: why the dynamo exporter was not used; None when it was.
+    """
+
+    path: str
+    opset: int
+    exporter: str
+    fallback_reason: Optional[str] = None
+
+
 @contextmanager
-def _tracing() -> Iterator[None]:
-    """Reference attention, no autograd, and no warnings that are not actionable: tracing warns
-    about Python-side shape checks (they only validate, so a constant result is right for any size)
-    and the TorchScript-based ONNX exporter warns that it is the legacy one."""
-    with warnings.catch_warnings(), use_implementation("reference"), torch.no_grad():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message="The feature will be removed.*")  # inside that exporter
+def _exporting() -> Iterator[None]:
+    """Reference attention (the one every exporter can serialise) and no autograd."""
+    with use_implementation("reference"), torch.no_grad():
         yield
 
 
-def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = MIN_OPSET, dynamic: bool = True,
-                metadata: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``model`` (eval mode, main logits) as an ONNX file.
+@contextmanager
+def _legacy_onnx_warnings_silenced() -> Iterator[None]:
+    """Only around the fallback exporter: its warnings are not actionable here. Tracing warns about
+    Python-side shape checks (they only validate, so a constant result is right for any size), and
+    PyTorch warns that this exporter is deprecated (DeprecationWarning "legacy TorchScript-based ONNX
+    export" and "The feature will be removed" from inside it): we use it only where the dynamo
+    exporter failed, and say so in the result."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed.*", category=DeprecationWarning)
+        yield
+
+
+def export_program(model: nn.Module, example: Tensor) -> ExportedProgram:
+    """``torch.export`` the model's inference forward with dynamic batch, height and width.
 
     Args:
         model: a :class:`~ccnet.models.CCNet` (or any module returning ``{"out": logits}``).
-        path: output ``.onnx`` file.
-        example: a (B, 3, H, W) input to trace with.
-        opset: ONNX opset, at least 17.
-        dynamic: make batch, height and width dynamic axes.
-        metadata: written to the model's ``metadata_props`` as JSON strings (e.g. mean/std).
+        example: a (B, 3, H, W) input with B >= 2 (a batch of 1 would be specialised to 1) and
+            H, W >= 9.
+
+    Returns:
+        The exported program; its ``range_constraints`` hold the inferred size limits
+        (:func:`dynamic_ranges`).
+
+    Raises:
+        ExportError: ``torch.export`` failed (e.g. the example is too small to keep H, W dynamic).
+    """
+    if example.dim() != 4 or example.shape[0] < 2:
+        raise ValueError(f"the export example must be (B, 3, H, W) with B >= 2, got {tuple(example.shape)}: "
+                         "torch.export specialises a batch of 1")
+    dynamic = {"images": {axis: Dim.DYNAMIC for axis in AXES}}
+    try:
+        with _exporting():
+            return torch.export.export(LogitsOnly(model).eval(), (example,), dynamic_shapes=dynamic)
+    except Exception as exc:  # torch.export raises many types (UserError, GuardOnDataDependentSymNode, ...)
+        raise ExportError(f"torch.export failed for input {tuple(example.shape)} with dynamic batch/H/W: "
+                          f"{_first_line(exc)}. Sizes must keep the stride-8 feature map at least 2 x 2 "
+                          "(H, W >= 9, --size)") from exc
+
+
+def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
+    """The inferred ``[min, max]`` of batch, height and width (max None: unbounded; min == max: static).
+
+    Returns:
+        ``{"batch": [2, None], "height": [9, None], "width": [9, None]}`` for CCNet.
+    """
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
+                       and n.name == program.graph_signature.user_inputs[0])
+    shape = placeholder.meta["val"].shape
+    ranges = {}
+    for axis, name in AXES.items():
+        size = shape[axis]
+        if isinstance(size, int):
+            ranges[name] = [size, size]
+            continue
+        bounds = program.range_constraints[size.node.expr]
+        upper = bounds.upper
+        ranges[name] = [int(bounds.lower), int(upper) if upper.is_finite else None]
+    return ranges
+
+
+def save_program(program: ExportedProgram, path: PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
+    """``torch.export.save`` ``program`` with ``metadata`` as the extra file ``meta.json``.
 
     Returns:
         The path written.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, path, extra_files={META_FILE: json.dumps(dict(metadata or {}))})
+    log.info("wrote torch.export program (dynamic batch/H/W: %s) to %s", dynamic_ranges(program), path)
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _dynamo_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bool,
+                 program: Optional[ExportedProgram]) -> Any:
+    """The ``torch.export``-based ONNX exporter's model proto (axes named batch/height/width)."""
+    importlib.import_module("onnxscript")  # the exporter's dependency: its absence is a fallback reason
+    if dynamic and program is None:
+        program = export_program(model, example if example.shape[0] >= 2 else example.expand(2, -1, -1, -1))
+    source: Union[ExportedProgram, nn.Module] = program if dynamic else LogitsOnly(model).eval()
+    with _exporting():
+        onnx_program = torch.onnx.export(source, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                         input_names=["images"], output_names=["logits"])
+    if dynamic:
+        shape = onnx_program.model.graph.inputs[0].shape
+        onnx_program.rename_axes({shape[axis]: name for axis, name in AXES.items()})
+    return onnx_program.model_proto
+
+
+def _torchscript_onnx(model: nn.Module, path: Path, example: Tensor, opset: int, dynamic: bool) -> Any:
+    """The TorchScript-based ONNX exporter's model proto (the fallback)."""
+    onnx = _require("onnx")
+    axes = {"images": AXES, "logits": AXES}
+    with _exporting(), _legacy_onnx_warnings_silenced():
+        torch.onnx.export(LogitsOnly(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes=axes if dynamic else None, do_constant_folding=True)
+    return onnx.load(str(path))
+
+
+def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = DEFAULT_OPSET, dynamic: bool = True,
+                metadata: Optional[Mapping[str, Any]] = None, program: Optional[ExportedProgram] = None,
+                exporter: str = "dynamo") -> OnnxExport:
+    """Write ``model`` (eval mode, main logits) as an ONNX file, with the dynamo exporter where it works.
+
+    Args:
+        model: a :class:`~ccnet.models.CCNet` (or any module returning ``{"out": logits}``).
+        path: output ``.onnx`` file.
+        example: a (B, 3, H, W) input; with ``dynamic=False`` its shape is the graph's fixed shape.
+        opset: ONNX opset, at least 17.
+        dynamic: batch, height and width as named dynamic axes (``batch``, ``height``, ``width``).
+        metadata: written to the model's ``metadata_props`` as JSON strings (e.g. mean/std).
+        program: the :func:`export_program` of ``model``, reused by the dynamo exporter (else exported here).
+        exporter: ``"dynamo"`` (fall back to TorchScript if it fails) or ``"torchscript"``.
+
+    Returns:
+        The path, the opset written, the exporter used and, after a fallback, the reason.
+
+    Raises:
+        ValueError: opset below 17, or an unknown ``exporter``.
+        ImportError: ``onnx`` is not installed.
+    """
     onnx = _require("onnx")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: need >= {MIN_OPSET}")
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"unknown ONNX exporter {exporter!r}: expected 'dynamo' or 'torchscript'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = LogitsOnly(model).eval()
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    with _tracing():
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes=axes if dynamic else None, do_constant_folding=True)
-    proto = onnx.load(str(path))
+    reason = "requested" if exporter == "torchscript" else None
+    proto = None
+    if exporter == "dynamo":
+        try:
+            proto = _dynamo_onnx(model, example, opset, dynamic, program)
+        except ImportError as exc:
+            reason = f"onnxscript is not installed ({exc}); pip install onnxscript"
+        except Exception as exc:  # an unsupported op, a dynamic-shape guard, a failed opset conversion...
+            reason = f"the dynamo exporter failed: {_first_line(exc)}"
+            log.debug("dynamo ONNX export failed", exc_info=True)
+    if proto is None:
+        log.warning("ONNX: using the TorchScript-based exporter (%s)", reason)
+        proto = _torchscript_onnx(model, path, example, opset, dynamic)
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-    log.info("wrote ONNX (opset %d, %s input shape) to %s", opset, "dynamic" if dynamic else "static", path)
-    return path
+    written = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    result = OnnxExport(str(path), written, "torchscript" if reason else "dynamo", reason)
+    log.info("wrote ONNX (opset %d, %s input shape, %s exporter) to %s", written,
+             "dynamic" if dynamic else "static", result.exporter, path)
+    return result
 
 
-def export_torchscript(model: nn.Module, path: PathLike, example: Tensor,
-                       metadata: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``model`` (eval mode, main logits) as a traced TorchScript module.
+class OnnxRunner:
+    """An ONNX model in ONNX Runtime, called like the PyTorch model: (B, 3, H, W) -> (B, K, H, W) logits.
 
     Args:
-        model: a :class:`~ccnet.models.CCNet`.
-        path: output file (``torch.jit.load`` reads it).
-        example: a (B, 3, H, W) input to trace with.
-        metadata: stored as the extra file ``meta.json`` (read it with ``_extra_files``).
+        path: the ``.onnx`` file.
+        providers: ONNX Runtime execution providers (default: CPU).
+    """
+
+    def __init__(self, path: PathLike, providers: Optional[Sequence[str]] = None) -> None:
+        ort = _require("onnxruntime", "running an ONNX export")
+        self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: Tensor) -> Tensor:
+        logits = self.session.run(None, {self.input_name: images.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(logits).to(images.device)
+
+
+def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None
+                  ) -> Tuple[Callable[[Tensor], Tensor], Dict[str, Any]]:
+    """Read an export of :func:`export_checkpoint` back: the model as a callable, and its metadata.
+
+    Args:
+        path: a ``.pt2`` (``torch.export``) or ``.onnx`` file.
+        providers: ONNX Runtime execution providers for ``.onnx`` (default: CPU).
 
     Returns:
-        The path written.
+        ``(run, metadata)``: ``run(images) -> logits`` with images (B, 3, H, W) float32, RGB,
+        ``(x / 255 - mean) / std``; for ``.pt2`` the program's ``module()`` (an ``nn.Module``: call it
+        under ``torch.no_grad()``, move it with ``.to(device)``), for ``.onnx`` an :class:`OnnxRunner`.
+        ``metadata``: ``model``, ``num_classes``, ``classes``, ``palette``, ``mean``, ``std``,
+        ``input`` (empty for a file written without metadata).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the suffix is neither ``.pt2`` nor ``.onnx``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _tracing():
-        traced = torch.jit.trace(LogitsOnly(model).eval(), example)
-    torch.jit.save(traced, str(path), _extra_files={"meta.json": json.dumps(dict(metadata or {}))})
-    log.info("wrote TorchScript to %s", path)
-    return path
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}: expected a .pt2 or .onnx file from tools/export.py")
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        extra = {META_FILE: ""}
+        program = torch.export.load(path, extra_files=extra)
+        return program.module(), json.loads(extra[META_FILE] or "{}")
+    if suffix == ".onnx":
+        runner = OnnxRunner(path, providers)
+        stored = runner.session.get_modelmeta().custom_metadata_map
+        return runner, {key: json.loads(value) for key, value in stored.items()}
+    raise ValueError(f"cannot tell the format of {path} from its suffix {suffix!r}: expected .pt2 (torch.export) "
+                     "or .onnx")
 
 
-def _eager_logits(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return LogitsOnly(model).eval()(x)
-
-
-def onnx_max_abs_diff(model: nn.Module, path: PathLike, inputs: Sequence[Tensor]) -> float:
-    """Largest |ONNX Runtime − PyTorch| over the logits of ``inputs`` (CPU execution provider)."""
-    ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    diff = 0.0
-    for x in inputs:
-        out = torch.from_numpy(session.run(None, {name: x.cpu().numpy()})[0])
-        diff = max(diff, (out - _eager_logits(model, x).cpu()).abs().max().item())
-    return diff
-
-
-def torchscript_max_abs_diff(model: nn.Module, path: PathLike, inputs: Sequence[Tensor]) -> float:
-    """Largest |TorchScript − PyTorch| over the logits of ``inputs``."""
-    scripted = torch.jit.load(str(path), map_location="cpu")
+def max_abs_diff(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> float:
+    """Largest |export − PyTorch| over the logits of ``inputs`` (the model on its own implementation path)."""
     diff = 0.0
     with torch.no_grad():
         for x in inputs:
-            diff = max(diff, (scripted(x.cpu()) - _eager_logits(model, x).cpu()).abs().max().item())
+            ref = LogitsOnly(model).eval()(x)
+            diff = max(diff, (exported(x).to(ref.device) - ref).abs().max().item())
     return diff
 
 
-def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None,
-                      torchscript_path: Optional[PathLike] = None, size: Sequence[int] = (512, 512),
-                      opset: int = MIN_OPSET, dynamic: bool = True, check_sizes: Sequence[Sequence[int]] = (),
-                      seed: int = 0) -> Dict[str, Any]:
+def export_metadata(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any], num_classes: int
+                    ) -> Dict[str, Any]:
+    """What a user of an export needs besides the graph: class names and colours, and the input normalisation."""
+    from ccnet.data.build import dataset_metainfo
+
+    try:
+        classes, palette, _ = dataset_metainfo(dataset_cfg)
+    except ValueError as exc:  # e.g. a converted checkpoint without a dataset name: the graph is still usable
+        log.warning("no class names/palette in the export metadata: %s", exc)
+        classes, palette = None, None
+    return {"model": model_cfg.get("name"), "num_classes": num_classes,
+            "classes": None if classes is None else list(classes)[:num_classes],
+            "palette": None if palette is None else [list(rgb) for rgb in palette][:num_classes],
+            "mean": dataset_cfg.get("mean"), "std": dataset_cfg.get("std"), "input": INPUT_CONVENTION}
+
+
+def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None, pt2_path: Optional[PathLike] = None,
+                      size: Sequence[int] = (512, 512), opset: int = DEFAULT_OPSET, dynamic: bool = True,
+                      check_sizes: Sequence[Sequence[int]] = (), seed: int = 0) -> Dict[str, Any]:
     """Rebuild the model stored in ``checkpoint`` and export it; check each export on random inputs.
+
+    The parity inputs are a batch of 2 at ``size`` (the export example) and a batch of 1 at each of
+    ``check_sizes``, so both the batch and the spatial axes are exercised.
 
     Args:
         checkpoint: a checkpoint of this framework (trained, or from ``tools/convert_checkpoint.py``)
             with its ``config`` (``model`` and ``dataset`` sections).
         onnx_path: ONNX output, or None.
-        torchscript_path: TorchScript output, or None.
-        size: (H, W) of the example input used for tracing.
+        pt2_path: ``torch.export`` program output (``.pt2``), or None.
+        size: (H, W) of the export example; H, W >= 9.
         opset: ONNX opset (>= 17).
-        dynamic: dynamic batch/H/W axes in the ONNX graph.
-        check_sizes: further (H, W) sizes to check parity at (needs ``dynamic`` for ONNX).
+        dynamic: dynamic batch/H/W axes in the ONNX graph (the ``.pt2`` is always dynamic).
+        check_sizes: further (H, W) sizes to check parity at (the static ONNX graph is checked at
+            ``size`` only).
         seed: seed of the random check inputs.
 
     Returns:
-        ``{"model", "num_classes", "mean", "std", "onnx": {"path", "max_abs_diff"},
-        "torchscript": {...}}`` with the entries of the formats exported.
+        ``{"model", "num_classes", "classes", "mean", "std", "pt2": {"path", "dynamic",
+        "max_abs_diff"}, "onnx": {"path", "opset", "exporter", "fallback_reason", "dynamic",
+        "max_abs_diff"}}`` with the entries of the formats exported.
 
     Raises:
-        ValueError: nothing to export, or the checkpoint has no stored model config.
+        ValueError: nothing to export, a size below 9, or the checkpoint has no stored model config.
+        ExportError: ``torch.export`` failed for the ``.pt2``.
     """
     from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model
 
-    if onnx_path is None and torchscript_path is None:
-        raise ValueError("nothing to export: give an ONNX path, a TorchScript path, or both")
+    if onnx_path is None and pt2_path is None:
+        raise ValueError("nothing to export: give an ONNX path, a .pt2 path, or both")
+    small = [tuple(hw) for hw in [size, *check_sizes] if min(hw) < 9]
+    if small:
+        raise ValueError(f"sizes {small} are too small: H and W must be >= 9 (the stride-8 feature map of the "
+                         "export is at least 2 x 2); change --size / --check-size")
     ckpt, stored = load_checkpoint_for_eval(checkpoint)
     if not stored or not isinstance(stored.get("model"), Mapping):
         raise ValueError(f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); export needs "
@@ -197,18 +397,23 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
     model_cfg = dict(stored["model"])
     dataset_cfg = dict(stored.get("dataset") or {})
     model = load_model(model_cfg, ckpt, checkpoint, torch.device("cpu"))
-    meta = {"model": model_cfg.get("name"), "num_classes": model.num_classes, "mean": dataset_cfg.get("mean"),
-            "std": dataset_cfg.get("std"), "input": "RGB, (x / 255 - mean) / std, NCHW float32"}
+    meta = export_metadata(model_cfg, dataset_cfg, model.num_classes)
     gen = torch.Generator().manual_seed(seed)
-    example = torch.randn(1, 3, *size, generator=gen)
+    example = torch.randn(2, 3, *size, generator=gen)
     checks = [example] + [torch.randn(1, 3, *hw, generator=gen) for hw in check_sizes]
-    result: Dict[str, Any] = {k: meta[k] for k in ("model", "num_classes", "mean", "std")}
+    result: Dict[str, Any] = {k: meta[k] for k in ("model", "num_classes", "classes", "mean", "std")}
+
+    program: Optional[ExportedProgram] = None
+    if pt2_path is not None:
+        program = export_program(model, example)
+        save_program(program, pt2_path, meta)
+        run, _ = load_exported(pt2_path)
+        result["pt2"] = {"path": str(pt2_path), "dynamic": dynamic_ranges(program),
+                         "max_abs_diff": max_abs_diff(model, run, checks)}
     if onnx_path is not None:
-        export_onnx(model, onnx_path, example, opset=opset, dynamic=dynamic, metadata=meta)
-        result["onnx"] = {"path": str(onnx_path), "opset": opset,
-                          "max_abs_diff": onnx_max_abs_diff(model, onnx_path, checks if dynamic else [example])}
-    if torchscript_path is not None:
-        export_torchscript(model, torchscript_path, example, metadata=meta)
-        result["torchscript"] = {"path": str(torchscript_path),
-                                 "max_abs_diff": torchscript_max_abs_diff(model, torchscript_path, checks)}
+        written = export_onnx(model, onnx_path, example if dynamic else example[:1], opset=opset, dynamic=dynamic,
+                              metadata=meta, program=program)
+        run, _ = load_exported(onnx_path)
+        result["onnx"] = {**asdict(written), "dynamic": dynamic,
+                          "max_abs_diff": max_abs_diff(model, run, checks if dynamic else [example[:1]])}
     return result

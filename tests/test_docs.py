@@ -421,7 +421,7 @@ Run `python tools/train.py model.recurrence=1` or `python tools/eval.py checkpoi
 python tools/train.py -m dataset=folder dataset.root=data/x dataset.num_classes=5 \\
     'dataset.crop_size=[128,128]' model.ccl=false,true train.seed=0,1 work_dir=work_dirs/w  # a comment
 python tools/train.py experiment=cityscapes_r101_official train.ohem.enabled=true +train.extra=1 ~train.ccl
-python tools/eval.py checkpoint=PATH +model.recurrence=3 eval.scales=[0.75,1.0] eval.format=[color,overlay]
+python tools/eval.py checkpoint=PATH +model.recurrence=3 eval.scales=[0.75,1.0] formats=[color,overlay]
 torchrun --nproc_per_node=4 tools/train.py experiment=ade20k_r101_512_80k ... resume=true
 python tools/cityscapes_eval.py --pred p/ --gt g/ [--out m.json]
 python tools/benchmark.py cca --threads 2 --repeats 9 && echo done > log.txt

@@ -2,7 +2,7 @@
 
 A thin command line over ``ccnet/benchmarks/<name>.py``; each module adds its options
 (``add_arguments(parser)``) and runs (``run(args) -> dict``, printing a table). The returned dict is
-written as JSON to ``--out`` (default ``benchmarks/results/<name>.json`` in the repository, which git
+written as JSON to ``--out`` (default ``outputs/benchmarks/<name>.json`` in the repository, which git
 ignores; the ablation summary: beside its runs). ``python tools/benchmark.py <name> --help`` lists a
 benchmark's options; docs/performance.md has the commands behind its tables.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
+RESULTS_DIR = REPO / "outputs" / "benchmarks"
 
 # name -> (module, one-line description)
 BENCHMARKS: Dict[str, tuple] = {

@@ -1,6 +1,6 @@
 """Write N dataset samples, as the network sees them, as "image | colourised label" PNGs (configs/browse.yaml).
 
-    python tools/browse_dataset.py dataset=folder dataset.root=DIR num_samples=8 out_dir=browse
+    python tools/browse_dataset.py dataset=folder dataset.root=DIR num_samples=8 output_dir=outputs/browse
     python tools/browse_dataset.py dataset=cityscapes dataset.root=data/cityscapes split=val
 """
 

@@ -9,7 +9,8 @@ of both loops, covers the whole image. Examples::
     # any image and pixel (row, column)
     python tools/visualize_attention.py --checkpoint ckpt.pth --image frankfurt.png --pixel 512 1024
 
-Writes ``input.png`` (the pixel circled) and ``loop1.png``, ``loop2.png``, ... to ``--out``.
+Writes ``input.png`` (the pixel circled) and ``loop1.png``, ``loop2.png``, ... to ``--output-dir``
+(default ``outputs/attention_maps``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--index", type=int, default=0, help="validation index when --image is not given")
     parser.add_argument("--pixel", type=int, nargs=2, metavar=("ROW", "COL"), default=None,
                         help="pixel to explain; default: a two-hop shape pixel (synthetic) or the image centre")
-    parser.add_argument("--out", type=Path, default=Path("attention_maps"), help="output folder")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/attention_maps"),
+                        help="output folder (default outputs/attention_maps)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     return parser.parse_args(argv)
 
@@ -57,12 +59,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
 
     from PIL import Image
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     rgb = denormalize(image, dataset_cfg.get("mean") or IMAGENET_MEAN, dataset_cfg.get("std") or IMAGENET_STD)
-    written = [args.out / "input.png"]
+    written = [args.output_dir / "input.png"]
     Image.fromarray(mark_pixel(rgb, pixel)).save(written[0])
     for loop, heat in enumerate(maps, start=1):
-        written.append(args.out / f"loop{loop}.png")
+        written.append(args.output_dir / f"loop{loop}.png")
         Image.fromarray(heat_overlay(rgb, heat, pixel)).save(written[-1])
     print(f"pixel (row {pixel[0]}, col {pixel[1]}): wrote {', '.join(str(p) for p in written)}")
     return written

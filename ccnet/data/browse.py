@@ -62,11 +62,11 @@ def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int =
 
 
 def browse(cfg: Mapping[str, Any]) -> List[Path]:
-    """Build ``cfg.dataset`` for ``cfg.split`` and write ``cfg.num_samples`` PNGs to ``cfg.out_dir``.
+    """Build ``cfg.dataset`` for ``cfg.split`` and write ``cfg.num_samples`` PNGs to ``cfg.output_dir``.
 
     ``cfg.seed`` seeds torch before the dataset is built, which fixes the augmentation (see
     :func:`ccnet.data.config.transform_from_cfg`) as well as the sample order.
     """
     torch.manual_seed(int(cfg["seed"]))
     dataset = build_dataset(cfg["dataset"], str(cfg["split"]), crop_size=cfg.get("crop_size"))
-    return write_samples(dataset, Path(str(cfg["out_dir"])), int(cfg["num_samples"]), int(cfg["seed"]))
+    return write_samples(dataset, Path(str(cfg["output_dir"])), int(cfg["num_samples"]), int(cfg["seed"]))

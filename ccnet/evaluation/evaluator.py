@@ -67,7 +67,7 @@ def evaluate(
         eval_cfg: the ``eval`` config section: inference keys of
             :class:`~ccnet.evaluation.inference.InferenceSettings` (``mode, crop_size, stride,
             scales, flip, amp, channels_last, crop_batch``) plus ``num_workers`` (DataLoader workers,
-            default 2). Other keys (``save_dir``, ``format``) are ignored here.
+            default 2). Other keys are ignored here.
         device: where inference and the confusion matrix live.
         amp: ``"none" | "bf16" | "fp16"``; overrides ``eval_cfg.amp`` when given (the trainer passes
             ``train.amp``).

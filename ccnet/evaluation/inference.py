@@ -101,7 +101,7 @@ class InferenceSettings:
         """Settings from an ``eval`` config mapping; missing keys take the defaults above.
 
         Args:
-            cfg: mapping with any of the field names (extra keys such as ``save_dir`` are ignored).
+            cfg: mapping with any of the field names (extra keys such as ``num_workers`` are ignored).
             amp: overrides ``cfg["amp"]`` when given (e.g. the trainer's ``train.amp``).
         """
         crop = cfg.get("crop_size")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,25 +29,28 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_inputs(spec: str) -> List[Path]:
-    """Image files named by ``spec``: a file, a folder (recursive, by extension) or a glob pattern.
+def list_inputs(spec: str) -> Tuple[List[Path], Path]:
+    """Image files named by ``spec`` — a file, a folder (recursive, by extension) or a glob pattern —
+    and the folder their outputs are laid out from: the file's folder, the folder itself, or the
+    glob's part before its first wildcard.
 
     Raises:
         FileNotFoundError: nothing matches, naming what was searched.
     """
     path = Path(spec).expanduser()
     if path.is_file():
-        return [path]
+        return [path], path.parent
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under folder {path}")
-        return files
+        return files, path
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise FileNotFoundError(f"no files match the pattern {spec!r}")
-        return files
+        first_wildcard = next(i for i, part in enumerate(path.parts) if glob.has_magic(part))
+        return files, Path(*path.parts[:first_wildcard]) if first_wildcard else Path(".")
     raise FileNotFoundError(f"input {spec!r} is neither an image file, a folder, nor a glob pattern that matches")
 
 
@@ -81,7 +84,7 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     """Segment ``cfg.input`` with ``cfg.checkpoint`` as configured by ``configs/infer.yaml``.
 
     Args:
-        cfg: ``checkpoint, input, output_dir, device, formats, alpha, model, dataset, infer``.
+        cfg: ``checkpoint, input, output_dir, device, formats, alpha, model, dataset, eval``.
         model_group: a ``model=<name>`` config group was chosen.
         dataset_group: a ``dataset=<name>`` config group was chosen (its palette and normalisation
             are used).
@@ -95,9 +98,9 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     """
     from ccnet.evaluation.runner import plain_config
 
-    settings = InferenceSettings.from_config(plain_config(cfg.get("infer"), resolve=True))
+    settings = InferenceSettings.from_config(plain_config(cfg.get("eval"), resolve=True))
     device = resolve_device(str(cfg.get("device", "auto")), key="device")
-    inputs = list_inputs(str(cfg.input))
+    inputs, input_root = list_inputs(str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     ckpt, stored = load_checkpoint_for_eval(ckpt_path)
     model_cfg, dataset_cfg = resolve_model_and_dataset(stored, plain_config(cfg.get("model")),
@@ -110,7 +113,7 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
                          "choose the dataset the checkpoint was trained on (dataset=<name>) or give a folder "
                          "dataset with matching dataset.num_classes/palette")
     writer = PredictionWriter(cfg.output_dir, cfg.get("formats", ["color", "overlay"]), palette, ignore,
-                              alpha=float(cfg.get("alpha", 0.5)), num_classes=len(palette), key="formats")
+                              alpha=float(cfg.get("alpha", 0.5)), num_classes=len(palette), input_root=input_root)
     check_unique_outputs(writer, inputs)
     model = load_model(model_cfg, ckpt, ckpt_path, device)
     if settings.channels_last:

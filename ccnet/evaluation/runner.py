@@ -75,7 +75,7 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
 
     Raises:
         ValueError: inconsistent configuration (class counts, unlabelled split without
-            ``eval.save_dir``, bad ``eval.*`` values), with the key to change.
+            ``formats``, bad ``eval.*`` values), with the key to change.
     """
     device = resolve_device(str(cfg.get("device", "auto")), key="device")
     if dist.init_distributed(device.type) and device.type == "cuda":
@@ -101,13 +101,16 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
         model = model.to(memory_format=torch.channels_last)
 
     writer: Optional[PredictionWriter] = None
-    if eval_cfg.get("save_dir"):
-        writer = PredictionWriter(eval_cfg["save_dir"], eval_cfg.get("format", "color"), dataset.palette,
-                                  dataset.ignore_index, alpha=float(eval_cfg.get("alpha", 0.5)),
+    formats = cfg.get("formats") or []
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    if formats:
+        writer = PredictionWriter(Path(str(cfg.output_dir)) / "predictions", formats, dataset.palette,
+                                  dataset.ignore_index, alpha=float(cfg.get("alpha", 0.5)),
                                   num_classes=dataset.num_classes)
     elif not getattr(dataset, "has_labels", True):
         raise ValueError(f"split {split!r} of {dataset_cfg['name']!r} has no labels, so there is nothing to score; "
-                         "set eval.save_dir=DIR (and eval.format=cityscapes for a test-server submission)")
+                         "write predictions instead: formats=[cityscapes] for a test-server submission, or "
+                         "formats=[color]")
 
     log.info("evaluating %s on %s/%s (%d images, %d process(es)), eval: %s", ckpt_path, dataset_cfg["name"],
              split, len(dataset), dist.get_world_size(), eval_cfg)

@@ -1,6 +1,6 @@
 """Write predicted class maps to disk: colour PNGs, raw class-id PNGs, Cityscapes label ids, overlays.
 
-Formats (``eval.format`` / ``infer.formats``):
+Formats (``formats`` of tools/eval.py and tools/infer.py):
 
 - ``color``: RGB PNG, every class painted with the dataset palette (ignore/void black).
 - ``trainid``: single-channel 8-bit PNG of class indices ``0..K-1`` (what the model predicts).
@@ -8,9 +8,12 @@ Formats (``eval.format`` / ``infer.formats``):
   the Cityscapes test server and of cityscapesScripts' ``evalPixelLevelSemanticLabeling``.
 - ``overlay``: RGB PNG, the input image blended with the colour prediction.
 
-Files mirror the input: image ``…/<folder>/<stem>.<ext>`` becomes ``<save_dir>/<folder>/<stem>.png``
-(Cityscapes: ``<city>/<city>_<seq>_<frame>_leftImg8bit.png``, the names the test server matches on).
-With several formats, each gets its own subfolder ``<save_dir>/<format>/``.
+Files mirror the input relative to ``input_root`` (``tools/infer.py``: the folder given, or the file's
+own folder): ``<input_root>/<sub>/<stem>.<ext>`` becomes ``<save_dir>/<sub>/<stem>.png``. Without an
+input root (dataset images, ``tools/eval.py``) the image's folder name is kept:
+``…/<folder>/<stem>.<ext>`` becomes ``<save_dir>/<folder>/<stem>.png`` (Cityscapes:
+``<city>/<city>_<seq>_<frame>_leftImg8bit.png``, the names the test server matches on). Each format
+gets its own subfolder ``<save_dir>/<format>/`` when several are written.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ FORMATS = ("color", "trainid", "cityscapes", "overlay")
 CITYSCAPES_NUM_CLASSES = 19
 
 
-def parse_formats(formats: Union[str, Sequence[str]], key: str = "eval.format") -> Tuple[str, ...]:
+def parse_formats(formats: Union[str, Sequence[str]], key: str = "formats") -> Tuple[str, ...]:
     """Normalise a format name or list of names and check each one.
 
     Raises:
@@ -60,6 +63,9 @@ class PredictionWriter:
         ignore_index: value painted black.
         alpha: weight of the prediction in ``overlay``.
         num_classes: classes the model predicts; ``cityscapes`` needs the 19 Cityscapes train ids.
+        key: the setting that named ``formats``, for error messages.
+        input_root: outputs mirror the inputs' paths relative to this folder; None keeps each
+            image's folder name.
 
     Raises:
         ValueError: unknown format, ``cityscapes`` for a model that does not predict the 19 Cityscapes
@@ -68,8 +74,10 @@ class PredictionWriter:
 
     def __init__(self, save_dir: Union[str, Path], formats: Union[str, Sequence[str]],
                  palette: Sequence[Sequence[int]], ignore_index: int = 255, alpha: float = 0.5,
-                 num_classes: Optional[int] = None, key: str = "eval.format") -> None:
+                 num_classes: Optional[int] = None, key: str = "formats",
+                 input_root: Optional[Union[str, Path]] = None) -> None:
         self.save_dir = Path(save_dir)
+        self.input_root = None if input_root is None else Path(input_root)
         self.formats = parse_formats(formats, key)
         self.palette = [tuple(int(c) for c in rgb) for rgb in palette]
         self.ignore_index = int(ignore_index)
@@ -85,9 +93,11 @@ class PredictionWriter:
             self._label_ids = _cityscapes_label_ids()
 
     def path_for(self, image_path: Union[str, Path], fmt: str) -> Path:
-        """Output file of ``fmt`` for the input ``image_path``: ``[<format>/]<folder>/<stem>.png``."""
+        """Output file of ``fmt`` for the input ``image_path``: ``[<format>/]<relative folder>/<stem>.png``."""
         image_path = Path(image_path)
         root = self.save_dir / fmt if len(self.formats) > 1 else self.save_dir
+        if self.input_root is not None:
+            return root / image_path.relative_to(self.input_root).with_suffix(".png")
         return root / image_path.parent.name / f"{image_path.stem}.png"
 
     def write(self, pred: np.ndarray, image_path: Union[str, Path],

@@ -22,7 +22,7 @@ def _compose(configs_dir: Path, overrides):
 
 def test_val_samples_show_the_files_side_by_side(configs_dir: Path, folder_root: Path, tmp_path: Path) -> None:
     cfg = _compose(configs_dir, ["dataset=folder", f"dataset.root={folder_root}", "dataset.num_classes=3",
-                                 "split=val", "num_samples=3", f"out_dir={tmp_path / 'out'}"])
+                                 "split=val", "num_samples=3", f"output_dir={tmp_path / 'out'}"])
     written = browse(cfg)
     assert len(written) == 3 and all(p.parent == tmp_path / "out" for p in written)
     palette = np.array(generate_palette(3) + [(0, 0, 0)], dtype=np.uint8)  # index 3 stands for ignore
@@ -39,7 +39,7 @@ def test_val_samples_show_the_files_side_by_side(configs_dir: Path, folder_root:
 
 def test_train_samples_are_augmented_crops(configs_dir: Path, folder_root: Path, tmp_path: Path) -> None:
     cfg = _compose(configs_dir, ["dataset=folder", f"dataset.root={folder_root}", "dataset.num_classes=3",
-                                 "num_samples=6", "crop_size=[16,20]", f"out_dir={tmp_path}"])
+                                 "num_samples=6", "crop_size=[16,20]", f"output_dir={tmp_path}"])
     written = browse(cfg)
     assert len(written) == 6  # more samples than the 4 training images: some are re-augmented
     allowed = {tuple(c) for c in generate_palette(3)} | {(0, 0, 0)}
@@ -50,7 +50,7 @@ def test_train_samples_are_augmented_crops(configs_dir: Path, folder_root: Path,
 
 
 def test_default_config_browses_the_synthetic_set(configs_dir: Path, tmp_path: Path) -> None:
-    written = browse(_compose(configs_dir, ["num_samples=2", f"out_dir={tmp_path}"]))
+    written = browse(_compose(configs_dir, ["num_samples=2", f"output_dir={tmp_path}"]))
     assert len(written) == 2 and np.asarray(Image.open(written[0])).ndim == 3
 
 
@@ -58,7 +58,7 @@ def test_cli(repo_root: Path, folder_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "browse"
     result = subprocess.run([sys.executable, str(repo_root / "tools" / "browse_dataset.py"), "dataset=folder",
                              f"dataset.root={folder_root}", "dataset.num_classes=3", "num_samples=2",
-                             f"out_dir={out}"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                             f"output_dir={out}"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.png"))) == 2
     assert not (out / ".hydra").exists()

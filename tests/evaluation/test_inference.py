@@ -139,7 +139,7 @@ def test_channels_last_equals_fp32():
 
 def test_settings_from_config_and_errors():
     s = InferenceSettings.from_config({"mode": "slide", "crop_size": 769, "stride": [513, 500],
-                                       "scales": [0.75, 1.0], "flip": True, "save_dir": None, "test_size": 512})
+                                       "scales": [0.75, 1.0], "flip": True, "num_workers": 2, "test_size": 512})
     assert s.crop_size == (769, 769) and s.stride == (513, 500) and s.scales == (0.75, 1.0) and s.flip
     assert s.test_size == (512, 512)
     assert InferenceSettings.from_config({"amp": "none"}, amp="bf16").amp == "bf16"

@@ -61,9 +61,9 @@ def iou_by_hand(pred: np.ndarray, gt: np.ndarray, k: int):
 
 def test_metrics_json_and_every_format_from_stored_config(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
-    save = tmp_path / "pred"
-    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", f"eval.save_dir={save}",
-                   "eval.format=[color,trainid,overlay]", "eval.flip=true")
+    save = tmp_path / "out" / "predictions"
+    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}",
+                   "formats=[color,trainid,overlay]", "eval.flip=true")
     result = run_eval(cfg)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["num_images"] == result["num_images"] == 5 and metrics["split"] == "val"
@@ -133,15 +133,16 @@ def test_unlabelled_test_split_writes_cityscapes_submission(configs_dir, tmp_pat
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, cs)
     names = make_cityscapes_test_split(tmp_path / "cs")
     common = [f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", f"dataset.root={tmp_path / 'cs'}", "split=test"]
-    with pytest.raises(ValueError, match="has no labels.*eval.save_dir"):
+    with pytest.raises(ValueError, match="has no labels.*formats=\\[cityscapes\\]"):
         run_eval(eval_cfg(configs_dir, *common))
-    result = run_eval(eval_cfg(configs_dir, *common, f"eval.save_dir={tmp_path / 'sub'}", "eval.format=cityscapes"))
+    result = run_eval(eval_cfg(configs_dir, *common, "formats=cityscapes"))
     assert result == {"num_images": 3, "classes": result["classes"]} and len(result["classes"]) == 19
     assert not (tmp_path / "out" / "metrics.json").exists()
-    written = sorted(p.relative_to(tmp_path / "sub") for p in (tmp_path / "sub").rglob("*.png"))
+    sub = tmp_path / "out" / "predictions"
+    written = sorted(p.relative_to(sub) for p in sub.rglob("*.png"))
     assert written == sorted(names)  # <city>/<name>_leftImg8bit.png, as the test server expects
     for p in written:
-        ids = np.asarray(Image.open(tmp_path / "sub" / p))
+        ids = np.asarray(Image.open(sub / p))
         assert ids.shape == (40, 72) and set(np.unique(ids)) <= set(TO_TRAIN)  # label ids of the 19 classes
 
 
@@ -166,9 +167,9 @@ def test_trained_checkpoint_on_cityscapes_sample_through_cli(repo_root, configs_
         cfg.work_dir = str(work)
     train(cfg)  # in process: one interpreter start less than tools/train.py
     ckpt = work / "checkpoints" / "last.pth"
-    save = tmp_path / "pred"
+    save = tmp_path / "eval" / "predictions"
     proc = run_cli(repo_root, "eval.py", f"checkpoint={ckpt}", f"output_dir={tmp_path / 'eval'}", "device=cpu",
-                   "eval.num_workers=0", f"eval.save_dir={save}", "eval.format=[trainid,cityscapes]")
+                   "eval.num_workers=0", "formats=[trainid,cityscapes]")
     assert "mIoU" in proc.stdout and "road" in proc.stdout  # the per-class table
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["dataset"] == "cityscapes" and metrics["num_images"] == 1
@@ -190,16 +191,16 @@ def test_trained_checkpoint_on_cityscapes_sample_through_cli(repo_root, configs_
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(repo_root, configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
-    common = [f"checkpoint={ckpt}", "device=cpu", "eval.num_workers=0", "eval.format=trainid"]
-    run_eval(eval_cfg(configs_dir, *common, f"output_dir={tmp_path / 'one'}", f"eval.save_dir={tmp_path / 'p1'}"))
-    run_cli(repo_root, "eval.py", *common, f"output_dir={tmp_path / 'two'}", f"eval.save_dir={tmp_path / 'p2'}",
-            nproc=2)
+    common = [f"checkpoint={ckpt}", "device=cpu", "eval.num_workers=0", "formats=trainid"]
+    run_eval(eval_cfg(configs_dir, *common, f"output_dir={tmp_path / 'one'}"))
+    run_cli(repo_root, "eval.py", *common, f"output_dir={tmp_path / 'two'}", nproc=2)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert one.pop("eval")["save_dir"] != two.pop("eval")["save_dir"]
     assert one["num_images"] == 5 and one == two  # exactly equal, per class too
-    files = sorted(p.name for p in (tmp_path / "p2").rglob("*.png"))
-    assert files == [f"{i:06d}.png" for i in range(5)]  # both ranks wrote their shard
-    for name in files:
-        a = np.asarray(Image.open(tmp_path / "p1" / "val" / name))
-        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "p2" / "val" / name)))
+    pngs = [sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run).rglob("*.png"))
+            for run in ("one", "two")]
+    # both ranks wrote their shard, under output_dir/predictions
+    assert pngs[0] == pngs[1] == [f"predictions/val/{i:06d}.png" for i in range(5)]
+    for name in pngs[0]:
+        a = np.asarray(Image.open(tmp_path / "one" / name))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "two" / name)))

@@ -44,9 +44,9 @@ def infer_cfg(configs_dir, *overrides):
 
 
 def test_list_inputs_file_folder_glob(photos):
-    assert list_inputs(str(photos / "a.png")) == [photos / "a.png"]
-    assert list_inputs(str(photos)) == [photos / "a.png", photos / "sub" / "b.jpg"]
-    assert list_inputs(str(photos / "**" / "*.jpg")) == [photos / "sub" / "b.jpg"]
+    assert list_inputs(str(photos / "a.png")) == ([photos / "a.png"], photos)
+    assert list_inputs(str(photos)) == ([photos / "a.png", photos / "sub" / "b.jpg"], photos)
+    assert list_inputs(str(photos / "**" / "*.jpg")) == ([photos / "sub" / "b.jpg"], photos)
     with pytest.raises(FileNotFoundError, match="no files match"):
         list_inputs(str(photos / "*.bmp"))
     with pytest.raises(FileNotFoundError, match="neither"):
@@ -97,10 +97,23 @@ def test_cli_single_image_and_glob(repo_root, configs_dir, photos, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(repo_root / "tools" / "infer.py"), f"checkpoint={ckpt}",
                            f"input={photos / '*.png'}", f"output_dir={tmp_path / 'out'}", "formats=color",
-                           "infer.flip=true", "device=auto"], cwd=repo_root, env=env, capture_output=True,
+                           "eval.flip=true", "device=auto"], cwd=repo_root, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    color = np.asarray(Image.open(tmp_path / "out" / "photos" / "a.png"))  # one format: no subfolder
+    color = np.asarray(Image.open(tmp_path / "out" / "a.png"))  # one format: no subfolder; glob root: photos/
     assert color.shape == (30, 44, 3)
     assert {tuple(c) for c in color.reshape(-1, 3)} <= {(0, 0, 0), (220, 40, 40), (40, 200, 60), (50, 80, 230),
                                                         (230, 210, 40)}  # the synthetic palette
+
+
+def test_output_layout_is_what_the_docs_show(configs_dir, photos, cityscapes_ckpt, tmp_path):
+    """docs/evaluation.md: a file x.jpg -> out/color/x.png; a folder's sub/x.jpg -> out/color/sub/x.png."""
+    out = tmp_path / "single"
+    written = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos / 'sub' / 'b.jpg'}",
+                                  f"output_dir={out}"))
+    assert written == [{"color": out / "color" / "b.png", "overlay": out / "overlay" / "b.png"}]
+    out = tmp_path / "folder"
+    written = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}",
+                                  f"output_dir={out}", "formats=[trainid]"))
+    assert [w["trainid"] for w in written] == [out / "a.png", out / "sub" / "b.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]

@@ -31,12 +31,12 @@ def test_tool_writes_overlays_for_a_synthetic_checkpoint(configs_dir: Path, tmp_
     model = _model(configs_dir)
     ckpt = save_checkpoint({"model": model.state_dict(), "config": {"model": _model_cfg(configs_dir),
                                                                     "dataset": dataset}}, tmp_path / "ck.pth")
-    written = main(["--checkpoint", str(ckpt), "--index", "1", "--out", str(tmp_path / "maps")])
+    written = main(["--checkpoint", str(ckpt), "--index", "1", "--output-dir", str(tmp_path / "maps")])
     assert [p.name for p in written] == ["input.png", "loop1.png", "loop2.png"]
     for path in written:
         assert np.asarray(Image.open(path)).shape == (SIZE, SIZE, 3)
     with pytest.raises(ValueError, match="outside the 64x64 image"):
-        main(["--checkpoint", str(ckpt), "--pixel", "64", "0", "--out", str(tmp_path / "maps")])
+        main(["--checkpoint", str(ckpt), "--pixel", "64", "0", "--output-dir", str(tmp_path / "maps")])
 
 
 def test_input_defaults_to_a_two_hop_pixel_of_a_synthetic_scene(configs_dir: Path) -> None:
