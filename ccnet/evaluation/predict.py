@@ -1,4 +1,5 @@
-"""``tools/infer.py`` as a function: segment image files with a checkpoint and write masks/overlays.
+"""Segmenting images with a checkpoint: the code behind ``ccnet.init_model`` / ``ccnet.inference_model``
+and ``tools/infer.py``.
 
 Inputs are a single image, a folder (searched recursively for image files) or a glob pattern. Each
 image is normalised with the training dataset's mean/std, inferred with the configured
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import glob
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from ccnet.data import dataset_metainfo
@@ -80,6 +84,73 @@ def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float], de
     return ((x - m) / s).unsqueeze(0)
 
 
+ImageLike = Union[str, Path, np.ndarray, "Image.Image"]
+
+
+def as_rgb(image: ImageLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a path, a PIL image or an array.
+
+    Raises:
+        ValueError: an unreadable file, or an array that is not (H, W, 3) uint8 (or (H, W) grey).
+    """
+    if isinstance(image, (str, Path)):
+        return read_rgb(Path(image))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 3 and image.shape[2] == 3 or image.ndim == 2):
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array (or (H, W) uint8 grey), got shape "
+                             f"{image.shape} dtype {image.dtype}; convert with np.asarray(pil_image.convert('RGB'))")
+        return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    raise ValueError(f"expected an image path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+
+
+def load_for_inference(ckpt_path: Path, device: torch.device, model_given: Optional[Mapping[str, Any]] = None,
+                       dataset_given: Optional[Mapping[str, Any]] = None, model_group: bool = False,
+                       dataset_group: bool = False) -> nn.Module:
+    """The checkpoint's model on ``device`` with ``dataset_meta`` and ``inference_settings`` attached
+    (see :func:`ccnet.init_model`); command-line groups/keys may override the stored configs.
+
+    Raises:
+        ValueError: no stored config, weights that do not fit, or a class count that differs from
+            the palette's.
+    """
+    ckpt, stored = load_checkpoint_for_eval(ckpt_path)
+    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, model_given or {}, dataset_given or {}, model_group,
+                                                       dataset_group, ckpt_path)
+    classes, palette, ignore = dataset_metainfo(dataset_cfg)
+    if model_cfg["num_classes"] != len(palette):
+        raise ValueError(f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but the "
+                         f"{dataset_cfg['name']!r} palette has {len(palette)} colours ({len(classes)} classes); "
+                         "choose the dataset the checkpoint was trained on (dataset=<name>) or give a folder "
+                         "dataset with matching dataset.num_classes/palette")
+    model = load_model(model_cfg, ckpt, ckpt_path, device)
+    model.dataset_meta = {"classes": list(classes), "palette": [tuple(c) for c in palette], "ignore_index": ignore,
+                          "mean": tuple(dataset_cfg.get("mean") or IMAGENET_MEAN),
+                          "std": tuple(dataset_cfg.get("std") or IMAGENET_STD), "name": dataset_cfg.get("name")}
+    model.inference_settings = InferenceSettings.from_config((stored or {}).get("eval") or {})
+    return model
+
+
+@torch.no_grad()
+def predict_image(model: nn.Module, image: ImageLike, settings: InferenceSettings,
+                  probabilities: bool = False) -> np.ndarray:
+    """Class map (or softmax) of one image at its own size, normalised as ``model.dataset_meta`` says.
+
+    Shape:
+        Returns (H, W) int64, or (K, H, W) float32 with ``probabilities``.
+    """
+    meta = getattr(model, "dataset_meta", {})
+    device = next(model.parameters()).device
+    x = to_tensor(as_rgb(image), meta.get("mean", IMAGENET_MEAN), meta.get("std", IMAGENET_STD), device)
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    logits = predict_logits(model, x, settings)  # (1, K, H, W)
+    if probabilities:
+        return logits[0].float().softmax(0).cpu().numpy()
+    return logits.argmax(dim=1)[0].cpu().numpy().astype(np.int64)
+
+
 def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> List[Dict[str, Path]]:
     """Segment ``cfg.input`` with ``cfg.checkpoint`` as configured by ``configs/infer.yaml``.
 
@@ -102,30 +173,19 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     device = resolve_device(str(cfg.get("device", "auto")), key="device")
     inputs, input_root = list_inputs(str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
-    ckpt, stored = load_checkpoint_for_eval(ckpt_path)
-    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, plain_config(cfg.get("model")),
-                                                       plain_config(cfg.get("dataset")), model_group, dataset_group,
-                                                       ckpt_path)
-    classes, palette, ignore = dataset_metainfo(dataset_cfg)
-    if model_cfg["num_classes"] != len(palette):
-        raise ValueError(f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but the "
-                         f"{dataset_cfg['name']!r} palette has {len(palette)} colours ({len(classes)} classes); "
-                         "choose the dataset the checkpoint was trained on (dataset=<name>) or give a folder "
-                         "dataset with matching dataset.num_classes/palette")
-    writer = PredictionWriter(cfg.output_dir, cfg.get("formats", ["color", "overlay"]), palette, ignore,
-                              alpha=float(cfg.get("alpha", 0.5)), num_classes=len(palette), input_root=input_root)
+    model = load_for_inference(ckpt_path, device, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")),
+                               model_group, dataset_group)
+    meta = model.dataset_meta
+    writer = PredictionWriter(cfg.output_dir, cfg.get("formats", ["color", "overlay"]), meta["palette"],
+                              meta["ignore_index"], alpha=float(cfg.get("alpha", 0.5)),
+                              num_classes=len(meta["palette"]), input_root=input_root)
     check_unique_outputs(writer, inputs)
-    model = load_model(model_cfg, ckpt, ckpt_path, device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean = tuple(dataset_cfg.get("mean") or IMAGENET_MEAN)
-    std = tuple(dataset_cfg.get("std") or IMAGENET_STD)
     log.info("segmenting %d image(s) with %s on %s into %s", len(inputs), ckpt_path, device, writer.save_dir)
     written = []
-    for path in tqdm(inputs, desc="infer", dynamic_ncols=True):
+    for path in tqdm(inputs, desc="infer", dynamic_ncols=True, disable=not sys.stderr.isatty()):
         image = read_rgb(path)
-        logits = predict_logits(model, to_tensor(image, mean, std, device), settings)  # (1, K, H, W)
-        pred = logits.argmax(dim=1)[0].cpu().numpy()
-        written.append(writer.write(pred, path, image))
+        written.append(writer.write(predict_image(model, image, settings), path, image))
     log.info("wrote %s for %d image(s) to %s", ", ".join(writer.formats), len(inputs), writer.save_dir)
     return written
