@@ -1,6 +1,6 @@
 """Export a trained CCNet as a ``torch.export`` program (``.pt2``) and as ONNX, and check both against PyTorch.
 
-Both artefacts hold the model's inference function in eval mode with only the main logits,
+Both artefacts hold CCNet's (arXiv 1811.11721) inference function in eval mode with only the main logits,
 ``images (B, 3, H, W) -> logits (B, K, H, W)``: RGB images normalised as in training,
 ``(x / 255 - mean) / std``, logits bilinearly upsampled back to the input size. Batch, height and
 width are dynamic. Each artefact carries its metadata (model name, classes, palette, mean, std, input
@@ -8,11 +8,13 @@ convention): the ``.pt2`` as the extra file ``meta.json``, the ONNX model as ``m
 :func:`load_exported` reads either back as ``(callable, metadata)``.
 
 **Dynamic shapes.** The program is exported with ``Dim.DYNAMIC`` for batch, height and width and
-``torch.export`` infers the constraints that hold: H, W >= 9, so that the output-stride-8 feature
-map is at least 2 x 2 (at 1 x 1 the criss-cross attention's shapes specialise, and an explicit
-``Dim(min=9)`` is refused because the symbolic solver cannot prove the attention's size guard
-``(h + 1) % (h + 1)**2 != 0`` for ``h >= 2``). No multiple of 8 is needed: the strided convolutions
-are padded and the logits are resized to the exact input size. Batch is recorded as >= 2
+``torch.export`` infers the constraints that hold (:func:`dynamic_ranges`): H, W >= 9, so that the
+output-stride-8 feature map is at least 2 x 2 (at 1 x 1 the criss-cross attention's shapes
+specialise; the official R-101 layout's ceil-mode pooling gets there from 7, but the tool asks for
+``MIN_SIDE`` = 9 everywhere). An explicit ``Dim(min=9)`` is refused: the symbolic solver cannot prove
+the attention's size guard ``h % h**2 != 0`` (h: the feature map's height), true for every h >= 2.
+No multiple of 8 is needed: the strided convolutions are padded and the logits are resized to the
+exact input size. Batch is recorded as >= 2
 (``torch.export`` specialises sizes 0 and 1, so the example batch is 2), and a batch of 1 runs too
 (checked by the parity run and the tests).
 
@@ -56,6 +58,7 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18  # the dynamo exporter's own opset; 17 works through an ONNX version conversion
 META_FILE = "meta.json"  # the .pt2 extra file holding the metadata
 INPUT_CONVENTION = "RGB, (x / 255 - mean) / std, NCHW float32"
+MIN_SIDE = 9  # smallest H, W: the stride-8 feature map must be >= 2 x 2 (see the module docstring)
 AXES = {0: "batch", 2: "height", 3: "width"}  # dynamic axes of images (B, 3, H, W) and logits (B, K, H, W)
 
 
@@ -120,9 +123,8 @@ def _legacy_onnx_warnings_silenced() -> Iterator[None]:
     exporter failed, and say so in the result."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="The feature will be removed.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="The feature will be removed.*")
         yield
 
 
@@ -151,7 +153,7 @@ def export_program(model: nn.Module, example: Tensor) -> ExportedProgram:
     except Exception as exc:  # torch.export raises many types (UserError, GuardOnDataDependentSymNode, ...)
         raise ExportError(f"torch.export failed for input {tuple(example.shape)} with dynamic batch/H/W: "
                           f"{_first_line(exc)}. Sizes must keep the stride-8 feature map at least 2 x 2 "
-                          "(H, W >= 9, --size)") from exc
+                          f"(H, W >= {MIN_SIDE}, --size)") from exc
 
 
 def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
@@ -170,8 +172,8 @@ def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
             ranges[name] = [size, size]
             continue
         bounds = program.range_constraints[size.node.expr]
-        upper = bounds.upper
-        ranges[name] = [int(bounds.lower), int(upper) if upper.is_finite else None]
+        # torch's integer infinity claims is_finite (it is an "integer"), but only finite bounds are sympy Integers
+        ranges[name] = [int(bounds.lower), int(bounds.upper) if bounds.upper.is_Integer else None]
     return ranges
 
 
@@ -196,7 +198,6 @@ def _first_line(exc: BaseException) -> str:
 def _dynamo_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bool,
                  program: Optional[ExportedProgram]) -> Any:
     """The ``torch.export``-based ONNX exporter's model proto (axes named batch/height/width)."""
-    importlib.import_module("onnxscript")  # the exporter's dependency: its absence is a fallback reason
     if dynamic and program is None:
         program = export_program(model, example if example.shape[0] >= 2 else example.expand(2, -1, -1, -1))
     source: Union[ExportedProgram, nn.Module] = program if dynamic else LogitsOnly(model).eval()
@@ -221,8 +222,8 @@ def _torchscript_onnx(model: nn.Module, path: Path, example: Tensor, opset: int,
 
 
 def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = DEFAULT_OPSET, dynamic: bool = True,
-                metadata: Optional[Mapping[str, Any]] = None, program: Optional[ExportedProgram] = None,
-                exporter: str = "dynamo") -> OnnxExport:
+                metadata: Optional[Mapping[str, Any]] = None, program: Optional[ExportedProgram] = None
+                ) -> OnnxExport:
     """Write ``model`` (eval mode, main logits) as an ONNX file, with the dynamo exporter where it works.
 
     Args:
@@ -233,29 +234,27 @@ def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = 
         dynamic: batch, height and width as named dynamic axes (``batch``, ``height``, ``width``).
         metadata: written to the model's ``metadata_props`` as JSON strings (e.g. mean/std).
         program: the :func:`export_program` of ``model``, reused by the dynamo exporter (else exported here).
-        exporter: ``"dynamo"`` (fall back to TorchScript if it fails) or ``"torchscript"``.
 
     Returns:
         The path, the opset written, the exporter used and, after a fallback, the reason.
 
     Raises:
-        ValueError: opset below 17, or an unknown ``exporter``.
+        ValueError: opset below 17.
         ImportError: ``onnx`` is not installed.
     """
     onnx = _require("onnx")
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: need >= {MIN_OPSET}")
-    if exporter not in ("dynamo", "torchscript"):
-        raise ValueError(f"unknown ONNX exporter {exporter!r}: expected 'dynamo' or 'torchscript'")
+        raise ValueError(f"ONNX opset {opset} is too old: need >= {MIN_OPSET} (--opset)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    reason = "requested" if exporter == "torchscript" else None
-    proto = None
-    if exporter == "dynamo":
+    reason, proto = None, None
+    try:
+        importlib.import_module("onnxscript")  # the dynamo exporter's dependency, not ours
+    except ImportError as exc:
+        reason = f"onnxscript is not installed ({exc}); pip install onnxscript"
+    else:
         try:
             proto = _dynamo_onnx(model, example, opset, dynamic, program)
-        except ImportError as exc:
-            reason = f"onnxscript is not installed ({exc}); pip install onnxscript"
         except Exception as exc:  # an unsupported op, a dynamic-shape guard, a failed opset conversion...
             reason = f"the dynamo exporter failed: {_first_line(exc)}"
             log.debug("dynamo ONNX export failed", exc_info=True)
@@ -303,7 +302,9 @@ def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None
     Returns:
         ``(run, metadata)``: ``run(images) -> logits`` with images (B, 3, H, W) float32, RGB,
         ``(x / 255 - mean) / std``; for ``.pt2`` the program's ``module()`` (an ``nn.Module``: call it
-        under ``torch.no_grad()``, move it with ``.to(device)``), for ``.onnx`` an :class:`OnnxRunner`.
+        under ``torch.no_grad()``; it runs on the CPU, where it was exported, since the graph records
+        devices: ``torch.export.passes.move_to_device_pass`` retargets the program), for ``.onnx`` an
+        :class:`OnnxRunner`.
         ``metadata``: ``model``, ``num_classes``, ``classes``, ``palette``, ``mean``, ``std``,
         ``input`` (empty for a file written without metadata).
 
@@ -379,17 +380,20 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
         "max_abs_diff"}}`` with the entries of the formats exported.
 
     Raises:
-        ValueError: nothing to export, a size below 9, or the checkpoint has no stored model config.
+        ValueError: nothing to export, an opset below 17, a size below 9, or the checkpoint has no stored
+            model config.
         ExportError: ``torch.export`` failed for the ``.pt2``.
     """
     from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model
 
     if onnx_path is None and pt2_path is None:
         raise ValueError("nothing to export: give an ONNX path, a .pt2 path, or both")
-    small = [tuple(hw) for hw in [size, *check_sizes] if min(hw) < 9]
+    if onnx_path is not None and opset < MIN_OPSET:  # before the (slow) .pt2 export, not after it
+        raise ValueError(f"ONNX opset {opset} is too old: need >= {MIN_OPSET} (--opset)")
+    small = [tuple(hw) for hw in [size, *check_sizes] if min(hw) < MIN_SIDE]
     if small:
-        raise ValueError(f"sizes {small} are too small: H and W must be >= 9 (the stride-8 feature map of the "
-                         "export is at least 2 x 2); change --size / --check-size")
+        raise ValueError(f"sizes {small} are too small: H and W must be >= {MIN_SIDE} (the stride-8 feature map "
+                         "of the export is at least 2 x 2); change --size / --check-size")
     ckpt, stored = load_checkpoint_for_eval(checkpoint)
     if not stored or not isinstance(stored.get("model"), Mapping):
         raise ValueError(f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); export needs "

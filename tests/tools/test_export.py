@@ -1,11 +1,15 @@
-"""tools/export.py: ONNX (opset >= 17, dynamic H/W) and TorchScript exports of a checkpoint, checked
-with ONNX Runtime / torch.jit.load against the PyTorch model at sizes other than the traced one."""
+"""tools/export.py: a torch.export program (.pt2) and ONNX (dynamo exporter, or the TorchScript-based fallback
+with its reason) of a checkpoint, both with dynamic batch/H/W and embedded metadata, checked with
+torch.export.load / ONNX Runtime against the PyTorch model at sizes and batches other than the exported one."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ccnet.checkpoint import save_checkpoint
+from ccnet.export import load_exported
 from ccnet.models import build_model
 from ccnet.models.cca import IMPL_ENV as CCA_IMPL_ENV
 
@@ -22,6 +27,13 @@ ort = pytest.importorskip("onnxruntime", reason="optional export dependency (req
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+try:  # the dynamo ONNX exporter's dependency; without it the tool falls back (and says so)
+    import onnxscript  # noqa: F401
+
+    HAS_ONNXSCRIPT = True
+except ImportError:
+    HAS_ONNXSCRIPT = False
+DEPRECATIONS = (FutureWarning, DeprecationWarning)
 
 
 def _tool():
@@ -29,6 +41,11 @@ def _tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _deprecations(records) -> list:
+    return [f"{r.category.__name__} {r.filename}:{r.lineno}: {r.message}" for r in records
+            if issubclass(r.category, DEPRECATIONS)]
 
 
 @pytest.fixture(scope="module")
@@ -51,38 +68,148 @@ def checkpoint(tmp_path_factory):
     return path, model.eval()
 
 
-def test_onnx_and_torchscript_match_pytorch_at_other_sizes(checkpoint, tmp_path, monkeypatch):
-    path, model = checkpoint
-    # a fast, non-exportable attention as the default must not leak into the export
-    monkeypatch.setenv(CCA_IMPL_ENV, "lean")
-    onnx_path, ts_path, out = tmp_path / "m.onnx", tmp_path / "m.pt", tmp_path / "r.json"
-    status = _tool().main([str(path), "--onnx", str(onnx_path), "--torchscript", str(ts_path), "--size", "64", "64",
-                           "--check-size", "48", "80", "--out", str(out)])
-    assert status == 0
-    assert os.environ[CCA_IMPL_ENV] == "lean"  # restored
-    result = json.loads(out.read_text())
-    assert result["num_classes"] == 5 and result["mean"] == MEAN
-    assert result["onnx"]["max_abs_diff"] < TOL and result["torchscript"]["max_abs_diff"] < TOL
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    """One run of the tool writing both formats (exported at 64x64, batch 2; checked also at 48x80 and 40x56)."""
+    path, _ = checkpoint
+    out_dir = tmp_path_factory.mktemp("exported")
+    pt2, onnx_path, out = out_dir / "m.pt2", out_dir / "m.onnx", out_dir / "r.json"
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        # a fast, non-exportable attention as the default must not leak into the export
+        mp.setenv(CCA_IMPL_ENV, "lean")
+        status = _tool().main([str(path), "--pt2", str(pt2), "--onnx", str(onnx_path), "--size", "64", "64",
+                               "--check-size", "48", "80", "--check-size", "40", "56", "--out", str(out)])
+        impl_after = os.environ[CCA_IMPL_ENV]
+    return {"status": status, "result": json.loads(out.read_text()), "pt2": pt2, "onnx": onnx_path,
+            "warnings": list(records), "impl_after": impl_after}
 
-    proto = onnx.load(str(onnx_path))
+
+def test_tool_checks_both_exports_and_records_the_exporter(exported):
+    assert exported["status"] == 0
+    assert exported["impl_after"] == "lean"  # restored
+    result = exported["result"]
+    assert result["num_classes"] == 5 and result["mean"] == MEAN and result["std"] == STD
+    assert result["pt2"]["max_abs_diff"] < TOL and result["onnx"]["max_abs_diff"] < TOL
+    # the constraints torch.export inferred: H, W >= 9 (stride-8 features >= 2x2); batch >= 2 is its 0/1
+    # specialisation convention (a batch of 1 runs: test_pt2_matches_pytorch_at_other_sizes_and_batches)
+    assert result["pt2"]["dynamic"] == {"batch": [2, None], "height": [9, None], "width": [9, None]}
+    onnx_entry = result["onnx"]
+    if HAS_ONNXSCRIPT:
+        assert onnx_entry["exporter"] == "dynamo" and onnx_entry["fallback_reason"] is None
+    else:
+        assert onnx_entry["exporter"] == "torchscript" and "onnxscript" in onnx_entry["fallback_reason"]
+
+
+def test_no_deprecation_warnings_from_our_code(exported):
+    assert _deprecations(exported["warnings"]) == []
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        for path in (exported["pt2"], exported["onnx"]):
+            run, _ = load_exported(path)
+            with torch.no_grad():
+                run(torch.randn(1, 3, 24, 24))
+    assert _deprecations(records) == []
+
+
+def test_pt2_matches_pytorch_at_other_sizes_and_batches(exported, checkpoint):
+    _, model = checkpoint
+    program = torch.export.load(str(exported["pt2"])).module()
+    # independent of the tool's own check: batches and sizes it never saw, not multiples of 8, non-square
+    for shape in [(1, 64, 64), (3, 57, 70), (2, 33, 96)]:
+        x = torch.randn(shape[0], 3, *shape[1:])
+        with torch.no_grad():
+            ref, got = model(x)["out"], program(x)
+        assert got.shape == ref.shape == (shape[0], 5, *shape[1:])
+        assert (got - ref).abs().max() < TOL, shape
+
+
+def test_onnx_matches_pytorch_in_onnxruntime(exported, checkpoint):
+    _, model = checkpoint
+    proto = onnx.load(str(exported["onnx"]))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
-    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["batch", "", "height", "width"]
-    assert json.loads({p.key: p.value for p in proto.metadata_props}["std"]) == STD
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        # (the TorchScript-based fallback leaves the logits' class axis symbolic)
+        assert [dims[0], *dims[2:]] == ["batch", "height", "width"], value.name
+    assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    for shape in [(2, 57, 70), (1, 40, 96)]:
+        x = torch.randn(shape[0], 3, *shape[1:])
+        with torch.no_grad():
+            ref = model(x)["out"]
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        assert got.shape == ref.shape == (shape[0], 5, *shape[1:])
+        assert (got - ref).abs().max() < TOL, shape
 
-    # independent of the tool's own check: a batch of 2 at a size it never saw, not a multiple of 8
-    x = torch.randn(2, 3, 57, 70)
+
+def test_metadata_round_trips_from_both_files(exported, checkpoint):
+    _, model = checkpoint
+    expected = {"model": "ccnet_tiny", "num_classes": 5, "mean": MEAN, "std": STD,
+                "classes": ["background", "red", "green", "blue", "yellow"],  # ccnet.data.synthetic
+                "input": "RGB, (x / 255 - mean) / std, NCHW float32"}
+    x = torch.randn(2, 3, 50, 45)
     with torch.no_grad():
         ref = model(x)["out"]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    assert got.shape == ref.shape == (2, 5, 57, 70)
-    assert (got - ref).abs().max() < TOL
+    found = {}
+    for path in (exported["pt2"], exported["onnx"]):
+        run, meta = load_exported(path)
+        found[path.suffix] = meta
+        assert {k: meta[k] for k in expected} == expected, path
+        assert len(meta["palette"]) == 5 and all(len(rgb) == 3 for rgb in meta["palette"])
+        with torch.no_grad():
+            assert (run(x) - ref).abs().max() < TOL, path
+    assert found[".pt2"] == found[".onnx"]
+    # the .pt2 metadata is a plain extra file: readable without our loader
     extra = {"meta.json": ""}
-    scripted = torch.jit.load(str(ts_path), _extra_files=extra)
-    assert json.loads(extra["meta.json"])["num_classes"] == 5
+    torch.export.load(str(exported["pt2"]), extra_files=extra)
+    assert json.loads(extra["meta.json"])["palette"] == found[".pt2"]["palette"]
+
+
+def test_load_exported_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no exported model at"):
+        load_exported(tmp_path / "missing.pt2")
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"expected \.pt2 \(torch\.export\) or \.onnx"):
+        load_exported(tmp_path / "model.bin")
+
+
+def _failing_dynamo_export(original):
+    def export(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("Unsupported FX nodes: {'call_function': ['aten.made_up_op.default']}")
+        return original(*args, **kwargs)
+
+    return export
+
+
+@pytest.mark.parametrize("failure", ["no onnxscript", "exporter error"])
+def test_onnx_falls_back_to_the_torchscript_exporter_with_its_reason(checkpoint, tmp_path, monkeypatch, caplog,
+                                                                   failure):
+    path, model = checkpoint
+    if failure == "exporter error" and not HAS_ONNXSCRIPT:
+        pytest.skip("without onnxscript the dynamo exporter is never tried")
+    if failure == "no onnxscript":
+        monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
+    else:
+        monkeypatch.setattr(torch.onnx, "export", _failing_dynamo_export(torch.onnx.export))
+    onnx_path, out = tmp_path / "fallback.onnx", tmp_path / "r.json"
+    with warnings.catch_warnings(record=True) as records, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        status = _tool().main([str(path), "--onnx", str(onnx_path), "--size", "32", "40", "--check-size", "24", "56",
+                               "--out", str(out)])
+    assert status == 0
+    entry = json.loads(out.read_text())["onnx"]
+    assert entry["exporter"] == "torchscript" and entry["max_abs_diff"] < TOL
+    expected_reason = "onnxscript is not installed" if failure == "no onnxscript" else "aten.made_up_op"
+    assert expected_reason in entry["fallback_reason"]
+    assert f"fallback: {entry['fallback_reason']}" in caplog.text  # the tool's result line says why
+    assert _deprecations(records) == []  # the legacy exporter's own deprecation notices are filtered narrowly
+    run, meta = load_exported(onnx_path)
+    assert meta["std"] == STD
+    x = torch.randn(2, 3, 45, 30)
     with torch.no_grad():
-        assert (scripted(x) - ref).abs().max() < TOL
+        assert (run(x) - model(x)["out"]).abs().max() < TOL
 
 
 def test_static_onnx_and_errors(checkpoint, tmp_path):
@@ -91,13 +218,32 @@ def test_static_onnx_and_errors(checkpoint, tmp_path):
     assert _tool().main([str(path), "--onnx", str(onnx_path), "--size", "40", "48", "--static"]) == 0
     dims = [d.dim_value for d in onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 40, 48]
-    assert _tool().main([str(path)]) == 1  # no output requested
+    # refused before anything is exported
     assert _tool().main([str(path), "--onnx", str(tmp_path / "x.onnx"), "--opset", "13"]) == 1
+    assert _tool().main([str(path), "--pt2", str(tmp_path / "x.pt2"), "--size", "8", "64"]) == 1
     assert _tool().main([str(tmp_path / "missing.pth"), "--onnx", str(tmp_path / "y.onnx")]) == 1
+    assert not any(tmp_path.glob("x.*"))
 
 
 def test_tolerance_failure_sets_the_exit_status(checkpoint, tmp_path):
     path, _ = checkpoint
-    status = _tool().main([str(path), "--torchscript", str(tmp_path / "m.pt"), "--size", "32", "32",
-                           "--tolerance", "-1"])
+    status = _tool().main([str(path), "--pt2", str(tmp_path / "m.pt2"), "--size", "32", "32", "--tolerance", "-1"])
     assert status == 1
+
+
+def test_default_outputs_go_under_outputs_export(tmp_path, monkeypatch):
+    tool = _tool()
+    calls = []
+
+    def fake_export(checkpoint, **kwargs):
+        calls.append(kwargs)
+        return {"model": "ccnet_tiny", "num_classes": 5, "mean": MEAN, "std": STD}
+
+    monkeypatch.setattr(tool, "export_checkpoint", fake_export)
+    monkeypatch.chdir(tmp_path)
+    assert tool.main(["work_dirs/run/best.pth"]) == 0
+    assert calls[-1]["pt2_path"] == str(Path("outputs", "export", "best.pt2"))
+    assert calls[-1]["onnx_path"] == str(Path("outputs", "export", "best.onnx"))
+    # an explicit output replaces both defaults
+    assert tool.main(["best.pth", "--pt2", "m.pt2"]) == 0
+    assert calls[-1]["pt2_path"] == "m.pt2" and calls[-1]["onnx_path"] is None
