@@ -37,8 +37,10 @@ from ccnet.benchmarks.common import (
     DTYPES,
     add_device_arguments,
     apply_threads,
+    check_machine_load,
     describe_machine,
     format_table,
+    gemm_throughput,
     machine_info,
     memory_method,
     peak_memory,
@@ -142,7 +144,8 @@ def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
+    check_machine_load(device, args.force)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
     if args.recurrence < 1:
@@ -180,7 +183,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         calls = {impl: (_forced(impl, case[pick]), case[2] if pick else None) for impl, case in cases.items()}
         timings = time_interleaved(calls, device, args.warmup, args.repeats)
         for row in rows:
-            row[key] = timings[row["impl"]]["median_ms"]
+            timing = timings[row["impl"]]
+            row[key] = timing["median_ms"]
+            row[key.replace("_ms", "_range_ms")] = [timing["min_ms"], timing["max_ms"]]
     for row in rows:
         log.info("cca %s: %s", row["impl"], row)
     base = rows[0]
@@ -192,10 +197,33 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     config = {k: getattr(args, k) for k in ("batch", "channels", "height", "width", "recurrence", "reduction",
                                             "scope", "dtype", "channels_last", "warmup", "repeats")}
+    bound = roofline(args, gemm_throughput(device, dtype))
+    for row in rows:
+        row["fraction_of_bound"] = bound["bound_ms"] / row["fwd_bwd_ms"]
     result = {"benchmark": "cca", "config": config, "machine": machine_info(device),
-              "memory_method": memory_method(device), "skipped": skipped, "results": rows}
+              "memory_method": memory_method(device), "skipped": skipped, "roofline": bound, "results": rows}
     _print(result)
     return result
+
+
+def roofline(args: argparse.Namespace, gemm_gflops: float) -> Dict[str, float]:
+    """The matrix-product work of one forward+backward and the time it needs at ``gemm_gflops``.
+
+    Per application on a (B, C, H, W) map with C' = C / reduction, as multiply-adds x 2:
+    projections (the three 1x1 convolutions, module scope only) ``2·B·HW·C·(2C'+C)``; attention
+    ``2·B·HW·(H+W)·C'`` (energies) + ``2·B·HW·(H+W)·C`` (aggregation). The backward pass does twice
+    the forward's products (gradients of both operands), so forward+backward is 3x; R applications.
+    Element-wise work (softmax, masking, residual) is left out: it adds time, so the bound is a
+    floor no implementation can beat.
+    """
+    b, c, h, w = args.batch, args.channels, args.height, args.width
+    inner, hw, applications = c // args.reduction, h * w, args.recurrence if args.scope == "module" else 1
+    projections = 2 * b * hw * c * (2 * inner + c) if args.scope == "module" else 0
+    attention = 2 * b * hw * (h + w) * inner + 2 * b * hw * (h + w) * c
+    total = 3 * applications * (projections + attention)
+    return {"projection_gflop": 3 * applications * projections / 1e9,
+            "attention_gflop": 3 * applications * attention / 1e9,
+            "gemm_gflops_per_s": gemm_gflops, "bound_ms": total / (gemm_gflops * 1e9) * 1e3}
 
 
 def _print(result: Dict[str, Any]) -> None:
@@ -209,13 +237,21 @@ def _print(result: Dict[str, Any]) -> None:
         ("impl", "impl", "{}"),
         ("fwd_ms", "fwd ms", "{:.1f}"),
         ("fwd_bwd_ms", "fwd+bwd ms", "{:.1f}"),
+        ("fwd_bwd_range_ms", "fwd+bwd range", "{0[0]:.1f}-{0[1]:.1f}"),
         ("fwd_bwd_speedup", "fwd+bwd speed-up", "{:.2f}x"),
         ("fwd_peak_mb", "fwd peak MB", "{:.1f}"),
         ("fwd_bwd_peak_mb", "fwd+bwd peak MB", "{:.1f}"),
         ("fwd_bwd_memory_ratio", "fwd+bwd mem / baseline", "{:.2f}"),
         ("fwd_speedup", "fwd speed-up", "{:.2f}x"),
         ("max_abs_diff_vs_baseline", "max |out - baseline|", "{:.1e}"),
+        ("fraction_of_bound", "of bound", "{:.0%}"),
     ]))
-    print(f"time: median of {c['repeats']} after {c['warmup']} warm-up; peak memory: {result['memory_method']}")
+    print(f"time: median (range) of {c['repeats']} after {c['warmup']} warm-up, implementations interleaved; peak "
+          f"memory: {result['memory_method']}")
+    r = result["roofline"]
+    print(f"roofline: {r['projection_gflop']:.1f} GFLOP of projections + {r['attention_gflop']:.1f} of attention per "
+          f"forward+backward; this machine's {c['dtype']} matrix product runs at {r['gemm_gflops_per_s']:.0f} "
+          f"GFLOP/s, so no implementation can take less than {r['bound_ms']:.1f} ms ('of bound': that floor / the "
+          "measured time)")
     for impl, reason in result["skipped"].items():
         print(f"skipped {impl}: {reason}")

@@ -15,11 +15,13 @@ counted, gradients and everything the call creates are):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
+import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd import DeviceType
@@ -41,7 +43,37 @@ def add_device_arguments(parser: argparse.ArgumentParser, warmup: int = 1, repea
                         help="CPU intra-op threads (default: PyTorch's choice)")
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls first (default {warmup})")
     parser.add_argument("--repeats", type=int, default=repeats,
-                        help=f"timed calls; the median is reported (default {repeats})")
+                        help=f"timed calls; the median and the range are reported (default {repeats})")
+    parser.add_argument("--force", action="store_true",
+                        help=f"time even when the CPUs are busy (load average above {MAX_LOAD_PER_CORE} per core); the "
+                             "result records the load")
+
+
+MAX_LOAD_PER_CORE = 0.3  # above this, other processes share the CPUs and timings are not results
+
+
+class BusyMachineError(RuntimeError):
+    """The machine is too loaded for timings to mean anything."""
+
+
+def check_machine_load(device: torch.device, force: bool) -> None:
+    """Refuse to time on busy CPUs: the 1-minute load average per core must be at most
+    :data:`MAX_LOAD_PER_CORE` (``--force`` times anyway, with a warning). GPU timings only record it:
+    the CPUs only launch the kernels there.
+
+    Raises:
+        BusyMachineError: too loaded and not ``force``.
+    """
+    if not hasattr(os, "getloadavg") or device.type == "cuda":
+        return
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load / cores <= MAX_LOAD_PER_CORE:
+        return
+    message = (f"load average {load:.2f} on {cores} CPUs ({load / cores:.2f} per core, above {MAX_LOAD_PER_CORE}): "
+               "other processes share the CPUs, so the timings would not be results")
+    if not force:
+        raise BusyMachineError(message + "; wait until the machine is idle, or pass --force to time anyway")
+    print(f"warning: {message}; timing anyway (--force)", file=sys.stderr)
 
 
 def size_hw(values: Sequence[int], option: str = "--size") -> Tuple[int, int]:
@@ -75,7 +107,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
         setup: untimed, before every call (e.g. dropping the previous call's gradients).
 
     Returns:
-        ``{"median_ms", "min_ms", "repeats"}``.
+        ``{"median_ms", "min_ms", "max_ms", "repeats"}``.
     """
     return time_interleaved({"call": (fn, setup)}, device, warmup, repeats)["call"]
 
@@ -97,8 +129,18 @@ def time_interleaved(calls: Dict[str, Tuple[Callable[[], Any], Optional[Callable
             _sync(device)
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "repeats": repeats}
+    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": repeats}
             for name, t in times.items()}
+
+
+def gemm_throughput(device: torch.device, dtype: torch.dtype, size: Optional[int] = None, repeats: int = 5) -> float:
+    """GFLOP/s of a square matrix product on ``device`` in ``dtype`` (median of ``repeats``): the
+    practical peak that a roofline divides FLOPs by. ``size`` defaults to 2048 on CPUs, 8192 on GPUs."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    timing = time_call(lambda: a @ b, device, warmup=2, repeats=repeats)
+    return 2 * n ** 3 / (timing["median_ms"] * 1e-3) / 1e9
 
 
 def memory_method(device: torch.device) -> str:
@@ -125,7 +167,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device,
         fn()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - before, CUDA_MEMORY_METHOD
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
@@ -134,6 +176,22 @@ def peak_memory(fn: Callable[[], Any], device: torch.device,
         running += event.nbytes()
         peak = max(peak, running)
     return peak, CPU_MEMORY_METHOD
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence what the profiler's C++ library (Kineto) prints to file descriptor 2 on every start
+    and stop ("USDT ... profiler_start", "gpuGetDeviceCount failed" on machines without a GPU); its
+    log level cannot switch those lines off. Python-level errors still propagate after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -31,6 +31,7 @@ from ccnet.benchmarks.common import (
     DTYPES,
     add_device_arguments,
     apply_threads,
+    check_machine_load,
     count_flops,
     describe_machine,
     format_table,
@@ -137,7 +138,8 @@ def _measure(args: argparse.Namespace, context: str, device: torch.device, dtype
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
+    check_machine_load(device, args.force)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
     rows: List[Dict[str, Any]] = []

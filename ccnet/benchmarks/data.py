@@ -25,6 +25,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
+from ccnet.benchmarks.common import check_machine_load
 from ccnet.data import build_dataset, seed_worker
 from ccnet.data.base import map_label, read_image, read_label
 from ccnet.data.cityscapes import LABELS
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="write the generated files here and keep them (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the augmentation")
+    parser.add_argument("--force", action="store_true",
+                        help="time even when the CPUs are busy (the result records the load)")
 
 
 def _scene(rng: np.random.Generator, h: int, w: int) -> tuple:
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if not Path(args.dataset_config).is_file():
         raise FileNotFoundError(f"Dataset config {args.dataset_config} not found; pass --dataset-config "
                                 "path/to/configs/dataset/cityscapes.yaml")
+    check_machine_load(torch.device("cpu"), args.force)
     if args.num_batches < 1 or args.batch_size < 1 or args.warmup < 0 or min(args.workers) < 0:
         raise ValueError("--num-batches and --batch-size must be >= 1, --warmup and --workers >= 0")
     height, width = args.image_size

@@ -24,6 +24,7 @@ from ccnet.benchmarks.common import (
     DTYPES,
     add_device_arguments,
     apply_threads,
+    check_machine_load,
     count_flops,
     describe_machine,
     format_table,
@@ -49,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="latency under autocast in this dtype (float32: no autocast)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and input for latency")
-    parser.add_argument("--no-latency", action="store_true", help="only parameters and GFLOPs (no forward runs)")
+    parser.add_argument("--latency", action="store_true",
+                        help="also time real forward passes (without it: parameters and GFLOPs on meta tensors only, "
+                             "no memory or compute)")
     add_device_arguments(parser, warmup=1, repeats=3)
 
 
@@ -88,7 +91,9 @@ def compose_model_config(path: Path, num_classes: int) -> Dict[str, Any]:
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
+    if args.latency:
+        check_machine_load(device, args.force)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
     height, width = size_hw(args.size)
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         row: Dict[str, Any] = {"config": path.stem, "context": cfg.get("context"), "recurrence": recurrence,
                                "params_m": sum(p.numel() for p in meta_model.parameters()) / 1e6,
                                "gflops": flops / 1e9, "latency_ms": None}
-        if not args.no_latency:
+        if args.latency:
             row["latency_ms"] = _latency(cfg, (height, width), args, device, dtype)
         log.info("model %s: %s", path.stem, row)
         rows.append(row)

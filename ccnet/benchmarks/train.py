@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ccnet.benchmarks.common import (
     add_device_arguments,
     apply_threads,
+    check_machine_load,
     describe_machine,
     format_table,
     machine_info,
@@ -93,7 +94,8 @@ def _variant_step(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.d
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
+    check_machine_load(device, args.force)
     apply_threads(args.threads)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")

@@ -17,7 +17,7 @@ def test_run_times_the_training_pipeline(tmp_path: Path, capsys) -> None:
     parser = argparse.ArgumentParser()
     data_benchmark.add_arguments(parser)
     args = parser.parse_args(["--workers", "1", "--num-images", "2", "--image-size", "64", "128", "--crop-size",
-                              "32", "--batch-size", "2", "--num-batches", "2", "--data-dir", str(tmp_path)])
+                              "32", "--batch-size", "2", "--num-batches", "2", "--data-dir", str(tmp_path), "--force"])
     result = data_benchmark.run(args)
     json.dumps(result)  # the CLI writes it as JSON
     assert result["crop_size"] == [32, 32] and result["image_size"] == [64, 128]

@@ -32,7 +32,8 @@ def _restore_threads():
 def _run(cli, tmp_path, capsys, *argv):
     out = tmp_path / f"{argv[0]}.json"
     threads = [] if argv[0] == "data" else ["--threads", "1"]  # tiny shapes: a second thread only waits
-    returned = cli.main([*argv, *threads, "--out", str(out)])
+    # --force: the test machine is busy (the suite runs); these runs check the code, not the speed
+    returned = cli.main([*argv, *threads, "--force", "--out", str(out)])
     printed = capsys.readouterr().out
     stored = json.loads(out.read_text())
     assert stored["benchmark"] == argv[0] and stored["results"] == json.loads(json.dumps(returned["results"]))
@@ -58,7 +59,13 @@ def test_cca(cli, tmp_path, capsys, scope):
     rows = {r["impl"]: r for r in result["results"]}
     assert list(rows) == ["baseline", "reference", "lean"]
     assert "triton" in result["skipped"] and "profile_memory" in result["memory_method"]
-    assert "fwd+bwd speed-up" in printed and "lean" in printed
+    assert "fwd+bwd speed-up" in printed and "lean" in printed and "roofline:" in printed
+    bound = result["roofline"]
+    assert bound["gemm_gflops_per_s"] > 0 and bound["bound_ms"] > 0
+    assert (bound["projection_gflop"] > 0) == (scope == "module")
+    for row in rows.values():
+        low, high = row["fwd_bwd_range_ms"]
+        assert low <= row["fwd_bwd_ms"] <= high and 0 < row["fraction_of_bound"]
     for row in rows.values():
         assert row["max_abs_diff_vs_baseline"] < 1e-4  # same weights, same function
         assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 and row["fwd_bwd_peak_mb"] > 0
@@ -90,10 +97,10 @@ def test_context(cli, tmp_path, capsys):
 
 def test_model(cli, tmp_path, capsys):
     result, printed = _run(cli, tmp_path, capsys, "model", "--configs", "ccnet_tiny", "--size", "32", "40",
-                           "--repeats", "1", "--warmup", "0")
+                           "--latency", "--repeats", "1", "--warmup", "0")
     (row,) = result["results"]
     assert row["config"] == "ccnet_tiny" and 0 < row["params_m"] < 1 and row["gflops"] > 0 and row["latency_ms"] > 0
-    result, _ = _run(cli, tmp_path, capsys, "model", "--configs", "ccnet_r101_official", "--no-latency")
+    result, _ = _run(cli, tmp_path, capsys, "model", "--configs", "ccnet_r101_official")
     (row,) = result["results"]
     assert round(row["params_m"] * 1e6) == 71_287_911  # the official release's count (foundation issue)
     assert row["latency_ms"] is None and row["gflops"] > 1000  # ResNet-101 at 769×769, output stride 8
@@ -116,3 +123,31 @@ def test_data_dispatch_and_missing_module_message(cli, tmp_path, capsys, monkeyp
     monkeypatch.setitem(cli.BENCHMARKS, "data", ("ccnet.benchmarks.not_there", "missing"))
     with pytest.raises(SystemExit, match="ccnet/benchmarks/not_there.py.*missing from this checkout"):
         cli.main(["data"])
+
+
+def test_roofline_of_the_paper_shape():
+    """1x512x97x97, R = 2, forward+backward: ~37 GFLOP of projections and ~13 of attention."""
+    from argparse import Namespace
+
+    from ccnet.benchmarks.cca import roofline
+
+    args = Namespace(batch=1, channels=512, height=97, width=97, reduction=8, recurrence=2, scope="module")
+    bound = roofline(args, gemm_gflops=200.0)
+    assert bound["projection_gflop"] == pytest.approx(3 * 2 * 2 * 9409 * 512 * 640 / 1e9)  # 37.0
+    assert bound["attention_gflop"] == pytest.approx(3 * 2 * 2 * 9409 * 194 * (64 + 512) / 1e9)  # 12.6
+    assert bound["bound_ms"] == pytest.approx((bound["projection_gflop"] + bound["attention_gflop"]) / 200 * 1e3)
+
+
+def test_busy_machine_is_refused_unless_forced(monkeypatch, capsys):
+    import os
+
+    from ccnet.benchmarks import common
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(common.BusyMachineError, match=r"load average 3.00 on 2 CPUs \(1.50 per core.*--force"):
+        common.check_machine_load(torch.device("cpu"), force=False)
+    common.check_machine_load(torch.device("cpu"), force=True)
+    assert "timing anyway (--force)" in capsys.readouterr().err
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.4, 0.4))
+    common.check_machine_load(torch.device("cpu"), force=False)  # 0.2 per core: idle enough
