@@ -15,15 +15,17 @@ from omegaconf import DictConfig
 from ccnet import dist
 from ccnet.errors import exit_on_user_error
 from ccnet.evaluation.runner import run_eval
+from ccnet.utils.outputs import discard_if_empty_on_failure
 
 log = logging.getLogger("eval")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    choices = HydraConfig.get().runtime.choices
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
     try:
-        with exit_on_user_error(log):
+        with exit_on_user_error(log, FileNotFoundError), discard_if_empty_on_failure(hydra_cfg.runtime.output_dir):
             run_eval(cfg, model_group=choices.get("model") is not None,
                      dataset_group=choices.get("dataset") is not None)
     finally:

@@ -14,14 +14,16 @@ from omegaconf import DictConfig
 
 from ccnet.errors import exit_on_user_error
 from ccnet.evaluation.predict import run_infer
+from ccnet.utils.outputs import discard_if_empty_on_failure
 
 log = logging.getLogger("infer")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    choices = HydraConfig.get().runtime.choices
-    with exit_on_user_error(log):
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    with exit_on_user_error(log, FileNotFoundError), discard_if_empty_on_failure(hydra_cfg.runtime.output_dir):
         run_infer(cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None)
 
 

@@ -7,24 +7,43 @@ traceback), 3 stopped by SIGTERM/SIGINT/SIGUSR1 after writing last.pth (``resume
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ccnet.engine import train
+from ccnet.engine.config import config_changes
 from ccnet.engine.signals import TrainingStopped
 from ccnet.errors import exit_on_user_error
+from ccnet.utils.outputs import discard_if_empty_on_failure
 
 log = logging.getLogger("train")
+
+
+def log_changed_settings(cfg: DictConfig) -> None:
+    """One look at what this run changes: the settings that differ from configs/train.yaml with the
+    same model and dataset (the presets' recipes and the command line's overrides)."""
+    choices = HydraConfig.get().runtime.choices
+    groups = [f"{g}={choices[g]}" for g in ("model", "dataset") if choices.get(g)]
+    baseline = hydra.compose(config_name="train", overrides=groups)
+    changes = config_changes(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(baseline, resolve=True))
+    log.info("settings that differ from configs/train.yaml with %s (all of them: %s/config.yaml):\n  %s",
+             " ".join(groups), cfg.work_dir, "\n  ".join(changes) if changes else "(none)")
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     # Hydra's output dir is the work dir: ${work_dir} for a run, ${work_dir}/<job number> in multirun.
     cfg.work_dir = HydraConfig.get().runtime.output_dir
-    with exit_on_user_error(log):
+    main_process = int(os.environ.get("RANK", 0)) == 0
+    cleanup = discard_if_empty_on_failure(cfg.work_dir) if main_process else contextlib.nullcontext()
+    with exit_on_user_error(log, FileNotFoundError), cleanup:
+        if main_process:
+            log_changed_settings(cfg)
         try:
             return train(cfg)["val/mIoU"]  # a float, so Hydra sweepers can optimise it
         except TrainingStopped as stopped:

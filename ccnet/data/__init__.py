@@ -6,7 +6,7 @@
 
 from ccnet.data.base import DatasetError, SegmentationDataset
 from ccnet.data.build import BUILDERS, build_dataset, dataset_metainfo, reseed_dataset, seed_worker
-from ccnet.data.config import train_input_size
+from ccnet.data.config import crop_cost_warning, train_input_size
 
 __all__ = ["BUILDERS", "DatasetError", "SegmentationDataset", "build_dataset", "dataset_metainfo", "reseed_dataset",
-           "seed_worker", "train_input_size"]
+           "seed_worker", "train_input_size", "crop_cost_warning"]

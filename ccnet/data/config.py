@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -117,3 +117,39 @@ def train_input_size(dataset_cfg: Mapping[str, Any], crop_size: Optional[SizeLik
     if crop is None and dataset_cfg.get("name") == "synthetic":
         crop = dataset_cfg.get("image_size")
     return None if crop is None else to_hw(crop, "crop_size")
+
+
+def crop_cost_warning(image_paths: Sequence[Path], crop: Optional[Tuple[int, int]], sample: int = 64) -> Optional[str]:
+    """A warning when the training crop is much larger than the images: every sample is padded up to
+    the crop, so most of each step's compute goes into padding.
+
+    Reads the headers (not the pixels) of up to ``sample`` evenly spaced images.
+
+    Returns:
+        The message when the crop's area exceeds twice the median image area, else None.
+    """
+    if crop is None or not image_paths:
+        return None
+    from PIL import Image
+
+    step = max(1, len(image_paths) // sample)
+    areas, sizes = [], []
+    for path in list(image_paths)[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except OSError:  # unreadable files are reported when they are read for training
+            continue
+        areas.append(width * height)
+        sizes.append((height, width))
+    if not areas:
+        return None
+    median = sorted(areas)[len(areas) // 2]
+    ratio = crop[0] * crop[1] / median
+    if ratio <= 2.0:
+        return None
+    h, w = sizes[areas.index(median)]
+    return (f"the training crop {crop[0]}x{crop[1]} is {ratio:.1f}x the median image area ({h}x{w}): every sample is "
+            f"padded up to the crop, so a step costs about {ratio:.0f}x what the images need (images/s drop by as "
+            f"much). Set train.crop_size (or dataset.crop_size) to at most the image size, e.g. "
+            f"train.crop_size=[{h},{w}]")

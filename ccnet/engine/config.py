@@ -8,7 +8,7 @@ silently truncate. :func:`check_train_config` names the key, the value and what 
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ccnet.errors import UserError
 
@@ -103,3 +103,21 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     partial = cfg.get("load_from_partial", False)
     if not isinstance(partial, bool):
         raise ConfigError(f"load_from_partial must be true or false, got {describe(partial)}")
+
+
+def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: Dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def config_changes(cfg: Mapping[str, Any], baseline: Mapping[str, Any],
+                   skip: Sequence[str] = ("work_dir",)) -> List[str]:
+    """``key: value`` for every setting of ``cfg`` that differs from ``baseline`` (both resolved plain
+    mappings), sorted; keys only in one of them are listed too."""
+    now, before = _flatten(cfg), _flatten(baseline)
+    return [f"{key}: {now.get(key, '(absent)')!r}" for key in sorted(set(now) | set(before))
+            if key not in skip and now.get(key, "(absent)") != before.get(key, "(absent)")]
