@@ -13,7 +13,7 @@ LAYERS: Dict[str, int] = {
     "ccnet.errors": 0, "ccnet.checkpoint": 0, "ccnet.dist": 0, "ccnet.utils": 0, "ccnet.run_name": 0,
     "ccnet.models": 1, "ccnet.data": 1,
     "ccnet.engine": 2, "ccnet.evaluation": 2,
-    "ccnet.convert": 3, "ccnet.export": 3, "ccnet.benchmarks": 3, "ccnet.api": 3,
+    "ccnet.convert": 3, "ccnet.export": 3, "ccnet.benchmarks": 3, "ccnet.api": 3, "ccnet.selfcheck": 3,
 }
 # Same-layer imports that are not allowed: models and data are independent, evaluation never needs engine.
 FORBIDDEN_SIDEWAYS = {("ccnet.models", "ccnet.data"), ("ccnet.data", "ccnet.models"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser, warmup=2, repeats=5)
 
 
-def _variant_step(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.device, variant: str):
+def training_step(cfg: Dict[str, Any], device: torch.device, variant: str, size: Tuple[int, int], batch: int,
+                  num_classes: int, compile: bool = False) -> Tuple[Callable[[], torch.Tensor], Callable[[], None]]:
+    """One SGD step of a randomly initialised model on random images, as closures.
+
+    Args:
+        cfg: a model config (``compose_model_config``).
+        device: where the step runs.
+        variant: ``fp32``, ``bf16`` or ``fp16``, with ``+cl`` for channels-last (see :data:`VARIANTS`).
+        size: (height, width) of the images.
+        batch: images per step.
+        num_classes: classes of the random labels.
+        compile: ``torch.compile`` the model.
+
+    Returns:
+        ``(step, drop_gradients)``: ``step()`` runs forward, backward (GradScaler for fp16) and the
+        optimiser step and returns the loss; ``drop_gradients()`` is the step's zero_grad.
+    """
     precision, channels_last = variant.split("+")[0], variant.endswith("+cl")
     dtype = PRECISIONS[precision]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -71,20 +87,22 @@ def _variant_step(cfg: Dict[str, Any], args: argparse.Namespace, device: torch.d
     model = build_model(cfg, pretrained=False).train().to(device=device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    height, width = size_hw(args.size)
-    images = torch.randn(args.batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
-    labels = torch.randint(0, args.num_classes, (args.batch, height, width), device=device)
+    forward = torch.compile(model) if compile else model
+    height, width = size
+    images = torch.randn(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch, height, width), device=device)
     labels[:, : max(1, height // 10)] = IGNORE_INDEX  # an ignored band, as in real annotations
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            outputs = model(images)
+            outputs = forward(images)
             loss = F.cross_entropy(outputs["out"], labels, ignore_index=IGNORE_INDEX)
             if "aux" in outputs:
                 loss = loss + AUX_WEIGHT * F.cross_entropy(outputs["aux"], labels, ignore_index=IGNORE_INDEX)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        return loss.detach()
 
     def drop_gradients() -> None:  # the step's zero_grad, outside the measured call
         optimizer.zero_grad(set_to_none=True)
@@ -104,7 +122,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32", "fp32+cl", "bf16", "bf16+cl"])
     rows: List[Dict[str, Any]] = []
     for variant in variants:
-        step, drop_gradients = _variant_step(cfg, args, device, variant)
+        step, drop_gradients = training_step(cfg, device, variant, size_hw(args.size), args.batch, args.num_classes)
         timing = time_call(step, device, args.warmup, args.repeats, setup=drop_gradients)
         peak, _ = peak_memory(step, device, setup=drop_gradients)
         row = {"variant": variant, "step_ms": timing["median_ms"],

@@ -1,0 +1,46 @@
+"""Check that this install works on this machine: ``python tools/selfcheck.py``.
+
+    python tools/selfcheck.py                     # the GPU when there is one, else the CPU
+    python tools/selfcheck.py --device cpu        # small sizes, seconds (CI runs this)
+    python tools/selfcheck.py --device cuda --out outputs/selfcheck/h200.json
+
+Runs the attention implementations against the reference on odd shapes, training steps in every
+precision (and torch.compile), SyncBatchNorm on a one-process group, a sliding-window evaluation and
+the attention benchmark (ccnet/selfcheck.py lists the sizes), prints a table, writes a JSON report
+and exits with status 1 when a check failed. On CUDA it also reports the performance targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ccnet.dist import resolve_device
+from ccnet.selfcheck import format_report, run_selfcheck, write_report
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    parser.add_argument("--out", type=Path, default=Path("outputs/selfcheck/report.json"),
+                        help="JSON report (default outputs/selfcheck/report.json)")
+    parser.add_argument("--compile", action="store_true", help="on a CPU, also check torch.compile (slow)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device, key="--device")
+    print(f"selfcheck on {device}")
+    report = run_selfcheck(device, compile_on_cpu=args.compile)
+    write_report(report, device, args.out)
+    print(format_report(report))
+    failed = report.failed
+    print(f"{'FAILED: ' + ', '.join(r.check for r in failed) if failed else 'all checks passed'}; report: {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
