@@ -1,7 +1,8 @@
 """Write what the network sees: dataset samples, after their transforms, as ``image | colourised label`` PNGs.
 
 Used by ``tools/browse_dataset.py`` (configs/browse.yaml). Training splits show the augmentation (rescale,
-crop, flip, photometric distortion, padding); ignored pixels are black in the label panel.
+crop, flip, photometric distortion, padding); ignored pixels are black in the label panel. A legend band
+below each panel names the colours of the classes in the label (and "ignore" when it occurs).
 """
 
 from __future__ import annotations
@@ -16,27 +17,37 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ccnet.data.build import build_dataset
-from ccnet.utils.visualize import colorize, denormalize
+from ccnet.utils.visualize import add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
 
 
-def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset) -> np.ndarray:
+def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset, legend: bool = True) -> np.ndarray:
     """Side-by-side picture of one item: de-normalised image left, label in the dataset's palette right.
 
+    Args:
+        image: The item's normalised image.
+        label: The item's class-index map.
+        dataset: Gives ``mean, std, palette, classes, ignore_index``.
+        legend: Append a legend of the classes in ``label`` below (see
+            :func:`ccnet.utils.visualize.add_legend`).
+
     Shape:
-        image: (3, H, W) normalised float. label: (H, W) int. Returns (H, 2 * W, 3) uint8.
+        image: (3, H, W) normalised float. label: (H, W) int. Returns (H + legend height, 2 * W, 3) uint8.
     """
     rgb = denormalize(image, dataset.mean, dataset.std)
-    colour = colorize(label.numpy(), dataset.palette, dataset.ignore_index)
-    return np.concatenate([rgb, colour], axis=1)
+    label_map = label.numpy()
+    panel = np.concatenate([rgb, colorize(label_map, dataset.palette, dataset.ignore_index)], axis=1)
+    if not legend:
+        return panel
+    return add_legend(panel, dataset.palette, dataset.classes, [label_map], dataset.ignore_index)
 
 
 def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int = 0) -> List[Path]:
     """Render ``num_samples`` items (a seeded random order, cycling when the dataset is smaller) to PNGs.
 
     Args:
-        dataset: Any dataset of this package (items ``(image, label)``; ``mean, std, palette,
+        dataset: Any dataset of this package (items ``(image, label)``; ``mean, std, palette, classes,
             ignore_index, image_paths`` attributes).
         out_dir: Output folder (created).
         num_samples: Number of PNGs; an image drawn twice is augmented twice.

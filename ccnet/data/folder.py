@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ccnet.data.base import IMAGE_EXTENSIONS, SegmentationDataset, make_label_lut
 from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
+from ccnet.utils.visualize import distinct_palette
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +34,12 @@ or per-split folders ROOT/images/<split>/ and ROOT/masks/<split>/."""
 
 
 def generate_palette(num_classes: int) -> List[Tuple[int, int, int]]:
-    """Distinct colours for ``num_classes`` classes: the PASCAL VOC bit-interleaving map, skipping black.
+    """Default colours of ``num_classes`` classes: :func:`ccnet.utils.visualize.distinct_palette`.
 
-    Black is skipped because visualisations draw ignored pixels black.
+    Class 0 is dark grey, then the Glasbey colours (saturated, chosen to be told apart), then further
+    distinct colours derived deterministically; never black, which visualisations use for ignored pixels.
     """
-    palette = []
-    for index in range(1, num_classes + 1):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
+    return distinct_palette(num_classes)
 
 
 def _index_files(directory: Path) -> Dict[str, Path]:

@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ccnet import dist
 from ccnet.checkpoint import load_checkpoint, model_state_from, non_finite_tensors
-from ccnet.data import build_dataset, seed_worker
+from ccnet.data import SegmentationDataset, build_dataset, crop_cost_warning, seed_worker, train_input_size
 from ccnet.data.base import DatasetError
 from ccnet.data.samplers import InfiniteSampler, SeededDataset
 from ccnet.engine import resume
@@ -44,7 +44,7 @@ from ccnet.errors import UserError
 from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import build_model
 from ccnet.models.attention_maps import attention_panel
-from ccnet.utils.visualize import colorize, denormalize
+from ccnet.utils.visualize import add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,10 @@ def setup(cfg: DictConfig, device: torch.device) -> Run:
         resume.check_resume_config(resumed, resume_path, _plain(cfg))
 
     train_set = build_dataset(cfg.dataset, "train", crop_size=tcfg.get("crop_size"))
+    if isinstance(train_set, SegmentationDataset) and main:
+        warning = crop_cost_warning(train_set.image_paths, train_input_size(cfg.dataset, tcfg.get("crop_size")))
+        if warning:
+            log.warning("%s", warning)
     val_set = build_dataset(cfg.dataset, "val")
     check_validation_labels(val_set, str(cfg.dataset.get("val_split", "val")))
     if main:
@@ -399,13 +403,22 @@ class LogWindow:
                    "train/skipped_nonfinite": run.skipped}
         if run.device.type == "cuda":
             scalars["train/peak_mem_mib"] = torch.cuda.max_memory_allocated(run.device) / 2**20
-        log.info("iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s%s", it, run.max_iters, self.last_loss,
+        # training steps only: validations and checkpoints come on top
+        eta = (run.max_iters - it) * self.seconds / max(self.steps, 1)
+        log.info("iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s  eta %s%s", it, run.max_iters, self.last_loss,
                  " ".join(f"{k} {v:.4f}" for k, v in zip(run.terms, means[1:])), lr, scalars["train/img_per_s"],
-                 f"  skipped {run.skipped}" if run.skipped else "")
+                 format_duration(eta), f"  skipped {run.skipped}" if run.skipped else "")
         if run.recorder is not None:
             run.recorder.scalars(scalars, it)
         self.values, self.steps, self.seconds = [], 0, 0.0
         return scalars
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` for 3723 s, ``4:05`` for 245 s."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
@@ -424,6 +437,10 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
     if run.recorder is not None:
         run.recorder.validation(record)
         _record_panels(run, panels, it)
+        from ccnet.utils.plots import plot_confusion_matrix, plot_per_class_iou  # loads matplotlib on rank 0 only
+
+        run.recorder.image("val/per_class_iou", plot_per_class_iou(result["IoU"], class_names, result["mIoU"]), it)
+        run.recorder.image("val/confusion_matrix", plot_confusion_matrix(result["confusion"], class_names), it)
     if result["mIoU"] > run.best_miou:
         run.best_miou = float(result["mIoU"])
         run.ckpts.save_best({"model": _finite_model_state(run, it), "config": _plain(run.cfg), "iteration": it,
@@ -432,16 +449,18 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
 
 
 def _record_panels(run: Run, panels: List[Any], it: int) -> None:
-    """TensorBoard images: input | ground truth | prediction, and the criss-cross attention of the
-    image centre loop by loop (paper, Fig. 1) when the model has it."""
+    """TensorBoard images: input | ground truth | prediction with one legend below of the classes in
+    either map, and the criss-cross attention of the image centre loop by loop (paper, Fig. 1) when the
+    model has it."""
     val_set, head = run.val_set, getattr(run.model, "head", None)
     show_attention = bool(run.cfg.train.get("vis_attention", True)) and getattr(head, "cca", None) is not None \
         and getattr(head, "recurrence", 0) > 0
     for j, (image, label, pred) in enumerate(panels):
-        panel = [denormalize(image, val_set.mean, val_set.std),
-                 colorize(label.numpy(), val_set.palette, val_set.ignore_index),
-                 colorize(pred.numpy(), val_set.palette, val_set.ignore_index)]
-        run.recorder.image(f"val/panel_{j}", np.concatenate(panel, axis=1), it)
+        maps = [label.numpy(), pred.numpy()]
+        panel = np.concatenate([denormalize(image, val_set.mean, val_set.std),
+                                *(colorize(m, val_set.palette, val_set.ignore_index) for m in maps)], axis=1)
+        panel = add_legend(panel, val_set.palette, val_set.classes, maps, val_set.ignore_index)
+        run.recorder.image(f"val/panel_{j}", panel, it)
         if show_attention:
             run.recorder.image(f"val/attention_{j}", attention_panel(run.model, image.to(run.device), mean=val_set.mean,
                                                                      std=val_set.std), it)

@@ -10,6 +10,7 @@ with :func:`ccnet.evaluation.inference.predict_logits`, and the per-rank confusi
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
@@ -85,7 +86,9 @@ def evaluate(
     Returns:
         ``num_images`` (evaluated over all ranks) and, when the dataset has labels, the
         :meth:`SegMetric.compute` entries: ``mIoU``, ``mAcc``, ``aAcc`` (floats in [0, 1]) and
-        per-class lists ``IoU``, ``Acc`` (NaN for classes absent from ground truth and prediction).
+        per-class lists ``IoU``, ``Acc`` (NaN for classes absent from ground truth and prediction),
+        and ``confusion``: the merged (K, K) int64 numpy array of pixel counts, ``confusion[t, p]``
+        = valid pixels of ground truth ``t`` predicted as ``p`` (what the IoUs are computed from).
     """
     device = torch.device(device)
     settings = InferenceSettings.from_config(eval_cfg, amp=amp)
@@ -108,7 +111,7 @@ def evaluate(
     count = 0
     try:
         bar = tqdm(loader, desc=desc, total=len(indices), dynamic_ncols=True,
-                   disable=not (progress and dist.is_main_process()))
+                   disable=not (progress and dist.is_main_process() and sys.stderr.isatty()))
         for (image, label), index in zip(bar, indices):
             logits = predict_logits(model, image.to(device, non_blocking=True), settings)  # (1, K, H, W)
             pred = logits.argmax(dim=1)  # (1, H, W)
@@ -124,4 +127,7 @@ def evaluate(
     results: Dict[str, Any] = {"num_images": _sum_over_ranks(count, device)}
     if has_labels:
         results.update(metric.compute())
+        # The (K, K+1) matrix's last column counts predictions outside [0, K); an argmax over K logits
+        # never makes one, so the column is always zero here and the square part is the whole matrix.
+        results["confusion"] = metric.matrix[:, : metric.num_classes].cpu().numpy()  # (K, K) int64
     return results

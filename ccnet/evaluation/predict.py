@@ -178,7 +178,8 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     meta = model.dataset_meta
     writer = PredictionWriter(cfg.output_dir, cfg.get("formats", ["color", "overlay"]), meta["palette"],
                               meta["ignore_index"], alpha=float(cfg.get("alpha", 0.5)),
-                              num_classes=len(meta["palette"]), input_root=input_root)
+                              num_classes=len(meta["palette"]), input_root=input_root,
+                              legend=bool(cfg.get("legend", False)), classes=meta["classes"])
     check_unique_outputs(writer, inputs)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)

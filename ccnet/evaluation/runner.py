@@ -106,7 +106,8 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
     if formats:
         writer = PredictionWriter(Path(str(cfg.output_dir)) / "predictions", formats, dataset.palette,
                                   dataset.ignore_index, alpha=float(cfg.get("alpha", 0.5)),
-                                  num_classes=dataset.num_classes)
+                                  num_classes=dataset.num_classes, legend=bool(cfg.get("legend", False)),
+                                  classes=dataset.classes)
     elif not getattr(dataset, "has_labels", True):
         raise ValueError(f"split {split!r} of {dataset_cfg['name']!r} has no labels, so there is nothing to score; "
                          "write predictions instead: formats=[cityscapes] for a test-server submission, or "
@@ -159,3 +160,15 @@ def _report(results: Dict[str, Any], cfg: Any, ckpt_path: Path, split: str, data
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
     log.info("metrics written to %s", path)
+    _write_plots(results, out_dir)
+
+
+def _write_plots(results: Mapping[str, Any], out_dir: Path) -> None:
+    """``per_class_iou.png`` and ``confusion_matrix.png`` (rows = ground truth, normalised) in ``out_dir``."""
+    from ccnet.utils.plots import plot_confusion_matrix, plot_per_class_iou
+
+    classes = list(results["classes"])
+    iou_path, confusion_path = out_dir / "per_class_iou.png", out_dir / "confusion_matrix.png"
+    plot_per_class_iou(results["IoU"], classes, results["mIoU"], path=iou_path)
+    plot_confusion_matrix(results["confusion"], classes, path=confusion_path)
+    log.info("plots written to %s and %s", iou_path, confusion_path)

@@ -6,7 +6,8 @@ Formats (``formats`` of tools/eval.py and tools/infer.py):
 - ``trainid``: single-channel 8-bit PNG of class indices ``0..K-1`` (what the model predicts).
 - ``cityscapes``: single-channel 8-bit PNG of Cityscapes *label ids* (``road`` = 7, …), the format of
   the Cityscapes test server and of cityscapesScripts' ``evalPixelLevelSemanticLabeling``.
-- ``overlay``: RGB PNG, the input image blended with the colour prediction.
+- ``overlay``: RGB PNG, the input image blended with the colour prediction; with ``legend: true`` a
+  band below it names the colours of the classes in the prediction.
 
 Files mirror the input relative to ``input_root`` (``tools/infer.py``: the folder given, or the file's
 own folder): ``<input_root>/<sub>/<stem>.<ext>`` becomes ``<save_dir>/<sub>/<stem>.png``. Without an
@@ -25,7 +26,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ccnet.utils.visualize import colorize, overlay
+from ccnet.utils.visualize import add_legend, colorize, overlay
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,20 @@ class PredictionWriter:
         key: the setting that named ``formats``, for error messages.
         input_root: outputs mirror the inputs' paths relative to this folder; None keeps each
             image's folder name.
+        legend: append a legend of the predicted classes below each ``overlay`` (see
+            :func:`ccnet.utils.visualize.add_legend`); the overlay is then taller than the input.
+        classes: class names, needed for ``legend``.
 
     Raises:
         ValueError: unknown format, ``cityscapes`` for a model that does not predict the 19 Cityscapes
-            classes, or a palette with fewer colours than classes.
+            classes, a palette with fewer colours than classes, or ``legend`` without enough class names.
     """
 
     def __init__(self, save_dir: Union[str, Path], formats: Union[str, Sequence[str]],
                  palette: Sequence[Sequence[int]], ignore_index: int = 255, alpha: float = 0.5,
                  num_classes: Optional[int] = None, key: str = "formats",
-                 input_root: Optional[Union[str, Path]] = None) -> None:
+                 input_root: Optional[Union[str, Path]] = None, legend: bool = False,
+                 classes: Optional[Sequence[str]] = None) -> None:
         self.save_dir = Path(save_dir)
         self.input_root = None if input_root is None else Path(input_root)
         self.formats = parse_formats(formats, key)
@@ -85,6 +90,11 @@ class PredictionWriter:
         k = len(self.palette) if num_classes is None else int(num_classes)
         if len(self.palette) < k:
             raise ValueError(f"the palette has {len(self.palette)} colours for {k} classes; give one colour per class")
+        self.legend = bool(legend)
+        self.classes = None if classes is None else [str(c) for c in classes]
+        if self.legend and (self.classes is None or len(self.classes) < k):
+            raise ValueError(f"legend=true names the classes, but {0 if classes is None else len(classes)} class "
+                             f"names were given for {k} classes; pass the dataset's classes")
         self._label_ids: Optional[Callable[[np.ndarray], np.ndarray]] = None
         if "cityscapes" in self.formats:
             if k != CITYSCAPES_NUM_CLASSES:
@@ -132,6 +142,9 @@ class PredictionWriter:
                 if image is None:
                     raise ValueError("overlay format needs the input image")
                 out = overlay(image, color, self.alpha)
+                if self.legend:
+                    assert self.classes is not None
+                    out = add_legend(out, self.palette, self.classes, [pred], self.ignore_index)
             path = self.path_for(image_path, fmt)
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(out).save(path)

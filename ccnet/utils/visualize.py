@@ -1,17 +1,68 @@
-"""Colour maps, overlays and de-normalisation shared by every tool that writes pictures."""
+"""Colour maps, palettes, legends, overlays and de-normalisation shared by every tool that writes pictures."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RGB = Tuple[int, int, int]
+
+#: Colour :func:`colorize` paints ignored pixels with, and the legend's "ignore" swatch.
+IGNORE_COLOR: RGB = (0, 0, 0)
+
+#: Default class colours. Class 0 (background in most datasets) is dark grey rather than black so that it
+#: stays apart from ignored pixels, which are drawn black. Then the first 31 colours of colorcet's
+#: ``glasbey_bw_minc_20`` (https://github.com/holoviz/colorcet, assets/Glasbey/glasbey_bw_minc_20_n256.csv,
+#: values x 255 rounded): Glasbey et al., "Colour displays for categorical images" (2007) pick each next
+#: colour as far as possible in CIELAB from all previous ones, here avoiding black, white and greys
+#: (chroma >= 20), so neighbouring classes never look alike.
+DEFAULT_PALETTE: Tuple[RGB, ...] = (
+    (64, 64, 64),
+    (215, 0, 0), (140, 60, 255), (2, 136, 0), (0, 172, 199), (152, 255, 0), (255, 127, 209), (108, 0, 79),
+    (255, 165, 48), (88, 59, 0), (0, 87, 89), (0, 0, 221), (0, 253, 207), (161, 117, 106), (188, 183, 255),
+    (149, 181, 120), (192, 4, 185), (100, 84, 116), (121, 0, 0), (7, 116, 216), (254, 245, 144), (0, 75, 0),
+    (143, 122, 0), (255, 114, 102), (238, 185, 185), (94, 126, 102), (155, 228, 255), (236, 0, 119),
+    (166, 123, 185), (90, 0, 164), (4, 198, 0), (158, 75, 0),
+)
+
+
+def distinct_palette(num_colors: int) -> List[RGB]:
+    """``num_colors`` distinct colours: :data:`DEFAULT_PALETTE`, then as many more as needed.
+
+    Further colours are chosen greedily, Glasbey-style, from a 16-level RGB grid: each is the grid colour
+    farthest (Euclidean RGB) from black (the ignore colour) and every colour already chosen, the first
+    such in grid order on ties. The result is deterministic and every prefix is the palette of fewer
+    classes, so a class keeps its colour when classes are added.
+
+    Args:
+        num_colors: How many colours, at most 4096 (the grid size).
+
+    Returns:
+        ``num_colors`` distinct (r, g, b) tuples, never black.
+    """
+    if not 0 <= num_colors <= 16 ** 3:
+        raise ValueError(f"distinct_palette: num_colors must be in [0, 4096], got {num_colors}")
+    palette = list(DEFAULT_PALETTE[:num_colors])
+    if num_colors <= len(palette):
+        return palette
+    levels = np.arange(0, 256, 17, dtype=np.float64)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)  # (4096, 3)
+    taken = np.asarray([IGNORE_COLOR, *palette], dtype=np.float64)  # (T, 3)
+    nearest = np.sqrt(((grid[:, None, :] - taken[None, :, :]) ** 2).sum(-1)).min(axis=1)  # (4096,)
+    while len(palette) < num_colors:
+        pick = grid[int(nearest.argmax())]
+        palette.append((int(pick[0]), int(pick[1]), int(pick[2])))
+        nearest = np.minimum(nearest, np.sqrt(((grid - pick) ** 2).sum(-1)))
+    return palette
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
@@ -81,3 +132,132 @@ def mark_pixel(image: np.ndarray, pixel: Tuple[int, int]) -> np.ndarray:
     radius = max(3, min(image.shape[:2]) // 40)
     cv2.circle(out, (int(pixel[1]), int(pixel[0])), radius, (255, 255, 255), 1)
     return out
+
+
+def legend_entries(palette: Sequence[Sequence[int]], classes: Sequence[str],
+                   maps: Optional[Sequence[np.ndarray]] = None, ignore_index: int = 255,
+                   max_entries: int = 40) -> Tuple[List[Tuple[str, RGB]], Optional[str]]:
+    """What a legend lists: (name, colour) per class shown, and a note on the classes left out.
+
+    Args:
+        palette: One RGB colour per class.
+        classes: One name per class.
+        maps: Label and/or prediction maps of the picture; only the classes occurring in them are listed
+            (and "ignore" when ``ignore_index`` occurs). None lists every class.
+        ignore_index: Label value of unlabelled pixels.
+        max_entries: At most this many classes are listed; when more occur, those with the most pixels
+            are kept (still in class order), so a 150-class legend stays smaller than the picture.
+
+    Returns:
+        The entries in class order (then "ignore"), and None or a note such as
+        ``"+147 of 150 classes absent"`` (absent from the maps).
+
+    Shape:
+        maps: each (H, W) integer, any sizes.
+    """
+    if len(palette) < len(classes):
+        raise ValueError(f"legend: the palette has {len(palette)} colours for {len(classes)} classes; "
+                         "give one colour per class")
+    k = len(classes)
+    counts = np.zeros(k, dtype=np.int64)
+    has_ignore = False
+    if maps is None:
+        counts[:] = 1
+    else:
+        for m in maps:
+            values = np.asarray(m).reshape(-1).astype(np.int64)
+            in_range = values[(values >= 0) & (values < k)]
+            counts += np.bincount(in_range, minlength=k)[:k]
+            has_ignore = has_ignore or bool((values == ignore_index).any())
+    present = np.flatnonzero(counts)
+    shown = np.sort(present[np.argsort(-counts[present], kind="stable")[:max_entries]])
+    entries = [(str(classes[c]), tuple(int(v) for v in palette[c])) for c in shown]
+    if has_ignore:
+        entries.append(("ignore", IGNORE_COLOR))
+    if maps is None:
+        return entries, f"+{k - len(shown)} more classes" if len(shown) < k else None
+    absent, small = k - len(present), len(present) - len(shown)
+    notes = [f"+{small} smaller classes not listed"] if small else []
+    if absent:
+        notes.append(f"+{absent} of {k} classes absent")
+    return entries, "; ".join(notes) or None
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()  # older Pillow / no FreeType: the fixed 11 px bitmap font
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> str:
+    """``text``, cut and ended with an ellipsis where it is wider than ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def add_legend(image: np.ndarray, palette: Sequence[Sequence[int]], classes: Sequence[str],
+               maps: Optional[Sequence[np.ndarray]] = None, ignore_index: int = 255, max_entries: int = 40,
+               dark: bool = False, font_size: Optional[int] = None) -> np.ndarray:
+    """The picture with a legend band below it: a colour square and the class name per class.
+
+    Entries flow left to right and wrap onto as many rows as the picture's width needs; each square
+    has a grey outline so black ("ignore") and white swatches show on either band. See
+    :func:`legend_entries` for which classes are listed.
+
+    Args:
+        image: RGB picture (a panel, an overlay, ...).
+        palette: One RGB colour per class.
+        classes: One name per class.
+        maps: Label/prediction maps of the picture: list only the classes in them; None: all classes.
+        ignore_index: Label value of unlabelled pixels (listed as "ignore" when it occurs).
+        max_entries: Most classes listed; the others are counted in a note.
+        dark: Dark band with white text (for dark viewers such as TensorBoard's dark mode) instead of
+            white with black text.
+        font_size: Text height in pixels; default scales with the width (11 px up to ~700 px wide,
+            at most 32 px).
+
+    Returns:
+        The picture with the band appended below.
+
+    Shape:
+        image: (H, W, 3) uint8. Returns (H + band height, W, 3) uint8.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"add_legend expects an (H, W, 3) RGB image, got shape {image.shape}")
+    entries, note = legend_entries(palette, classes, maps, ignore_index, max_entries)
+    width = image.shape[1]
+    size = int(font_size) if font_size else int(np.clip(width // 60, 11, 32))
+    font = _font(size)
+    square, pad = size, max(3, size // 3)
+    background, ink = ((40, 40, 40), (255, 255, 255)) if dark else ((255, 255, 255), (0, 0, 0))
+    items: List[Tuple[Optional[RGB], str]] = [(colour, name) for name, colour in entries]
+    if note:
+        items.append((None, note))
+
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed = []  # (x, row, colour, text): lay out first, since the band's height depends on the rows
+    x, row = pad, 0
+    for colour, text in items:
+        swatch = square + pad if colour is not None else 0
+        text = _fit(scratch, text, font, width - 2 * pad - swatch)
+        item_width = swatch + scratch.textlength(text, font=font)
+        if x > pad and x + item_width > width - pad:
+            x, row = pad, row + 1
+        placed.append((x, row, colour, text))
+        x += int(np.ceil(item_width)) + 2 * pad
+    row_height = square + pad
+    band = Image.new("RGB", (width, pad + (row + 1) * row_height if items else 0), background)
+    draw = ImageDraw.Draw(band)
+    left, top, _, bottom = font.getbbox("Ag")
+    for x, row, colour, text in placed:
+        y = pad + row * row_height
+        if colour is not None:
+            draw.rectangle([x, y, x + square - 1, y + square - 1], fill=colour, outline=(128, 128, 128))
+            x += square + pad
+        # centre the text's ink box on the square, whatever the font's ascent
+        draw.text((x - left, y + (square - (bottom - top)) // 2 - top), text, fill=ink, font=font)
+    return np.concatenate([np.asarray(image, dtype=np.uint8), np.asarray(band)], axis=0)

@@ -30,11 +30,19 @@ def test_val_samples_show_the_files_side_by_side(configs_dir: Path, folder_root:
     expected_colour = palette[np.where(label == 255, 3, label)]
     for path in written:
         picture = np.asarray(Image.open(path))
+        assert picture.shape[1:] == (96, 3) and picture.shape[0] > 40  # the legend band is below the panel
+        picture, band = picture[:40], picture[40:]
         assert picture.shape == (40, 96, 3)
         stem = path.stem.split("_", 1)[1]  # "<k>_<image stem>"
         source = next((folder_root / "images").glob(f"{stem}.*"))
         np.testing.assert_allclose(picture[:, :48].astype(int), np.asarray(Image.open(source)).astype(int), atol=1)
         np.testing.assert_array_equal(picture[:, 48:], expected_colour)
+        # legend: one square per class in the label (all 3) plus black "ignore", which the label has too
+        colours, counts = np.unique(band.reshape(-1, 3), axis=0, return_counts=True)
+        squares = {tuple(int(v) for v in c) for c, n in zip(colours, counts) if n >= 81 and len(set(c)) > 1}
+        assert squares == {tuple(c) for c in generate_palette(3)[1:]}  # class 0 is grey: not counted here
+        black = (band == 0).all(axis=-1)  # text strokes are 1-2 px wide: a solid 9 x 9 block is the square
+        assert np.lib.stride_tricks.sliding_window_view(black, (9, 9)).all(axis=(-2, -1)).any()
 
 
 def test_train_samples_are_augmented_crops(configs_dir: Path, folder_root: Path, tmp_path: Path) -> None:
@@ -45,6 +53,8 @@ def test_train_samples_are_augmented_crops(configs_dir: Path, folder_root: Path,
     allowed = {tuple(c) for c in generate_palette(3)} | {(0, 0, 0)}
     for path in written:
         picture = np.asarray(Image.open(path))
+        assert picture.shape[1:] == (40, 3) and picture.shape[0] > 16  # panel, then the legend band
+        picture = picture[:16]
         assert picture.shape == (16, 40, 3)
         assert {tuple(c) for c in picture[:, 20:].reshape(-1, 3)} <= allowed
 

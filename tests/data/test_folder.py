@@ -91,7 +91,7 @@ def test_classes_palette_and_ignore_from_config(folder_root: Path) -> None:
 def test_generated_palette_is_distinct_and_never_black() -> None:
     palette = generate_palette(255)
     assert len(set(palette)) == 255 and (0, 0, 0) not in palette
-    assert palette[:3] == [(128, 0, 0), (0, 128, 0), (128, 128, 0)]  # VOC colours of ids 1..3
+    assert palette[:3] == [(64, 64, 64), (215, 0, 0), (140, 60, 255)]  # dark grey, then glasbey
 
 
 @pytest.mark.parametrize("overrides, message", [

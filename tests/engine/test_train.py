@@ -62,7 +62,11 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
     assert {"train/loss", "train/loss_main", "train/loss_aux", "train/lr", "train/img_per_s", "val/mIoU",
             "val/IoU/background"} <= set(events.Tags()["scalars"])
     panel = events.Images("val/panel_0")[-1]
-    assert (panel.step, panel.width, panel.height) == (40, 3 * 64, 64)  # input | ground truth | prediction
+    assert (panel.step, panel.width) == (40, 3 * 64)  # input | ground truth | prediction
+    assert 64 + 14 <= panel.height <= 64 + 200  # 64 px panels, then a legend band of one or more 14-px rows
+    for tag in ("val/per_class_iou", "val/confusion_matrix"):  # the plots, at every validation
+        plots = events.Images(tag)
+        assert [p.step for p in plots] == [20, 40] and all(p.width >= 300 and p.height >= 150 for p in plots)
     attention = events.Images("val/attention_0")[-1]  # input | loop 1 | loop 2
     assert (attention.step, attention.width, attention.height) == (40, (1 + cfg.model.recurrence) * 64, 64)
 

@@ -28,6 +28,7 @@ def test_metrics_equal_metric_over_chosen_predictions_and_mode_restored():
     ref = SegMetric(4)
     for (_, label), pred in zip(ds.items, ds.preds):
         ref.update(pred, label)
+    assert torch.equal(torch.from_numpy(result.pop("confusion")), ref.matrix[:, :4])  # (K, K): no void column
     assert result == {"num_images": 7, **ref.compute()}
     assert [s[0] for s in seen] == list(range(7))
     for i, shape, lbl, pred in seen:  # callback gets the dataset's tensors and the (H, W) prediction

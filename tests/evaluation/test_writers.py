@@ -61,3 +61,23 @@ def test_colliding_output_names_are_rejected(tmp_path):
     check_unique_outputs(writer, ["a/x.png", "a/y.png", "b/x.png"])
     with pytest.raises(ValueError, match="would both be written"):
         check_unique_outputs(writer, ["a/x.jpg", "a/x.png"])
+
+
+def test_overlay_legend_names_the_predicted_classes(tmp_path):
+    pred = np.zeros((30, 200), dtype=np.int64)
+    pred[:, 100:] = 2  # classes 0 and 2 only
+    image = np.full((30, 200, 3), 90, dtype=np.uint8)
+    writer = PredictionWriter(tmp_path, ["overlay", "color"], PALETTE, alpha=0.25, legend=True,
+                              classes=["sky", "road", "car"])
+    paths = writer.write(pred, "a/b.png", image)
+    _, out = read(paths["overlay"])
+    colour = np.array(PALETTE, dtype=np.uint8)[pred]
+    assert out.shape[1:] == (200, 3) and out.shape[0] > 30  # the legend band below the overlay
+    assert np.array_equal(out[:30], np.clip(0.75 * image + 0.25 * colour + 0.5, 0, 255).astype(np.uint8))
+    colours, counts = np.unique(out[30:].reshape(-1, 3), axis=0, return_counts=True)
+    squares = {tuple(int(v) for v in c) for c, n in zip(colours, counts) if n >= 25 and len(set(c)) > 1}
+    assert squares == {PALETTE[0], PALETTE[2]}  # the band's text and background are greys
+    _, color = read(paths["color"])
+    assert color.shape == (30, 200, 3)  # only overlays get a legend
+    with pytest.raises(ValueError, match="legend=true names the classes, but 0 class names were given for 3"):
+        PredictionWriter(tmp_path, "overlay", PALETTE, legend=True)

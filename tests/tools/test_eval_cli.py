@@ -83,6 +83,42 @@ def test_metrics_json_and_every_format_from_stored_config(configs_dir, tmp_path)
         assert np.asarray(Image.open(save / "overlay" / "val" / f"{i:06d}.png")).shape == (64, 64, 3)
 
 
+def test_plots_next_to_metrics_json_and_the_confusion_matrix(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    out = tmp_path / "out"
+    result = run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}", "formats=trainid"))
+    # the returned confusion matrix, counted by hand from the written predictions and the labels
+    from ccnet.data import build_dataset
+
+    ds = build_dataset(synthetic_cfg(configs_dir), "val")
+    expected = np.zeros((5, 5), dtype=np.int64)
+    for i in range(5):
+        pred = np.asarray(Image.open(out / "predictions" / "val" / f"{i:06d}.png")).astype(np.int64)
+        gt = ds[i][1].numpy()
+        valid = gt != 255
+        np.add.at(expected, (gt[valid], pred[valid]), 1)
+    assert result["confusion"].shape == (5, 5) and np.array_equal(result["confusion"], expected)
+    assert (out / "metrics.json").is_file()
+    for name, min_height in (("per_class_iou.png", 150), ("confusion_matrix.png", 300)):
+        with Image.open(out / name) as plot:
+            assert plot.format == "PNG" and plot.width >= 300 and min_height <= plot.height <= 2000
+        assert 5_000 < (out / name).stat().st_size < 500_000
+
+
+def test_legend_true_puts_a_class_legend_under_eval_overlays(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    for legend in ("false", "true"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / legend}",
+                          "formats=[overlay,color]", f"legend={legend}"))
+    predictions = tmp_path / "true" / "predictions"
+    with Image.open(tmp_path / "false" / "predictions" / "overlay" / "val" / "000000.png") as plain, \
+            Image.open(predictions / "overlay" / "val" / "000000.png") as framed, \
+            Image.open(predictions / "color" / "val" / "000000.png") as color:
+        assert plain.size == color.size == (64, 64)  # masks keep the input's size
+        assert framed.width == 64 and framed.height > 64  # the legend band below the overlay
+        assert np.array_equal(np.asarray(framed)[:64], np.asarray(plain))
+
+
 def test_dataset_group_and_key_overrides_merge_over_checkpoint(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
     # a single key replaces the stored value ...
@@ -197,8 +233,10 @@ def test_torchrun_two_processes_equal_one_process(repo_root, configs_dir, tmp_pa
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["num_images"] == 5 and one == two  # exactly equal, per class too
-    pngs = [sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run).rglob("*.png"))
+    pngs = [sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run / "predictions").rglob("*.png"))
             for run in ("one", "two")]
+    assert all((tmp_path / run / plot).is_file() for run in ("one", "two")  # rank 0's plots beside metrics.json
+               for plot in ("per_class_iou.png", "confusion_matrix.png"))
     # both ranks wrote their shard, under output_dir/predictions
     assert pngs[0] == pngs[1] == [f"predictions/val/{i:06d}.png" for i in range(5)]
     for name in pngs[0]:

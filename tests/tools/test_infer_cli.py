@@ -77,6 +77,13 @@ def test_masks_match_the_model_run_by_hand(configs_dir, photos, cityscapes_ckpt,
         assert np.abs(blend - (0.5 * rgb + 0.5 * np.asarray(PALETTE)[ids])).max() <= 1.0
 
 
+def test_legend_true_reaches_infer_overlays(configs_dir, photos, cityscapes_ckpt, tmp_path):
+    [written] = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos / 'a.png'}",
+                                    f"output_dir={tmp_path / 'out'}", "formats=[overlay]", "legend=true"))
+    with Image.open(written["overlay"]) as framed:
+        assert framed.width == 44 and framed.height > 30
+
+
 def test_unreadable_image_is_named(configs_dir, photos, cityscapes_ckpt, tmp_path):
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
