@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ccnet.benchmarks.common import check_machine_load
 from ccnet.data import build_dataset, seed_worker
 from ccnet.data.base import map_label, read_image, read_label
-from ccnet.data.cityscapes import LABELS
+from ccnet.data.layouts import write_cityscapes_layout
 from ccnet.data.transforms import to_hw
 
 log = logging.getLogger(__name__)
@@ -59,45 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time even when the CPUs are busy (the result records the load)")
 
 
-def _scene(rng: np.random.Generator, h: int, w: int) -> tuple:
-    """A street-like RGB image and a matching labelId map: smooth colour fields, boxes, sensor noise.
+def generate_cityscapes_like(root: Path, num_images: int, height: int, width: int, seed: int = 0) -> float:
+    """Write ``num_images`` street-like pairs (:func:`ccnet.data.layouts.street_scene`) as
+    ``root/{leftImg8bit,gtFine}/train/bench/*``.
 
     Real Cityscapes PNGs average ~2.2 MB (leftImg8bit_trainvaltest.zip: 11 GB for 5000 images) and
-    decoding them is a large part of loading, so the image must compress like a photo (these come out at
-    ~2.3 MB), not like pure noise (6 MB, incompressible) or flat colour (far smaller).
-    """
-    label_ids = np.array([label_id for _, label_id, _, _ in LABELS if label_id >= 0], dtype=np.uint8)
-    label = np.full((h, w), 7, dtype=np.uint8)  # road
-    label[: h // 2] = 23  # sky
-    coarse = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
-    image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    for _ in range(40):
-        y0, x0 = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
-        y1, x1 = min(h, y0 + int(rng.integers(8, h // 3))), min(w, x0 + int(rng.integers(8, w // 4)))
-        label[y0:y1, x0:x1] = rng.choice(label_ids)
-        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * 0.5 + rng.integers(0, 256, 3) * 0.5
-    image += rng.normal(0.0, 1.2, image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8), label
-
-
-def generate_cityscapes_like(root: Path, num_images: int, height: int, width: int, seed: int = 0) -> float:
-    """Write ``num_images`` pairs as ``root/{leftImg8bit,gtFine}/train/bench/*``.
+    decoding them is a large part of loading, so the images compress like photos (~2.3 MB each).
 
     Returns:
         Mean image file size in MB.
     """
-    rng = np.random.default_rng(seed)
-    sizes = []
-    for i in range(num_images):
-        image, label = _scene(rng, height, width)
-        stem = f"bench_{i:06d}_000019"
-        image_path = root / "leftImg8bit" / "train" / "bench" / f"{stem}_leftImg8bit.png"
-        label_path = root / "gtFine" / "train" / "bench" / f"{stem}_gtFine_labelIds.png"
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        label_path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(label_path), label)
-        sizes.append(image_path.stat().st_size / 2**20)
+    write_cityscapes_layout(root, {"train": num_images}, (height, width), seed=seed, city="bench")
+    sizes = [p.stat().st_size / 2**20 for p in (root / "leftImg8bit" / "train" / "bench").glob("*.png")]
     return float(np.mean(sizes))
 
 

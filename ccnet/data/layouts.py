@@ -1,0 +1,100 @@
+"""Generated datasets in the real on-disk layouts of Cityscapes and ADE20K, at their real image sizes.
+
+Used to rehearse the paper's presets end to end without the real data (``tools/rehearse_presets.py``)
+and to time the loading pipeline (``tools/benchmark.py data``). The pictures are street-like: smooth
+colour fields with boxes of other classes and sensor noise, so that a PNG compresses like a photo
+(~2.3 MB at 2048x1024, real Cityscapes ~2.2 MB) rather than like noise or flat colour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple
+
+import cv2
+import numpy as np
+
+from ccnet.data.cityscapes import LABELS
+
+CITYSCAPES_SIZE = (1024, 2048)  # (height, width) of every leftImg8bit image
+ADE20K_SIZE = (512, 683)  # a typical ADE20K validation image (the short side is 512 for many)
+
+
+def street_scene(rng: np.random.Generator, height: int, width: int, label_values: np.ndarray,
+                 background: Tuple[int, int] = (7, 23)) -> Tuple[np.ndarray, np.ndarray]:
+    """An RGB picture and a label map of the same regions.
+
+    Args:
+        rng: random source.
+        height, width: size.
+        label_values: values the boxes are drawn from (the dataset's stored label values).
+        background: the values of the lower and upper half (Cityscapes: road, sky).
+
+    Shape:
+        Returns ((height, width, 3) uint8, (height, width) uint8).
+    """
+    label = np.full((height, width), background[0], dtype=np.uint8)
+    label[: height // 2] = background[1]
+    coarse = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    for _ in range(40):
+        y0, x0 = int(rng.integers(0, height - 8)), int(rng.integers(0, width - 8))
+        y1 = min(height, y0 + int(rng.integers(8, max(9, height // 3))))
+        x1 = min(width, x0 + int(rng.integers(8, max(9, width // 4))))
+        label[y0:y1, x0:x1] = rng.choice(label_values)
+        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * 0.5 + rng.integers(0, 256, 3) * 0.5
+    image += rng.normal(0.0, 1.2, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = CITYSCAPES_SIZE,
+                            seed: int = 0, city: str = "gen") -> Path:
+    """``root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
+    ``root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (Cityscapes label ids) for each split.
+
+    Args:
+        root: the dataset root (``dataset.root``).
+        counts: images per split, e.g. ``{"train": 2, "val": 1}``.
+        size: (height, width).
+        seed: selects the pictures.
+        city: the city folder name.
+
+    Returns:
+        ``root``.
+    """
+    rng = np.random.default_rng(seed)
+    label_ids = np.array([label_id for _, label_id, _, _ in LABELS if label_id >= 0], dtype=np.uint8)
+    for split, count in counts.items():
+        for i in range(count):
+            image, label = street_scene(rng, *size, label_ids)
+            stem = f"{city}_{i:06d}_000019"
+            image_path = root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+            label_path = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            label_path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(label_path), label)
+    return root
+
+
+def write_ade20k_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = ADE20K_SIZE,
+                        seed: int = 0) -> Path:
+    """``root/ADEChallengeData2016/images/<split>/ADE_<split>_<n>.jpg`` and ``annotations/<split>/*.png``
+    (values 0 = other, 1..150 = the SceneParsing classes) for each split (``training``, ``validation``).
+
+    Returns:
+        ``root``.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.arange(1, 151, dtype=np.uint8)
+    base = root / "ADEChallengeData2016"
+    for split, count in counts.items():
+        for i in range(count):
+            image, label = street_scene(rng, *size, classes, background=(4, 3))  # floor, sky
+            label[: size[0] // 20] = 0  # an "other" band: ignored in training and scoring
+            stem = f"ADE_{split[:5]}_{i + 1:08d}"
+            (base / "images" / split).mkdir(parents=True, exist_ok=True)
+            (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(base / "images" / split / f"{stem}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(base / "annotations" / split / f"{stem}.png"), label)
+    return root
