@@ -4,11 +4,12 @@ One object, used on rank 0 only, so every number is written from one place. ``me
 one JSON object per validation::
 
     {"iteration": 2000, "val/mIoU": 0.71, "val/mAcc": 0.80, "val/aAcc": 0.95,
-     "val/IoU/road": 0.97, ..., "train_time_s": 812.4, "skipped_nonfinite": 0}
+     "val/IoU/road": 0.97, ..., "train_time_s": 812.4, "val_time_s": 95.1, "skipped_nonfinite": 0}
 
 Metric values are fractions in [0, 1]; a class absent from both ground truth and predictions has
 IoU ``null`` (NaN in the metric, which JSON cannot represent). ``train_time_s`` is the wall time
-spent in training steps so far (validation excluded), carried across resumes; ``skipped_nonfinite``
+spent in training steps so far (validation excluded), carried across resumes; ``val_time_s`` the wall
+time of this validation (inference and scoring); ``skipped_nonfinite``
 counts the steps skipped for a non-finite loss so far (``train.skip_nonfinite``).
 
 A resumed run reads the file back; a last line cut short (power loss, full disk) is dropped with a
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: Sequence[str],
-                      train_time_s: float, skipped_nonfinite: int = 0) -> Dict[str, Any]:
+                      train_time_s: float, skipped_nonfinite: int = 0,
+                      val_time_s: Optional[float] = None) -> Dict[str, Any]:
     """The ``metrics.jsonl`` line for one validation (see the module docstring).
 
     Args:
@@ -39,6 +41,7 @@ def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: S
         class_names: names for the per-class entries.
         train_time_s: training wall time so far.
         skipped_nonfinite: steps skipped so far for a non-finite loss.
+        val_time_s: wall time of this validation; omitted from the record when None.
     """
     def clean(v: float) -> Optional[float]:
         v = float(v)
@@ -50,6 +53,8 @@ def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: S
     for name, iou in zip(class_names, metrics["IoU"]):
         record[f"val/IoU/{name}"] = clean(iou)
     record["train_time_s"] = round(float(train_time_s), 3)
+    if val_time_s is not None:
+        record["val_time_s"] = round(float(val_time_s), 3)
     record["skipped_nonfinite"] = int(skipped_nonfinite)
     return record
 

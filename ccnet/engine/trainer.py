@@ -405,9 +405,10 @@ class LogWindow:
             scalars["train/peak_mem_mib"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         # training steps only: validations and checkpoints come on top
         eta = (run.max_iters - it) * self.seconds / max(self.steps, 1)
-        log.info("iter %d/%d  loss %.4f (%s)  lr %.3e  %.1f img/s  eta %s%s", it, run.max_iters, self.last_loss,
-                 " ".join(f"{k} {v:.4f}" for k, v in zip(run.terms, means[1:])), lr, scalars["train/img_per_s"],
-                 format_duration(eta), f"  skipped {run.skipped}" if run.skipped else "")
+        log.info("iter %d/%d  loss %.4f (%s)  lr %.3e  %.3g img/s  %.3g s/iter  eta %s%s", it, run.max_iters,
+                 self.last_loss, " ".join(f"{k} {v:.4f}" for k, v in zip(run.terms, means[1:])), lr,
+                 scalars["train/img_per_s"], self.seconds / max(self.steps, 1), format_duration(eta),
+                 f"  skipped {run.skipped}" if run.skipped else "")
         if run.recorder is not None:
             run.recorder.scalars(scalars, it)
         self.values, self.steps, self.seconds = [], 0, 0.0
@@ -426,11 +427,13 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
     tcfg, val_set = run.cfg.train, run.val_set
     panels: List[Any] = []
     keep = int(tcfg.get("vis_images", 0))
+    started = time.perf_counter()
     result = evaluate(run.model, val_set, run.cfg.eval, run.device, amp=str(tcfg.amp), progress=progress,
                       desc=f"val@{it}",
                       on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if len(panels) < keep else None)
     class_names = list(getattr(val_set, "classes", [str(i) for i in range(run.model.num_classes)]))
-    record = validation_record(it, result, class_names, run.train_time, run.skipped)
+    record = validation_record(it, result, class_names, run.train_time, run.skipped,
+                               val_time_s=time.perf_counter() - started)
     per_class = "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, result["IoU"]))
     log.info("val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f%s", it, result["mIoU"], result["mAcc"], result["aAcc"],
              f" | {per_class}" if len(class_names) <= 40 else " (per class: metrics.jsonl)")

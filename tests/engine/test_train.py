@@ -46,6 +46,7 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
     assert records[-1]["val/mIoU"] == pytest.approx(result["val/mIoU"])
     assert {f"val/IoU/{c}" for c in ("background", "red", "green", "blue", "yellow")} <= set(records[-1])
     assert records[0]["train_time_s"] < records[1]["train_time_s"]
+    assert all(r["val_time_s"] > 0 for r in records)
 
     ckpt_files = sorted(p.name for p in (Path(work) / "checkpoints").iterdir())
     assert ckpt_files == ["best.pth", "iter_40.pth", "last.pth"]  # keep_checkpoints=1 deleted iter_20
