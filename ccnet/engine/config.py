@@ -44,6 +44,17 @@ def _optional(rule: Tuple[Callable[[Any], bool], str]) -> Tuple[Callable[[Any], 
     return (lambda v: v is None or check(v)), f"null or {text}"
 
 
+def _size() -> Tuple[Callable[[Any], bool], str]:
+    """A positive int or [height, width] of positive ints (crop sizes)."""
+    positive = _int(1)[0]
+
+    def ok(v: Any) -> bool:
+        if positive(v):
+            return True
+        return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(positive(x) for x in v)
+    return ok, "a positive integer or [height, width] of positive integers"
+
+
 def _choice(*values: str) -> Tuple[Callable[[Any], bool], str]:
     return (lambda v: v in values), "one of " + ", ".join(values)
 
@@ -51,6 +62,7 @@ def _choice(*values: str) -> Tuple[Callable[[Any], bool], str]:
 TRAIN_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "max_iters": _int(1),
     "batch_size": _int(1),
+    "crop_size": _optional(_size()),
     "lr": _number(0, low_open=True),
     "momentum": _number(0, 1, high_open=True),
     "weight_decay": _number(0),
@@ -84,6 +96,8 @@ TRAIN_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
 def describe(value: Any) -> str:
     """``'abc' (a string)``, ``2.5 (a float)``: the value and its type, as the user wrote it."""
     kinds = {str: "a string", float: "a float", int: "an integer", bool: "a boolean", type(None): "null"}
+    if isinstance(value, Sequence) and not isinstance(value, str):  # lists, also OmegaConf's ListConfig
+        return f"{list(value)!r} (a list)"
     return f"{value!r} ({kinds.get(type(value), type(value).__name__)})"
 
 

@@ -203,6 +203,8 @@ def test_disk_full_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     ("momentum", 1.0, "train.momentum must be a number >= 0 and < 1, got 1.0"),
     ("grad_clip", 0, "train.grad_clip must be null or a number > 0, got 0"),
     ("amp", "bf32", "train.amp must be one of none, bf16, fp16, got 'bf32'"),
+    ("crop_size", [0, 0], "train.crop_size must be null or a positive integer or [height, width] of positive "
+                          "integers, got [0, 0] (a list)"),
 ])
 def test_settings_of_the_wrong_type_name_key_and_expectation(tiny_cfg, key, value, message):
     cfg = tiny_cfg()
