@@ -14,6 +14,7 @@ LAYERS: Dict[str, int] = {
     "ccnet.models": 1, "ccnet.data": 1,
     "ccnet.engine": 2, "ccnet.evaluation": 2,
     "ccnet.convert": 3, "ccnet.export": 3, "ccnet.benchmarks": 3, "ccnet.api": 3, "ccnet.selfcheck": 3,
+    "ccnet.rehearse": 3,
 }
 # Same-layer imports that are not allowed: models and data are independent, evaluation never needs engine.
 FORBIDDEN_SIDEWAYS = {("ccnet.models", "ccnet.data"), ("ccnet.data", "ccnet.models"),

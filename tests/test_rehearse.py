@@ -1,0 +1,58 @@
+"""The paper's presets end to end at their real sizes (ccnet/rehearse.py, tools/rehearse_presets.py):
+full-size generated images in the real layouts, the real ``tools/train.py experiment=<preset>``, two
+training steps at the preset's crop, its validation protocol on one image. Batch 1 on CI's CPUs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ccnet.rehearse import PRESETS, rehearse
+from tools.rehearse_presets import main
+
+EXPECTED = {  # model, crop, validation protocol
+    "cityscapes_r101_official": ("ccnet_r101_official on cityscapes", [769, 769], "slide [769, 769] stride [513, 513]"),
+    "cityscapes_r101_769_80k": ("ccnet_r101 on cityscapes", [769, 769], "slide [769, 769] stride [513, 513]"),
+    "ade20k_r101_512_80k": ("ccnet_r101 on ade20k", [512, 512], "whole, test_size [512, 2048]"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_preset_trains_and_validates_at_real_size(preset: str, tmp_path: Path) -> None:
+    result = rehearse(preset, tmp_path, iterations=2, batch_size=1, device="cpu")
+    assert result.status == "pass", result.detail
+    model, crop, protocol = EXPECTED[preset]
+    assert (result.crop_size, result.eval_protocol) == (crop, protocol)
+    assert result.batch_size == 1 and len(result.step_s) == 2 and all(s > 0 for s in result.step_s)
+    assert result.val_images == 1 and result.val_time_s > 0 and 0.0 <= result.val_miou <= 1.0
+    assert result.peak_rss_gib > 1.0  # a ResNet-101 at 512-769 px cannot train in less
+    log = (tmp_path / preset / "run" / "train.log").read_text()
+    assert f"training {model}: 2 iterations, batch 1" in log and "model.weights is null" in log
+    shutil.rmtree(tmp_path / preset / "run" / "checkpoints")  # ~1 GB per Cityscapes preset
+
+
+def test_a_run_that_fails_is_reported_with_its_console(tmp_path: Path) -> None:
+    result = rehearse("ade20k_r101_512_80k", tmp_path, extra=["train.crop_size=[0, 0]"], timeout_s=120)
+    assert result.status == "fail" and "exited with 1" in result.detail
+    assert "train.crop_size must be null or a positive integer" in result.detail  # the tool's one-line error
+    assert "Traceback" not in (tmp_path / "ade20k_r101_512_80k" / "console.log").read_text()
+    assert str(tmp_path / "ade20k_r101_512_80k" / "console.log") in result.detail
+
+
+def test_tool_reports_a_killed_run_and_exits_1(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "rehearsal"
+    assert main(["ade20k_r101_512_80k", "--timeout", "1", "--out-dir", str(out)]) == 1
+    report = json.loads((out / "rehearsal.json").read_text())
+    (row,) = report["rehearsals"]
+    assert row["status"] == "fail" and row["detail"].startswith("killed after 1 s")
+    assert "FAILED: ade20k_r101_512_80k" in capsys.readouterr().out
+
+
+def test_tool_rejects_an_unknown_preset(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["cityscapes_r50"])
+    assert "unknown preset(s) cityscapes_r50" in capsys.readouterr().err
