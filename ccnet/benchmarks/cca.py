@@ -145,7 +145,7 @@ def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
     device = resolve_device(args.device, key="--device")
-    check_machine_load(device, args.force)
+    load = check_machine_load(device, args.force)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
     if args.recurrence < 1:
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     bound = roofline(args, gemm_throughput(device, dtype))
     for row in rows:
         row["fraction_of_bound"] = bound["bound_ms"] / row["fwd_bwd_ms"]
-    result = {"benchmark": "cca", "config": config, "machine": machine_info(device),
+    result = {"benchmark": "cca", "config": config, "machine": machine_info(device, load),
               "memory_method": memory_method(device), "skipped": skipped, "roofline": bound, "results": rows}
     _print(result)
     return result

@@ -45,8 +45,8 @@ def add_device_arguments(parser: argparse.ArgumentParser, warmup: int = 1, repea
     parser.add_argument("--repeats", type=int, default=repeats,
                         help=f"timed calls; the median and the range are reported (default {repeats})")
     parser.add_argument("--force", action="store_true",
-                        help=f"time even when the CPUs are busy (load average above {MAX_LOAD_PER_CORE} per core); the "
-                             "result records the load")
+                        help=f"time even when the CPUs are busy (load average above {MAX_LOAD_PER_CORE} per core "
+                             "after waiting up to 2 minutes for it to fall); the result records the load")
 
 
 MAX_LOAD_PER_CORE = 0.3  # above this, other processes share the CPUs and timings are not results
@@ -56,24 +56,43 @@ class BusyMachineError(RuntimeError):
     """The machine is too loaded for timings to mean anything."""
 
 
-def check_machine_load(device: torch.device, force: bool) -> None:
+def check_machine_load(device: torch.device, force: bool, wait_s: float = 120.0,
+                       poll_s: float = 5.0) -> Optional[float]:
     """Refuse to time on busy CPUs: the 1-minute load average per core must be at most
-    :data:`MAX_LOAD_PER_CORE` (``--force`` times anyway, with a warning). GPU timings only record it:
+    :data:`MAX_LOAD_PER_CORE` (``--force`` times anyway, with a warning). A load that is above it
+    only because of what ran just before (a previous benchmark: the average decays with a one-minute
+    time constant) is waited out for up to ``wait_s`` seconds. GPU timings only record the load:
     the CPUs only launch the kernels there.
 
+    Returns:
+        The 1-minute load average timing starts at (None where the OS has none), for
+        :func:`machine_info`.
+
     Raises:
-        BusyMachineError: too loaded and not ``force``.
+        BusyMachineError: still too loaded after ``wait_s`` and not ``force``.
     """
-    if not hasattr(os, "getloadavg") or device.type == "cuda":
-        return
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if not hasattr(os, "getloadavg"):
+        return None
+    if device.type == "cuda":
+        return os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    deadline = time.monotonic() + (0.0 if force else wait_s)
+    load = os.getloadavg()[0]
+    if load / cores > MAX_LOAD_PER_CORE and not force and wait_s > 0:
+        print(f"load average {load:.2f} on {cores} CPUs; waiting up to {wait_s:.0f} s for it to fall to "
+              f"{MAX_LOAD_PER_CORE * cores:.2f}", file=sys.stderr)
+    while load / cores > MAX_LOAD_PER_CORE and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        load = os.getloadavg()[0]
     if load / cores <= MAX_LOAD_PER_CORE:
-        return
+        return load
     message = (f"load average {load:.2f} on {cores} CPUs ({load / cores:.2f} per core, above {MAX_LOAD_PER_CORE}): "
                "other processes share the CPUs, so the timings would not be results")
     if not force:
-        raise BusyMachineError(message + "; wait until the machine is idle, or pass --force to time anyway")
+        raise BusyMachineError(message + f" (waited {wait_s:.0f} s); wait until the machine is idle, or pass "
+                               "--force to time anyway")
     print(f"warning: {message}; timing anyway (--force)", file=sys.stderr)
+    return load
 
 
 def size_hw(values: Sequence[int], option: str = "--size") -> Tuple[int, int]:
@@ -203,8 +222,9 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def machine_info(device: torch.device) -> Dict[str, Any]:
-    """Where the numbers come from: device, threads, library versions and the CPU load at the start."""
+def machine_info(device: torch.device, load_at_start: Optional[float] = None) -> Dict[str, Any]:
+    """Where the numbers come from: device, threads, library versions and the CPU load when timing
+    started (``load_at_start``, what :func:`check_machine_load` returned; the current load when None)."""
     info: Dict[str, Any] = {
         "device": str(device),
         "torch": torch.__version__,
@@ -213,8 +233,8 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
-    if hasattr(os, "getloadavg"):
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    if load_at_start is not None or hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(load_at_start if load_at_start is not None else os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -251,5 +271,5 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, st
 def describe_machine(info: Dict[str, Any]) -> str:
     """One line for the table header."""
     where = info.get("gpu") or f"{info['cpu']} ({info['threads']} threads of {info['cpu_count']} CPUs)"
-    load = f", load {info['load_average_1min']}" if "load_average_1min" in info else ""
+    load = f", load average {info['load_average_1min']} at the start" if "load_average_1min" in info else ""
     return f"{where}; torch {info['torch']}{load}"

@@ -139,7 +139,7 @@ def _measure(args: argparse.Namespace, context: str, device: torch.device, dtype
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
     device = resolve_device(args.device, key="--device")
-    check_machine_load(device, args.force)
+    load = check_machine_load(device, args.force)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
     rows: List[Dict[str, Any]] = []
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                       "nonlocal_over_rcca2_train_memory": nl["block_train_mb"] / rcca["block_train_mb"],
                       "paper_flops_reduction": 1 - 16.5 / 108.0, "paper_memory_ratio": 1411.0 / 127.0}
     config = {k: getattr(args, k) for k in ("in_channels", "height", "width", "batch", "dtype", "warmup", "repeats")}
-    result = {"benchmark": "context", "config": config, "machine": machine_info(device),
+    result = {"benchmark": "context", "config": config, "machine": machine_info(device, load),
               "criss_cross_implementation": select_implementation(None, device), "memory_method": memory_method(device),
               "results": rows, "comparison": comparison}
     _print(result)

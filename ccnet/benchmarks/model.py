@@ -92,8 +92,7 @@ def compose_model_config(path: Path, num_classes: int) -> Dict[str, Any]:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
     device = resolve_device(args.device, key="--device")
-    if args.latency:
-        check_machine_load(device, args.force)
+    load = check_machine_load(device, args.force) if args.latency else None
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
     height, width = size_hw(args.size)
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         rows.append(row)
     config = {"size": [height, width], "num_classes": args.num_classes, "dtype": args.dtype,
               "channels_last": args.channels_last, "warmup": args.warmup, "repeats": args.repeats}
-    result = {"benchmark": "model", "config": config, "machine": machine_info(device), "results": rows}
+    result = {"benchmark": "model", "config": config, "machine": machine_info(device, load), "results": rows}
     _print(result)
     return result
 

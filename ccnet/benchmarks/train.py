@@ -113,7 +113,7 @@ def training_step(cfg: Dict[str, Any], device: torch.device, variant: str, size:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
     device = resolve_device(args.device, key="--device")
-    check_machine_load(device, args.force)
+    load = check_machine_load(device, args.force)
     apply_threads(args.threads)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         row["speedup_vs_fp32"] = reference["step_ms"] / row["step_ms"] if reference else None
     config = {"config": path.stem, "size": list(size_hw(args.size)), "batch": args.batch,
               "num_classes": args.num_classes, "warmup": args.warmup, "repeats": args.repeats}
-    result = {"benchmark": "train", "config": config, "machine": machine_info(device),
+    result = {"benchmark": "train", "config": config, "machine": machine_info(device, load),
               "memory_method": memory_method(device), "results": rows}
     _print(result)
     return result

@@ -146,8 +146,20 @@ def test_busy_machine_is_refused_unless_forced(monkeypatch, capsys):
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with pytest.raises(common.BusyMachineError, match=r"load average 3.00 on 2 CPUs \(1.50 per core.*--force"):
-        common.check_machine_load(torch.device("cpu"), force=False)
+        common.check_machine_load(torch.device("cpu"), force=False, wait_s=0.05, poll_s=0.01)
     common.check_machine_load(torch.device("cpu"), force=True)
     assert "timing anyway (--force)" in capsys.readouterr().err
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.4, 0.4))
     common.check_machine_load(torch.device("cpu"), force=False)  # 0.2 per core: idle enough
+
+
+def test_the_load_of_what_ran_before_is_waited_out(monkeypatch, capsys):
+    import os
+
+    from ccnet.benchmarks import common
+
+    loads = iter([1.2, 0.9, 0.7, 0.5])  # a previous benchmark's load decaying
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads),) * 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    common.check_machine_load(torch.device("cpu"), force=False, wait_s=10, poll_s=0.01)
+    assert "waiting up to 10 s for it to fall to 0.60" in capsys.readouterr().err
