@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from ccnet.benchmarks.common import machine_info
+from ccnet.dist import resolve_device
 from ccnet.rehearse import PRESETS, as_json, format_rehearsals, rehearse
 
 
@@ -48,6 +47,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    machine = machine_info(resolve_device(args.device, key="--device"))  # before the runs: their load is not counted
     if args.out_dir.exists():
         shutil.rmtree(args.out_dir)
     results = []
@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results.append(rehearse(preset, args.out_dir, args.iterations, args.batch_size, args.device, args.threads,
                                 args.timeout))
         print(f"  {results[-1].status}: {results[-1].detail}", flush=True)
-    report = as_json(results, machine_info(torch.device("cpu" if args.device == "cpu" else "cuda")))
+    report = as_json(results, machine)
     (args.out_dir / "rehearsal.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_rehearsals(results))
     failed = [r.preset for r in results if r.status != "pass"]

@@ -230,6 +230,9 @@ def machine_info(device: torch.device, load_at_start: Optional[float] = None) ->
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu": _cpu_name(),
+        # the widest vector ISA PyTorch's CPU kernels use here (AVX2, AVX512, ...): bfloat16 is fast only
+        # with AVX512 BF16/AMX, and the same "AMD EPYC" name covers hosts with and without them
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
@@ -270,6 +273,7 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, st
 
 def describe_machine(info: Dict[str, Any]) -> str:
     """One line for the table header."""
-    where = info.get("gpu") or f"{info['cpu']} ({info['threads']} threads of {info['cpu_count']} CPUs)"
+    where = info.get("gpu") or (f"{info['cpu']}, {info.get('cpu_capability', '?')} ({info['threads']} threads of "
+                                f"{info['cpu_count']} CPUs)")
     load = f", load average {info['load_average_1min']} at the start" if "load_average_1min" in info else ""
     return f"{where}; torch {info['torch']}{load}"
