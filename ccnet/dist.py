@@ -86,7 +86,14 @@ def init_distributed(device_type: str, timeout_s: float = 600.0) -> bool:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    # torchrun keeps one store for the whole job: without a per-attempt prefix, the processes of a
+    # restarted attempt (--max-restarts) read the addresses the dead attempt's processes published and
+    # fail to connect ("Gloo connectFullMesh failed ... Connection refused") until an attempt wins the race.
+    store = dist.PrefixStore(f"ccnet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     log.info("initialised %s process group: rank %d of %d", backend, get_rank(), get_world_size())
     return True
 
