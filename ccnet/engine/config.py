@@ -119,11 +119,12 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"load_from_partial must be true or false, got {describe(partial)}")
 
 
-def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+def flatten_config(value: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"train.lr": 0.01, ...}``: a nested plain mapping as dotted keys (the ones the command line uses)."""
     if isinstance(value, Mapping):
         out: Dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
@@ -132,6 +133,6 @@ def config_changes(cfg: Mapping[str, Any], baseline: Mapping[str, Any],
                    skip: Sequence[str] = ("work_dir",)) -> List[str]:
     """``key: value`` for every setting of ``cfg`` that differs from ``baseline`` (both resolved plain
     mappings), sorted; keys only in one of them are listed too."""
-    now, before = _flatten(cfg), _flatten(baseline)
+    now, before = flatten_config(cfg), flatten_config(baseline)
     return [f"{key}: {now.get(key, '(absent)')!r}" for key in sorted(set(now) | set(before))
             if key not in skip and now.get(key, "(absent)") != before.get(key, "(absent)")]

@@ -24,6 +24,7 @@ from ccnet import dist
 from ccnet.checkpoint import CheckpointError, load_checkpoint, stored_config
 from ccnet.data.samplers import InfiniteSampler
 from ccnet.engine.checkpoint_manager import CheckpointManager
+from ccnet.engine.config import flatten_config
 from ccnet.engine.rng import seed_everything, set_rng_state
 from ccnet.errors import UserError
 
@@ -128,19 +129,10 @@ def _file_identity(path: Path) -> Tuple[int, int]:
         return -1, hash(str(path))
 
 
-def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: Dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def compare_configs(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Dict[str, List[str]]:
     """Differences between a checkpoint's config and the new one, as ``"key: old -> new"`` lines
     under ``blocking`` (another experiment), ``applied`` (optimisation settings) and ``other``."""
-    before, after = _flatten(saved), _flatten(new)
+    before, after = flatten_config(saved), flatten_config(new)
     changes: Dict[str, List[str]] = {"blocking": [], "applied": [], "other": []}
     for key in sorted(set(before) | set(after)):
         if key in IGNORED or before.get(key) == after.get(key):

@@ -22,10 +22,10 @@ import torch
 from ccnet.checkpoint import load_checkpoint
 
 # A child: tools/train.py with train_step wrapped. argv: ACTION ITERATION MARKER -- overrides...
-# ACTION: sigterm | sigint | sigint2 (two SIGINTs) | kill (SIGKILL, once: MARKER records it) | stop (SIGSTOP
-# rank 1).
+# ACTION: sigterm | sigint | sigint2 (two SIGINTs) | kill (SIGKILL, once: MARKER records it) | stop (rank 1
+# hangs, dying at torchrun's SIGTERM).
 CHILD = textwrap.dedent("""
-    import os, runpy, signal, sys
+    import os, runpy, signal, sys, time
     import torch
     import ccnet.engine.trainer as trainer
 
@@ -41,8 +41,9 @@ CHILD = textwrap.dedent("""
         if it == at and action == "kill" and rank == 1 and not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
-        if it == at and action == "stop" and rank == 1:
-            os.kill(os.getpid(), signal.SIGSTOP)
+        if it == at and action == "stop" and rank == 1:  # hangs (e.g. on a dead file system) until killed
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            time.sleep(3600)
         return step(run, it, *args)
 
     trainer.train_step = wrapped
@@ -143,7 +144,7 @@ def test_torchrun_restart_after_a_killed_worker_ends_with_the_same_weights(repo_
                 load_checkpoint(tmp_path / "restarted" / "checkpoints" / "last.pth"))
 
 
-@pytest.mark.slow  # waits for the timeout, then for torchrun to kill the stopped process: about 45 s
+@pytest.mark.slow  # waits for the timeout, then for torchrun to stop the hung process: about 15 s
 def test_a_stalled_process_ends_the_job_with_a_message_naming_the_rank(repo_root, tmp_path, tiny_overrides):
     script = tmp_path / "child.py"
     script.write_text(CHILD)

@@ -112,6 +112,8 @@ def test_unknown_names_are_reported_with_their_source_and_the_valid_ones(monkeyp
         criss_cross_attention(q, k, v)
 
 
+# The TorchScript-based ONNX exporter (export's fallback) traces; torch warns that tracing is deprecated.
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
 def test_auto_uses_the_reference_while_tracing(monkeypatch):
     monkeypatch.delenv(IMPL_ENV, raising=False)
     seen = []

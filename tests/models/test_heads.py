@@ -115,10 +115,10 @@ def test_fcn_head():
 
 def test_context_init_sets_the_residual_scale_of_both_context_modules():
     # Default 0 (paper): the context branch starts switched off.
-    assert float(RCCAHead(32, 3, inter_channels=16).cca.gamma) == 0.0
+    assert float(RCCAHead(32, 3, inter_channels=16).cca.gamma.detach()) == 0.0
     assert torch.all(NonLocalHead(32, 3, inter_channels=16).nonlocal_block.out[1].weight == 0)
     head = RCCAHead(32, 3, inter_channels=16, context_init=1.0).eval()
-    assert float(head.cca.gamma) == 1.0
+    assert float(head.cca.gamma.detach()) == 1.0
     nl = NonLocalHead(32, 3, inter_channels=16, context_init=0.5)
     assert torch.all(nl.nonlocal_block.out[1].weight == 0.5)
     # With gamma = 1 the head's output depends on the attention (it differs from gamma = 0).
