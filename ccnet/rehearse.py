@@ -123,7 +123,7 @@ def rehearse(preset: str, out_dir: Path, iterations: int = 2, batch_size: Option
         timeout_s: the run is killed (and fails) after this long.
         extra: more overrides for ``tools/train.py``.
     """
-    base = Path(out_dir) / preset
+    base = Path(out_dir).resolve() / preset  # absolute: the run's working directory is the repository
     data_root, work_dir, console = base / "data", base / "run", base / "console.log"
     if work_dir.exists():
         raise FileExistsError(f"{work_dir} holds an earlier rehearsal; remove {base} or choose another output dir")

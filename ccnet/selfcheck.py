@@ -79,7 +79,8 @@ class Report:
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def check_attention(device: torch.device, implementation: str, dtype: torch.dtype) -> Row:

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from ccnet.benchmarks.common import machine_info
 from ccnet.dist import resolve_device
-from ccnet.rehearse import PRESETS, as_json, format_rehearsals, rehearse
+from ccnet.rehearse import PRESETS, REPO, as_json, format_rehearsals, rehearse
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -33,9 +33,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--device", default="cpu", help="train.device: cpu (default) | cuda | auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
-    parser.add_argument("--out-dir", type=Path, default=Path("outputs/rehearsal"),
-                        help="generated data, run dirs and rehearsal.json (default outputs/rehearsal; "
-                        "replaced if it exists)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "outputs" / "rehearsal",
+                        help="generated data, run dirs and rehearsal.json (default outputs/rehearsal in the "
+                        "repository, which git ignores; replaced if it exists)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a preset's run is killed")
     args = parser.parse_args(argv)
     unknown = [p for p in args.presets if p not in PRESETS]
