@@ -97,18 +97,8 @@ def remove_stale_temporaries(directory: PathLike) -> List[Path]:
 
 def non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
     """Names of the floating-point tensors in a (nested) state dict that hold NaN or inf."""
-    return [name for name, t in _tensors(state) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-
-
-def _tensors(value: Any, prefix: str = "") -> Iterator[tuple]:
-    if isinstance(value, torch.Tensor):
-        yield prefix, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _tensors(v, f"{prefix}.{i}")
+    return [name for name, t in _leaves(state)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
