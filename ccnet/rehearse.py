@@ -167,7 +167,7 @@ def _read_run(result: Rehearsal, work_dir: Path) -> None:
             problems.append(f"val/mIoU is {result.val_miou!r}, expected a number in [0, 1]")
     if not (work_dir / "checkpoints" / "last.pth").is_file():
         problems.append("no checkpoints/last.pth")
-    result.val_images = PRESETS[result.preset][1].get("val", PRESETS[result.preset][1].get("validation", 0))
+    result.val_images = PRESETS[result.preset][1].get(config["dataset"]["val_split"], 0)
     result.status = "fail" if problems else "pass"
     result.detail = "; ".join(problems) or "trained, validated, saved"
 

@@ -76,14 +76,14 @@ def check_machine_load(device: torch.device, force: bool, wait_s: float = 120.0,
     if device.type == "cuda":
         return os.getloadavg()[0]
     cores = os.cpu_count() or 1
-    deadline = time.monotonic() + (0.0 if force else wait_s)
     load = os.getloadavg()[0]
     if load / cores > MAX_LOAD_PER_CORE and not force and wait_s > 0:
         print(f"load average {load:.2f} on {cores} CPUs; waiting up to {wait_s:.0f} s for it to fall to "
               f"{MAX_LOAD_PER_CORE * cores:.2f}", file=sys.stderr)
-    while load / cores > MAX_LOAD_PER_CORE and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        load = os.getloadavg()[0]
+        deadline = time.monotonic() + wait_s
+        while load / cores > MAX_LOAD_PER_CORE and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            load = os.getloadavg()[0]
     if load / cores <= MAX_LOAD_PER_CORE:
         return load
     message = (f"load average {load:.2f} on {cores} CPUs ({load / cores:.2f} per core, above {MAX_LOAD_PER_CORE}): "
