@@ -66,9 +66,9 @@ def write_layout(preset: str, root: Path, seed: int = 0) -> Path:
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; rehearsable presets: {', '.join(PRESETS)}")
     layout, counts = PRESETS[preset]
-    if layout == "cityscapes":
-        return write_cityscapes_layout(root, counts, seed=seed)
-    return write_ade20k_layout(root, counts, seed=seed)
+    write = write_cityscapes_layout if layout == "cityscapes" else write_ade20k_layout
+    write(root, counts, seed=seed)
+    return root
 
 
 def train_command(preset: str, data_root: Path, work_dir: Path, iterations: int, batch_size: Optional[int],

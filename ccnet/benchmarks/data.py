@@ -69,8 +69,8 @@ def generate_cityscapes_like(root: Path, num_images: int, height: int, width: in
     Returns:
         Mean image file size in MB.
     """
-    write_cityscapes_layout(root, {"train": num_images}, (height, width), seed=seed, city="bench")
-    sizes = [p.stat().st_size / 2**20 for p in (root / "leftImg8bit" / "train" / "bench").glob("*.png")]
+    images = write_cityscapes_layout(root, {"train": num_images}, (height, width), seed=seed, city="bench")
+    sizes = [p.stat().st_size / 2**20 for p in images]
     return float(np.mean(sizes))
 
 

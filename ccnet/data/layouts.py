@@ -9,7 +9,7 @@ colour fields with boxes of other classes and sensor noise, so that a PNG compre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -48,7 +48,7 @@ def street_scene(rng: np.random.Generator, height: int, width: int, label_values
 
 
 def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = CITYSCAPES_SIZE,
-                            seed: int = 0, city: str = "gen") -> Path:
+                            seed: int = 0, city: str = "gen") -> List[Path]:
     """``root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
     ``root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (Cityscapes label ids) for each split.
 
@@ -60,10 +60,11 @@ def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int,
         city: the city folder name.
 
     Returns:
-        ``root``.
+        The images written.
     """
     rng = np.random.default_rng(seed)
     label_ids = np.array([label_id for _, label_id, _, _ in LABELS if label_id >= 0], dtype=np.uint8)
+    written = []
     for split, count in counts.items():
         for i in range(count):
             image, label = street_scene(rng, *size, label_ids)
@@ -74,20 +75,22 @@ def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int,
             label_path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(label_path), label)
-    return root
+            written.append(image_path)
+    return written
 
 
 def write_ade20k_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = ADE20K_SIZE,
-                        seed: int = 0) -> Path:
+                        seed: int = 0) -> List[Path]:
     """``root/ADEChallengeData2016/images/<split>/ADE_<split>_<n>.jpg`` and ``annotations/<split>/*.png``
     (values 0 = other, 1..150 = the SceneParsing classes) for each split (``training``, ``validation``).
 
     Returns:
-        ``root``.
+        The images written.
     """
     rng = np.random.default_rng(seed)
     classes = np.arange(1, 151, dtype=np.uint8)
     base = root / "ADEChallengeData2016"
+    written = []
     for split, count in counts.items():
         for i in range(count):
             image, label = street_scene(rng, *size, classes, background=(4, 3))  # floor, sky
@@ -97,4 +100,5 @@ def write_ade20k_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int
             (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(base / "images" / split / f"{stem}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(base / "annotations" / split / f"{stem}.png"), label)
-    return root
+            written.append(base / "images" / split / f"{stem}.jpg")
+    return written
