@@ -1,30 +1,94 @@
-"""The base class of errors caused by what the user gave (a config value, a file, the environment).
+"""Errors caused by what the user gave (a setting, a file, the environment) and how the tools report them.
 
-Their message says everything the user needs: what was wrong, where, what was expected and how to
-fix it. The entry points in ``tools/`` run under :func:`exit_on_user_error`, which prints such a
-message alone, without a stack trace, and exits with status 1; any other exception is a bug and
-keeps its traceback.
+A :class:`UserError`'s message is the whole report: what was wrong, where (file or key) and the fix.
+The entry points in ``tools/`` run under :func:`exit_on_user_error`, which prints that message alone
+and exits with status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import re
+from pathlib import Path
 from typing import Iterator, Type
+
+EXIT_USER_ERROR = 2  # the status of every user mistake (argparse uses 2 for its own usage errors too)
+
+# errno values of a write refused by the environment: a read-only or full disk, missing permissions
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class UserError(Exception):
     """An error in the user's input whose message is the whole report (no traceback needed)."""
 
 
+class ConfigError(UserError, ValueError):
+    """A setting has the wrong type or an out-of-range value (the message names the key)."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of ``exc`` as a user should read it.
+
+    A DataLoader worker's exception reaches the main process re-created with the worker's whole
+    traceback as its message; only the original message is kept (with the worker named).
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        where = re.match(r"Caught \S+ (in [^.\n]+)", text)
+        lines = text.rstrip().splitlines()
+        name = type(exc).__name__
+        # The traceback's last line(s): "<module>.<Name>: <message>" (the message may span lines).
+        start = max((i for i, line in enumerate(lines) if re.match(rf"^[\w.]*{name}: ", line)), default=None)
+        if start is not None:
+            text = "\n".join(lines[start:]).split(": ", 1)[1]
+            if where:
+                text += f" ({where.group(1)})"
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
+        reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
+            exc.errno, exc.strerror or "permission denied")
+        text = f"cannot write {exc.filename}: {reason}. Free space, fix the folder's permissions, or choose another " \
+               "output folder (work_dir=... / output_dir=...)"
+    return text
+
+
+def _missing_value_message(exc: BaseException) -> str:
+    key = getattr(exc, "full_key", "") or "?"
+    return f"the setting {key} is required but not set: add {key}=... to the command line"
+
+
 @contextlib.contextmanager
 def exit_on_user_error(log: logging.Logger, *also: Type[Exception]) -> Iterator[None]:
     """Turn a :class:`UserError` (or one of the exception types ``also``, for library code whose
-    standard exceptions carry complete messages) into one logged error line (on the console and in
-    the run's log file, through Hydra's handlers; Python's last-resort handler prints it to stderr
-    when logging is not configured) and exit status 1."""
+    standard exceptions carry complete messages), a required setting left unset (OmegaConf's
+    ``MissingMandatoryValue``) or a write refused by the file system into one logged error line and
+    exit status :data:`EXIT_USER_ERROR`."""
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         yield
+    except MissingMandatoryValue as exc:
+        log.error("%s", _missing_value_message(exc))
+        raise SystemExit(EXIT_USER_ERROR) from None
     except (UserError, *also) as exc:
-        log.error("%s", exc)
-        raise SystemExit(1) from None
+        _detach_logs_under(getattr(exc, "foreign_folder", None))
+        log.error("%s", user_message(exc))
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+            raise
+        log.error("%s", user_message(exc))
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def _detach_logs_under(folder: object) -> None:
+    """Stop logging into files under ``folder`` (another run's folder: its log must not get our lines)."""
+    if folder is None:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        filename = getattr(handler, "baseFilename", None)
+        if filename and Path(filename).resolve().parent == Path(str(folder)).resolve():
+            root.removeHandler(handler)
+            handler.close()

@@ -10,11 +10,9 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ccnet.errors import UserError
+from ccnet.errors import ConfigError
 
-
-class ConfigError(UserError, ValueError):
-    """A setting has the wrong type or an out-of-range value."""
+__all__ = ["ConfigError", "TRAIN_RULES", "check_train_config", "config_changes", "describe", "flatten_config"]
 
 
 def _int(minimum: Optional[int] = None) -> Tuple[Callable[[Any], bool], str]:

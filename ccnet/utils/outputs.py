@@ -1,16 +1,30 @@
-"""Output folders of the tools: a run that fails before writing anything leaves no folder behind.
+"""Output folders of the tools: one run per folder, and no empty folder left by a failed run.
 
-Hydra creates the output folder (``work_dir`` of training, ``output_dir`` of eval/infer) and its log
-file before the tool's code runs, and the trainer writes ``config.yaml`` early; a run that then fails
-on a wrong setting would leave a folder holding only those. :func:`discard_if_empty_on_failure`
-removes such a folder again, and only such a folder.
+:func:`hold_folder` locks a run's folder (``work_dir`` of training, ``output_dir`` of eval/infer) for
+the run's life. Hydra creates the folder and its log file before the tool's code runs, and the
+trainer writes ``config.yaml`` early; a run that then fails on a wrong setting would leave a folder
+holding only those: :func:`discard_if_empty_on_failure` removes such a folder again, and only such a
+folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
+
+from ccnet.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
 
 HOUSEKEEPING = ("train.log", "eval.log", "infer.log", "config.yaml")  # what a run writes before its results
 
@@ -31,7 +45,9 @@ def discard_if_empty_on_failure(directory: Union[str, Path],
         yield
     except BaseException:
         entries = list(directory.iterdir()) if directory.is_dir() else []
-        if all(p.is_file() and p.name in housekeeping and before.get(p.name, 0) == 0 for p in entries):
+        ours = directory.resolve() in _held  # our lock file goes with the folder
+        if all(p.is_file() and (p.name in housekeeping and before.get(p.name, 0) == 0 or p.name == LOCK_NAME and ours)
+               for p in entries):
             try:
                 for p in entries:
                     p.unlink()
@@ -39,3 +55,101 @@ def discard_if_empty_on_failure(directory: Union[str, Path],
             except OSError:  # cleaning up must never hide the error that ended the run
                 pass
         raise
+
+
+LOCK_NAME = "run.lock"  # in every run folder: held (flock) for the run's life, names the holder
+
+
+class FolderInUseError(UserError, RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+    def __init__(self, message: str, folder: Optional[Path] = None) -> None:
+        super().__init__(message)
+        self.foreign_folder = folder  # exit_on_user_error keeps our log lines out of that run's log
+
+
+@dataclass
+class FolderLock:
+    """A held lock on ``folder``; ``previous`` is what the lock file said before (an earlier run's
+    ``{"tool", "pid", "host", "started", "command"}``), or None for a folder no run has locked."""
+
+    folder: Path
+    fd: int
+    previous: Optional[Dict[str, Any]]
+    depth: int = 1
+
+
+_held: Dict[Path, FolderLock] = {}
+
+
+def _read_holder(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        info = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _describe_holder(info: Optional[Dict[str, Any]]) -> str:
+    if not info:
+        return "a process that has not written its name yet"
+    return (f"PID {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started', '?')}: "
+            f"{info.get('command', '?')}")
+
+
+def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
+    path = folder / LOCK_NAME
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderInUseError(
+                f"{folder} is in use by another run ({_describe_holder(_read_holder(path))}). Two runs in one folder "
+                f"would mix their files: wait for that run to end (or stop it), or give this one its own {key}=...",
+                folder) from None
+        try:  # a run that removed its folder may have unlinked the file between our open and flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    previous = _read_holder(path)
+    info = {"tool": tool, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return FolderLock(folder, fd, previous)
+
+
+@contextlib.contextmanager
+def hold_folder(folder: Union[str, Path], tool: str, key: str = "output_dir") -> Iterator[FolderLock]:
+    """Hold an exclusive lock on ``folder`` (created if needed) for the block: a second run that asks
+    for the same folder fails at once with :class:`FolderInUseError`, naming the holder's PID, host
+    and command. The lock is ``flock`` on ``folder/run.lock``, so it dies with the process: a killed
+    run never blocks the next one (a restarted torchrun attempt, a requeued Slurm job). Re-entrant
+    within one process (``train(cfg)`` under ``tools/train.py``). ``key`` is the setting that names
+    the folder, for the message. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    folder = Path(folder).resolve()
+    held = _held.get(folder)
+    if held is not None:
+        held.depth += 1
+        try:
+            yield held
+        finally:
+            held.depth -= 1
+        return
+    if fcntl is None:
+        yield FolderLock(folder, -1, None)
+        return
+    lock = _acquire(folder, tool, key)
+    _held[folder] = lock
+    try:
+        yield lock
+    finally:
+        del _held[folder]
+        os.close(lock.fd)

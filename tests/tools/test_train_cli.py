@@ -38,7 +38,7 @@ def test_unknown_key_or_group_is_hydras_error(repo_root, tmp_path, override, mes
 
 def test_user_error_is_one_message_without_traceback(repo_root, tmp_path):
     proc = run_train(repo_root, *TINY, "model.weights=/nonexistent/in1k.pth", f"work_dir={tmp_path}")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "checkpoint not found: /nonexistent/in1k.pth" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 
@@ -72,7 +72,7 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
     assert not (run_dir / ".hydra").exists()  # Hydra writes nothing before the trainer checked the directory
 
     again = run(*TINY)  # the same command again: refused, nothing overwritten
-    assert again.returncode == 1 and "holds an earlier run" in again.stdout + again.stderr
+    assert again.returncode == 2 and "holds an earlier run" in again.stdout + again.stderr
     resumed = run(*TINY, "resume=auto", "train.num_workers=0")  # excluded keys keep the same directory
     assert resumed.returncode == 0 and "nothing to train" in resumed.stdout + resumed.stderr
     other = run(*TINY, "model.ccl=true")
@@ -86,5 +86,5 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
 ])
 def test_wrong_setting_is_one_line_naming_the_key(repo_root, tmp_path, override, message):
     proc = run_train(repo_root, *TINY, override, f"work_dir={tmp_path}")
-    assert proc.returncode == 1 and message in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
