@@ -1,7 +1,7 @@
 """Train CCNet: ``python tools/train.py [overrides]`` (or ``torchrun --nproc_per_node=N tools/train.py``).
 
 A thin Hydra entry around :func:`ccnet.engine.train`; configuration lives in ``configs/train.yaml``.
-See docs/training.md for examples. Exit status: 0 done, 1 a wrong setting or file (one message, no
+See docs/training.md for examples. Exit status: 0 done, 2 a wrong setting or file (one message, no
 traceback), 3 stopped by SIGTERM/SIGINT/SIGUSR1 after writing last.pth (``resume=auto`` continues).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ccnet.engine import train
 from ccnet.engine.config import config_changes
+from ccnet.engine.run_dir import hold_work_dir
 from ccnet.engine.signals import TrainingStopped
 from ccnet.errors import exit_on_user_error
 from ccnet.utils.outputs import discard_if_empty_on_failure
@@ -39,9 +41,11 @@ def log_changed_settings(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> float:
     # Hydra's output dir is the work dir: ${work_dir} for a run, ${work_dir}/<job number> in multirun.
     cfg.work_dir = HydraConfig.get().runtime.output_dir
-    main_process = int(os.environ.get("RANK", 0)) == 0
+    main_process = int(os.environ.get("RANK", 0)) == 0  # torchrun's rank; the process group comes later
     cleanup = discard_if_empty_on_failure(cfg.work_dir) if main_process else contextlib.nullcontext()
-    with exit_on_user_error(log, FileNotFoundError), cleanup:
+    # The lock comes first: a second run in this work_dir stops before writing a line into it.
+    with exit_on_user_error(log, FileNotFoundError), hold_work_dir(Path(cfg.work_dir).resolve(), main_process), \
+            cleanup:
         if main_process:
             log_changed_settings(cfg)
         try:

@@ -7,6 +7,7 @@ silently truncate. :func:`check_train_config` names the key, the value and what 
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,13 +25,13 @@ def _int(minimum: Optional[int] = None) -> Tuple[Callable[[Any], bool], str]:
 def _number(low: float = 0.0, high: Optional[float] = None, low_open: bool = False,
             high_open: bool = False) -> Tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or v != v:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
             return False
         above = v > low if low_open else v >= low
         below = high is None or (v < high if high_open else v <= high)
         return above and below
     upper = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
-    return ok, f"a number {'>' if low_open else '>='} {low:g}{upper}"
+    return ok, f"a finite number {'>' if low_open else '>='} {low:g}{upper}"
 
 
 def _bool() -> Tuple[Callable[[Any], bool], str]:

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Set
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
@@ -87,23 +87,39 @@ class Recorder:
                     kept.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
         self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_iteration + 1 if start_iteration else None)
+        self.failed: Set[Path] = set()  # targets whose writes failed: not tried again
+
+    def _write(self, target: Path, write: Callable[[], Any]) -> None:
+        """Run ``write``; an OSError (full disk, a vanished network mount) stops the logging to
+        ``target`` with one warning instead of stopping the training."""
+        if target in self.failed:
+            return
+        try:
+            write()
+        except OSError as exc:
+            self.failed.add(target)
+            log.warning("writing %s failed (%s); training continues without it. Free space or fix the folder; "
+                        "checkpoints are still written (and fail loudly if the disk is full)", target,
+                        exc.strerror or exc)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Log ``{tag: value}`` to TensorBoard at ``step``."""
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        self._write(self.tb_dir, lambda: [self.writer.add_scalar(tag, v, step) for tag, v in values.items()])
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """Log an (H, W, 3) uint8 image."""
-        self.writer.add_image(tag, image, step, dataformats="HWC")
+        self._write(self.tb_dir, lambda: self.writer.add_image(tag, image, step, dataformats="HWC"))
 
     def validation(self, record: Mapping[str, Any]) -> None:
         """Append a :func:`validation_record` to ``metrics.jsonl`` and its numbers to TensorBoard."""
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        step = int(record["iteration"])
-        self.scalars({k: v for k, v in record.items() if k.startswith("val/") and v is not None}, step)
-        self.writer.flush()
+        def append() -> None:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+        self._write(self.metrics_path, append)
+        self.scalars({k: v for k, v in record.items() if k.startswith("val/") and v is not None},
+                     int(record["iteration"]))
+        self._write(self.tb_dir, self.writer.flush)
 
     def close(self) -> None:
-        self.writer.close()
+        self._write(self.tb_dir, self.writer.close)

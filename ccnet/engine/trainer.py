@@ -39,11 +39,13 @@ from ccnet.engine.losses import build_criterion
 from ccnet.engine.optim import build_optimizer, build_scheduler
 from ccnet.engine.recorder import Recorder, validation_record
 from ccnet.engine.rng import get_rng_state, seed_everything
+from ccnet.engine.run_dir import check_new_run_dir, hold_work_dir
 from ccnet.engine.signals import StopRequest, TrainingStopped
-from ccnet.errors import UserError
+from ccnet.errors import UserError, user_message
 from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import build_model
 from ccnet.models.attention_maps import attention_panel
+from ccnet.utils.outputs import FolderLock
 from ccnet.utils.visualize import add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,6 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (and ``train.skip_nonfinite`` is false), or the
     model's state did, so that it could not be saved."""
-
-
-class RunDirError(UserError, ValueError):
-    """A new run was pointed at a directory holding another run."""
 
 
 class DistributedTimeout(UserError, RuntimeError):
@@ -98,9 +96,13 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         torch.set_num_threads(int(cfg.train.cpu_threads))
     run = None
     try:
-        with StopRequest() as stop:
-            run = setup(cfg, device)
-            return loop(run, stop)
+        with hold_work_dir(Path(cfg.work_dir).resolve()) as lock, StopRequest() as stop:
+            try:
+                run = setup(cfg, device, lock)
+                return loop(run, stop)
+            finally:
+                if run is not None:
+                    run.close()
     except resume.RunFinished as finished:
         log.info("resume=auto: %s; nothing to train", finished)
         return finished_summary(Path(cfg.work_dir), finished)
@@ -112,8 +114,6 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
             f"train.dist_timeout_s={cfg.train.get('dist_timeout_s')} s for the other processes (one of them stopped, "
             f"hung or died; its own log says which). Underlying error: {str(exc).splitlines()[0][:300]}") from exc
     finally:
-        if run is not None:
-            run.close()
         package_log.setLevel(level)
         torch.set_num_threads(threads)
         if created_group:
@@ -162,10 +162,11 @@ class Run:
             self.file_log.close()
 
 
-def setup(cfg: DictConfig, device: torch.device) -> Run:
+def setup(cfg: DictConfig, device: torch.device, lock: Optional[FolderLock] = None) -> Run:
     """Check the settings, build data, model and optimiser, and restore a checkpoint's state.
 
     Datasets come first: a wrong ``dataset.root`` fails in seconds, before a ResNet-101 is built.
+    ``lock`` is rank 0's hold on ``work_dir`` (:func:`ccnet.engine.run_dir.hold_work_dir`).
     """
     tcfg = cfg.train
     main = dist.is_main_process()
@@ -173,7 +174,7 @@ def setup(cfg: DictConfig, device: torch.device) -> Run:
     work_dir = Path(dist.broadcast_object(str(Path(cfg.work_dir).resolve())))
     # Rank 0 decides which checkpoint continues the run (every rank agrees, or fails together).
     loaded: Dict[str, Any] = {}
-    resume_path = dist.run_on_main(_choose_resume, cfg, work_dir, loaded)
+    resume_path = dist.run_on_main(_choose_resume, cfg, work_dir, loaded, lock)
     resumed = loaded.get("checkpoint") or (load_checkpoint(resume_path) if resume_path is not None else None)
     if resumed is not None:
         resume.check_resume_config(resumed, resume_path, _plain(cfg))
@@ -239,9 +240,10 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
     return run
 
 
-def _choose_resume(cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any]) -> Optional[Path]:
+def _choose_resume(cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any],
+                   lock: Optional[FolderLock]) -> Optional[Path]:
     """The checkpoint this run continues (None: a new run), also stored in ``loaded["checkpoint"]``
-    (read once); refuses to start over another run."""
+    (read once); refuses to start over another run or files no run wrote."""
     setting = cfg.get("resume")
     path = resume.resume_path(setting, work_dir)
     if path is not None and cfg.get("load_from"):
@@ -249,10 +251,7 @@ def _choose_resume(cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any]) -> O
     if path is not None:
         loaded["checkpoint"], path = resume.load_resume_checkpoint(path, setting, work_dir)
         return path
-    if CheckpointManager(work_dir / "checkpoints").holds_run():
-        raise RunDirError(
-            f"{work_dir} holds an earlier run (its checkpoints/); a new run would overwrite it. Continue it with "
-            "resume=auto (or resume=true), or give this run its own work_dir=...")
+    check_new_run_dir(work_dir, lock)
     return None
 
 
@@ -324,7 +323,13 @@ def loop(run: Run, stop: StopRequest) -> Dict[str, Any]:
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['train/lr']:.2e}",
                                 img_s=f"{scalars['train/img_per_s']:.1f}")
             if (eval_interval > 0 and it % eval_interval == 0) or it == run.max_iters:
-                metrics = validate(run, it, progress=show_bar)
+                try:
+                    metrics = validate(run, it, progress=show_bar)
+                except Exception as exc:
+                    failure = validation_failed(run, it, exc)
+                    if failure is exc:
+                        raise
+                    raise failure from exc
             if (ckpt_interval > 0 and it % ckpt_interval == 0) or it == run.max_iters or stop_any:
                 save(run, it)
             if stop_any:
@@ -449,6 +454,30 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
         run.ckpts.save_best({"model": _finite_model_state(run, it), "config": _plain(run.cfg), "iteration": it,
                              "best_miou": run.best_miou})
     return record
+
+
+class ValidationFailed(UserError, RuntimeError):
+    """A validation failed on a user's data or settings; the training state was saved first."""
+
+
+def validation_failed(run: Run, it: int, exc: Exception) -> Exception:
+    """Save the state of iteration ``it`` after its validation raised ``exc`` (every rank raised:
+    :func:`ccnet.evaluation.evaluator.evaluate` shares a failure), so the steps trained are kept.
+
+    Returns:
+        The exception to raise: a :class:`ValidationFailed` with ``exc``'s message for a user's error
+        (one message), ``exc`` itself for a bug (its traceback matters) or a timed-out collective
+        (nothing can be saved together then).
+    """
+    if dist.is_timeout(exc):
+        return exc
+    save(run, it)
+    note = (f"validation at iteration {it} failed; the training state was saved first ({run.ckpts.last}): fix "
+            "the cause and continue with resume=true (the next validation runs at the next eval_interval)")
+    if isinstance(exc, UserError):
+        return ValidationFailed(f"{user_message(exc)}\n{note}")
+    log.error("%s", note)
+    return exc
 
 
 def _record_panels(run: Run, panels: List[Any], it: int) -> None:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 PredictionCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
+class EvaluationFailedElsewhere(RuntimeError):
+    """Another rank's evaluation raised; this rank stops too instead of waiting for it."""
+
+
 def shard_indices(length: int, rank: int, world_size: int) -> range:
     """Indices of a dataset of ``length`` handled by ``rank``: every ``world_size``-th from ``rank``.
     The shards partition ``range(length)``: every sample is evaluated exactly once."""
@@ -89,6 +93,10 @@ def evaluate(
         per-class lists ``IoU``, ``Acc`` (NaN for classes absent from ground truth and prediction),
         and ``confusion``: the merged (K, K) int64 numpy array of pixel counts, ``confusion[t, p]``
         = valid pixels of ground truth ``t`` predicted as ``p`` (what the IoUs are computed from).
+
+    Raises:
+        Exception: what this rank's shard raised (an unreadable file, a bad label); the other ranks of
+            a distributed run then raise :class:`EvaluationFailedElsewhere` instead of waiting.
     """
     device = torch.device(device)
     settings = InferenceSettings.from_config(eval_cfg, amp=amp)
@@ -109,6 +117,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     count = 0
+    failure: Optional[Exception] = None
     try:
         bar = tqdm(loader, desc=desc, total=len(indices), dynamic_ncols=True,
                    disable=not (progress and dist.is_main_process() and sys.stderr.isatty()))
@@ -120,8 +129,15 @@ def evaluate(
             if on_prediction is not None:
                 on_prediction(index, image[0], label[0], pred[0].cpu())
             count += 1
+    except Exception as exc:  # shared below, so that no other rank waits for this one in sync()
+        failure = exc
     finally:
         model.train(was_training)
+    if dist.get_world_size() > 1 and _sum_over_ranks(int(failure is not None), device) and failure is None:
+        raise EvaluationFailedElsewhere(f"rank {dist.get_rank()}: the evaluation failed on another process; "
+                                        "that process's log names the cause")
+    if failure is not None:
+        raise failure
 
     metric.sync()
     results: Dict[str, Any] = {"num_images": _sum_over_ranks(count, device)}

@@ -76,7 +76,20 @@ class FolderLock:
     folder: Path
     fd: int
     previous: Optional[Dict[str, Any]]
+    created: bool = False  # the lock file did not exist before
     depth: int = 1
+
+    def restore(self) -> None:
+        """Put the lock file back as it was (removed if this run created it), for a run that refuses
+        the folder: it must leave no mark that would make the folder look like a run's own."""
+        if self.fd < 0:
+            return
+        if self.created:
+            os.unlink(self.folder / LOCK_NAME)  # safe while locked: a waiting opener re-checks the inode
+        else:
+            os.ftruncate(self.fd, 0)
+            if self.previous is not None:
+                os.pwrite(self.fd, (json.dumps(self.previous) + "\n").encode(), 0)
 
 
 _held: Dict[Path, FolderLock] = {}
@@ -101,7 +114,10 @@ def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
     path = folder / LOCK_NAME
     while True:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            fd, created = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,7 +138,7 @@ def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-    return FolderLock(folder, fd, previous)
+    return FolderLock(folder, fd, previous, created)
 
 
 @contextlib.contextmanager

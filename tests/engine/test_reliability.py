@@ -28,7 +28,8 @@ from ccnet.engine.checkpoint_manager import CheckpointManager
 from ccnet.engine.config import ConfigError, check_train_config
 from ccnet.engine.recorder import Recorder
 from ccnet.engine.resume import ResumeError, load_resume_checkpoint, resume_path
-from ccnet.engine.trainer import NonFiniteLossError, RunDirError
+from ccnet.engine.run_dir import RunDirError
+from ccnet.engine.trainer import NonFiniteLossError
 from ccnet.evaluation.loading import load_checkpoint_for_eval
 
 FAST = ("train.eval_interval=0", "train.vis_images=0")
@@ -196,11 +197,11 @@ def test_disk_full_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("lr", "abc", "train.lr must be a number > 0, got 'abc' (a string)"),
+    ("lr", "abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
     ("batch_size", 2.5, "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
     ("eval_interval", -1, "train.eval_interval must be an integer >= 0, got -1"),
     ("max_iters", True, "train.max_iters must be an integer >= 1, got True (a boolean)"),
-    ("momentum", 1.0, "train.momentum must be a number >= 0 and < 1, got 1.0"),
+    ("momentum", 1.0, "train.momentum must be a finite number >= 0 and < 1, got 1.0"),
     ("grad_clip", 0, "train.grad_clip must be null or a number > 0, got 0"),
     ("amp", "bf32", "train.amp must be one of none, bf16, fp16, got 'bf32'"),
     ("crop_size", [0, 0], "train.crop_size must be null or a positive integer or [height, width] of positive "

@@ -81,7 +81,7 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lr=abc", "train.lr must be a number > 0, got 'abc' (a string)"),
+    ("train.lr=abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
     ("train.batch_size=2.5", "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
 ])
 def test_wrong_setting_is_one_line_naming_the_key(repo_root, tmp_path, override, message):
