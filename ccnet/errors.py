@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
+import sys
 from pathlib import Path
-from typing import Iterator, Type
+from typing import Any, Callable, Iterator, Type
 
 EXIT_USER_ERROR = 2  # the status of every user mistake (argparse uses 2 for its own usage errors too)
 
-# errno values of a write refused by the environment: a read-only or full disk, missing permissions
-ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# errno values of a write refused by the environment: a read-only or full disk, missing permissions, a
+# folder asked for where a file is
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
+                      errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
 class UserError(Exception):
@@ -47,7 +51,7 @@ def user_message(exc: BaseException) -> str:
                 text += f" ({where.group(1)})"
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
         reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
-            exc.errno, exc.strerror or "permission denied")
+            exc.errno, (exc.strerror or "permission denied").lower())
         text = f"cannot write {exc.filename}: {reason}. Free space, fix the folder's permissions, or choose another " \
                "output folder (work_dir=... / output_dir=...)"
     return text
@@ -92,3 +96,30 @@ def _detach_logs_under(folder: object) -> None:
         if filename and Path(filename).resolve().parent == Path(str(folder)).resolve():
             root.removeHandler(handler)
             handler.close()
+
+
+def run_hydra_main(main: Callable[[], Any]) -> None:
+    """Call a ``@hydra.main`` function so that the mistakes Hydra itself finds (an unknown key or
+    group, a malformed override, a run folder it cannot create) end like the tool's own checks: one
+    message, exit status :data:`EXIT_USER_ERROR`. ``HYDRA_FULL_ERROR=1`` still shows everything."""
+    from hydra.errors import CompactHydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a trimmed traceback
+    try:
+        main()
+    except CompactHydraException as exc:
+        cause = exc.__cause__
+        sys.stderr.write("\n".join([str(exc), *([str(cause)] if isinstance(cause, OmegaConfBaseException) else [])])
+                         + "\n")
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+            raise
+        sys.stderr.write(user_message(exc) + "\n")
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train on the GPUs of one machine: one process per GPU, launched by torchrun.
+# Train on the GPUs of one machine: one process per GPU, launched by torchrun (through scripts/launch.py,
+# which exits 3 when a stop signal made the processes save last.pth, and 2 for a wrong setting).
 #   scripts/dist_train.sh NUM_GPUS [Hydra overrides of configs/train.yaml ...]
 #   scripts/dist_train.sh 4 experiment=cityscapes_r101_official dataset.root=data/cityscapes
 # train.batch_size is per process: total batch = NUM_GPUS x train.batch_size.
@@ -17,5 +18,5 @@ NUM_GPUS=$1
 shift
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-exec "${PYTHON:-python}" -m torch.distributed.run --standalone --nproc_per_node="${NUM_GPUS}" \
+exec "${PYTHON:-python}" "${REPO}/scripts/launch.py" --standalone --nproc_per_node="${NUM_GPUS}" \
     --max-restarts="${MAX_RESTARTS:-3}" "${REPO}/tools/train.py" resume=auto "$@"

@@ -11,8 +11,9 @@
 # Restarts and preemption: torchrun restarts failed processes (MAX_RESTARTS, default 3) and the run
 # continues from its last checkpoint (resume=auto is passed first; a later resume=... of yours wins).
 # Slurm's SIGTERM (preemption, or sbatch --signal=TERM@120 before the time limit) reaches torchrun,
-# which passes it to the training processes: they finish the step, write last.pth and exit with 3;
-# requeue the job (sbatch --requeue) and the same command continues. See docs/training.md.
+# which passes it to the training processes: they finish the step, write last.pth and exit with 3,
+# and so does the launcher (scripts/launch.py: torchrun with these exit statuses); requeue the job
+# (sbatch --requeue) and the same command continues. See docs/training.md.
 # Environment: PARTITION (srun -p), NODES (1), GPUS_PER_NODE (8), CPUS_PER_TASK (8 per GPU),
 # PORT (29500, rendezvous port on the first node), SRUN_ARGS (extra srun options), PYTHON (python),
 # MAX_RESTARTS (3).
@@ -32,7 +33,7 @@ fi
 # Runs once per node; the head node's name and the job id are known only inside the allocation.
 # shellcheck disable=SC2016
 NODE_CMD='head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-exec "$PYTHON" -m torch.distributed.run --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS_PER_NODE" \
+exec "$PYTHON" "$REPO/scripts/launch.py" --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS_PER_NODE" \
     --max-restarts="$MAX_RESTARTS" --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head:$PORT" \
     "$REPO/tools/train.py" resume=auto "$@"'
 

@@ -40,7 +40,7 @@ def test_preset_trains_and_validates_at_real_size(preset: str, tmp_path: Path) -
 
 def test_a_run_that_fails_is_reported_with_its_console(tmp_path: Path) -> None:
     result = rehearse("ade20k_r101_512_80k", tmp_path, extra=["train.crop_size=[0, 0]"], timeout_s=120)
-    assert result.status == "fail" and "exited with 1" in result.detail
+    assert result.status == "fail" and "exited with 2" in result.detail
     assert "train.crop_size must be null or a positive integer" in result.detail  # the tool's one-line error
     assert "Traceback" not in (tmp_path / "ade20k_r101_512_80k" / "console.log").read_text()
     assert str(tmp_path / "ade20k_r101_512_80k" / "console.log") in result.detail

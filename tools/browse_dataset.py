@@ -6,16 +6,22 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
 from ccnet.data.browse import browse
+from ccnet.errors import exit_on_user_error, run_hydra_main
+
+log = logging.getLogger("browse")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="browse")
 def main(cfg: DictConfig) -> None:
-    browse(cfg)
+    with exit_on_user_error(log, FileNotFoundError):
+        browse(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

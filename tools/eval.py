@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ccnet import dist
-from ccnet.errors import exit_on_user_error
+from ccnet.errors import exit_on_user_error, run_hydra_main
 from ccnet.evaluation.runner import run_eval
 from ccnet.utils.outputs import discard_if_empty_on_failure
 
@@ -33,4 +33,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

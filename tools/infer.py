@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ccnet.errors import exit_on_user_error
+from ccnet.errors import exit_on_user_error, run_hydra_main
 from ccnet.evaluation.predict import run_infer
 from ccnet.utils.outputs import discard_if_empty_on_failure
 
@@ -28,4 +28,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

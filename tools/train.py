@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from ccnet.engine import train
 from ccnet.engine.config import config_changes
 from ccnet.engine.run_dir import hold_work_dir
-from ccnet.engine.signals import TrainingStopped
-from ccnet.errors import exit_on_user_error
+from ccnet.engine.signals import TrainingStopped, write_stop_report
+from ccnet.errors import exit_on_user_error, run_hydra_main
 from ccnet.utils.outputs import discard_if_empty_on_failure
 
 log = logging.getLogger("train")
@@ -52,8 +52,10 @@ def main(cfg: DictConfig) -> float:
             return train(cfg)["val/mIoU"]  # a float, so Hydra sweepers can optimise it
         except TrainingStopped as stopped:
             log.warning("%s", stopped)
+            if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one report per machine: each has its launcher
+                write_stop_report(stopped)
             raise SystemExit(stopped.exit_code) from None
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

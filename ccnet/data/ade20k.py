@@ -21,6 +21,7 @@ import numpy as np
 from ccnet.data.base import SegmentationDataset
 from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
+from ccnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ def build_ade20k(dataset_cfg: Mapping[str, Any], split: str,
     num_classes, ignore = check_label_spec(dataset_cfg.get("num_classes", NUM_CLASSES),
                                            dataset_cfg.get("ignore_index", IGNORE_INDEX), "ade20k")
     if (num_classes, ignore) != (NUM_CLASSES, IGNORE_INDEX):
-        raise ValueError(f"ade20k: num_classes={num_classes}, ignore_index={ignore} do not match the "
-                         f"{NUM_CLASSES} SceneParsing classes and ignore {IGNORE_INDEX}")
+        raise ConfigError(f"ade20k: num_classes={num_classes}, ignore_index={ignore} do not match the "
+                          f"{NUM_CLASSES} SceneParsing classes and ignore {IGNORE_INDEX}")
     name, is_train = resolve_split(dataset_cfg, split)
     images, labels = find_pairs(root_from_cfg(dataset_cfg, LAYOUT), name)
     log.info("ade20k %s: %d images", name, len(images))

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ccnet.data.build import build_dataset
+from ccnet.errors import ConfigError
 from ccnet.utils.visualize import add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int =
         The written files, ``<k>_<image stem>.png``.
     """
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(dataset))

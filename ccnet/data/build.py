@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ccnet.errors import ConfigError
+
 if TYPE_CHECKING:  # albumentations is only imported by the datasets that augment
     from ccnet.data.transforms import SizeLike
 
@@ -42,8 +44,8 @@ def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optiona
     """
     name = dataset_cfg.get("name")
     if name not in BUILDERS:
-        raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))} "
-                         "(configs/dataset/<name>.yaml)")
+        raise ConfigError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))} "
+                          "(configs/dataset/<name>.yaml)")
     module_name, function_name = BUILDERS[name].split(":")
     builder: Callable[..., Dataset] = getattr(importlib.import_module(module_name), function_name)
     return builder(dataset_cfg, split, crop_size=crop_size)
@@ -72,7 +74,7 @@ def dataset_metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tu
 
         keys = KEY_COLORS[: int(dataset_cfg.get("num_classes", 5)) - 1]
         return [BACKGROUND] + [n for n, _ in keys], [(0, 0, 0)] + [rgb for _, rgb in keys], ignore
-    raise ValueError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))}")
+    raise ConfigError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))}")
 
 
 def seed_worker(worker_id: int) -> None:

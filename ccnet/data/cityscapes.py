@@ -23,6 +23,7 @@ import numpy as np
 from ccnet.data.base import SegmentationDataset
 from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
+from ccnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,12 @@ def build_cityscapes(dataset_cfg: Mapping[str, Any], split: str,
     num_classes, ignore = check_label_spec(dataset_cfg.get("num_classes", NUM_CLASSES),
                                            dataset_cfg.get("ignore_index", IGNORE_INDEX), "cityscapes")
     if (num_classes, ignore) != (NUM_CLASSES, IGNORE_INDEX):
-        raise ValueError(f"cityscapes: num_classes={num_classes}, ignore_index={ignore} do not match the "
-                         f"official {NUM_CLASSES} train ids and ignore {IGNORE_INDEX}; use dataset=folder for "
-                         "other label sets")
+        raise ConfigError(f"cityscapes: num_classes={num_classes}, ignore_index={ignore} do not match the "
+                          f"official {NUM_CLASSES} train ids and ignore {IGNORE_INDEX}; use dataset=folder for "
+                          "other label sets")
     label_type = str(dataset_cfg.get("label_type", "labelIds"))
     if label_type not in ("labelIds", "labelTrainIds"):
-        raise ValueError(f"cityscapes: label_type must be 'labelIds' or 'labelTrainIds', got {label_type!r}")
+        raise ConfigError(f"cityscapes: label_type must be 'labelIds' or 'labelTrainIds', got {label_type!r}")
     name, is_train = resolve_split(dataset_cfg, split)
     labelled = name != str(dataset_cfg.get("test_split", "test"))
     images, labels = find_pairs(root_from_cfg(dataset_cfg, LAYOUT), name, label_type, labelled)

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ccnet.data.transforms import SizeLike, build_train_transform, build_val_transform, to_hw
+from ccnet.errors import ConfigError
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 
 SPLIT_ROLES = ("train", "val", "test")
@@ -27,7 +28,7 @@ def resolve_split(dataset_cfg: Mapping[str, Any], split: str) -> Tuple[str, bool
         (split name on disk, is_train).
     """
     if not isinstance(split, str) or not split:
-        raise ValueError(f"split must be a non-empty string such as 'train' or 'val', got {split!r}")
+        raise ConfigError(f"split must be a non-empty string such as 'train' or 'val', got {split!r}")
     if split in SPLIT_ROLES:
         name = str(dataset_cfg.get(f"{split}_split") or split)
         return name, split == "train"
@@ -42,7 +43,7 @@ def root_from_cfg(dataset_cfg: Mapping[str, Any], layout: str) -> Path:
     """
     root = dataset_cfg.get("root")
     if root is None or str(root).strip() == "":
-        raise ValueError(f"dataset.root is not set; pass dataset.root=/path/to/data on the command line. {layout}")
+        raise ConfigError(f"dataset.root is not set; pass dataset.root=/path/to/data on the command line. {layout}")
     return Path(str(root)).expanduser()
 
 
@@ -55,13 +56,13 @@ def check_label_spec(num_classes: Any, ignore_index: Any, where: str) -> Tuple[i
     try:
         k, ignore = int(num_classes), int(ignore_index)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: num_classes and ignore_index must be integers, got "
-                         f"{num_classes!r} and {ignore_index!r}") from None
+        raise ConfigError(f"{where}: num_classes and ignore_index must be integers, got "
+                          f"{num_classes!r} and {ignore_index!r}") from None
     if not 1 <= k <= 255:
-        raise ValueError(f"{where}: num_classes must be in [1, 255] (8-bit label maps), got {k}")
+        raise ConfigError(f"{where}: num_classes must be in [1, 255] (8-bit label maps), got {k}")
     if not k <= ignore <= 255:
-        raise ValueError(f"{where}: ignore_index must be in [num_classes, 255] = [{k}, 255] so it cannot be "
-                         f"a class, got {ignore}")
+        raise ConfigError(f"{where}: ignore_index must be in [num_classes, 255] = [{k}, 255] so it cannot be "
+                          f"a class, got {ignore}")
     return k, ignore
 
 
@@ -70,7 +71,7 @@ def mean_std(dataset_cfg: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tuple[f
     mean = tuple(float(v) for v in (dataset_cfg.get("mean") or IMAGENET_MEAN))
     std = tuple(float(v) for v in (dataset_cfg.get("std") or IMAGENET_STD))
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"dataset.mean and dataset.std need 3 values (RGB) with std > 0, got {mean} and {std}")
+        raise ConfigError(f"dataset.mean and dataset.std need 3 values (RGB) with std > 0, got {mean} and {std}")
     return mean, std
 
 
@@ -94,7 +95,7 @@ def transform_from_cfg(dataset_cfg: Mapping[str, Any], is_train: bool, crop_size
         return build_val_transform(dataset_cfg.get("val_base_size"), mean, std)
     crop = train_input_size(dataset_cfg, crop_size)
     if crop is None:
-        raise ValueError("No crop size for the training pipeline: set dataset.crop_size or pass crop_size")
+        raise ConfigError("No crop size for the training pipeline: set dataset.crop_size or pass crop_size")
     return build_train_transform(
         crop_size=crop,
         base_size=dataset_cfg.get("base_size"),

@@ -19,9 +19,10 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ccnet.data.base import IMAGE_EXTENSIONS, SegmentationDataset, make_label_lut
+from ccnet.data.base import IMAGE_EXTENSIONS, DatasetError, SegmentationDataset, make_label_lut
 from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
+from ccnet.errors import ConfigError
 from ccnet.utils.visualize import distinct_palette
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _index_files(directory: Path) -> Dict[str, Path]:
             continue
         key = path.relative_to(directory).with_suffix("").as_posix()
         if key in index:
-            raise ValueError(f"Ambiguous files {index[key]} and {path}: the same name with two extensions; "
+            raise DatasetError(f"Ambiguous files {index[key]} and {path}: the same name with two extensions; "
                                   "keep one of them.")
         index[key] = path
     return index
@@ -69,7 +70,7 @@ def _read_split_list(list_file: Path) -> List[str]:
             continue
         keys.append(line[: -len(Path(line).suffix)] if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line)
     if not keys:
-        raise ValueError(f"Split list {list_file} is empty; write one image name per line.")
+        raise DatasetError(f"Split list {list_file} is empty; write one image name per line.")
     return keys
 
 
@@ -145,21 +146,21 @@ def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int,
     num_classes = dataset_cfg.get("num_classes")
     if num_classes is None:
         if not classes_cfg:
-            raise ValueError("folder dataset: set dataset.num_classes (and optionally dataset.classes)")
+            raise ConfigError("folder dataset: set dataset.num_classes (and optionally dataset.classes)")
         num_classes = len(classes_cfg)
     num_classes, ignore = check_label_spec(num_classes, dataset_cfg.get("ignore_index", 255), "folder dataset")
     if classes_cfg:
         classes = [str(c) for c in classes_cfg]
         if len(classes) != num_classes:
-            raise ValueError(f"folder dataset: dataset.classes has {len(classes)} names but "
-                             f"dataset.num_classes is {num_classes}; make them agree")
+            raise ConfigError(f"folder dataset: dataset.classes has {len(classes)} names but "
+                              f"dataset.num_classes is {num_classes}; make them agree")
     else:
         classes = [f"class_{i}" for i in range(num_classes)]
     if palette_cfg:
         palette = [tuple(int(v) for v in rgb) for rgb in palette_cfg]
         if len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
-            raise ValueError(f"folder dataset: dataset.palette must hold {num_classes} [r, g, b] colours with "
-                             f"values 0..255, got {palette_cfg}")
+            raise ConfigError(f"folder dataset: dataset.palette must hold {num_classes} [r, g, b] colours with "
+                              f"values 0..255, got {palette_cfg}")
     else:
         palette = generate_palette(num_classes)
     return classes, palette, ignore

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ccnet.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 BACKGROUND = "background"
@@ -99,25 +101,25 @@ class SyntheticConfig:
         """Raise a ``ValueError`` naming the ``dataset.*`` key to change when the settings cannot work."""
         n_colors = self.num_classes - 1
         if not 2 <= n_colors <= len(KEY_COLORS):
-            raise ValueError(f"dataset.num_classes={self.num_classes} for the synthetic set: expected 3..."
-                             f"{len(KEY_COLORS) + 1} (background + 2..{len(KEY_COLORS)} key colours)")
+            raise ConfigError(f"dataset.num_classes={self.num_classes} for the synthetic set: expected 3..."
+                              f"{len(KEY_COLORS) + 1} (background + 2..{len(KEY_COLORS)} key colours)")
         if self.image_size % self.feature_stride:
-            raise ValueError(f"dataset.image_size={self.image_size} must be a multiple of dataset.feature_stride="
-                             f"{self.feature_stride} (shapes are aligned to the feature grid)")
+            raise ConfigError(f"dataset.image_size={self.image_size} must be a multiple of dataset.feature_stride="
+                              f"{self.feature_stride} (shapes are aligned to the feature grid)")
         lo, hi = self.shape_cells
         if not 1 <= lo <= hi:
-            raise ValueError(f"dataset.shape_cells={list(self.shape_cells)}: expected [min, max] with 1 <= min <= max")
+            raise ConfigError(f"dataset.shape_cells={list(self.shape_cells)}: expected [min, max] with 1 <= min <= max")
         if self.key_cells < 1 or self.num_shapes < 1 or self.min_gap < 0:
-            raise ValueError(f"dataset.key_cells={self.key_cells}, num_shapes={self.num_shapes} must be >= 1 and "
-                             f"min_gap={self.min_gap} >= 0")
+            raise ConfigError(f"dataset.key_cells={self.key_cells}, num_shapes={self.num_shapes} must be >= 1 and "
+                              f"min_gap={self.min_gap} >= 0")
         if not self.feasible_key_positions():
-            raise ValueError(
+            raise ConfigError(
                 f"synthetic geometry does not fit: image_size={self.image_size} px is {self.grid} cells of "
                 f"{self.feature_stride} px; a diagonal shape needs key_cells={self.key_cells} + gap "
                 f"{self.gap_cells} cells (min_gap={self.min_gap} px) + {lo} cells on one side of the key in both "
                 f"axes. Increase dataset.image_size or decrease dataset.min_gap / key_cells / shape_cells")
         if self.num_train < 1 or self.num_val < 1:
-            raise ValueError(f"dataset.num_train={self.num_train} and num_val={self.num_val} must be >= 1")
+            raise ConfigError(f"dataset.num_train={self.num_train} and num_val={self.num_val} must be >= 1")
 
     def feasible_key_positions(self) -> List[int]:
         """Key start cells (same for rows and columns) that leave room for every kind of shape.
@@ -334,9 +336,9 @@ def build_synthetic(dataset_cfg: Mapping[str, Any], split: str,
     aliases = {dataset_cfg.get("train_split", "train"): "train", dataset_cfg.get("val_split", "val"): "val"}
     stream = aliases.get(split, split)
     if crop_size is not None and _size_pair(crop_size) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"train.crop_size={crop_size} for the synthetic dataset: crops would cut the key off "
-                         f"and make labels undecidable; use train.crop_size=null (or {cfg.image_size}, the "
-                         f"dataset.image_size)")
+        raise ConfigError(f"train.crop_size={crop_size} for the synthetic dataset: crops would cut the key off "
+                          f"and make labels undecidable; use train.crop_size=null (or {cfg.image_size}, the "
+                          f"dataset.image_size)")
     mean = dataset_cfg.get("mean", (0.485, 0.456, 0.406))
     std = dataset_cfg.get("std", (0.229, 0.224, 0.225))
     return SyntheticDataset(cfg, stream, mean, std)

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from ccnet.errors import ConfigError
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def to_hw(size: SizeLike, key: str = "crop_size") -> Tuple[int, int]:
         try:
             h, w = (int(v) for v in size)
         except (TypeError, ValueError):
-            raise ValueError(f"{key} must be an int or [height, width], got {size!r}") from None
+            raise ConfigError(f"{key} must be an int or [height, width], got {size!r}") from None
     if h <= 0 or w <= 0:
-        raise ValueError(f"{key} must be positive, got {size!r}")
+        raise ConfigError(f"{key} must be positive, got {size!r}")
     return h, w
 
 
@@ -226,7 +227,7 @@ def build_train_transform(crop_size: SizeLike, base_size: Optional[SizeLike],
     base = None if base_size is None else to_hw(base_size, "base_size")
     lo, hi = (float(r) for r in ratio_range)
     if not 0 < lo <= hi:
-        raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {list(ratio_range)}")
+        raise ConfigError(f"ratio_range must satisfy 0 < low <= high, got {list(ratio_range)}")
     transforms = [
         RandomRescale(base, (lo, hi)),
         CatMaxRatioCrop((crop_h, crop_w), cat_max_ratio, ignore_index),

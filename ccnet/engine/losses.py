@@ -53,6 +53,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ccnet.errors import ConfigError
+
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
                   weight: Optional[Tensor] = None) -> Tensor:
@@ -126,10 +128,10 @@ class CategoryConsistentLoss(nn.Module):
                  gamma: float = 0.001, weight: float = 1.0, ignore_index: int = 255) -> None:
         super().__init__()
         if not 0 <= delta_v < delta_d:
-            raise ValueError(f"CCL margins need 0 <= delta_v < delta_d, got delta_v={delta_v}, delta_d={delta_d}")
+            raise ConfigError(f"CCL margins need 0 <= delta_v < delta_d, got delta_v={delta_v}, delta_d={delta_d}")
         if min(alpha, beta, gamma, weight) < 0:
-            raise ValueError(f"CCL weights must be >= 0, got alpha={alpha}, beta={beta}, gamma={gamma}, "
-                             f"weight={weight}")
+            raise ConfigError(f"CCL weights must be >= 0, got alpha={alpha}, beta={beta}, gamma={gamma}, "
+                              f"weight={weight}")
         self.delta_v, self.delta_d = float(delta_v), float(delta_d)
         self.alpha, self.beta, self.gamma, self.weight = float(alpha), float(beta), float(gamma), float(weight)
         self.ignore_index = ignore_index
@@ -186,7 +188,7 @@ def ccl_from_config(options: Optional[Mapping[str, Any]] = None, ignore_index: i
     known = {"delta_v", "delta_d", "alpha", "beta", "gamma", "weight"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"unknown train.ccl keys {unknown}: expected some of {sorted(known)}")
+        raise ConfigError(f"unknown train.ccl keys {unknown}: expected some of {sorted(known)}")
     return CategoryConsistentLoss(ignore_index=ignore_index, **{k: float(v) for k, v in options.items()})
 
 
@@ -263,14 +265,14 @@ def build_criterion(train_cfg: Mapping[str, Any], num_classes: int, ignore_index
     if class_weights is not None:
         class_weights = [float(w) for w in class_weights]
         if len(class_weights) != num_classes:
-            raise ValueError(f"train.class_weights has {len(class_weights)} entries, the dataset has "
-                             f"{num_classes} classes: give one weight per class or null")
+            raise ConfigError(f"train.class_weights has {len(class_weights)} entries, the dataset has "
+                              f"{num_classes} classes: give one weight per class or null")
     ohem = train_cfg.get("ohem") or {}
     thresh = None
     if ohem.get("enabled", False):
         thresh = float(ohem.get("thresh", 0.7))
         if not 0.0 < thresh <= 1.0:
-            raise ValueError(f"train.ohem.thresh must be in (0, 1], got {thresh}")
+            raise ConfigError(f"train.ohem.thresh must be in (0, 1], got {thresh}")
     return SegmentationLoss(ignore_index=ignore_index, aux_weight=float(train_cfg.get("aux_weight", 0.4)),
                             class_weights=class_weights, ohem_thresh=thresh,
                             ohem_min_kept=int(ohem.get("min_kept", 100_000)),

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ccnet.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,7 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
     ``head_lr_mult``."""
     lr = float(train_cfg["lr"])
     if lr <= 0:
-        raise ValueError(f"train.lr must be positive, got {lr}")
+        raise ConfigError(f"train.lr must be positive, got {lr}")
     groups = param_groups(model, lr, float(train_cfg.get("weight_decay", 0.0)),
                           bool(train_cfg.get("no_decay_norm_bias", False)),
                           float(train_cfg.get("head_lr_mult", 1.0)))

@@ -4,14 +4,20 @@ SIGUSR1 (Slurm's ``--signal=USR1@<seconds>`` warning before the time limit).
 The first signal only sets a flag; the training loop finishes its step, agrees with the other
 processes that the run stops (the flag travels in the step's all-reduce), writes ``last.pth`` and
 raises :class:`TrainingStopped`, which ``tools/train.py`` turns into exit status
-:data:`EXIT_STOPPED`. A second signal aborts at once, without saving.
+:data:`EXIT_STOPPED`. A second signal aborts at once, without saving, unless it arrives within
+:data:`DUPLICATE_WINDOW_S` of the first: torchrun forwards the signal it receives to its workers,
+and Slurm and a terminal's Ctrl-C signal every process of the job, so one request reaches a worker
+twice within milliseconds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any, Dict, Optional
 
@@ -19,6 +25,8 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
 EXIT_STOPPED = 3  # "stopped on request, last.pth written": a requeue script or torchrun restart resumes it
+STOP_REPORT_ENV = "CCNET_STOP_REPORT"  # a file where rank 0 reports a stop (set by scripts/launch.py)
+DUPLICATE_WINDOW_S = 2.0  # a second signal sooner than this is the same request delivered twice
 
 
 class TrainingStopped(Exception):
@@ -46,6 +54,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal_name: Optional[str] = None
+        self._first_at = 0.0
         self._previous: Dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -66,9 +75,20 @@ class StopRequest:
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         name = signal.Signals(signum).name
         if self.signal_name is None:
-            self.signal_name = name
+            self.signal_name, self._first_at = name, time.monotonic()
             log.warning("%s received: finishing this step, then writing last.pth and stopping (send it again to "
                         "abort at once without saving)", name)
             return
+        if time.monotonic() - self._first_at < DUPLICATE_WINDOW_S:
+            return  # the same request delivered twice (torchrun forwarding it, a signal to the process group)
         log.error("second stop signal (%s): aborting without saving", name)
         raise SystemExit(128 + signum)
+
+
+def write_stop_report(stopped: TrainingStopped) -> None:
+    """Tell a launcher waiting for the workers (``scripts/launch.py``) what they saved: rank 0 writes
+    ``{"message", "iteration", "checkpoint"}`` to the file ``$CCNET_STOP_REPORT`` names, if set."""
+    path = os.environ.get(STOP_REPORT_ENV)
+    if path:
+        with open(path, "w") as f:
+            json.dump({"message": str(stopped), "iteration": stopped.iteration, "checkpoint": stopped.checkpoint}, f)

@@ -41,7 +41,7 @@ from ccnet.engine.recorder import Recorder, validation_record
 from ccnet.engine.rng import get_rng_state, seed_everything
 from ccnet.engine.run_dir import check_new_run_dir, hold_work_dir
 from ccnet.engine.signals import StopRequest, TrainingStopped
-from ccnet.errors import UserError, user_message
+from ccnet.errors import ConfigError, UserError, user_message
 from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import build_model
 from ccnet.models.attention_maps import attention_panel
@@ -247,7 +247,7 @@ def _choose_resume(cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any],
     setting = cfg.get("resume")
     path = resume.resume_path(setting, work_dir)
     if path is not None and cfg.get("load_from"):
-        raise ValueError("set either resume (continue a run) or load_from (initialise weights), not both")
+        raise ConfigError("set either resume (continue a run) or load_from (initialise weights), not both")
     if path is not None:
         loaded["checkpoint"], path = resume.load_resume_checkpoint(path, setting, work_dir)
         return path
@@ -472,8 +472,10 @@ def validation_failed(run: Run, it: int, exc: Exception) -> Exception:
     if dist.is_timeout(exc):
         return exc
     save(run, it)
+    then = (f"evaluate it with tools/eval.py checkpoint={run.ckpts.last}" if it == run.max_iters else
+            "continue with resume=true (the next validation runs at the next eval_interval)")
     note = (f"validation at iteration {it} failed; the training state was saved first ({run.ckpts.last}): fix "
-            "the cause and continue with resume=true (the next validation runs at the next eval_interval)")
+            f"the cause and {then}")
     if isinstance(exc, UserError):
         return ValidationFailed(f"{user_message(exc)}\n{note}")
     log.error("%s", note)

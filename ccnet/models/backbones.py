@@ -13,6 +13,8 @@ import torch.nn as nn
 from torch import Tensor
 from torchvision.models.resnet import Bottleneck
 
+from ccnet.errors import ConfigError
+
 NormLayer = Callable[[int], nn.Module]
 
 RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -43,7 +45,7 @@ class ResNetBackbone(nn.Module):
                  multi_grid: Sequence[int] = (1,), stem_channels: int = 128) -> None:
         super().__init__()
         if depth not in RESNET_LAYERS:
-            raise ValueError(f"unsupported ResNet depth {depth}: expected one of {sorted(RESNET_LAYERS)}")
+            raise ConfigError(f"unsupported ResNet depth {depth}: expected one of {sorted(RESNET_LAYERS)}")
         self.deep_stem = deep_stem
         if deep_stem:
             mid = stem_channels // 2

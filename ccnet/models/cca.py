@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ccnet.errors import ConfigError
+
 IMPLEMENTATIONS = ("auto", "reference", "lean", "triton")
 IMPL_ENV = "CCNET_CCA_IMPL"  # the outermost default, for runs that cannot pass a setting in
 # Looked up once without importing Triton (its import is slow and only CUDA tensors use it).
@@ -54,8 +56,8 @@ _scoped = _ScopedChoices()
 
 def _check_name(name: str, source: str) -> str:
     if name not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown criss-cross attention implementation {name!r} from {source}: "
-                         f"expected one of {', '.join(IMPLEMENTATIONS)}")
+        raise ConfigError(f"unknown criss-cross attention implementation {name!r} from {source}: "
+                          f"expected one of {', '.join(IMPLEMENTATIONS)}")
     return name
 
 
@@ -284,7 +286,7 @@ class CrissCrossAttention(nn.Module):
                  implementation: Optional[str] = None) -> None:
         super().__init__()
         if in_channels // reduction < 1:
-            raise ValueError(f"in_channels={in_channels} // reduction={reduction} leaves no query/key channels")
+            raise ConfigError(f"in_channels={in_channels} // reduction={reduction} leaves no query/key channels")
         if implementation is not None:
             _check_name(implementation, "CrissCrossAttention(implementation=...)")
         self.implementation = implementation

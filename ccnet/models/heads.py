@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ccnet.errors import ConfigError
 from ccnet.models.cca import CrissCrossAttention
 
 NormLayer = Callable[[int], nn.Module]
@@ -28,7 +29,7 @@ def make_activation(name: str) -> nn.Module:
         return nn.ReLU(inplace=True)
     if name == "leaky_relu":
         return nn.LeakyReLU(0.01, inplace=True)
-    raise ValueError(f"unknown activation {name!r}: expected 'relu' or 'leaky_relu'")
+    raise ConfigError(f"unknown activation {name!r}: expected 'relu' or 'leaky_relu'")
 
 
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
@@ -71,7 +72,7 @@ class RCCAHead(nn.Module):
                  cca_implementation: Optional[str] = None) -> None:
         super().__init__()
         if recurrence < 0:
-            raise ValueError(f"recurrence must be >= 0, got {recurrence}")
+            raise ConfigError(f"recurrence must be >= 0, got {recurrence}")
         inter_channels = inter_channels or in_channels // 4
         self.recurrence = recurrence
         self.conva = conv_norm_act(in_channels, inter_channels, 3, norm_layer, activation)

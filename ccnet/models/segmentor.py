@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ccnet.errors import ConfigError
 from ccnet.models.backbones import ResNetBackbone, TinyBackbone
 from ccnet.models.cca import IMPLEMENTATIONS
 from ccnet.models.heads import FCNHead, NonLocalHead, RCCAHead
@@ -83,7 +84,7 @@ def make_norm_layer(name: str) -> Callable[[int], nn.Module]:
         return nn.BatchNorm2d
     if name == "frozen_bn":
         return FrozenBatchNorm2d
-    raise ValueError(f"unknown model.norm {name!r}: expected one of {', '.join(NORMS)}")
+    raise ConfigError(f"unknown model.norm {name!r}: expected one of {', '.join(NORMS)}")
 
 
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -105,7 +106,7 @@ def build_backbone(cfg: Mapping[str, Any], norm_layer: Callable[[int], nn.Module
     if name == "tiny":
         return TinyBackbone(widths=tuple(_get(cfg, "tiny_widths", (32, 64, 128))),
                             layer4_convs=int(_get(cfg, "tiny_layer4_convs", 1)), norm_layer=norm_layer)
-    raise ValueError(f"unknown model.backbone {name!r}: expected one of {', '.join(BACKBONES)}")
+    raise ConfigError(f"unknown model.backbone {name!r}: expected one of {', '.join(BACKBONES)}")
 
 
 def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
@@ -139,11 +140,11 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     """
     num_classes = cfg.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"model.num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"model.num_classes must be a positive integer, got {num_classes!r}")
     cca_impl = cfg.get("cca_impl")
     if cca_impl is not None and cca_impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown model.cca_impl {cca_impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}, "
-                         f"or null for the CCNET_CCA_IMPL environment variable (else auto)")
+        raise ConfigError(f"unknown model.cca_impl {cca_impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}, "
+                          f"or null for the CCNET_CCA_IMPL environment variable (else auto)")
     norm_layer = make_norm_layer(_get(cfg, "norm", "bn"))
     backbone = build_backbone(cfg, norm_layer)
     weights = cfg.get("weights")
@@ -168,7 +169,7 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     elif context == "nonlocal":
         head = NonLocalHead(in_channels, num_classes, context_init=context_init, **head_kwargs)
     else:
-        raise ValueError(f"unknown model.context {context!r}: expected one of {', '.join(CONTEXTS)}")
+        raise ConfigError(f"unknown model.context {context!r}: expected one of {', '.join(CONTEXTS)}")
     aux_head = None
     if _get(cfg, "aux", True):
         aux_head = FCNHead(backbone.out_channels["layer3"], num_classes,

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ccnet.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -156,8 +158,8 @@ def legend_entries(palette: Sequence[Sequence[int]], classes: Sequence[str],
         maps: each (H, W) integer, any sizes.
     """
     if len(palette) < len(classes):
-        raise ValueError(f"legend: the palette has {len(palette)} colours for {len(classes)} classes; "
-                         "give one colour per class")
+        raise ConfigError(f"legend: the palette has {len(palette)} colours for {len(classes)} classes; "
+                          "give one colour per class")
     k = len(classes)
     counts = np.zeros(k, dtype=np.int64)
     has_ignore = False

@@ -22,21 +22,26 @@ import torch
 from ccnet.checkpoint import load_checkpoint
 
 # A child: tools/train.py with train_step wrapped. argv: ACTION ITERATION MARKER -- overrides...
-# ACTION: sigterm | sigint | sigint2 (two SIGINTs) | kill (SIGKILL, once: MARKER records it) | stop (rank 1
-# hangs, dying at torchrun's SIGTERM).
+# ACTION: sigterm | sigint | sigint_dup (two SIGINTs at once: one request delivered twice) | sigint2 (a second
+# SIGINT after the duplicate window) | kill (SIGKILL, once: MARKER records it) | stop (rank 1 hangs, dying at
+# torchrun's SIGTERM).
 CHILD = textwrap.dedent("""
     import os, runpy, signal, sys, time
     import torch
     import ccnet.engine.trainer as trainer
+    from ccnet.engine.signals import DUPLICATE_WINDOW_S
 
     action, at, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     step = trainer.train_step
 
     def wrapped(run, it, *args):
         rank = int(os.environ.get("RANK", 0))
-        if it == at and action in ("sigterm", "sigint", "sigint2"):
+        if it == at and action in ("sigterm", "sigint", "sigint_dup", "sigint2"):
             os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
+            if action == "sigint_dup":
+                os.kill(os.getpid(), signal.SIGINT)
             if action == "sigint2":
+                time.sleep(DUPLICATE_WINDOW_S + 0.3)
                 os.kill(os.getpid(), signal.SIGINT)
         if it == at and action == "kill" and rank == 1 and not os.path.exists(marker):
             open(marker, "w").close()
@@ -107,6 +112,12 @@ def test_stop_signal_saves_the_step_and_resume_auto_continues_exactly(repo_root,
 
 @pytest.mark.slow
 def test_second_signal_aborts_at_once_without_saving(repo_root, tmp_path, common):
+    # One request delivered twice at once (torchrun forwards it; Slurm and Ctrl-C signal every process) still saves.
+    run_dir = tmp_path / "duplicate"
+    duplicate = _child(repo_root, tmp_path, "sigint_dup", 3, common + [f"work_dir={run_dir}"])
+    assert duplicate.returncode == 3, (duplicate.stdout + duplicate.stderr)[-3000:]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pth")["iteration"] == 4
+
     run_dir = tmp_path / "aborted"
     aborted = _child(repo_root, tmp_path, "sigint2", 3, common + [f"work_dir={run_dir}"])
     output = aborted.stdout + aborted.stderr

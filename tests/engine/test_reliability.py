@@ -202,8 +202,9 @@ def test_disk_full_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     ("eval_interval", -1, "train.eval_interval must be an integer >= 0, got -1"),
     ("max_iters", True, "train.max_iters must be an integer >= 1, got True (a boolean)"),
     ("momentum", 1.0, "train.momentum must be a finite number >= 0 and < 1, got 1.0"),
-    ("grad_clip", 0, "train.grad_clip must be null or a number > 0, got 0"),
+    ("grad_clip", 0, "train.grad_clip must be null or a finite number > 0, got 0"),
     ("amp", "bf32", "train.amp must be one of none, bf16, fp16, got 'bf32'"),
+    ("lr", float("inf"), "train.lr must be a finite number > 0, got inf (a float)"),
     ("crop_size", [0, 0], "train.crop_size must be null or a positive integer or [height, width] of positive "
                           "integers, got [0, 0] (a list)"),
 ])
