@@ -15,6 +15,8 @@ from typing import Any, Callable, List, TypeVar
 import torch
 import torch.distributed as dist
 
+from ccnet.errors import ConfigError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -49,16 +51,16 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
         key: the setting's name, for the error message (``train.device``, ``--device``, ...).
 
     Raises:
-        ValueError: an unknown value, or CUDA asked for on a machine without it.
+        ConfigError: an unknown value, or CUDA asked for on a machine without it (a ValueError).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ValueError(f"{key} must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(f"{key}={name} but no CUDA device is visible here; use {key}=cpu (or auto)")
+        raise ConfigError(f"{key}={name} but no CUDA device is visible here; use {key}=cpu (or auto)")
     return torch.device("cuda", get_local_rank()) if name == "cuda" else torch.device(name)
 
 
