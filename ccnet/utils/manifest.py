@@ -29,15 +29,15 @@ class OutputConflictError(UserError, ValueError):
 def _read(path: Path) -> Dict[str, Set[str]]:
     """Relative paths per tool recorded in a manifest file; raises ValueError for a foreign file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")  # any name a file system allows
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ValueError(str(exc)) from exc
     if not text.startswith(HEADER.split(":")[0]):
         raise ValueError("not written by ccnet")
     recorded: Dict[str, Set[str]] = {}
-    for line in text.splitlines()[1:]:
+    for line in text.split("\n")[1:]:  # not splitlines(): names may hold other line separators
         tool, _, rel = line.partition(" ")
         if rel:
             recorded.setdefault(tool, set()).add(rel)
@@ -98,7 +98,7 @@ class OutputManifest:
             if out.resolve() in sources:
                 conflicts.append(f"{out} (an input of this run)")
             elif os.path.lexists(out) and not self.owns(out):
-                conflicts.append(f"{out} (exists, and no earlier {self.tool} run wrote it into {self.folder})")
+                conflicts.append(f"{out} (exists, and no earlier {self.tool} run wrote it here)")
         if conflicts:
             more = f", and {len(conflicts) - SHOWN} more" if len(conflicts) > SHOWN else ""
             raise OutputConflictError(
@@ -121,7 +121,7 @@ class OutputManifest:
             line = HEADER + line
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode("utf-8"))
+            os.write(fd, line.encode("utf-8", errors="surrogateescape"))
         finally:
             os.close(fd)
         self._recorded.add(rel)

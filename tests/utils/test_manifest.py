@@ -19,7 +19,7 @@ def test_claim_names_the_first_five_conflicts_and_counts_the_rest(tmp_path):
         OutputManifest(out, "infer").claim(mine, inputs=[tmp_path / "photo.png"])
     message = str(refused.value)
     assert message.startswith(f"refusing to write into {out}: 7 file(s) this run would write are not its own to "
-                              f"replace: {out / '0.png'} (exists, and no earlier infer run wrote it into {out}); ")
+                              f"replace: {out / '0.png'} (exists, and no earlier infer run wrote it here); ")
     assert f"{out / '4.png'} (exists" in message and "5.png" not in message and ", and 2 more." in message
     assert message.endswith("Give the run a folder of its own (output_dir=...) or move those files away")
     assert not (out / "manifest.txt").exists()  # a refused run starts no manifest
@@ -82,3 +82,14 @@ def test_lines_of_several_processes_stay_whole(tmp_path):
     lines = (out / "manifest.txt").read_text().splitlines()
     assert lines[0] == HEADER.rstrip("\n")
     assert sorted(lines[1:]) == [f"eval predictions/{i:04d}.png" for i in range(400)]
+
+
+def test_a_name_that_is_not_utf8_is_recorded_and_owned(tmp_path):
+    out = tmp_path / "out"
+    latin1 = out / os.fsdecode(b"caf\xe9.png")  # bytes a Linux file name may hold
+    manifest = OutputManifest(out, "infer")
+    manifest.claim([latin1])
+    latin1.write_bytes(b"prediction")
+    manifest.record(latin1)
+    assert (out / "manifest.txt").read_bytes() == HEADER.encode() + b"infer caf\xe9.png\n"
+    OutputManifest(out, "infer").claim([latin1])  # a later run may replace it
