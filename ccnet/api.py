@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ccnet.dist import resolve_device
+from ccnet.errors import ConfigError
 from ccnet.evaluation.inference import InferenceSettings
 from ccnet.evaluation.predict import ImageLike, load_for_inference, predict_image
 
@@ -43,9 +44,10 @@ def init_model(checkpoint: PathLike, device: Union[str, torch.device] = "cpu") -
         ``eval`` settings, whole-image inference for converted checkpoints).
 
     Raises:
-        ccnet.checkpoint.CheckpointError: missing or unreadable file, or a stored config that is not
-            plain data.
-        ValueError: the checkpoint stores no model/dataset config, or its weights do not fit.
+        ccnet.checkpoint.CheckpointError: missing or unreadable file, a stored config that is not
+            plain data, or weights holding NaN/inf.
+        ccnet.evaluation.loading.CheckpointMismatchError: the checkpoint stores no model/dataset
+            config, or its weights do not fit.
     """
     device = device if isinstance(device, torch.device) else resolve_device(str(device), key="device")
     return load_for_inference(Path(checkpoint).expanduser(), device)
@@ -70,14 +72,16 @@ def inference_model(model: nn.Module, images: Union[ImageLike, Sequence[ImageLik
         (K, H, W) float32 array; a list of those for a list.
 
     Raises:
-        ValueError: an unreadable image, an unknown setting, or an array that is not (H, W, 3) uint8.
+        ccnet.evaluation.predict.UnreadableImageError: an image file that cannot be read (names it).
+        ccnet.errors.ConfigError: an unknown setting or a value out of range (names it).
+        ValueError: an array that is not (H, W, 3) uint8.
     """
     base = settings or getattr(model, "inference_settings", None) or InferenceSettings()
     if overrides:
         known = set(InferenceSettings.__dataclass_fields__)
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown inference settings {unknown}: expected some of {sorted(known)}")
+            raise ConfigError(f"unknown inference settings {unknown}: expected some of {sorted(known)}")
         base = InferenceSettings.from_config({**asdict(base), **overrides})
     single = not isinstance(images, (list, tuple))
     outputs = [predict_image(model, image, base, probabilities=probabilities)

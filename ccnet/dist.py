@@ -51,7 +51,7 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
         key: the setting's name, for the error message (``train.device``, ``--device``, ...).
 
     Raises:
-        ValueError: an unknown value, or CUDA asked for on a machine without it.
+        ConfigError: an unknown value, or CUDA asked for on a machine without it (a ValueError).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -381,10 +381,11 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
 
     Raises:
         ValueError: nothing to export, an opset below 17, a size below 9, or the checkpoint has no stored
-            model config.
+            model config (``CheckpointMismatchError``).
+        CheckpointError: unreadable checkpoint, or weights holding NaN/inf.
         ExportError: ``torch.export`` failed for the ``.pt2``.
     """
-    from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model
+    from ccnet.evaluation.loading import CheckpointMismatchError, load_checkpoint_for_eval, load_model
 
     if onnx_path is None and pt2_path is None:
         raise ValueError("nothing to export: give an ONNX path, a .pt2 path, or both")
@@ -396,8 +397,9 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
                          "of the export is at least 2 x 2); change --size / --check-size")
     ckpt, stored = load_checkpoint_for_eval(checkpoint)
     if not stored or not isinstance(stored.get("model"), Mapping):
-        raise ValueError(f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); export needs "
-                         "a checkpoint written by tools/train.py or tools/convert_checkpoint.py")
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); "
+                                      "export needs a checkpoint written by tools/train.py or "
+                                      "tools/convert_checkpoint.py")
     model_cfg = dict(stored["model"])
     dataset_cfg = dict(stored.get("dataset") or {})
     model = load_model(model_cfg, ckpt, checkpoint, torch.device("cpu"))

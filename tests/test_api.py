@@ -14,7 +14,10 @@ from PIL import Image
 
 import ccnet
 from ccnet import inference_model, init_model
+from ccnet.checkpoint import CheckpointError
+from ccnet.errors import ConfigError
 from ccnet.evaluation.inference import InferenceSettings, predict_logits
+from ccnet.evaluation.predict import UnreadableImageError
 from tests.evaluation.helpers import load_yaml, make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +86,26 @@ def test_probabilities_and_settings(checkpoint, picture):
 
 def test_bad_input_is_named(checkpoint, tmp_path):
     model = init_model(checkpoint)
-    with pytest.raises(ValueError, match=r"unknown inference settings \['mod'\]"):
+    with pytest.raises(ConfigError, match=r"unknown inference settings \['mod'\]"):
         inference_model(model, np.zeros((8, 8, 3), np.uint8), mod="slide")
+    with pytest.raises(ConfigError, match="eval.crop_batch must be an integer >= 1, got 0"):
+        inference_model(model, np.zeros((8, 8, 3), np.uint8), crop_batch=0)
     with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 RGB array.*float64"):
         inference_model(model, np.zeros((8, 8, 3)))
-    with pytest.raises(ValueError, match="cannot read image .*missing.png"):
+    with pytest.raises(UnreadableImageError, match="cannot read image .*missing.png"):
         inference_model(model, tmp_path / "missing.png")
+    (tmp_path / "fake.png").write_bytes(b"not a picture")
+    with pytest.raises(UnreadableImageError, match=f"^cannot read image {tmp_path / 'fake.png'}: Cannot decode"):
+        inference_model(model, str(tmp_path / "fake.png"))  # one image: one error, nothing skipped
+
+
+def test_init_model_refuses_non_finite_weights(checkpoint, tmp_path):
+    state = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name][...] = float("inf")
+    torch.save(state, tmp_path / "inf.pth")
+    with pytest.raises(CheckpointError, match=re.escape(f"holds NaN or inf in 1 tensor(s), e.g. ['{name}']")):
+        init_model(tmp_path / "inf.pth")
 
 
 def test_init_model_never_downloads(configs_dir, tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ The exports map normalised images (B, 3, H, W) to logits (B, K, H, W); batch, H 
 when that fails (the reason is printed and stored in --out). The maximum absolute difference of the
 logits between each export (torch.export.load / ONNX Runtime) and the PyTorch model is printed for
 random inputs at the export size and every --check-size; the exit status is 1 when it exceeds
---tolerance. The result is also written as JSON with --out.
+--tolerance, and 2 for a user mistake (a missing or damaged checkpoint, NaN weights, a bad option),
+reported in one line. The result is also written as JSON with --out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ccnet.errors import UserError
+from ccnet.errors import EXIT_USER_ERROR, UserError
 from ccnet.export import DEFAULT_OPSET, MIN_OPSET, export_checkpoint
 
 log = logging.getLogger("export")
@@ -64,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    check_sizes=[tuple(s) for s in args.check_size])
     except (UserError, ValueError, ImportError) as exc:
         log.error("export failed: %s", exc)
-        return 1
+        return EXIT_USER_ERROR
     status = 0
     for fmt in ("pt2", "onnx"):
         if fmt not in result:

@@ -266,6 +266,33 @@ class SegmentationDataset(Dataset):
         set_transform_seed(self.transform, seed)
 
 
+def check_labelled_split(dataset: Dataset, split: str, role: str = "validation",
+                         key: str = "dataset.val_split") -> None:
+    """Fail before inference, not with a NaN score after it, when no pixel of a split is labelled.
+
+    Reads labels until the first labelled pixel: one file for any real split. Datasets without a
+    ``label`` method (generated ones, labelled everywhere) pass.
+
+    Args:
+        dataset: the split's dataset.
+        split: its name, for the message.
+        role: what the split is for (``validation`` in training, ``evaluation`` in tools/eval.py).
+        key: the setting that chose the split, for the message.
+
+    Raises:
+        DatasetError: the split is unlabelled or every label is ``ignore_index`` (names the split).
+    """
+    label = getattr(dataset, "label", None)
+    if label is None:
+        return
+    if getattr(dataset, "has_labels", True) and any((label(i) != dataset.ignore_index).any()
+                                                   for i in range(len(dataset))):
+        return
+    raise DatasetError(f"the {role} split {split!r} ({len(dataset)} images) has no labelled pixel: every label "
+                       f"is {dataset.ignore_index} (ignore) or missing, so nothing could be scored. Check {key}, "
+                       "the mask files and dataset.ignore_index")
+
+
 def set_transform_seed(transform: object, seed: int) -> None:
     """Give an albumentations Compose one numpy and one Python random stream seeded from ``seed``.
 

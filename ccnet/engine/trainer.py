@@ -30,7 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ccnet import dist
 from ccnet.checkpoint import load_checkpoint, model_state_from, non_finite_tensors
 from ccnet.data import SegmentationDataset, build_dataset, crop_cost_warning, seed_worker, train_input_size
-from ccnet.data.base import DatasetError
+from ccnet.data.base import check_labelled_split
 from ccnet.data.samplers import InfiniteSampler, SeededDataset
 from ccnet.engine import resume
 from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights
@@ -185,7 +185,7 @@ def setup(cfg: DictConfig, device: torch.device, lock: Optional[FolderLock] = No
         if warning:
             log.warning("%s", warning)
     val_set = build_dataset(cfg.dataset, "val")
-    check_validation_labels(val_set, str(cfg.dataset.get("val_split", "val")))
+    check_labelled_split(val_set, str(cfg.dataset.get("val_split", "val")))
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, work_dir / "config.yaml", resolve=True)
@@ -274,25 +274,6 @@ def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -
         model.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark)
     return model
-
-
-def check_validation_labels(dataset: Dataset, split: str) -> None:
-    """Fail at the start, not at the first validation, when no validation pixel is labelled.
-
-    Reads labels until the first labelled pixel: one file for any real split.
-
-    Raises:
-        DatasetError: the split is unlabelled or every label is ``ignore_index`` (names the split).
-    """
-    label = getattr(dataset, "label", None)
-    if label is None:  # generated datasets (synthetic) always label every pixel
-        return
-    if getattr(dataset, "has_labels", True) and any((label(i) != dataset.ignore_index).any()
-                                                   for i in range(len(dataset))):
-        return
-    raise DatasetError(f"the validation split {split!r} ({len(dataset)} images) has no labelled pixel: every label "
-                       f"is {dataset.ignore_index} (ignore) or missing, so nothing could be scored. Check "
-                       "dataset.val_split, the mask files and dataset.ignore_index")
 
 
 def loop(run: Run, stop: StopRequest) -> Dict[str, Any]:

@@ -25,13 +25,17 @@ into one mean. Logits are accumulated in float32 even under AMP.
 from __future__ import annotations
 
 import math
+import numbers
+from collections import abc
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ContextManager, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ccnet.errors import ConfigError
 
 MODES = ("whole", "slide")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,14 +43,18 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SizeLike = Union[int, Sequence[int]]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _pair(value: SizeLike, key: str) -> Tuple[int, int]:
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"eval.{key} must be a positive int or [height, width], got {value!r}")
-    return pair  # type: ignore[return-value]
+    """``value`` as (height, width): an int means a square."""
+    sequence = isinstance(value, abc.Sequence) and not isinstance(value, str)  # list, tuple, ListConfig
+    items = [value, value] if _is_int(value) else list(value) if sequence else None
+    if items is None or len(items) != 2 or not all(_is_int(v) and v >= 1 for v in items):
+        raise ConfigError(f"eval.{key} must be a positive integer or [height, width] of positive integers, got "
+                          f"{value!r}; e.g. eval.{key}=769 or eval.{key}=[512,1024]")
+    return int(items[0]), int(items[1])
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,10 @@ class InferenceSettings:
         flip: also infer the horizontally flipped image.
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
         channels_last: feed inputs in channels-last memory format.
-        crop_batch: sliding windows per forward pass (memory vs. speed).
+        crop_batch: sliding windows per forward pass.
+
+    Raises:
+        ConfigError: a value out of range, naming its ``eval.`` key.
     """
 
     mode: str = "whole"
@@ -78,49 +89,85 @@ class InferenceSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"eval.mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"eval.mode must be one of {MODES}, got {self.mode!r}")
+        for key in ("crop_size", "stride", "test_size"):
+            if getattr(self, key) is not None:
+                _pair(getattr(self, key), key)
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
-            raise ValueError(
+            raise ConfigError(
                 "eval.mode=slide needs eval.crop_size and eval.stride, e.g. eval.crop_size=769 eval.stride=513"
             )
         if self.crop_size is not None and self.stride is not None:
             if any(s > c for s, c in zip(self.stride, self.crop_size)):
-                raise ValueError(
+                raise ConfigError(
                     f"eval.stride {list(self.stride)} exceeds eval.crop_size {list(self.crop_size)}: windows "
                     "would leave gaps; use a stride <= crop size"
                 )
-        if not self.scales or any(not (s > 0) for s in self.scales):
-            raise ValueError(f"eval.scales must be a non-empty list of positive factors, got {list(self.scales)}")
+        if not self.scales or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) and s > 0
+                                      and math.isfinite(s) for s in self.scales):
+            raise ConfigError(f"eval.scales must be a non-empty list of positive factors, got {list(self.scales)}; "
+                              "e.g. eval.scales=[1.0] or eval.scales=[0.75,1.0,1.25]")
         if self.amp not in AMP_DTYPES:
-            raise ValueError(f"eval.amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
-        if self.crop_batch < 1:
-            raise ValueError(f"eval.crop_batch must be >= 1, got {self.crop_batch}")
+            raise ConfigError(f"eval.amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        for key in ("flip", "channels_last"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"eval.{key} must be true or false, got {getattr(self, key)!r}")
+        if not _is_int(self.crop_batch) or self.crop_batch < 1:
+            raise ConfigError(f"eval.crop_batch must be an integer >= 1, got {self.crop_batch!r}")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], amp: Optional[str] = None) -> "InferenceSettings":
         """Settings from an ``eval`` config mapping; missing keys take the defaults above.
 
         Args:
-            cfg: mapping with any of the field names (extra keys such as ``num_workers`` are ignored).
+            cfg: mapping with any of the field names (other keys, such as ``num_workers``, are ignored;
+                :func:`check_eval_config` checks them all).
             amp: overrides ``cfg["amp"]`` when given (e.g. the trainer's ``train.amp``).
+
+        Raises:
+            ConfigError: a value of the wrong type or out of range, naming its ``eval.`` key.
         """
         crop = cfg.get("crop_size")
         stride = cfg.get("stride")
         test_size = cfg.get("test_size")
         scales = cfg.get("scales", (1.0,))
-        if isinstance(scales, (int, float)):
-            scales = (scales,)
+        scales = (scales,) if isinstance(scales, (numbers.Real, str)) or scales is None else tuple(scales)
         return cls(
             mode=str(cfg.get("mode", "whole")),
             crop_size=None if crop is None else _pair(crop, "crop_size"),
             stride=None if stride is None else _pair(stride, "stride"),
-            scales=tuple(float(s) for s in scales),
+            scales=scales,
             test_size=None if test_size is None else _pair(test_size, "test_size"),
-            flip=bool(cfg.get("flip", False)),
+            flip=cfg.get("flip", False),
             amp=str(amp if amp is not None else cfg.get("amp", "none")),
-            channels_last=bool(cfg.get("channels_last", False)),
-            crop_batch=int(cfg.get("crop_batch", 4)),
+            channels_last=cfg.get("channels_last", False),
+            crop_batch=cfg.get("crop_batch", 4),
         )
+
+
+EVAL_KEYS = (*(f.name for f in fields(InferenceSettings)), "num_workers")  # every key of an ``eval`` section
+
+
+def check_eval_config(eval_cfg: Mapping[str, Any]) -> InferenceSettings:
+    """Check every key of an ``eval`` config section (tools/eval.py, tools/infer.py, the trainer's
+    validation) before anything is loaded; returns its inference settings.
+
+    Args:
+        eval_cfg: the section as a plain mapping: keys of :class:`InferenceSettings` and
+            ``num_workers`` (DataLoader workers, an integer >= 0), each optional.
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type or out of range, naming the key.
+    """
+    unknown = sorted(set(eval_cfg) - set(EVAL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown eval setting(s) {['eval.' + k for k in unknown]}: the eval section takes "
+                          f"{', '.join(EVAL_KEYS)}")
+    workers = eval_cfg.get("num_workers", 0)
+    if not _is_int(workers) or workers < 0:
+        raise ConfigError(f"eval.num_workers must be an integer >= 0 (DataLoader workers per process), got "
+                          f"{workers!r}; e.g. eval.num_workers=2")
+    return InferenceSettings.from_config(eval_cfg)
 
 
 def fit_scale_factor(height: int, width: int, test_size: Optional[Tuple[int, int]]) -> float:

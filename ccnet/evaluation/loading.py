@@ -17,9 +17,15 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ccnet.checkpoint import load_checkpoint, model_state_from, stored_config
+from ccnet.checkpoint import CheckpointError, load_checkpoint, model_state_from, non_finite_tensors, stored_config
+from ccnet.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint does not fit what it is used with: its weights and the model config, its class
+    count and the dataset's, or it stores no model/dataset config and none was given."""
 
 
 def merge_section(stored: Optional[Mapping[str, Any]], given: Optional[Mapping[str, Any]],
@@ -52,14 +58,14 @@ def resolve_model_and_dataset(checkpoint_config: Optional[Mapping[str, Any]], mo
     result, so a model group picks up the dataset's class count.
 
     Raises:
-        ValueError: neither the checkpoint nor the command line defines a model or a dataset.
+        CheckpointMismatchError: neither the checkpoint nor the command line defines a model or a dataset.
     """
     stored = dict(checkpoint_config or {})
     model = merge_section(stored.get("model"), model_given, model_group)
     dataset = merge_section(stored.get("dataset"), dataset_given, dataset_group)
     for section, values, example in (("model", model, "model=ccnet_r101"), ("dataset", dataset, "dataset=cityscapes")):
         if not values.get("name"):
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"checkpoint {checkpoint_path} stores no '{section}' config (it was not written by tools/train.py, "
                 f"or was converted); choose one on the command line, e.g. {example}")
     resolved = OmegaConf.to_container(OmegaConf.create({"model": model, "dataset": dataset}), resolve=True)
@@ -83,14 +89,22 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
     and evaluation must neither need the ImageNet file nor download it.
 
     Raises:
-        ValueError: the weights do not fit the model (names the checkpoint, the class counts, and
-            the mismatching keys).
+        CheckpointError: a weight or statistic holds NaN or inf (names the file, the first tensors and
+            their count).
+        CheckpointMismatchError: the weights do not fit the model (names the checkpoint, the class
+            counts, and the mismatching keys).
     """
     from ccnet.models import build_model
 
+    state = model_state_from(dict(checkpoint), checkpoint_path)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} holds NaN or inf in {len(bad)} tensor(s), e.g. {bad[:3]}: a model with "
+            "such weights predicts nonsense. The file is damaged or was saved after training diverged; use another "
+            "checkpoint (e.g. an earlier one of the same run)")
     cfg = dict(model_cfg)
     model = build_model(cfg, pretrained=False)
-    state = model_state_from(dict(checkpoint), checkpoint_path)
     expected = model.state_dict()
     mismatched = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
                   if k in expected and v.shape != expected[k].shape}
@@ -98,7 +112,7 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
     unexpected = sorted(set(state) - set(expected))
     if mismatched or missing or unexpected:
         details = "; ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in list(mismatched.items())[:4])
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"weights of {checkpoint_path} do not fit model {cfg.get('name')!r} with num_classes="
             f"{cfg.get('num_classes')}: {len(mismatched)} shape mismatches ({details or 'none'}), "
             f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}. "

@@ -4,7 +4,10 @@ and ``tools/infer.py``.
 Inputs are a single image, a folder (searched recursively for image files) or a glob pattern. Each
 image is normalised with the training dataset's mean/std, inferred with the configured
 :class:`~ccnet.evaluation.inference.InferenceSettings` (whole/slide, scales, flip, AMP) and written
-with :class:`~ccnet.evaluation.writers.PredictionWriter` using the dataset's palette.
+with :class:`~ccnet.evaluation.writers.PredictionWriter` using the dataset's palette. Before the
+first image, every output path is checked (:class:`~ccnet.utils.manifest.OutputManifest`): a run
+never writes over an input or a file that no earlier ``tools/infer.py`` run wrote there. An input
+that cannot be read is skipped with a warning and reported at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import glob
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -23,14 +27,40 @@ from tqdm import tqdm
 
 from ccnet.data import dataset_metainfo
 from ccnet.dist import resolve_device
-from ccnet.evaluation.inference import InferenceSettings, predict_logits
-from ccnet.evaluation.loading import load_checkpoint_for_eval, load_model, resolve_model_and_dataset
-from ccnet.evaluation.writers import PredictionWriter, check_unique_outputs
+from ccnet.errors import UserError
+from ccnet.evaluation.inference import InferenceSettings, check_eval_config, predict_logits
+from ccnet.evaluation.loading import (
+    CheckpointMismatchError,
+    load_checkpoint_for_eval,
+    load_model,
+    resolve_model_and_dataset,
+)
+from ccnet.evaluation.writers import PredictionWriter, check_unique_outputs, parse_formats
+from ccnet.utils.manifest import OutputManifest
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+TOOL = "infer"  # the name its outputs are recorded under in output_dir/manifest.txt
+NAMED = 10  # skipped inputs named in the closing line
+
+
+class UnreadableImageError(UserError, ValueError):
+    """An input image cannot be read or decoded (the message names the file and why)."""
+
+
+@dataclass
+class InferResult:
+    """What :func:`run_infer` did.
+
+    Attributes:
+        written: the files of each segmented image (format -> path), in input order.
+        skipped: ``(input, message)`` of each input that could not be read, in input order.
+    """
+
+    written: List[Dict[str, Path]] = field(default_factory=list)
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
 
 
 def list_inputs(spec: str) -> Tuple[List[Path], Path]:
@@ -62,14 +92,14 @@ def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of an image file.
 
     Raises:
-        ValueError: the file cannot be decoded (names it).
+        UnreadableImageError: the file is missing, unreadable or cannot be decoded (names it).
     """
     from ccnet.data.base import read_image
 
     try:
         return read_image(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+        raise UnreadableImageError(f"cannot read image {path}: {exc}") from exc
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -91,7 +121,8 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of a path, a PIL image or an array.
 
     Raises:
-        ValueError: an unreadable file, or an array that is not (H, W, 3) uint8 (or (H, W) grey).
+        UnreadableImageError: an unreadable file.
+        ValueError: an array that is not (H, W, 3) uint8 (or (H, W) grey).
     """
     if isinstance(image, (str, Path)):
         return read_rgb(Path(image))
@@ -112,18 +143,20 @@ def load_for_inference(ckpt_path: Path, device: torch.device, model_given: Optio
     (see :func:`ccnet.init_model`); command-line groups/keys may override the stored configs.
 
     Raises:
-        ValueError: no stored config, weights that do not fit, or a class count that differs from
-            the palette's.
+        CheckpointError: unreadable file, or NaN/inf weights.
+        CheckpointMismatchError: no stored config, weights that do not fit, or a class count that
+            differs from the palette's.
+        ConfigError: bad ``eval`` settings stored in the checkpoint.
     """
     ckpt, stored = load_checkpoint_for_eval(ckpt_path)
     model_cfg, dataset_cfg = resolve_model_and_dataset(stored, model_given or {}, dataset_given or {}, model_group,
                                                        dataset_group, ckpt_path)
     classes, palette, ignore = dataset_metainfo(dataset_cfg)
     if model_cfg["num_classes"] != len(palette):
-        raise ValueError(f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but the "
-                         f"{dataset_cfg['name']!r} palette has {len(palette)} colours ({len(classes)} classes); "
-                         "choose the dataset the checkpoint was trained on (dataset=<name>) or give a folder "
-                         "dataset with matching dataset.num_classes/palette")
+        raise CheckpointMismatchError(
+            f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but the {dataset_cfg['name']!r} "
+            f"palette has {len(palette)} colours ({len(classes)} classes); choose the dataset the checkpoint was "
+            "trained on (dataset=<name>) or give a folder dataset with matching dataset.num_classes/palette")
     model = load_model(model_cfg, ckpt, ckpt_path, device)
     model.dataset_meta = {"classes": list(classes), "palette": [tuple(c) for c in palette], "ignore_index": ignore,
                           "mean": tuple(dataset_cfg.get("mean") or IMAGENET_MEAN),
@@ -151,8 +184,11 @@ def predict_image(model: nn.Module, image: ImageLike, settings: InferenceSetting
     return logits.argmax(dim=1)[0].cpu().numpy().astype(np.int64)
 
 
-def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> List[Dict[str, Path]]:
+def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> InferResult:
     """Segment ``cfg.input`` with ``cfg.checkpoint`` as configured by ``configs/infer.yaml``.
+
+    Every output path is checked before the first image is read; an unreadable input is skipped
+    with a warning naming it, and the closing log line counts and names the skipped ones.
 
     Args:
         cfg: ``checkpoint, input, output_dir, device, formats, alpha, model, dataset, eval``.
@@ -161,32 +197,50 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
             are used).
 
     Returns:
-        The written files, one dict (format -> path) per input image.
+        The files written per image and the inputs skipped.
 
     Raises:
         FileNotFoundError: no input images.
-        ValueError: unreadable image, a class count that does not match the palette, bad settings.
+        ConfigError: bad ``eval.*``, ``formats`` or ``device`` values, naming the key.
+        CheckpointError, CheckpointMismatchError: see :func:`load_for_inference`.
+        OutputConflictError: an output path is an input, another input's output, or a file that no
+            earlier infer run wrote into ``output_dir``; nothing was written.
     """
     from ccnet.evaluation.runner import plain_config
 
-    settings = InferenceSettings.from_config(plain_config(cfg.get("eval"), resolve=True))
+    settings = check_eval_config(plain_config(cfg.get("eval"), resolve=True))
+    formats = parse_formats(cfg.get("formats", ["color", "overlay"]))
     device = resolve_device(str(cfg.get("device", "auto")), key="device")
     inputs, input_root = list_inputs(str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     model = load_for_inference(ckpt_path, device, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")),
                                model_group, dataset_group)
     meta = model.dataset_meta
-    writer = PredictionWriter(cfg.output_dir, cfg.get("formats", ["color", "overlay"]), meta["palette"],
-                              meta["ignore_index"], alpha=float(cfg.get("alpha", 0.5)),
-                              num_classes=len(meta["palette"]), input_root=input_root,
-                              legend=bool(cfg.get("legend", False)), classes=meta["classes"])
+    manifest = OutputManifest(cfg.output_dir, TOOL)
+    writer = PredictionWriter(cfg.output_dir, formats, meta["palette"], meta["ignore_index"],
+                              alpha=float(cfg.get("alpha", 0.5)), num_classes=len(meta["palette"]),
+                              input_root=input_root, legend=bool(cfg.get("legend", False)), classes=meta["classes"],
+                              manifest=manifest)
     check_unique_outputs(writer, inputs)
+    manifest.claim(writer.paths_for(inputs), inputs)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info("segmenting %d image(s) with %s on %s into %s", len(inputs), ckpt_path, device, writer.save_dir)
-    written = []
+    result = InferResult()
     for path in tqdm(inputs, desc="infer", dynamic_ncols=True, disable=not sys.stderr.isatty()):
-        image = read_rgb(path)
-        written.append(writer.write(predict_image(model, image, settings), path, image))
-    log.info("wrote %s for %d image(s) to %s", ", ".join(writer.formats), len(inputs), writer.save_dir)
-    return written
+        try:
+            image = read_rgb(path)
+        except UnreadableImageError as exc:
+            log.warning("skipped: %s", exc)
+            result.skipped.append((path, str(exc)))
+            continue
+        result.written.append(writer.write(predict_image(model, image, settings), path, image))
+    summary = f"wrote {len(result.written)} of {len(inputs)} images ({', '.join(writer.formats)}) to {writer.save_dir}"
+    if result.skipped:
+        names = [p.relative_to(input_root).as_posix() if input_root in p.parents else str(p)
+                 for p, _ in result.skipped]
+        more = f", ... ({len(names) - NAMED} more)" if len(names) > NAMED else ""
+        log.warning("%s; skipped %d unreadable: %s%s", summary, len(names), ", ".join(names[:NAMED]), more)
+    else:
+        log.info("%s", summary)
+    return result

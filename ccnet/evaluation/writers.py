@@ -14,18 +14,22 @@ own folder): ``<input_root>/<sub>/<stem>.<ext>`` becomes ``<save_dir>/<sub>/<ste
 input root (dataset images, ``tools/eval.py``) the image's folder name is kept:
 ``…/<folder>/<stem>.<ext>`` becomes ``<save_dir>/<folder>/<stem>.png`` (Cityscapes:
 ``<city>/<city>_<seq>_<frame>_leftImg8bit.png``, the names the test server matches on). Each format
-gets its own subfolder ``<save_dir>/<format>/`` when several are written.
+gets its own subfolder ``<save_dir>/<format>/`` when several are written. With a
+:class:`~ccnet.utils.manifest.OutputManifest`, every file written is recorded in the output folder's
+``manifest.txt``, so that later runs replace only files the tool wrote.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from ccnet.errors import ConfigError
+from ccnet.utils.manifest import OutputConflictError, OutputManifest
 from ccnet.utils.visualize import add_legend, colorize, overlay
 
 log = logging.getLogger(__name__)
@@ -38,13 +42,13 @@ def parse_formats(formats: Union[str, Sequence[str]], key: str = "formats") -> T
     """Normalise a format name or list of names and check each one.
 
     Raises:
-        ValueError: an unknown or duplicated format, naming ``key``.
+        ConfigError: an unknown or duplicated format, naming ``key``.
     """
     names = (formats,) if isinstance(formats, str) else tuple(str(f) for f in formats)
     unknown = [f for f in names if f not in FORMATS]
     if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"{key}={list(names) if not isinstance(formats, str) else formats!r}: expected one "
-                         f"or more distinct formats from {FORMATS}, e.g. {key}=color or {key}=[color,overlay]")
+        raise ConfigError(f"{key}={list(names) if not isinstance(formats, str) else formats!r}: expected one "
+                          f"or more distinct formats from {FORMATS}, e.g. {key}=color or {key}=[color,overlay]")
     return names
 
 
@@ -70,18 +74,22 @@ class PredictionWriter:
         legend: append a legend of the predicted classes below each ``overlay`` (see
             :func:`ccnet.utils.visualize.add_legend`); the overlay is then taller than the input.
         classes: class names, needed for ``legend``.
+        manifest: records every written file (see :mod:`ccnet.utils.manifest`); its folder must
+            contain ``save_dir``.
 
     Raises:
-        ValueError: unknown format, ``cityscapes`` for a model that does not predict the 19 Cityscapes
-            classes, a palette with fewer colours than classes, or ``legend`` without enough class names.
+        ConfigError: unknown format, or ``cityscapes`` for a model that does not predict the 19
+            Cityscapes classes (naming ``key``).
+        ValueError: a palette with fewer colours than classes, or ``legend`` without enough class names.
     """
 
     def __init__(self, save_dir: Union[str, Path], formats: Union[str, Sequence[str]],
                  palette: Sequence[Sequence[int]], ignore_index: int = 255, alpha: float = 0.5,
                  num_classes: Optional[int] = None, key: str = "formats",
                  input_root: Optional[Union[str, Path]] = None, legend: bool = False,
-                 classes: Optional[Sequence[str]] = None) -> None:
+                 classes: Optional[Sequence[str]] = None, manifest: Optional[OutputManifest] = None) -> None:
         self.save_dir = Path(save_dir)
+        self.manifest = manifest
         self.input_root = None if input_root is None else Path(input_root)
         self.formats = parse_formats(formats, key)
         self.palette = [tuple(int(c) for c in rgb) for rgb in palette]
@@ -98,8 +106,8 @@ class PredictionWriter:
         self._label_ids: Optional[Callable[[np.ndarray], np.ndarray]] = None
         if "cityscapes" in self.formats:
             if k != CITYSCAPES_NUM_CLASSES:
-                raise ValueError(f"{key}=cityscapes writes Cityscapes label ids from the 19 train ids, but the model "
-                                 f"predicts {k} classes; use {key}=trainid or color for other datasets")
+                raise ConfigError(f"{key}=cityscapes writes Cityscapes label ids from the 19 train ids, but the "
+                                  f"model predicts {k} classes; use {key}=trainid or color for other datasets")
             self._label_ids = _cityscapes_label_ids()
 
     def path_for(self, image_path: Union[str, Path], fmt: str) -> Path:
@@ -109,6 +117,10 @@ class PredictionWriter:
         if self.input_root is not None:
             return root / image_path.relative_to(self.input_root).with_suffix(".png")
         return root / image_path.parent.name / f"{image_path.stem}.png"
+
+    def paths_for(self, image_paths: Iterable[Union[str, Path]]) -> List[Path]:
+        """Every file :meth:`write` would write for ``image_paths``, in every format."""
+        return [self.path_for(p, fmt) for p in image_paths for fmt in self.formats]
 
     def write(self, pred: np.ndarray, image_path: Union[str, Path],
               image: Optional[np.ndarray] = None) -> Dict[str, Path]:
@@ -148,17 +160,23 @@ class PredictionWriter:
             path = self.path_for(image_path, fmt)
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(out).save(path)
+            if self.manifest is not None:
+                self.manifest.record(path)
             written[fmt] = path
         return written
 
 
 def check_unique_outputs(writer: PredictionWriter, image_paths: Sequence[Union[str, Path]]) -> None:
-    """Raise if two inputs map to the same output file (e.g. ``a/x.jpg`` and ``a/x.png``, or
-    ``p/a/x.png`` and ``q/a/x.png``), which would silently overwrite one prediction with another."""
+    """Refuse two inputs that map to the same output file (e.g. ``a/x.jpg`` and ``a/x.png``, or
+    ``p/a/x.png`` and ``q/a/x.png``), which would silently overwrite one prediction with another.
+
+    Raises:
+        OutputConflictError: naming both inputs and the shared output.
+    """
     seen: Dict[Path, Path] = {}
     for p in image_paths:
         out = writer.path_for(p, writer.formats[0])
         if out in seen:
-            raise ValueError(f"inputs {seen[out]} and {p} would both be written to {out}; rename one of them "
-                             "or segment them in separate runs")
+            raise OutputConflictError(f"inputs {seen[out]} and {p} would both be written to {out}; rename one of "
+                                      "them or segment them in separate runs")
         seen[out] = Path(p)

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 from ccnet.errors import UserError
+from ccnet.utils.manifest import MANIFEST_NAME
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock
     fcntl = None  # type: ignore[assignment]
 
-HOUSEKEEPING = ("train.log", "eval.log", "infer.log", "config.yaml")  # what a run writes before its results
+# what a run writes before its results (eval/infer start their manifest before writing anything)
+HOUSEKEEPING = ("train.log", "eval.log", "infer.log", "config.yaml", MANIFEST_NAME)
 
 
 def _sizes(directory: Path) -> Dict[str, int]:

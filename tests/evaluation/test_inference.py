@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccnet.evaluation.inference import InferenceSettings, fit_scale_factor, predict_logits, window_starts
+from ccnet.errors import ConfigError
+from ccnet.evaluation.inference import (
+    InferenceSettings,
+    check_eval_config,
+    fit_scale_factor,
+    predict_logits,
+    window_starts,
+)
 
 
 class ContextNet(nn.Module):
@@ -153,3 +160,35 @@ def test_settings_from_config_and_errors():
         InferenceSettings(amp="fp8")
     with pytest.raises(ValueError, match="eval.scales"):
         InferenceSettings(scales=())
+
+
+def test_check_eval_config_accepts_the_shipped_sections(configs_dir):
+    from omegaconf import OmegaConf
+
+    for name in ("infer", "train"):  # every key of their eval sections is known and in range
+        check_eval_config(OmegaConf.to_container(OmegaConf.load(configs_dir / f"{name}.yaml").eval))
+    settings = check_eval_config(OmegaConf.load(configs_dir / "eval.yaml").eval)  # a DictConfig works too
+    assert settings == InferenceSettings(mode="whole", crop_size=(769, 769), stride=(513, 513), scales=(1.0,))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mode": "foo"}, "eval.mode must be one of ('whole', 'slide'), got 'foo'"),
+    ({"mode": "slide", "crop_size": 64, "stride": 65}, "eval.stride [65, 65] exceeds eval.crop_size [64, 64]"),
+    ({"scales": [0.0]}, "eval.scales must be a non-empty list of positive factors, got [0.0]"),
+    ({"scales": "large"}, "eval.scales must be a non-empty list of positive factors, got ['large']"),
+    ({"crop_batch": 0}, "eval.crop_batch must be an integer >= 1, got 0"),
+    ({"test_size": [0, 0]}, "eval.test_size must be a positive integer or [height, width]"),
+    ({"crop_size": [769, 769, 3]}, "eval.crop_size must be a positive integer or [height, width]"),
+    ({"stride": True}, "eval.stride must be a positive integer or [height, width]"),
+    ({"flip": "yes"}, "eval.flip must be true or false, got 'yes'"),
+    ({"channels_last": 1}, "eval.channels_last must be true or false, got 1"),
+    ({"amp": "fp8"}, "eval.amp must be one of ['bf16', 'fp16', 'none'], got 'fp8'"),
+    ({"num_workers": -1}, "eval.num_workers must be an integer >= 0 (DataLoader workers per process), got -1"),
+    ({"num_workers": "two"}, "eval.num_workers must be an integer >= 0"),
+    ({"num_worker": 2}, "unknown eval setting(s) ['eval.num_worker']: the eval section takes mode, crop_size"),
+])
+def test_every_bad_eval_value_is_a_config_error_naming_the_key(change, message):
+    with pytest.raises(ConfigError) as refused:
+        check_eval_config({"mode": "whole", "num_workers": 2, **change})
+    assert message in str(refused.value)
+    assert isinstance(refused.value, ValueError)  # callers that catch ValueError keep working

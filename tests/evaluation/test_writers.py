@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ccnet.errors import ConfigError
 from ccnet.evaluation.writers import PredictionWriter, check_unique_outputs
+from ccnet.utils.manifest import OutputConflictError, OutputManifest
 
 PALETTE = [(10, 20, 30), (200, 100, 0), (0, 255, 0)]
 PRED = np.array([[0, 1, 2], [2, 255, 0]], dtype=np.int64)
@@ -46,10 +48,12 @@ def test_cityscapes_label_ids_round_trip(tmp_path):
 
 
 def test_format_errors(tmp_path):
-    with pytest.raises(ValueError, match="cityscapes.*predicts 3 classes"):
+    with pytest.raises(ConfigError, match="formats=cityscapes writes.*predicts 3 classes"):
         PredictionWriter(tmp_path, "cityscapes", PALETTE)
-    with pytest.raises(ValueError, match="expected one or more distinct formats"):
+    with pytest.raises(ConfigError, match="formats='colour': expected one or more distinct formats"):
         PredictionWriter(tmp_path, "colour", PALETTE)
+    with pytest.raises(ConfigError, match=r"formats=\['color', 'color'\]: expected"):
+        PredictionWriter(tmp_path, ["color", "color"], PALETTE)
     with pytest.raises(ValueError, match="2 colours for 3 classes"):
         PredictionWriter(tmp_path, "color", PALETTE[:2], num_classes=3)
     with pytest.raises(ValueError, match="needs the input image"):
@@ -59,8 +63,20 @@ def test_format_errors(tmp_path):
 def test_colliding_output_names_are_rejected(tmp_path):
     writer = PredictionWriter(tmp_path, "color", PALETTE)
     check_unique_outputs(writer, ["a/x.png", "a/y.png", "b/x.png"])
-    with pytest.raises(ValueError, match="would both be written"):
+    with pytest.raises(OutputConflictError, match=f"inputs a/x.jpg and a/x.png would both be written to "
+                                                  f"{tmp_path / 'a' / 'x.png'}"):
         check_unique_outputs(writer, ["a/x.jpg", "a/x.png"])
+
+
+def test_every_written_file_is_recorded_in_the_manifest(tmp_path):
+    manifest = OutputManifest(tmp_path, "eval")
+    writer = PredictionWriter(tmp_path / "predictions", ["color", "overlay"], PALETTE, manifest=manifest)
+    expected = [tmp_path / "predictions" / fmt / "a" / name
+                for name in ("b.png", "c.png") for fmt in ("color", "overlay")]
+    assert writer.paths_for(["a/b.jpg", "a/c.png"]) == expected
+    writer.write(PRED, "a/b.jpg", IMAGE)
+    lines = (tmp_path / "manifest.txt").read_text().splitlines()
+    assert lines[1:] == ["eval predictions/color/a/b.png", "eval predictions/overlay/a/b.png"]
 
 
 def test_overlay_legend_names_the_predicted_classes(tmp_path):

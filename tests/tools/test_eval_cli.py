@@ -1,23 +1,34 @@
-"""tools/eval.py: config resolution, metrics.json, saved predictions, unlabelled splits, errors, and
-(command line) a trained checkpoint on the Cityscapes sample and 2 torchrun processes == 1 process."""
+"""tools/eval.py: config resolution, metrics.json, saved predictions, unlabelled splits, errors (one
+message, status 2, also from DataLoader workers; broken input is refused, never scored), outputs that
+never replace a user's files, and (command line) a trained checkpoint on the Cityscapes sample and 2
+torchrun processes == 1 process."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
+from ccnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ccnet.data import DatasetError
 from ccnet.engine import train
+from ccnet.errors import ConfigError, user_message
+from ccnet.evaluation import runner
+from ccnet.evaluation.loading import CheckpointMismatchError
 from ccnet.evaluation.runner import run_eval
+from ccnet.utils.manifest import OutputConflictError
+from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 from tests.evaluation.helpers import load_yaml, make_checkpoint
 
 # label id -> train id of cityscapesScripts' labels.py, written out independently of ccnet.data
@@ -132,7 +143,7 @@ def test_dataset_group_and_key_overrides_merge_over_checkpoint(configs_dir, tmp_
 
 def test_checkpoint_without_config_needs_groups(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir), store_config=False)
-    with pytest.raises(ValueError, match="stores no 'model' config.*model="):
+    with pytest.raises(CheckpointMismatchError, match="stores no 'model' config.*model="):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}"))
     tiny = ["model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
             "model.aux_channels=8"]
@@ -143,12 +154,103 @@ def test_checkpoint_without_config_needs_groups(configs_dir, tmp_path):
 
 def test_class_count_mismatch_and_bad_settings_are_explained(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
-    with pytest.raises(ValueError, match="predicts 5 classes but dataset 'synthetic' has 4"):
+    with pytest.raises(CheckpointMismatchError, match="predicts 5 classes but dataset 'synthetic' has 4"):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "+dataset.num_classes=4"))
-    with pytest.raises(ValueError, match="eval.mode"):
+    with pytest.raises(ConfigError, match="eval.mode"):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "eval.mode=sliding"))
-    with pytest.raises(Exception, match="checkpoint not found"):
+    with pytest.raises(ConfigError, match="eval.num_workers must be an integer >= 0"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "eval.num_workers=-2"))
+    with pytest.raises(ConfigError, match="formats='colour': expected one or more distinct formats"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "formats=colour"))
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         run_eval(eval_cfg(configs_dir, f"checkpoint={tmp_path / 'none.pth'}", f"output_dir={tmp_path}"))
+
+
+def test_a_checkpoint_with_a_nan_weight_is_not_scored(configs_dir, tmp_path):
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir)))
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = torch.full_like(ckpt["model"][name], float("nan"))
+    bad = save_checkpoint(ckpt, tmp_path / "nan.pth")
+    expected = f"checkpoint {bad} holds NaN or inf in 1 tensor(s), e.g. ['{name}']: "
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={bad}", f"output_dir={tmp_path / 'out'}"))
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_eval_outputs_never_replace_a_users_files(configs_dir, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mIoU": 0.99, "note": "my own"}')  # a user's own file
+    with pytest.raises(OutputConflictError, match=f"1 file\\(s\\).*{out / 'metrics.json'} \\(exists, and no earlier "
+                                                  "eval run wrote it"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}"))
+    assert (out / "metrics.json").read_text() == '{"mIoU": 0.99, "note": "my own"}'
+
+    (out / "metrics.json").unlink()
+    (out / "predictions" / "val").mkdir(parents=True)
+    (out / "predictions" / "val" / "000003.png").write_bytes(b"a user's picture")
+    with pytest.raises(OutputConflictError, match="1 file.*predictions/val/000003.png \\(exists"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}", "formats=trainid"))
+    assert not (out / "metrics.json").exists() and len(list((out / "predictions").rglob("*.png"))) == 1
+
+    (out / "predictions" / "val" / "000003.png").unlink()
+    first = run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}", "formats=trainid"))
+    again = run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}", "formats=trainid"))
+    assert again["mIoU"] == first["mIoU"]  # its own files: replaced
+    recorded = sorted((out / "manifest.txt").read_text().splitlines()[1:])
+    assert recorded == sorted(["eval metrics.json", "eval per_class_iou.png", "eval confusion_matrix.png"]
+                              + [f"eval predictions/val/{i:06d}.png" for i in range(5)])
+
+
+def folder_dataset(root: Path, labels: list) -> dict:
+    """A folder dataset with one 24x32 image per label under images/val and masks/val."""
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(labels):
+        write_image(root / "images" / "val" / f"{i}.png", random_image(rng, 24, 32))
+        write_label(root / "masks" / "val" / f"{i}.png", label)
+    return folder_cfg(root, val_split="val", num_classes=3)
+
+
+def test_a_split_without_any_labelled_pixel_is_refused_before_inference(configs_dir, tmp_path, monkeypatch):
+    dataset = folder_dataset(tmp_path / "data", [np.full((24, 32), 255, np.uint8)] * 2)  # every pixel ignored
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, dataset)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a split that cannot be scored")
+
+    monkeypatch.setattr(runner, "load_model", no_model)
+    with pytest.raises(DatasetError, match=r"the evaluation split 'val' \(2 images\) has no labelled pixel: every "
+                                           r"label is 255 \(ignore\).*Check split, the mask files"):
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}"))
+
+
+def test_a_worker_process_error_is_one_message_naming_the_file(configs_dir, tmp_path):
+    invalid = np.zeros((24, 32), np.uint8)
+    invalid[0, :2] = [7, 9]  # not a class of 3, not ignore
+    dataset = folder_dataset(tmp_path / "data", [np.ones((24, 32), np.uint8)] * 3 + [invalid])
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, dataset)
+    with pytest.raises(DatasetError) as failed:
+        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", "eval.num_workers=2"))
+    message = user_message(failed.value)
+    assert "DataLoader worker" in str(failed.value) and "Traceback" in str(failed.value)  # what torch hands over
+    assert message.startswith(f"Label {tmp_path / 'data' / 'masks' / 'val' / '3.png'} contains invalid values [7, 9]")
+    assert message.endswith("(in DataLoader worker process 1)") and "Traceback" not in message
+
+
+def test_cli_truncated_image_in_a_worker_is_one_line_and_status_2(repo_root, configs_dir, tmp_path):
+    dataset = folder_dataset(tmp_path / "data", [np.ones((24, 32), np.uint8)] * 4)
+    broken = tmp_path / "data" / "images" / "val" / "2.png"
+    broken.write_bytes(broken.read_bytes()[:120])  # a truncated PNG
+    ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, dataset)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(repo_root / "tools" / "eval.py"), f"checkpoint={ckpt}", "device=cpu",
+                           "eval.num_workers=2", f"output_dir={out}"], cwd=repo_root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert output.count(f"Cannot decode image {broken}") == 1 and "(in DataLoader worker process 0)" in output
+    assert not out.exists()  # it wrote nothing, so its folder is gone
 
 
 def make_cityscapes_test_split(root: Path) -> list:
@@ -169,7 +271,7 @@ def test_unlabelled_test_split_writes_cityscapes_submission(configs_dir, tmp_pat
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, cs)
     names = make_cityscapes_test_split(tmp_path / "cs")
     common = [f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}", f"dataset.root={tmp_path / 'cs'}", "split=test"]
-    with pytest.raises(ValueError, match="has no labels.*formats=\\[cityscapes\\]"):
+    with pytest.raises(ConfigError, match="has no labels.*formats=\\[cityscapes\\]"):
         run_eval(eval_cfg(configs_dir, *common))
     result = run_eval(eval_cfg(configs_dir, *common, "formats=cityscapes"))
     assert result == {"num_images": 3, "classes": result["classes"]} and len(result["classes"]) == 19
@@ -237,8 +339,11 @@ def test_torchrun_two_processes_equal_one_process(repo_root, configs_dir, tmp_pa
             for run in ("one", "two")]
     assert all((tmp_path / run / plot).is_file() for run in ("one", "two")  # rank 0's plots beside metrics.json
                for plot in ("per_class_iou.png", "confusion_matrix.png"))
-    # both ranks wrote their shard, under output_dir/predictions
+    # both ranks wrote their shard, under output_dir/predictions, and recorded it in the one manifest
     assert pngs[0] == pngs[1] == [f"predictions/val/{i:06d}.png" for i in range(5)]
+    recorded = sorted((tmp_path / "two" / "manifest.txt").read_text().splitlines()[1:])
+    assert recorded == sorted([f"eval {name}" for name in pngs[0]] + ["eval confusion_matrix.png",
+                                                                     "eval metrics.json", "eval per_class_iou.png"])
     for name in pngs[0]:
         a = np.asarray(Image.open(tmp_path / "one" / name))
         assert np.array_equal(a, np.asarray(Image.open(tmp_path / "two" / name)))

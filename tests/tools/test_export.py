@@ -218,11 +218,25 @@ def test_static_onnx_and_errors(checkpoint, tmp_path):
     assert _tool().main([str(path), "--onnx", str(onnx_path), "--size", "40", "48", "--static"]) == 0
     dims = [d.dim_value for d in onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 40, 48]
-    # refused before anything is exported
-    assert _tool().main([str(path), "--onnx", str(tmp_path / "x.onnx"), "--opset", "13"]) == 1
-    assert _tool().main([str(path), "--pt2", str(tmp_path / "x.pt2"), "--size", "8", "64"]) == 1
-    assert _tool().main([str(tmp_path / "missing.pth"), "--onnx", str(tmp_path / "y.onnx")]) == 1
+    # user mistakes: refused before anything is exported, one line, status 2
+    assert _tool().main([str(path), "--onnx", str(tmp_path / "x.onnx"), "--opset", "13"]) == 2
+    assert _tool().main([str(path), "--pt2", str(tmp_path / "x.pt2"), "--size", "8", "64"]) == 2
+    assert _tool().main([str(tmp_path / "missing.pth"), "--onnx", str(tmp_path / "y.onnx")]) == 2
     assert not any(tmp_path.glob("x.*"))
+
+
+def test_non_finite_weights_are_not_exported(checkpoint, tmp_path, caplog):
+    path, _ = checkpoint
+    state = torch.load(path, weights_only=True)
+    state["model"]["head.cca.gamma"] = torch.tensor([float("nan")])
+    save_checkpoint(state, tmp_path / "nan.pth")
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert _tool().main([str(tmp_path / "nan.pth"), "--pt2", str(tmp_path / "m.pt2")]) == 2
+    assert caplog.messages == [f"export failed: checkpoint {tmp_path / 'nan.pth'} holds NaN or inf in 1 tensor(s), "
+                               "e.g. ['head.cca.gamma']: a model with such weights predicts nonsense. The file is "
+                               "damaged or was saved after training diverged; use another checkpoint (e.g. an earlier "
+                               "one of the same run)"]
+    assert not (tmp_path / "m.pt2").exists()
 
 
 def test_tolerance_failure_sets_the_exit_status(checkpoint, tmp_path):

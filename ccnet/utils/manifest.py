@@ -1,0 +1,127 @@
+"""Which files in an output folder a tool wrote, so that a later run replaces those and nothing else.
+
+No tool writes over a file it did not create. Before writing anything, a run lists every path it
+will write and :meth:`OutputManifest.claim` refuses the whole run (one :class:`OutputConflictError`)
+when a path is one of the run's inputs (compared resolved, so a symlink to an input counts) or
+already exists without an earlier run of the same tool having written it there. What each run
+writes is appended to ``<folder>/manifest.txt`` as it is written, one ``<tool> <relative path>``
+line per file, so a run that crashes half-way has still recorded its files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Set, Union
+
+from ccnet.errors import UserError
+
+MANIFEST_NAME = "manifest.txt"
+HEADER = "# ccnet output manifest: the files ccnet's tools wrote into this folder, one '<tool> <path>' per line\n"
+SHOWN = 5  # conflicting files named in the message
+
+
+class OutputConflictError(UserError, ValueError):
+    """A run would write over a file it may not replace (an input, another of its own outputs, or a
+    file no earlier run of the same tool wrote into the output folder); nothing was written."""
+
+
+def _read(path: Path) -> Dict[str, Set[str]]:
+    """Relative paths per tool recorded in a manifest file; raises ValueError for a foreign file."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")  # any name a file system allows
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
+    if not text.startswith(HEADER.split(":")[0]):
+        raise ValueError("not written by ccnet")
+    recorded: Dict[str, Set[str]] = {}
+    for line in text.split("\n")[1:]:  # not splitlines(): names may hold other line separators
+        tool, _, rel = line.partition(" ")
+        if rel:
+            recorded.setdefault(tool, set()).add(rel)
+    return recorded
+
+
+class OutputManifest:
+    """The files ``tool`` wrote into ``folder``, read from and appended to ``folder/manifest.txt``.
+
+    Args:
+        folder: the output folder (``output_dir``); every recorded file lies below it.
+        tool: the writing tool's name (``"infer"``, ``"eval"``); a run may replace only files recorded
+            under its own tool's name.
+    """
+
+    def __init__(self, folder: Union[str, Path], tool: str) -> None:
+        self.folder = Path(folder)
+        self.tool = tool
+        self.path = self.folder / MANIFEST_NAME
+        try:
+            self._foreign = False
+            self._recorded = _read(self.path).get(tool, set())
+        except ValueError:
+            self._foreign = True
+            self._recorded = set()
+
+    def relative(self, path: Union[str, Path]) -> str:
+        """``path`` relative to the folder, as recorded (``/``-separated, compared as written, not resolved)."""
+        rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.folder)))
+        assert not rel.is_absolute() and ".." not in rel.parts, f"{path} is not below {self.folder}"
+        return rel.as_posix()
+
+    def owns(self, path: Union[str, Path]) -> bool:
+        """Whether ``path`` is a regular file (not a symlink) inside the folder that an earlier run of
+        this tool recorded, i.e. whether this run may replace it."""
+        path = Path(path)
+        return (self.relative(path) in self._recorded and path.is_file() and not path.is_symlink()
+                and self.folder.resolve() in path.resolve().parents)
+
+    def claim(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
+              key: str = "output_dir") -> None:
+        """Check that this run may write every path of ``outputs``, then start the manifest file.
+
+        Args:
+            outputs: every file the run will write, below the folder.
+            inputs: the files the run reads; none of them may be written.
+            key: the setting that names the folder, for the message.
+
+        Raises:
+            OutputConflictError: naming the first few conflicting files, their count and the fix.
+        """
+        sources = {Path(p).resolve() for p in inputs}
+        conflicts: List[str] = []
+        if self._foreign:
+            conflicts.append(f"{self.path} (a file of the manifest's name that ccnet did not write)")
+        for out in outputs:
+            out = Path(out)
+            if out.resolve() in sources:
+                conflicts.append(f"{out} (an input of this run)")
+            elif os.path.lexists(out) and not self.owns(out):
+                conflicts.append(f"{out} (exists, and no earlier {self.tool} run wrote it here)")
+        if conflicts:
+            more = f", and {len(conflicts) - SHOWN} more" if len(conflicts) > SHOWN else ""
+            raise OutputConflictError(
+                f"refusing to write into {self.folder}: {len(conflicts)} file(s) this run would write are not its "
+                f"own to replace: {'; '.join(conflicts[:SHOWN])}{more}. Nothing was written. Give the run a "
+                f"folder of its own ({key}=...) or move those files away")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.write_text(HEADER, encoding="utf-8")
+
+    def record(self, path: Union[str, Path]) -> None:
+        """Append ``path`` (just written) to the manifest; one ``write`` per line, so lines from
+        several processes (the ranks of a torchrun evaluation) do not interleave. A name with a line
+        break is not recorded: a later run then refuses to replace that file, never the reverse."""
+        rel = self.relative(path)
+        if rel in self._recorded or "\n" in rel or "\r" in rel:
+            return
+        line = f"{self.tool} {rel}\n"
+        if not self.path.exists():  # claim() was skipped: the header still comes first
+            line = HEADER + line
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8", errors="surrogateescape"))
+        finally:
+            os.close(fd)
+        self._recorded.add(rel)
