@@ -12,6 +12,7 @@ import numbers
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ccnet.errors import ConfigError
+from ccnet.evaluation.inference import check_eval_config
 
 __all__ = ["ConfigError", "TRAIN_RULES", "check_train_config", "config_changes", "describe", "flatten_config"]
 
@@ -101,7 +102,8 @@ def describe(value: Any) -> str:
 
 
 def check_train_config(cfg: Mapping[str, Any]) -> None:
-    """Check the types and ranges of ``cfg.train`` and of ``resume`` / ``load_from_partial``.
+    """Check the types and ranges of ``cfg.train``, of the validation's ``cfg.eval`` and of ``resume``
+    / ``load_from_partial``: a wrong value fails now, not hours later at the first validation.
 
     Raises:
         ConfigError: naming the key, the value received and what is expected.
@@ -110,6 +112,7 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     for key, (ok, expected) in TRAIN_RULES.items():
         if key in train and not ok(train[key]):
             raise ConfigError(f"train.{key} must be {expected}, got {describe(train[key])}")
+    check_eval_config(cfg.get("eval") or {})
     resume = cfg.get("resume")
     if not (resume is None or isinstance(resume, bool) or isinstance(resume, str)):
         raise ConfigError(f"resume must be false, true, auto or a checkpoint path, got {describe(resume)}")

@@ -218,6 +218,22 @@ def test_settings_of_the_wrong_type_name_key_and_expectation(tiny_cfg, key, valu
     assert not Path(cfg.work_dir).exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.mode=slide", "eval.crop_size=32", "eval.stride=48"],
+     "eval.stride [48, 48] exceeds eval.crop_size [32, 32]"),
+    (["eval.mode=foo"], "eval.mode must be one of"),
+    (["eval.scales=[0.0]"], "eval.scales must be a non-empty list of positive factors"),
+    (["eval.crop_batch=0"], "eval.crop_batch must be"),
+    (["eval.test_size=[0,0]"], "eval.test_size must be"),
+    (["eval.num_workers=-3"], "eval.num_workers must be an integer >= 0"),
+])
+def test_validation_settings_fail_before_training_not_at_the_first_validation(tiny_cfg, overrides, message):
+    cfg = tiny_cfg("train.max_iters=2", *overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(cfg)
+    assert not Path(cfg.work_dir).exists()  # nothing ran: no folder, no iteration spent
+
+
 def test_all_ignore_validation_split_fails_at_start_naming_it(tiny_cfg, tmp_path):
     root = tmp_path / "data"
     for split in ("train", "val"):
