@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ccnet.data.browse import browse
 from ccnet.errors import exit_on_user_error, run_hydra_main
+from ccnet.utils.outputs import discard_if_empty_on_failure, hold_folder
 
 log = logging.getLogger("browse")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="browse")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log, FileNotFoundError):
+    output_dir = HydraConfig.get().runtime.output_dir
+    with exit_on_user_error(log, FileNotFoundError), hold_folder(output_dir, "browse"), \
+            discard_if_empty_on_failure(output_dir):
         browse(cfg)
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ccnet.data.build import build_dataset
 from ccnet.errors import ConfigError
+from ccnet.utils.manifest import OutputManifest
 from ccnet.utils.visualize import add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
@@ -56,21 +57,25 @@ def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int =
 
     Returns:
         The written files, ``<k>_<image stem>.png``.
+
+    Raises:
+        OutputConflictError: a file of that name exists in ``out_dir`` that no earlier browse run
+            wrote there (``out_dir/manifest.txt``), or is one of the dataset's images; nothing is written.
     """
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(dataset))
-    written = []
-    for k in range(num_samples):
-        index = int(order[k % len(order)])
+    indices = [int(order[k % len(order)]) for k in range(num_samples)]
+    paths = [out_dir / f"{k:03d}_{Path(dataset.image_paths[i]).stem}.png" for k, i in enumerate(indices)]
+    manifest = OutputManifest(out_dir, "browse")
+    manifest.claim(paths, inputs=dataset.image_paths)
+    for index, path in zip(indices, paths):
         image, label = dataset[index]
-        path = out_dir / f"{k:03d}_{Path(dataset.image_paths[index]).stem}.png"
         Image.fromarray(render_sample(image, label, dataset)).save(path)
-        written.append(path)
-    log.info("Wrote %d samples (image | label) to %s", len(written), out_dir)
-    return written
+        manifest.record(path)
+    log.info("Wrote %d samples (image | label) to %s", len(paths), out_dir)
+    return paths
 
 
 def browse(cfg: Mapping[str, Any]) -> List[Path]:

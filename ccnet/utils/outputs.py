@@ -28,7 +28,7 @@ except ImportError:  # Windows: no flock
     fcntl = None  # type: ignore[assignment]
 
 # what a run writes before its results (eval/infer start their manifest before writing anything)
-HOUSEKEEPING = ("train.log", "eval.log", "infer.log", "config.yaml", MANIFEST_NAME)
+HOUSEKEEPING = ("train.log", "eval.log", "infer.log", "browse_dataset.log", "config.yaml", MANIFEST_NAME)
 
 
 def _sizes(directory: Path) -> Dict[str, int]:

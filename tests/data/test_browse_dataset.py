@@ -1,4 +1,5 @@
-"""tools/browse_dataset.py: Hydra config composition, PNG content against the source files, the CLI."""
+"""tools/browse_dataset.py: Hydra config composition, PNG content against the source files, the CLI, and
+no picture written over a file browse did not write."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from ccnet.data.browse import browse
 from ccnet.data.folder import generate_palette
+from ccnet.utils.manifest import OutputConflictError
 from tests.data.datagen import block_label
 
 
@@ -72,3 +75,23 @@ def test_cli(repo_root: Path, folder_root: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.png"))) == 2
     assert not (out / ".hydra").exists()
+
+
+def test_a_rerun_replaces_its_own_pictures_but_never_a_file_it_did_not_write(configs_dir: Path, tmp_path: Path,
+                                                                             repo_root: Path) -> None:
+    cfg = _compose(configs_dir, ["num_samples=2", f"output_dir={tmp_path}"])
+    first = browse(cfg)
+    assert browse(cfg) == first  # the same run again: its own files
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / first[0].name).write_bytes(b"a user's file of the same name")
+    with pytest.raises(OutputConflictError, match=rf"{first[0].name} \(exists, and no earlier browse run wrote it"):
+        browse(_compose(configs_dir, ["num_samples=2", f"output_dir={other}"]))
+    assert (other / first[0].name).read_bytes() == b"a user's file of the same name"
+    assert sorted(p.name for p in other.iterdir()) == [first[0].name]  # nothing else written
+
+    proc = subprocess.run([sys.executable, str(repo_root / "tools" / "browse_dataset.py"), "num_samples=2",
+                           f"output_dir={other}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "refusing to write into" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert (other / first[0].name).read_bytes() == b"a user's file of the same name"
