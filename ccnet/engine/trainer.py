@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -420,7 +421,9 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
     class_names = list(getattr(val_set, "classes", [str(i) for i in range(run.model.num_classes)]))
     record = validation_record(it, result, class_names, run.train_time, run.skipped,
                                val_time_s=time.perf_counter() - started)
-    per_class = "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, result["IoU"]))
+    per_class = "  ".join(f"{n} {'—' if math.isnan(v) else f'{v:.3f}'}" for n, v in zip(class_names, result["IoU"]))
+    if any(math.isnan(v) for v in result["IoU"]):
+        per_class += "  (—: the class is in neither the ground truth nor the predictions; null in metrics.jsonl)"
     log.info("val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f%s", it, result["mIoU"], result["mAcc"], result["aAcc"],
              f" | {per_class}" if len(class_names) <= 40 else " (per class: metrics.jsonl)")
     if run.recorder is not None:

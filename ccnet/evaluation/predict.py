@@ -184,6 +184,27 @@ def predict_image(model: nn.Module, image: ImageLike, settings: InferenceSetting
     return logits.argmax(dim=1)[0].cpu().numpy().astype(np.int64)
 
 
+def _outside(inputs: List[Path], input_root: Path, output_dir: Path, spec: str) -> List[Path]:
+    """The inputs that do not lie in ``output_dir`` when that is a subfolder of the input folder: a
+    second run would otherwise segment the first run's pictures. (``output_dir`` equal to the input
+    folder is left to the manifest's check: an output must never replace an input.)
+
+    Raises:
+        FileNotFoundError: every input lies there.
+    """
+    out = output_dir.resolve()
+    if input_root.resolve() not in out.parents:
+        return inputs
+    kept = [p for p in inputs if out not in p.resolve().parents]
+    if len(kept) < len(inputs):
+        log.info("input %s: %d file(s) under output_dir %s left out (earlier outputs, not inputs)", spec,
+                 len(inputs) - len(kept), output_dir)
+    if not kept:
+        raise FileNotFoundError(f"every image of input {spec!r} lies in output_dir {output_dir}; point input at "
+                                "your images, not at infer's outputs")
+    return kept
+
+
 def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> InferResult:
     """Segment ``cfg.input`` with ``cfg.checkpoint`` as configured by ``configs/infer.yaml``.
 
@@ -212,6 +233,7 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     formats = parse_formats(cfg.get("formats", ["color", "overlay"]))
     device = resolve_device(str(cfg.get("device", "auto")), key="device")
     inputs, input_root = list_inputs(str(cfg.input))
+    inputs = _outside(inputs, input_root, Path(str(cfg.output_dir)), str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     model = load_for_inference(ckpt_path, device, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")),
                                model_group, dataset_group)

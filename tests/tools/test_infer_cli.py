@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -188,6 +189,22 @@ def test_a_later_run_replaces_its_own_outputs_and_no_one_elses(configs_dir, phot
                                                   "not write\\).*a.png \\(exists"):
         run_infer(infer_cfg(configs_dir, *common))
     assert (out / "manifest.txt").read_text() == "infer a.png\ninfer sub/b.png\n"
+
+
+def test_an_output_dir_inside_the_input_folder_is_not_read_back_as_input(configs_dir, photos, cityscapes_ckpt,
+                                                                         tmp_path):
+    out = photos / "seg"
+    common = [f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={out}", "formats=[color,trainid]"]
+    first = run_infer(infer_cfg(configs_dir, *common))
+    again = run_infer(infer_cfg(configs_dir, *common))  # the first run's 4 PNGs now lie under the input folder
+    assert [sorted(w.values()) for w in again.written] == [sorted(w.values()) for w in first.written]
+    assert len(again.written) == 2 and not again.skipped
+    nested = tmp_path / "nested"  # a folder whose every image lies in its subfolder output_dir
+    (nested / "seg").mkdir(parents=True)
+    shutil.copy(photos / "a.png", nested / "seg" / "a.png")
+    with pytest.raises(FileNotFoundError, match="lies in output_dir"):
+        run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={nested}",
+                            f"output_dir={nested / 'seg'}"))
 
 
 def test_a_failed_run_that_wrote_nothing_leaves_no_folder(configs_dir, photos, cityscapes_ckpt, tmp_path):
