@@ -18,7 +18,7 @@ CITYSCAPES_STEM = "frankfurt_000000_000294"  # the sample's image
 # CI and developer machines have 2 cores; more intra-op threads only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-# Without a GPU the Triton kernels' tests (tests/models/test_cca_triton.py) run in Triton's CPU
+# Without a GPU the Triton kernels' tests (tests/models/cca/test_triton_kernels.py) run in Triton's CPU
 # interpreter, which must be chosen before anything (torchvision does) first imports Triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -13,7 +13,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ccnet.errors import ConfigError
 from ccnet.models.backbones import ResNetBackbone, TinyBackbone
-from ccnet.models.cca import IMPLEMENTATIONS
+from ccnet.models.cca import choices as cca_choices
 from ccnet.models.heads import FCNHead, NonLocalHead, RCCAHead
 from ccnet.models.pretrained import load_backbone_weights
 
@@ -142,8 +142,8 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"model.num_classes must be a positive integer, got {num_classes!r}")
     cca_impl = cfg.get("cca_impl")
-    if cca_impl is not None and cca_impl not in IMPLEMENTATIONS:
-        raise ConfigError(f"unknown model.cca_impl {cca_impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}, "
+    if cca_impl is not None and cca_impl not in cca_choices():
+        raise ConfigError(f"unknown model.cca_impl {cca_impl!r}: expected one of {', '.join(cca_choices())}, "
                           f"or null for the CCNET_CCA_IMPL environment variable (else auto)")
     norm_layer = make_norm_layer(_get(cfg, "norm", "bn"))
     backbone = build_backbone(cfg, norm_layer)

@@ -1,4 +1,4 @@
-"""The fused lean module application (ccnet.models.cca_lean_block) against nn.Conv2d and the
+"""The fused lean module application (ccnet.models.cca.lean_block) against nn.Conv2d and the
 loop-based reference: one autograd function per CrissCrossAttention call (gradcheck, what it saves,
 layouts, dtypes, autocast) and torch.compile."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccnet.models import cca_lean, cca_lean_block
-from ccnet.models.cca import IMPL_ENV, CrissCrossAttention
-from ccnet.models.cca_lean_block import LeanCrissCrossBlock, criss_cross_block_lean
+from ccnet.models.cca import IMPL_ENV, CrissCrossAttention, lean_ops
+from ccnet.models.cca import lean_block as cca_lean_block
+from ccnet.models.cca.lean_block import LeanCrissCrossBlock, criss_cross_block_lean
 from tests.models.reference import loop_criss_cross_attention
 
 
@@ -50,7 +50,7 @@ def test_fused_block_matches_convolutions_and_loop_reference(shape, layout, chun
     loop oracle: output, dx and the gradients of all seven parameters. y is channels_last memory
     whatever x's layout (the next recurrence reads it without conversion); dx has x's layout. Small chunks: dY read 3
     channels at a time and dx built 7 positions at a time."""
-    monkeypatch.setattr(cca_lean, "CHANNEL_CHUNK", chunks[0])
+    monkeypatch.setattr(lean_ops, "CHANNEL_CHUNK", chunks[0])
     monkeypatch.setattr(cca_lean_block, "ROW_CHUNK", chunks[1])
     torch.manual_seed(0)
     module = CrissCrossAttention(shape[1])

@@ -1,6 +1,6 @@
 """The whole criss-cross module application as one autograd function (CCNet, arXiv 1811.11721, Eq. 1–2).
 
-:class:`LeanCrissCrossBlock` fuses the module around the lean operator (:mod:`ccnet.models.cca_lean`),
+:class:`LeanCrissCrossBlock` fuses the module around the lean operator (:mod:`ccnet.models.cca.lean`),
 ``y = x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)``: the three 1×1 convolutions are one matrix
 product with the stacked (2C' + C, C) weight that reads x through a transposed view and writes q, k
 and v positions-last into one buffer (no convolution, no layout conversion of the values); the
@@ -11,7 +11,7 @@ whatever x's layout: the positions-last layout everything is computed in, which 
 then reads as it is. :class:`ccnet.models.cca.CrissCrossAttention` runs it for the ``lean``
 implementation.
 
-The attention's backward is the operator's (see :mod:`ccnet.models.cca_lean`); with the stacked
+The attention's backward is the operator's (see :mod:`ccnet.models.cca.lean`); with the stacked
 W = [Wq; Wk; Wv] and q, k, v = W x + b, the projections add::
 
     dW = Σ_u [dq; dk; dv]_u x_uᵀ      db = Σ_u [dq; dk; dv]_u      dx = dY + Wᵀ [dq; dk; dv]
@@ -25,18 +25,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ccnet.models.cca import check_scale_and_residual
-from ccnet.models.cca_lean import (
-    _accumulation_dtype,
-    _add_pair_products,
-    _channel_slices,
-    _energies,
-    _gather,
-    _is_channels_last,
-    _read,
-    _scatter,
-    _softmax_,
-    _softmax_backward_,
+from ccnet.models.cca.checks import check_scale_and_residual
+from ccnet.models.cca.lean_ops import (
+    accumulation_dtype,
+    add_pair_products,
+    channel_slices,
+    energies,
+    gather,
+    is_channels_last,
+    read_positions_last,
+    scatter,
+    softmax_,
+    softmax_backward_,
 )
 
 # Positions per step when the backward builds dx (bounds the temporary).
@@ -45,7 +45,7 @@ ROW_CHUNK = 1024
 
 def _channels_last_only(t: Tensor) -> bool:
     """channels_last memory that is not also contiguous (H = W = 1 or C = 1 is both: take contiguous)."""
-    return _is_channels_last(t) and not t.is_contiguous()
+    return is_channels_last(t) and not t.is_contiguous()
 
 
 def _position_rows(t: Tensor) -> List[Tensor]:
@@ -121,16 +121,16 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         for b, rows in enumerate(_position_rows(x)):  # (HW, C) @ (C, 2C' + C), written positions-last
             torch.addmm(bias, rows, weight.t(), out=qkv[b].view(height * width, stacked))
         q, k, v = qkv.split([inner, inner, channels], dim=-1)
-        acc = _accumulation_dtype(x)
-        energy_h, energy_w = _energies(q.to(acc), k.to(acc))
-        lse = _softmax_(energy_h, energy_w)
+        acc = accumulation_dtype(x)
+        energy_h, energy_w = energies(q.to(acc), k.to(acc))
+        lse = softmax_(energy_h, energy_w)
         # y = x + Σ_i (γ A)[u, i] v_i: the attention (H + W − 1 per position) scaled rather than the
         # C-channel output, and the products accumulated onto a positions-last copy of x
         scale = gamma.to(energy_h.dtype)
         attn_h, attn_w = energy_h.mul_(scale).to(v.dtype), energy_w.mul_(scale).to(v.dtype)
         del energy_h, energy_w
-        out = _read(x, slice(0, channels), False, x.dtype)  # a positions-last copy, whatever x's layout
-        _gather(attn_h, attn_w, v, out, accumulate=True)
+        out = read_positions_last(x, slice(0, channels), False, x.dtype)  # a positions-last copy, whatever x's layout
+        gather(attn_h, attn_w, v, out, accumulate=True)
         del attn_h, attn_w
         y = out.permute(0, 3, 1, 2)  # channels_last memory
         ctx.save_for_backward(x, weight, qkv, gamma, lse)
@@ -146,9 +146,9 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         stacked = weight.shape[0]
         grad_y = grad_y.to(x.dtype)
         q, k, v = qkv.split([inner, inner, channels], dim=-1)
-        acc = _accumulation_dtype(x)
+        acc = accumulation_dtype(x)
         q_acc, k_acc = q.to(acc), k.to(acc)
-        attn_h, attn_w = _energies(q_acc, k_acc)
+        attn_h, attn_w = energies(q_acc, k_acc)
         attn_h.sub_(lse.transpose(1, 2).unsqueeze(-1)).exp_()  # A = exp(E - lse), in place
         attn_w.sub_(lse.unsqueeze(-1)).exp_()
         pixels = height * width
@@ -156,23 +156,23 @@ class LeanCrissCrossBlock(torch.autograd.Function):
         # one pass over dY (positions-last: a view of channels_last memory, else CHANNEL_CHUNK channels
         # at a time) for both of its products: dA' = dY_u · v_i (accumulated over the chunks) and
         # dv_i = Σ_u A[u, i] dY_u
-        grad_cl = _is_channels_last(grad_y)
-        slices = [slice(0, channels)] if grad_cl else _channel_slices(channels)
+        grad_cl = is_channels_last(grad_y)
+        slices = [slice(0, channels)] if grad_cl else channel_slices(channels)
         grad_h, grad_w = torch.empty_like(attn_h), torch.empty_like(attn_w)
         attn_h_v, attn_w_v = attn_h.to(v.dtype), attn_w.to(v.dtype)
         for n, part in enumerate(slices):
-            grad_c, v_c = _read(grad_y, part, grad_cl, x.dtype), v[..., part]
-            _scatter(attn_h_v, attn_w_v, grad_c, grad_v[..., part])
-            _add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
+            grad_c, v_c = read_positions_last(grad_y, part, grad_cl, x.dtype), v[..., part]
+            scatter(attn_h_v, attn_w_v, grad_c, grad_v[..., part])
+            add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
             del grad_c
         del attn_h_v, attn_w_v
         grad_v.mul_(gamma.to(v.dtype))
-        dot = _softmax_backward_(attn_h, attn_w, grad_h, grad_w, gamma)  # dA' -> dE in place
+        dot = softmax_backward_(attn_h, attn_w, grad_h, grad_w, gamma)  # dA' -> dE in place
         grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
         del attn_h, attn_w, dot
         grad_qk = qkv.new_empty(batch, height, width, 2 * inner)
-        grad_qk[..., :inner].copy_(_gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)))  # dq_u = Σ_i dE[u, i] k_i
-        grad_qk[..., inner:].copy_(_scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)))  # dk_i = Σ_u dE[u, i] q_u
+        grad_qk[..., :inner].copy_(gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)))  # dq_u = Σ_i dE[u, i] k_i
+        grad_qk[..., inner:].copy_(scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)))  # dk_i = Σ_u dE[u, i] q_u
         del grad_h, grad_w
         # dW = Σ_u dqkv_u x_uᵀ, db = Σ_u dqkv_u (a matrix-vector product: a column sum would
         # allocate a temporary)

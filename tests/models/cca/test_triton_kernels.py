@@ -1,4 +1,4 @@
-"""The fused Triton criss-cross attention (ccnet.models.cca_triton) against the loop-based reference.
+"""The fused Triton criss-cross attention (ccnet.models.cca.triton_kernels) against the loop-based reference.
 
 Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
 tests/conftest.py before Triton is first imported; slow, hence the small shapes). With a GPU the
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from ccnet.models.cca import CrissCrossAttention, criss_cross_attention
-from ccnet.models.cca_lean import criss_cross_attention_lean
+from ccnet.models.cca.lean import criss_cross_attention_lean
 from tests.models.helpers import loop_reference, make_inputs, outputs_and_grads
 from tests.models.reference import loop_criss_cross_attention
 
 pytest.importorskip("triton", reason="Triton is not installed (the lean PyTorch path is used instead)")
 try:
-    from ccnet.models import cca_triton
+    from ccnet.models.cca import triton_kernels as cca_triton
 except Exception as exc:  # noqa: BLE001 — any failure to build the kernels is a reason to skip, shown
     pytest.skip(f"Triton is installed but its kernels cannot be defined here: {exc!r}", allow_module_level=True)
 if not (torch.cuda.is_available() or cca_triton.interpreting()):
@@ -67,7 +67,7 @@ def test_multi_block_tiles(device, monkeypatch):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
 def test_half_precision_close_to_loop_reference(device, dtype, tol):
-    """Same tolerances as the lean path (tests/models/test_cca_lean.py): values and the value
+    """Same tolerances as the lean path (tests/models/cca/test_lean.py): values and the value
     gradient are aggregated from half-precision operands with float32 accumulation; energies,
     softmax and the q/k gradients are float32 until the final rounding."""
     q, k, v, gamma, x = make_inputs(1, 4, 6, 5, 7, device, dtype)

@@ -1,30 +1,8 @@
-"""Memory-lean criss-cross attention in PyTorch with a hand-written backward (CCNet, arXiv 1811.11721).
-
-Same operator as :func:`ccnet.models.cca.criss_cross_attention_reference` (Eq. 1–2: a joint softmax
-over the H + W − 1 positions of each pixel's column and row, then the weighted sum of the values),
-optionally fused with the module's residual, ``y = x + γ · out``, computed so that autograd keeps
-as little as possible:
-
-* the forward saves only ``q``, ``k``, ``v`` (the 1×1 convolutions' outputs, alive anyway; q and k,
-  C/8 channels each, positions-last), ``γ`` and the per-position log-sum-exp of the energies,
-  ``lse`` (B, H, W). The backward rebuilds the attention as ``A = exp(E − lse)``; no running max is
-  needed there because subtracting ``lse`` already bounds every exponent by 0. Fused with the
-  residual, neither ``out`` nor ``γ · out`` is kept (the unfused ``x + γ · out`` keeps ``out`` for
-  γ's gradient: one (B, C, H, W) tensor per application);
-* no (B, H, W, H + W) concatenation and no H×H −inf matrix: the vertical diagonal is set to −inf
-  in place through a strided ``diagonal`` view, and the softmax runs in place on the two blocks;
-* every product is a batched matrix product reading strided views in place, on a positions-last
-  (B, H, W, C) layout: rows are (B·H) batches of (W, C) matrices and columns per-image W batches
-  of (H, C) matrices with row stride W·C, results accumulated in place (``baddbmm(out=)``, the
-  form ``FlopCounterMode`` counts);
-  channels_last tensors already have that layout; for others the values and gradients are
-  converted ``CHANNEL_CHUNK`` channels at a time, so no full-size permuted copy ever exists;
-* energies and softmax are float32 for half inputs (float64 stays float64, for gradcheck); the
-  value aggregation runs in the values' dtype, like the reference.
-
-The building blocks below (energies, in-place softmax and its backward, gathers and scatters over
-the cross) are shared with the fused module application, :mod:`ccnet.models.cca_lean_block`.
-Which implementation runs is decided in :func:`ccnet.models.cca.select_implementation`.
+"""Building blocks of the memory-lean criss-cross attention (arXiv 1811.11721, Eq. 1–2), shared by the
+operator (:mod:`ccnet.models.cca.lean`) and the fused module application
+(:mod:`ccnet.models.cca.lean_block`): energies, the joint softmax in place and its backward, and the
+gathers and scatters over each position's column and row, all on positions-last (B, H, W, C) views.
+Why this layout and what is saved: docs/design.md ("The lean path").
 
 Backward, with ``dY`` the incoming gradient, ``A``/``E`` the column (·_h) and row (·_w) blocks and
 ``dO = γ dY`` the gradient of ``out``::
@@ -35,7 +13,6 @@ Backward, with ``dY`` the incoming gradient, ``A``/``E`` the column (·_h) and r
     dq_u        = Σ_i dE_h[u, i] k_(i, w) + Σ_j dE_w[u, j] k_(h, j)
     dk_(i, w)  += Σ_h dE_h[(h, w), i] q_(h, w)         dk_(h, j) += Σ_w dE_w[(h, w), j] q_(h, w)
     dv_(i, w)  += γ Σ_h A_h[(h, w), i] dY_(h, w)       dv_(h, j) += γ Σ_w A_w[(h, w), j] dY_(h, w)
-    dx          = dY                                    (operator with residual)
 """
 
 from __future__ import annotations
@@ -44,29 +21,26 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
-
-from ccnet.models.cca import check_scale_and_residual
 
 # Value (or gradient) channels converted per step for non-channels_last tensors: bounds the
 # temporary copies (64: the fused block's training peak stays under half the baseline's).
 CHANNEL_CHUNK = 64
 
 
-def _accumulation_dtype(t: Tensor) -> torch.dtype:
+def accumulation_dtype(t: Tensor) -> torch.dtype:
     """float32 for half inputs, the input's own dtype for float32/float64."""
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _is_channels_last(t: Tensor) -> bool:
+def is_channels_last(t: Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last)
 
 
-def _channel_slices(channels: int) -> List[slice]:
+def channel_slices(channels: int) -> List[slice]:
     return [slice(c, min(c + CHANNEL_CHUNK, channels)) for c in range(0, channels, CHANNEL_CHUNK)]
 
 
-def _read(t: Tensor, channels: slice, channels_last: bool, dtype: torch.dtype) -> Tensor:
+def read_positions_last(t: Tensor, channels: slice, channels_last: bool, dtype: torch.dtype) -> Tensor:
     """Channels of a (B, C, H, W) tensor as positions-last (B, H, W, c): a strided view of
     channels_last memory, else a contiguous copy of just these channels (one 2-D transpose per
     image: about twice as fast on CPU as a 4-D permuted copy)."""
@@ -98,7 +72,7 @@ def _commit(t: Tensor, channels: slice, channels_last: bool, result: Tensor) -> 
         t[b, channels].view(count, height * width).copy_(result[b].view(height * width, count).t())
 
 
-def _new_like_layout(like: Tensor, channels_last: bool, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+def new_like_layout(like: Tensor, channels_last: bool, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format)
 
@@ -130,7 +104,7 @@ def _pair_products(a: Tensor, b: Tensor, cols: Optional[Tensor] = None, rows: Op
     return cols, rows
 
 
-def _add_pair_products(a: Tensor, b: Tensor, cols: Tensor, rows: Tensor, first: bool) -> None:
+def add_pair_products(a: Tensor, b: Tensor, cols: Tensor, rows: Tensor, first: bool) -> None:
     """Add :func:`_pair_products` of one channel chunk to the ``cols``/``rows`` accumulators (set
     them on the ``first`` chunk). Half inputs give half products, accumulated in the buffers'
     float32; otherwise the products accumulate in place."""
@@ -142,14 +116,14 @@ def _add_pair_products(a: Tensor, b: Tensor, cols: Tensor, rows: Tensor, first: 
         total.copy_(chunk) if first else total.add_(chunk)
 
 
-def _energies(qp: Tensor, kp: Tensor) -> Tuple[Tensor, Tensor]:
+def energies(qp: Tensor, kp: Tensor) -> Tuple[Tensor, Tensor]:
     """Column and row energies (layout of :func:`_pair_products`), the column diagonal −inf."""
     energy_h, energy_w = _pair_products(qp, kp)
     energy_h.diagonal(dim1=2, dim2=3).fill_(float("-inf"))  # u counted once, in its row; a strided view
     return energy_h, energy_w
 
 
-def _softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
+def softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
     """Turn both energy blocks into the joint softmax in place; return the log-sum-exp (B, H, W).
 
     The row block always contains u itself, so the per-position maximum is finite and no row of
@@ -164,7 +138,7 @@ def _softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
     return row_max + total.log()
 
 
-def _softmax_backward_(attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: Tensor,
+def softmax_backward_(attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: Tensor,
                        gamma: Optional[Tensor]) -> Tensor:
     """Softmax backward in place on dA': ``grad_h``/``grad_w`` become dE = γ (A ⊙ dA' − A D'), with
     D' = Σ A ⊙ dA' per position, returned (B, H, W) for γ's gradient (dγ = Σ_u D'_u).
@@ -173,7 +147,7 @@ def _softmax_backward_(attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: T
     of an attention block is allocated.
 
     Shape:
-        attn_h, grad_h: (B, W, H, H) as from :func:`_energies`; attn_w, grad_w: (B, H, W, W).
+        attn_h, grad_h: (B, W, H, H) as from :func:`energies`; attn_w, grad_w: (B, H, W, W).
     """
     grad_h.mul_(attn_h)
     grad_w.mul_(attn_w)
@@ -187,12 +161,12 @@ def _softmax_backward_(attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: T
     return dot
 
 
-def _gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
+def gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
     """``out_u = Σ_i A[u, i] values_i`` over each position's cross, written into (or, with
     ``accumulate``, added to) ``out``.
 
     Shape:
-        attn_h, attn_w: as from :func:`_energies`. values, out: (B, H, W, c) positions-last, rows of
+        attn_h, attn_w: as from :func:`energies`. values, out: (B, H, W, c) positions-last, rows of
         W·c contiguous or strided with unit channel stride (views of channels_last memory).
     """
     batch, height, width, channels = values.shape
@@ -204,9 +178,9 @@ def _gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor, accumul
     return out
 
 
-def _scatter(attn_h: Tensor, attn_w: Tensor, grads: Tensor, out: Tensor) -> Tensor:
-    """Transpose of :func:`_gather`: ``out_i = Σ_u A[u, i] grads_u`` over the queries u whose
-    cross contains i, written into ``out``. Same shapes as :func:`_gather`."""
+def scatter(attn_h: Tensor, attn_w: Tensor, grads: Tensor, out: Tensor) -> Tensor:
+    """Transpose of :func:`gather`: ``out_i = Σ_u A[u, i] grads_u`` over the queries u whose
+    cross contains i, written into ``out``. Same shapes as :func:`gather`."""
     batch, height, width, channels = grads.shape
     torch.bmm(attn_w.view(-1, width, width).transpose(1, 2), grads.view(-1, width, channels),
               out=out.view(-1, width, channels))
@@ -215,7 +189,7 @@ def _scatter(attn_h: Tensor, attn_w: Tensor, grads: Tensor, out: Tensor) -> Tens
     return out
 
 
-def _channels_first(tp: Tensor, channels_last: bool) -> Tensor:
+def channels_first(tp: Tensor, channels_last: bool) -> Tensor:
     """(B, H, W, c) → (B, C, H, W): a view if the original layout was channels_last, else a copy."""
     if channels_last:
         return tp.permute(0, 3, 1, 2)
@@ -240,14 +214,14 @@ def criss_cross_attention_forward(qp: Tensor, kp: Tensor, v: Tensor, out: Tensor
     Shape:
         qp, kp: (B, H, W, C') contiguous. v, out: (B, C, H, W). Returns (B, H, W).
     """
-    acc = _accumulation_dtype(qp)
-    energy_h, energy_w = _energies(qp.to(acc), kp.to(acc))
-    lse = _softmax_(energy_h, energy_w)
+    acc = accumulation_dtype(qp)
+    energy_h, energy_w = energies(qp.to(acc), kp.to(acc))
+    lse = softmax_(energy_h, energy_w)
     attn_h, attn_w = energy_h.to(v.dtype), energy_w.to(v.dtype)
-    v_cl, out_cl = _is_channels_last(v), _is_channels_last(out)
-    for channels in _channel_slices(v.shape[1]):
+    v_cl, out_cl = is_channels_last(v), is_channels_last(out)
+    for channels in channel_slices(v.shape[1]):
         target = _target(out, channels, out_cl)
-        _gather(attn_h, attn_w, _read(v, channels, v_cl, v.dtype), target)
+        gather(attn_h, attn_w, read_positions_last(v, channels, v_cl, v.dtype), target)
         _commit(out, channels, out_cl, target)
     return lse
 
@@ -276,127 +250,36 @@ def criss_cross_attention_backward(grad_y: Tensor, qp: Tensor, kp: Tensor, v: Te
     need_q, need_k, need_v, need_gamma = needs
     need_gamma = need_gamma and gamma is not None
     need_scores = need_q or need_k or need_gamma
-    acc = _accumulation_dtype(qp)
+    acc = accumulation_dtype(qp)
     q_acc, k_acc = qp.to(acc), kp.to(acc)
-    energy_h, energy_w = _energies(q_acc, k_acc)
+    energy_h, energy_w = energies(q_acc, k_acc)
     attn_h = energy_h.sub_(lse.transpose(1, 2).unsqueeze(-1)).exp_()  # A = exp(E - lse)
     attn_w = energy_w.sub_(lse.unsqueeze(-1)).exp_()
     grad_q = grad_k = grad_v = grad_gamma = None
-    v_cl, grad_cl = _is_channels_last(v), _is_channels_last(grad_y)
-    slices = _channel_slices(v.shape[1])
+    v_cl, grad_cl = is_channels_last(v), is_channels_last(grad_y)
+    slices = channel_slices(v.shape[1])
     if need_scores:
         # dA' = dY_u · v_i, accumulated over channel chunks (in float32 for half inputs)
         grad_h, grad_w = attn_h.new_empty(attn_h.shape), attn_w.new_empty(attn_w.shape)
         for n, channels in enumerate(slices):
-            grad_c, v_c = _read(grad_y, channels, grad_cl, v.dtype), _read(v, channels, v_cl, v.dtype)
-            _add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
-        dot = _softmax_backward_(attn_h, attn_w, grad_h, grad_w, gamma)  # dA' -> dE in place
+            grad_c = read_positions_last(grad_y, channels, grad_cl, v.dtype)
+            v_c = read_positions_last(v, channels, v_cl, v.dtype)
+            add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
+        dot = softmax_backward_(attn_h, attn_w, grad_h, grad_w, gamma)  # dA' -> dE in place
         if need_gamma:
             grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
         if need_q:  # dq_u = Σ_i dE[u, i] k_i
-            grad_q = _gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)).to(qp.dtype)
+            grad_q = gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)).to(qp.dtype)
         if need_k:  # dk_i = Σ_u dE[u, i] q_u
-            grad_k = _scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)).to(kp.dtype)
+            grad_k = scatter(grad_h, grad_w, q_acc, torch.empty_like(q_acc)).to(kp.dtype)
         del grad_h, grad_w  # freed before dv exists: the two never add to the peak together
     if need_v:
         attn_h, attn_w = attn_h.to(v.dtype), attn_w.to(v.dtype)
-        grad_v = _new_like_layout(v, v_cl, tuple(v.shape), v.dtype)
+        grad_v = new_like_layout(v, v_cl, tuple(v.shape), v.dtype)
         for channels in slices:
             target = _target(grad_v, channels, v_cl)
-            _scatter(attn_h, attn_w, _read(grad_y, channels, grad_cl, v.dtype), target)
+            scatter(attn_h, attn_w, read_positions_last(grad_y, channels, grad_cl, v.dtype), target)
             _commit(grad_v, channels, v_cl, target)
         if gamma is not None:
             grad_v.mul_(gamma.to(v.dtype))
     return grad_q, grad_k, grad_v, grad_gamma
-
-
-def _positions_last(t: Tensor) -> Tensor:
-    """(B, C, H, W) → contiguous (B, H, W, C): a view of channels_last input, else one copy."""
-    return t.permute(0, 2, 3, 1).contiguous()
-
-
-def _output(v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tuple[Tensor, bool]:
-    """Buffer for ``out`` in the residual's (else the values') layout; whether ``residual + γ·out``
-    can then be finished in place (its promoted dtype is v's)."""
-    layout = residual if residual is not None else v
-    dtype = v.dtype
-    for t in (gamma, residual):
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    out = _new_like_layout(v, _is_channels_last(layout), tuple(v.shape), v.dtype)
-    return out, dtype == v.dtype
-
-
-def _finish(out: Tensor, in_place: bool, gamma: Optional[Tensor], residual: Optional[Tensor]) -> Tensor:
-    """``residual + γ · out``, in place on ``out`` when its dtype is the result's."""
-    if not in_place:
-        if residual is None:
-            return out * gamma
-        return residual + out if gamma is None else torch.addcmul(residual, gamma, out)
-    if gamma is not None:
-        out.mul_(gamma)
-    return out if residual is None else out.add_(residual)
-
-
-class LeanCrissCrossAttention(torch.autograd.Function):
-    """``y = residual + γ · CCA(q, k, v)`` saving (q, k, v, γ, lse); attention recomputed in backward.
-
-    q and k (C/8 channels) are kept positions-last (the inputs themselves when channels_last,
-    otherwise copies that replace them); v is kept as it is. ``gamma`` and ``residual`` may be
-    ``None`` (scale 1, no residual). Once differentiable: the backward is not itself tracked.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
-                residual: Optional[Tensor]) -> Tensor:
-        qp, kp = _positions_last(q), _positions_last(k)
-        out, in_place = _output(v, gamma, residual)
-        lse = criss_cross_attention_forward(qp, kp, v, out)
-        ctx.save_for_backward(qp, kp, v, gamma, lse)
-        ctx.channels_last = (_is_channels_last(q), _is_channels_last(k))
-        ctx.residual_dtype = None if residual is None else residual.dtype
-        return _finish(out, in_place, gamma, residual)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
-        qp, kp, v, gamma, lse = ctx.saved_tensors
-        grad_q, grad_k, grad_v, grad_gamma = criss_cross_attention_backward(
-            grad_y, qp, kp, v, lse, gamma, tuple(ctx.needs_input_grad[:4]))
-        grad_q, grad_k = (None if g is None else _channels_first(g, cl)
-                          for g, cl in zip((grad_q, grad_k), ctx.channels_last))
-        grad_residual = grad_y.to(ctx.residual_dtype) if ctx.needs_input_grad[4] else None
-        return grad_q, grad_k, grad_v, grad_gamma, grad_residual
-
-
-def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                               residual: Optional[Tensor] = None) -> Tensor:
-    """Lean criss-cross aggregation, optionally fused with the module's ``residual + γ · out``.
-
-    Without autograd (inference, ``torch.no_grad``) it runs the forward directly and keeps nothing;
-    otherwise through :class:`LeanCrissCrossAttention`.
-
-    Args:
-        q: queries.
-        k: keys.
-        v: values.
-        gamma: one-element scale of the aggregation (the module's γ); ``None`` for 1.
-        residual: added to the scaled aggregation (the module's input); ``None`` for none.
-
-    Returns:
-        ``residual + γ · (out_H + out_W)`` with PyTorch's type promotion of those operands, in the
-        residual's memory layout (else the values').
-
-    Shape:
-        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,).
-        Returns (B, C, H, W).
-    """
-    check_scale_and_residual(v, gamma, residual)
-    if gamma is not None:
-        gamma = gamma.reshape(1)  # a 0-dim γ would otherwise not take part in the type promotion
-    inputs = [t for t in (q, k, v, gamma, residual) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return LeanCrissCrossAttention.apply(q, k, v, gamma, residual)
-    out, in_place = _output(v, gamma, residual)
-    criss_cross_attention_forward(_positions_last(q), _positions_last(k), v, out)
-    return _finish(out, in_place, gamma, residual)

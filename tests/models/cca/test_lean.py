@@ -1,14 +1,14 @@
-"""The lean criss-cross attention operator (ccnet.models.cca_lean) against the loop-based reference:
+"""The lean criss-cross attention operator (ccnet.models.cca.lean) against the loop-based reference:
 its autograd function (gradcheck, what it saves, layouts, dtypes). The fused module application is
-tested in test_cca_lean_block.py, the choice between implementations in test_cca_selection.py."""
+tested in test_lean_block.py, the choice between implementations in test_registry.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ccnet.models import cca_lean
-from ccnet.models.cca_lean import LeanCrissCrossAttention, criss_cross_attention_lean
+from ccnet.models.cca import lean_ops
+from ccnet.models.cca.lean import LeanCrissCrossAttention, criss_cross_attention_lean
 from tests.models.helpers import loop_reference, make_inputs, outputs_and_grads
 from tests.models.reference import loop_criss_cross_attention
 
@@ -82,7 +82,7 @@ def test_half_values_with_float32_gamma_follow_type_promotion():
 
 @pytest.mark.parametrize("chunk", [128, 2], ids=["one_chunk", "chunks_of_2"])
 def test_channels_last_non_contiguous_inputs_and_expanded_gradient(chunk, monkeypatch):
-    monkeypatch.setattr(cca_lean, "CHANNEL_CHUNK", chunk)  # 5 value channels: chunks 2 + 2 + 1
+    monkeypatch.setattr(lean_ops, "CHANNEL_CHUNK", chunk)  # 5 value channels: chunks 2 + 2 + 1
     q, k, v, gamma, x = make_inputs(2, 3, 5, 6, 4)
     ref, ref_grads = outputs_and_grads(loop_reference, (q, k, v, gamma, x), torch.ones(2, 5, 6, 4))
     channels_last = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ccnet.models.cca import check_scale_and_residual
+from ccnet.models.cca.checks import check_scale_and_residual
 
 # Largest tile sizes; tests lower them to exercise the multi-block loops on small shapes.
 MAX_BLOCK_POSITIONS = 32  # query/key positions per tile
