@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -301,3 +302,21 @@ def set_transform_seed(transform: object, seed: int) -> None:
     """
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+RGB = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What :data:`ccnet.data.build.DATASETS` knows about one dataset.
+
+    Args:
+        build: ``(dataset config, split, crop_size) -> dataset`` (items ``(image, label)``, the
+            attributes listed in :func:`ccnet.data.build.build_dataset`).
+        metainfo: ``dataset config -> (class names, palette, ignore index)``, reading no file (inference
+            on a machine without the dataset needs the palette).
+    """
+
+    build: Callable[..., Dataset]
+    metainfo: Callable[[Mapping[str, Any]], Tuple[List[str], List[RGB], int]]

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
-import importlib
 import random
-from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ccnet.data import ade20k, cityscapes, folder, synthetic
+from ccnet.data.base import DatasetSpec
+from ccnet.data.transforms import SizeLike
 from ccnet.errors import ConfigError
 
-if TYPE_CHECKING:  # albumentations is only imported by the datasets that augment
-    from ccnet.data.transforms import SizeLike
-
-# name -> "module:function"; imported on first use so that a dataset module (and its dependencies) is only
-# loaded when that dataset is asked for.
-BUILDERS = {
-    "cityscapes": "ccnet.data.cityscapes:build_cityscapes",
-    "ade20k": "ccnet.data.ade20k:build_ade20k",
-    "folder": "ccnet.data.folder:build_folder",
-    "synthetic": "ccnet.data.synthetic:build_synthetic",
+# dataset.name -> its DatasetSpec (build, metainfo), defined at the bottom of each dataset's module.
+DATASETS: Dict[str, DatasetSpec] = {
+    "cityscapes": cityscapes.DATASET,
+    "ade20k": ade20k.DATASET,
+    "folder": folder.DATASET,
+    "synthetic": synthetic.DATASET,
 }
 
 
+def _spec(dataset_cfg: Mapping[str, Any]) -> DatasetSpec:
+    name = dataset_cfg.get("name")
+    if name not in DATASETS:
+        raise ConfigError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(DATASETS))} "
+                          "(configs/dataset/<name>.yaml)")
+    return DATASETS[name]
+
+
 def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[SizeLike] = None) -> Dataset:
-    """Build the dataset named by ``dataset_cfg.name`` for one split.
+    """Build the dataset named by ``dataset_cfg.name`` (a key of :data:`DATASETS`) for one split.
 
     Args:
         dataset_cfg: The ``dataset`` config node (``configs/dataset/<name>.yaml``).
@@ -41,40 +47,20 @@ def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optiona
 
     Shape:
         image: (3, H, W) float32 normalised. label: (H, W) int64.
+
+    Raises:
+        ConfigError: an unknown name or a wrong setting; DatasetError: missing or broken files.
     """
-    name = dataset_cfg.get("name")
-    if name not in BUILDERS:
-        raise ConfigError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))} "
-                          "(configs/dataset/<name>.yaml)")
-    module_name, function_name = BUILDERS[name].split(":")
-    builder: Callable[..., Dataset] = getattr(importlib.import_module(module_name), function_name)
-    return builder(dataset_cfg, split, crop_size=crop_size)
+    return _spec(dataset_cfg).build(dataset_cfg, split, crop_size=crop_size)
 
 
 def dataset_metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
     """Class names, palette and ignore index of a dataset config, without reading any file.
 
-    Inference on a user's images needs the palette of the dataset a model was trained on, but not
-    the dataset itself, which may not exist on the machine that runs the model.
-
     Raises:
-        ValueError: unknown ``dataset.name``, or an inconsistent folder-dataset class list/palette.
+        ConfigError: unknown ``dataset.name``, or an inconsistent folder-dataset class list/palette.
     """
-    name = dataset_cfg.get("name")
-    ignore = int(dataset_cfg.get("ignore_index", 255))
-    if name in ("cityscapes", "ade20k"):
-        module = importlib.import_module(f"ccnet.data.{name}")
-        return list(module.CLASSES), [tuple(c) for c in module.PALETTE], ignore
-    if name == "folder":
-        from ccnet.data.folder import metainfo
-
-        return metainfo(dataset_cfg)
-    if name == "synthetic":
-        from ccnet.data.synthetic import BACKGROUND, KEY_COLORS
-
-        keys = KEY_COLORS[: int(dataset_cfg.get("num_classes", 5)) - 1]
-        return [BACKGROUND] + [n for n, _ in keys], [(0, 0, 0)] + [rgb for _, rgb in keys], ignore
-    raise ConfigError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(BUILDERS))}")
+    return _spec(dataset_cfg).metainfo(dataset_cfg)
 
 
 def seed_worker(worker_id: int) -> None:

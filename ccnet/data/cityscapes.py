@@ -20,7 +20,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ccnet.data.base import SegmentationDataset
+from ccnet.data.base import DatasetSpec, SegmentationDataset
 from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
 from ccnet.errors import ConfigError
@@ -199,3 +199,11 @@ def build_cityscapes(dataset_cfg: Mapping[str, Any], split: str,
     log.info("cityscapes %s: %d images (%s)", name, len(images), label_type if labelled else "unlabelled")
     return SegmentationDataset(images, labels, CLASSES, PALETTE, IGNORE_INDEX, _raw_label_lut(label_type),
                                transform_from_cfg(dataset_cfg, is_train, crop_size), *mean_std(dataset_cfg))
+
+
+def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
+    """Class names, palette and ignore index (no file is read)."""
+    return list(CLASSES), [tuple(c) for c in PALETTE], int(dataset_cfg.get("ignore_index", 255))
+
+
+DATASET = DatasetSpec(build_cityscapes, metainfo)

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ccnet.data.base import IMAGE_EXTENSIONS, DatasetError, SegmentationDataset, make_label_lut
+from ccnet.data.base import IMAGE_EXTENSIONS, DatasetError, DatasetSpec, SegmentationDataset, make_label_lut
 from ccnet.data.config import check_label_spec, mean_std, resolve_split, root_from_cfg, transform_from_cfg
 from ccnet.data.transforms import SizeLike
 from ccnet.errors import ConfigError
@@ -189,3 +189,6 @@ def build_folder(dataset_cfg: Mapping[str, Any], split: str,
     log.info("folder dataset %s: %d images, %d classes", name, len(images), len(classes))
     return SegmentationDataset(images, masks, classes, palette, ignore, make_label_lut(len(classes), ignore),
                                transform_from_cfg(dataset_cfg, is_train, crop_size), *mean_std(dataset_cfg))
+
+
+DATASET = DatasetSpec(build_folder, metainfo)

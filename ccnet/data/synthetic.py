@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ccnet.data.base import DatasetSpec
 from ccnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -373,3 +374,13 @@ def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("tra
             written += 1
         log.info("wrote %d %s samples to %s", count, split, out)
     return written
+
+
+def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
+    """Class names, palette and ignore index (nothing is generated)."""
+    keys = KEY_COLORS[: int(dataset_cfg.get("num_classes", 5)) - 1]
+    return [BACKGROUND] + [n for n, _ in keys], [(0, 0, 0)] + [rgb for _, rgb in keys], \
+        int(dataset_cfg.get("ignore_index", 255))
+
+
+DATASET = DatasetSpec(build_synthetic, metainfo)

@@ -471,8 +471,7 @@ def _record_panels(run: Run, panels: List[Any], it: int) -> None:
     either map, and the criss-cross attention of the image centre loop by loop (paper, Fig. 1) when the
     model has it."""
     val_set, head = run.val_set, getattr(run.model, "head", None)
-    show_attention = bool(run.cfg.train.get("vis_attention", True)) and getattr(head, "cca", None) is not None \
-        and getattr(head, "recurrence", 0) > 0
+    show_attention = bool(run.cfg.train.get("vis_attention", True)) and getattr(head, "shows_attention", False)
     for j, (image, label, pred) in enumerate(panels):
         maps = [label.numpy(), pred.numpy()]
         panel = np.concatenate([denormalize(image, val_set.mean, val_set.std),

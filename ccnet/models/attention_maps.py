@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ccnet.errors import ConfigError
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel
 
 
@@ -50,10 +51,9 @@ def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int,
         image: (3, H, W). Each map: (h, w), the feature resolution.
     """
     head = getattr(model, "head", None)
-    cca = getattr(head, "cca", None)
-    if cca is None or not getattr(head, "recurrence", 0):
+    if not getattr(head, "shows_attention", False):
         context = type(head).__name__ if head is not None else "none"
-        raise ValueError(f"model has no criss-cross attention to show (head {context}, recurrence "
+        raise ConfigError(f"model has no criss-cross attention to show (head {context}, recurrence "
                          f"{getattr(head, 'recurrence', None)}): use a checkpoint trained with model.context=rcca "
                          f"and model.recurrence >= 1")
     was_training = model.training
@@ -67,9 +67,9 @@ def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int,
         loops = []
         maps = []
         for _ in range(head.recurrence):
-            attn_h, attn_w = cca.attention_weights(x)
+            attn_h, attn_w = head.cca.attention_weights(x)
             loops.append((attn_h[0], attn_w[0]))
-            x = cca(x)
+            x = head.cca(x)
             # Effective map of this loop: e_u · A_r · A_(r-1) ··· A_1 (u gathers through p what p gathered).
             reach = torch.zeros(h, w, dtype=attn_h.dtype, device=attn_h.device)
             reach[row, col] = 1.0

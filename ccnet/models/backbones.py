@@ -7,7 +7,7 @@ layer4 feeds the context head, layer3 the auxiliary FCN head.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Mapping, Sequence
 
 import torch.nn as nn
 from torch import Tensor
@@ -72,6 +72,7 @@ class ResNetBackbone(nn.Module):
                                                                           multi_grid), norm_layer)
         del self.inplanes
         self.out_channels = {"layer3": 1024, "layer4": 2048}
+        self.torchvision_depth = None if deep_stem else depth  # torchvision's weight names fit this layout
 
     @staticmethod
     def _dilations(dilation: int, blocks: int, contract: bool, multi_grid: Sequence[int]) -> list:
@@ -135,7 +136,42 @@ class TinyBackbone(nn.Module):
         self.layer3 = block(c2, c3, 2)
         self.layer4 = nn.Sequential(*[block(c3, c3, 1) for _ in range(layer4_convs)])
         self.out_channels = {"layer3": c3, "layer4": c3}
+        self.trains_from_scratch = True  # no ImageNet weights exist for it: no warning without model.weights
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         c3 = self.layer3(self.layer2(self.layer1(x)))
         return {"layer3": c3, "layer4": self.layer4(c3)}
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = cfg.get(key)
+    return default if value is None else value
+
+
+BackboneFactory = Callable[[Mapping[str, Any], NormLayer], nn.Module]
+
+# model.backbone -> factory(model config, norm layer). mmsegmentation's ResNetV1c: deep stem 32-32-64, plain
+# max-pool, contracted dilation; the official release: deep stem 64-64-128, ceil-mode pool, full dilation.
+BACKBONES: Dict[str, BackboneFactory] = {
+    "resnet50": lambda cfg, norm: ResNetBackbone(50, norm_layer=norm),
+    "resnet101": lambda cfg, norm: ResNetBackbone(101, norm_layer=norm),
+    "resnet101_official": lambda cfg, norm: ResNetBackbone(
+        101, norm_layer=norm, deep_stem=True, ceil_mode=True, contract_dilation=False,
+        multi_grid=tuple(_get(cfg, "multi_grid", (1, 1, 1)))),
+    "resnet50_v1c": lambda cfg, norm: ResNetBackbone(50, norm_layer=norm, deep_stem=True, stem_channels=64),
+    "resnet101_v1c": lambda cfg, norm: ResNetBackbone(101, norm_layer=norm, deep_stem=True, stem_channels=64),
+    "tiny": lambda cfg, norm: TinyBackbone(widths=tuple(_get(cfg, "tiny_widths", (32, 64, 128))),
+                                           layer4_convs=int(_get(cfg, "tiny_layer4_convs", 1)), norm_layer=norm),
+}
+
+
+def build_backbone(cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
+    """The backbone ``cfg["backbone"]`` names (a key of :data:`BACKBONES`).
+
+    Raises:
+        ConfigError: an unknown name, listing the valid ones.
+    """
+    name = cfg.get("backbone")
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown model.backbone {name!r}: expected one of {', '.join(BACKBONES)}")
+    return BACKBONES[name](cfg, norm_layer)

@@ -10,7 +10,7 @@ RCCA head::
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ccnet.errors import ConfigError
 from ccnet.models.cca import CrissCrossAttention
+from ccnet.models.cca import choices as cca_choices
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -103,8 +104,17 @@ class RCCAHead(nn.Module):
         fused = torch.cat([x, self.context(x)], dim=1)
         return self.bottleneck[:3](fused)
 
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits of :meth:`features`' output (dropout, then the 1×1 classifier)."""
+        return self.bottleneck[3:](features)
+
+    @property
+    def shows_attention(self) -> bool:
+        """Whether it has criss-cross attention maps to draw (``rcca_attention_maps``)."""
+        return self.cca is not None and self.recurrence > 0
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.bottleneck[3:](self.features(x))
+        return self.classify(self.features(x))
 
 
 class NonLocalBlock(nn.Module):
@@ -191,3 +201,48 @@ class FCNHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+def _common(cfg: Mapping[str, Any], norm_layer: NormLayer) -> Dict[str, Any]:
+    """The keyword arguments every context head takes, from the model config."""
+    def get(key: str, default: Any) -> Any:
+        value = cfg.get(key)
+        return default if value is None else value
+
+    return dict(inter_channels=cfg.get("head_channels"), bottleneck_channels=int(get("bottleneck_channels", 512)),
+                dropout=float(get("dropout", 0.1)), norm_layer=norm_layer, activation=get("activation", "relu"))
+
+
+def _rcca(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
+    implementation = cfg.get("cca_impl")
+    if implementation is not None and implementation not in cca_choices():
+        raise ConfigError(f"unknown model.cca_impl {implementation!r}: expected one of {', '.join(cca_choices())}, "
+                          "or null for the CCNET_CCA_IMPL environment variable (else auto)")
+    recurrence = cfg.get("recurrence")
+    return RCCAHead(in_channels, num_classes, recurrence=2 if recurrence is None else int(recurrence),
+                    context_init=float(cfg.get("context_init") or 0.0), cca_implementation=implementation,
+                    **_common(cfg, norm_layer))
+
+
+HeadFactory = Callable[[int, int, Mapping[str, Any], NormLayer], nn.Module]
+
+# model.context -> factory(layer4 channels, classes, model config, norm layer). A head maps layer4 features
+# to logits and has features(x) (the fused features) and classify(features); shows_attention is optional.
+HEADS: Dict[str, HeadFactory] = {
+    "rcca": _rcca,
+    "none": lambda c, k, cfg, norm: RCCAHead(c, k, recurrence=0, **_common(cfg, norm)),  # the baseline, R = 0
+    "nonlocal": lambda c, k, cfg, norm: NonLocalHead(c, k, context_init=float(cfg.get("context_init") or 0.0),
+                                                     **_common(cfg, norm)),
+}
+
+
+def build_head(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
+    """The context head ``cfg["context"]`` names (default ``rcca``; a key of :data:`HEADS`).
+
+    Raises:
+        ConfigError: an unknown name, listing the valid ones.
+    """
+    name = cfg.get("context") or "rcca"
+    if name not in HEADS:
+        raise ConfigError(f"unknown model.context {name!r}: expected one of {', '.join(HEADS)}")
+    return HEADS[name](in_channels, num_classes, cfg, norm_layer)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from ccnet.data import build_dataset, seed_worker
+from ccnet.data import DATASETS, build_dataset, dataset_metainfo, seed_worker
+from ccnet.data.base import DatasetSpec
+from ccnet.errors import ConfigError
 from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 
 AUGMENT = dict(ratio_range=[0.5, 2.0], crop_size=[24, 24], flip_prob=0.5,
@@ -33,13 +33,15 @@ def test_split_roles_and_crop_size(folder_root: Path) -> None:
     assert build_dataset(cfg, "val", crop_size=8).has_labels
 
 
-def test_synthetic_is_dispatched_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_dataset_dispatches_through_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    fake = types.ModuleType("ccnet.data.synthetic")
-    fake.build_synthetic = lambda dataset_cfg, split, crop_size=None: calls.append((split, crop_size)) or "ds"
-    monkeypatch.setitem(sys.modules, "ccnet.data.synthetic", fake)
-    assert build_dataset({"name": "synthetic"}, "val", crop_size=None) == "ds"
-    assert calls == [("val", None)]
+    spec = DatasetSpec(build=lambda cfg, split, crop_size=None: calls.append((split, crop_size)) or "ds",
+                       metainfo=lambda cfg: (["a"], [(1, 2, 3)], 255))
+    monkeypatch.setitem(DATASETS, "toy", spec)
+    assert build_dataset({"name": "toy"}, "val", crop_size=None) == "ds" and calls == [("val", None)]
+    assert dataset_metainfo({"name": "toy"}) == (["a"], [(1, 2, 3)], 255)
+    with pytest.raises(ConfigError, match="valid names: ade20k, cityscapes, folder, synthetic, toy"):
+        build_dataset({"name": "voc"}, "val")
 
 
 def _batches(dataset, generator_seed: int, epochs: int = 2):

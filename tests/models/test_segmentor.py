@@ -39,7 +39,7 @@ def test_frozen_bn():
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
 
 
-@pytest.mark.parametrize("key,value,match", [("context", "global", "rcca, nonlocal, none"),
+@pytest.mark.parametrize("key,value,match", [("context", "global", "rcca, none, nonlocal"),
                                              ("backbone", "vgg", "resnet50"),
                                              ("norm", "gn", "bn, syncbn, frozen_bn"),
                                              ("num_classes", 0, "positive integer"),
