@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ccnet.engine import train
-from ccnet.engine.config import config_changes
 from ccnet.engine.run_dir import hold_work_dir
+from ccnet.engine.settings import config_changes
 from ccnet.engine.signals import TrainingStopped, write_stop_report
 from ccnet.errors import exit_on_user_error, run_hydra_main
 from ccnet.utils.outputs import discard_if_empty_on_failure

@@ -2,18 +2,15 @@
 and weight decay, and the "poly" policy ``lr = base_lr * (1 - iter / max_iter) ** 0.9``, optionally
 with a linear warm-up and a floor ``min_lr`` (mmsegmentation's ``PolyLR(eta_min=...)``).
 
-The schedule is one pure function, :func:`lr_factor`, driven by ``torch.optim.lr_scheduler.LambdaLR``.
-``PolynomialLR`` decays to exactly 0 and has no floor, and a chained ``LinearLR`` + ``PolynomialLR``
-cannot express mmsegmentation's ``(base - min) * poly + min``; ``lr_factor`` reproduces
-``ChainedScheduler([LinearLR, PolynomialLR])`` exactly when ``min_lr = 0`` (tested), and the
-mmsegmentation recipes' floor otherwise.
+Schedules are pure functions of the step, name -> factory in :data:`SCHEDULES`, driven by one
+``torch.optim.lr_scheduler.LambdaLR`` (why not ``PolynomialLR``: docs/design.md).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping
 
 import torch
 import torch.nn as nn
@@ -63,14 +60,21 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
     return torch.optim.SGD(groups, lr=lr, momentum=float(train_cfg.get("momentum", 0.9)))
 
 
+def poly_factor(step: int, max_iters: int, power: float = 0.9, min_ratio: float = 0.0) -> float:
+    """``min_ratio + (1 - min_ratio) * (1 - min(step, max_iters) / max_iters) ** power``: the poly policy
+    with a floor at ``min_ratio`` of the base lr (mmsegmentation's ``PolyLR(eta_min=...)``)."""
+    return min_ratio + (1.0 - min_ratio) * (1.0 - min(step, max_iters) / max_iters) ** power
+
+
+def warmup_factor(step: int, warmup_iters: int, warmup_ratio: float) -> float:
+    """mmcv's linear warm-up, ``warmup_ratio`` at step 0 rising to 1 at ``warmup_iters``; 1 after."""
+    return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters if step < warmup_iters else 1.0
+
+
 def lr_factor(step: int, max_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 0.1,
               min_ratio: float = 0.0) -> float:
-    """Multiplier of a group's base lr after ``step`` optimisation steps.
-
-    ``poly = (1 - min(step, max_iters) / max_iters) ** power``; the factor is
-    ``min_ratio + (1 - min_ratio) * poly``, times ``warmup_ratio + (1 - warmup_ratio) * step /
-    warmup_iters`` during the first ``warmup_iters`` steps (mmcv's linear warm-up, applied on top of
-    the decayed value like a chained ``LinearLR``).
+    """Multiplier of a group's base lr after ``step`` optimisation steps of the ``poly`` schedule: the
+    warm-up applied on top of the decayed value, like a chained ``LinearLR`` + ``PolynomialLR``.
 
     Args:
         step: optimisation steps done so far (0 before the first step).
@@ -80,33 +84,55 @@ def lr_factor(step: int, max_iters: int, power: float = 0.9, warmup_iters: int =
         warmup_ratio: warm-up's starting factor.
         min_ratio: floor as a fraction of the group's base lr (``min_lr / lr``).
     """
-    poly = (1.0 - min(step, max_iters) / max_iters) ** power
-    factor = min_ratio + (1.0 - min_ratio) * poly
-    if step < warmup_iters:
-        factor *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
-    return factor
+    return poly_factor(step, max_iters, power, min_ratio) * warmup_factor(step, warmup_iters, warmup_ratio)
+
+
+def poly_schedule(train_cfg: Mapping[str, Any], base_lr: float) -> Callable[[int], float]:
+    """The paper's poly policy for one parameter group: ``train.poly_power``, floor ``train.min_lr``.
+
+    Raises:
+        ConfigError: ``min_lr`` above the group's base lr.
+    """
+    min_lr = float(train_cfg.get("min_lr", 0.0))
+    if min_lr > base_lr:
+        raise ConfigError(f"train.min_lr={min_lr} exceeds the base lr {base_lr} of a parameter group; lower "
+                          "train.min_lr")
+    # partial binds this group's floor now; a lambda in the caller's loop would see the last group's.
+    return functools.partial(poly_factor, max_iters=int(train_cfg["max_iters"]),
+                             power=float(train_cfg.get("poly_power", 0.9)), min_ratio=min_lr / base_lr)
+
+
+ScheduleFactory = Callable[[Mapping[str, Any], float], Callable[[int], float]]
+
+# train.lr_schedule -> factory(train config, a group's base lr) -> lr factor of the step (before warm-up).
+SCHEDULES: Dict[str, ScheduleFactory] = {
+    "poly": poly_schedule,
+}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping[str, Any]) -> LambdaLR:
-    """Per-iteration poly schedule from ``cfg.train``: ``max_iters``, ``poly_power``, ``warmup_iters``,
-    ``warmup_ratio``, ``min_lr`` (absolute, the same floor for every group, as in mmsegmentation).
-    Call ``scheduler.step()`` once per optimisation step."""
+    """Per-iteration schedule ``SCHEDULES[train.lr_schedule]`` (default ``poly``) times the linear
+    warm-up (``warmup_iters``, ``warmup_ratio``), one factor per parameter group. Call
+    ``scheduler.step()`` once per optimisation step.
+
+    Raises:
+        ConfigError: an unknown schedule (listing the names) or a setting it refuses.
+    """
+    name = train_cfg.get("lr_schedule") or "poly"
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown train.lr_schedule {name!r}: expected one of {', '.join(SCHEDULES)}")
     max_iters = int(train_cfg["max_iters"])
-    min_lr = float(train_cfg.get("min_lr", 0.0))
     warmup_iters = int(train_cfg.get("warmup_iters", 0))
     if warmup_iters < 0:
-        raise ValueError(f"train.warmup_iters must be >= 0, got {warmup_iters}")
+        raise ConfigError(f"train.warmup_iters must be >= 0, got {warmup_iters}")
     if warmup_iters >= max_iters > 0:  # e.g. a short trial run with the quickstart's 100-step warm-up
         log.warning("train.warmup_iters=%d >= train.max_iters=%d: the lr warms up during the whole run "
                     "(set train.warmup_iters=0 for none)", warmup_iters, max_iters)
-    factors = []
-    for group in optimizer.param_groups:
-        if min_lr > group["lr"]:
-            raise ValueError(f"train.min_lr={min_lr} exceeds the base lr {group['lr']} of parameter group "
-                             f"{group.get('name', '?')}; lower train.min_lr")
-        # partial binds this group's floor now; a lambda in the loop would see the last group's.
-        factors.append(functools.partial(
-            lr_factor, max_iters=max_iters, power=float(train_cfg.get("poly_power", 0.9)),
-            warmup_iters=warmup_iters, warmup_ratio=float(train_cfg.get("warmup_ratio", 0.1)),
-            min_ratio=min_lr / group["lr"]))
+    warmup = functools.partial(warmup_factor, warmup_iters=warmup_iters,
+                               warmup_ratio=float(train_cfg.get("warmup_ratio", 0.1)))
+    factors = [_product(SCHEDULES[name](train_cfg, group["lr"]), warmup) for group in optimizer.param_groups]
     return LambdaLR(optimizer, factors)
+
+
+def _product(schedule: Callable[[int], float], warmup: Callable[[int], float]) -> Callable[[int], float]:
+    return lambda step: schedule(step) * warmup(step)

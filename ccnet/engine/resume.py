@@ -17,35 +17,26 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from ccnet import dist
 from ccnet.checkpoint import CheckpointError, load_checkpoint, stored_config
 from ccnet.data.samplers import InfiniteSampler
 from ccnet.engine.checkpoint_manager import CheckpointManager
-from ccnet.engine.config import flatten_config
 from ccnet.engine.rng import seed_everything, set_rng_state
+from ccnet.engine.settings import APPLIED, IGNORED, REFUSED, flatten_config, resume_policy
 from ccnet.errors import UserError
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng", "sampler", "iteration")
-
-# Settings that never change what is trained: compared neither way.
-IGNORED = {"work_dir", "resume", "load_from", "load_from_partial", "model.weights", "model.weights_strict",
-           "model.cca_impl", "train.device", "train.num_workers", "eval.num_workers", "train.cpu_threads",
-           "train.dist_timeout_s", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
-           "train.keep_checkpoints", "train.vis_images", "train.vis_attention"}
-# A different value makes it another experiment: refused.
-BLOCKING = {"dataset.name", "dataset.num_classes", "dataset.classes", "dataset.ignore_index",
-            "train.no_decay_norm_bias"}
-BLOCKING_PREFIXES = ("model.",)
-# Applied to the restored optimiser and schedule (with a warning).
-APPLIED = {"train.lr", "train.weight_decay", "train.momentum", "train.max_iters", "train.poly_power",
-           "train.min_lr", "train.warmup_iters", "train.warmup_ratio", "train.head_lr_mult"}
-
 
 class ResumeError(UserError, ValueError):
     """The new settings cannot continue the checkpoint's run."""
@@ -131,19 +122,17 @@ def _file_identity(path: Path) -> Tuple[int, int]:
 
 def compare_configs(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Dict[str, List[str]]:
     """Differences between a checkpoint's config and the new one, as ``"key: old -> new"`` lines
-    under ``blocking`` (another experiment), ``applied`` (optimisation settings) and ``other``."""
+    under ``blocking`` (another experiment), ``applied`` (optimisation settings) and ``other``, by
+    each key's policy in :mod:`ccnet.engine.settings`."""
     before, after = flatten_config(saved), flatten_config(new)
     changes: Dict[str, List[str]] = {"blocking": [], "applied": [], "other": []}
+    sections = {REFUSED: "blocking", APPLIED: "applied"}
     for key in sorted(set(before) | set(after)):
-        if key in IGNORED or before.get(key) == after.get(key):
+        policy = resume_policy(key)
+        if policy == IGNORED or before.get(key) == after.get(key):
             continue
         line = f"{key}: {before.get(key, '(absent)')!r} -> {after.get(key, '(absent)')!r}"
-        if key in BLOCKING or key.startswith(BLOCKING_PREFIXES):
-            changes["blocking"].append(line)
-        elif key in APPLIED:
-            changes["applied"].append(line)
-        else:
-            changes["other"].append(line)
+        changes[sections.get(policy, "other")].append(line)
     return changes
 
 
@@ -170,39 +159,51 @@ def check_resume_config(checkpoint: Mapping[str, Any], path: Path, new: Mapping[
         log.warning("resuming with changed settings, in effect from now on:\n  %s", "\n  ".join(changes["other"]))
 
 
-def restore(run: Any, checkpoint: Mapping[str, Any], path: Path, dataset_size: int) -> int:
-    """Load model, optimiser, schedule, scaler and progress into ``run`` (a trainer ``Run``); the
-    optimiser and schedule keep the new config's hyper-parameters.
+@dataclass
+class Progress:
+    """Where a run stands: steps done, best val mIoU, training seconds, steps skipped for a non-finite
+    loss, and the position in the sample stream to continue from."""
 
-    Returns:
-        The position in the sample stream to continue from.
+    iteration: int = 0
+    best_miou: float = float("-inf")
+    train_time: float = 0.0
+    skipped: int = 0
+    stream_start: int = 0
+
+
+def restore(checkpoint: Mapping[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: LambdaLR, scaler: torch.amp.GradScaler, cfg: Mapping[str, Any],
+            dataset_size: int) -> Progress:
+    """Load the checkpoint's model, optimiser, schedule and scaler states into those objects, keeping
+    the new config's hyper-parameters in the optimiser and schedule; returns the run's progress.
 
     Raises:
         ResumeError: the checkpoint is already at ``train.max_iters`` (``resume=true``/PATH).
         RunFinished: the same with ``resume=auto``.
     """
-    fresh = [{k: g[k] for k in ("momentum", "weight_decay", "initial_lr")} for g in run.optimizer.param_groups]
-    run.model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
+    fresh = [{k: g[k] for k in ("momentum", "weight_decay", "initial_lr")} for g in optimizer.param_groups]
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
     # load_state_dict brought back the checkpoint's hyper-parameters; the new config's apply (the
     # schedule's lambdas were built from it, only its base lrs and position came from the file).
-    run.scheduler.base_lrs = [g["initial_lr"] for g in fresh]
-    for group, values, factor in zip(run.optimizer.param_groups, fresh, run.scheduler.lr_lambdas):
+    scheduler.base_lrs = [g["initial_lr"] for g in fresh]
+    for group, values, factor in zip(optimizer.param_groups, fresh, scheduler.lr_lambdas):
         group.update(values)
-        group["lr"] = values["initial_lr"] * factor(run.scheduler.last_epoch)
-    run.start_iter = int(checkpoint["iteration"])
-    run.best_miou = float(checkpoint.get("best_miou", float("-inf")))
-    run.train_time = float(checkpoint.get("train_time_s", 0.0))
-    run.skipped = int(checkpoint.get("skipped_nonfinite", 0))
-    if run.start_iter >= run.max_iters:
-        if run.cfg.get("resume") == AUTO:
-            raise RunFinished(path, run.start_iter)
-        raise ResumeError(f"checkpoint {path} is at iteration {run.start_iter}, train.max_iters={run.max_iters}: "
+        group["lr"] = values["initial_lr"] * factor(scheduler.last_epoch)
+    iteration, max_iters = int(checkpoint["iteration"]), int(cfg["train"]["max_iters"])
+    if iteration >= max_iters:
+        if cfg.get("resume") == AUTO:
+            raise RunFinished(path, iteration)
+        raise ResumeError(f"checkpoint {path} is at iteration {iteration}, train.max_iters={max_iters}: "
                           "nothing left to train; raise train.max_iters to train longer")
-    log.info("resumed from %s at iteration %d", path, run.start_iter)
-    return InfiniteSampler.start_from_state(checkpoint["sampler"], dataset_size, int(run.cfg.train.seed))
+    log.info("resumed from %s at iteration %d", path, iteration)
+    return Progress(iteration=iteration, best_miou=float(checkpoint.get("best_miou", float("-inf"))),
+                    train_time=float(checkpoint.get("train_time_s", 0.0)),
+                    skipped=int(checkpoint.get("skipped_nonfinite", 0)),
+                    stream_start=InfiniteSampler.start_from_state(checkpoint["sampler"], dataset_size,
+                                                                  int(cfg["train"]["seed"])))
 
 
 def restore_rng(states: List[Dict[str, Any]], seed: int, iteration: int) -> None:

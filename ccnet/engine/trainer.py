@@ -35,12 +35,12 @@ from ccnet.data.base import check_labelled_split
 from ccnet.data.samplers import InfiniteSampler, SeededDataset
 from ccnet.engine import resume
 from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights
-from ccnet.engine.config import check_train_config
 from ccnet.engine.losses import build_criterion
 from ccnet.engine.optim import build_optimizer, build_scheduler
 from ccnet.engine.recorder import Recorder, validation_record
 from ccnet.engine.rng import get_rng_state, seed_everything
 from ccnet.engine.run_dir import check_new_run_dir, hold_work_dir
+from ccnet.engine.settings import check_train_config
 from ccnet.engine.signals import StopRequest, TrainingStopped
 from ccnet.errors import ConfigError, UserError, user_message
 from ccnet.evaluation.evaluator import evaluate
@@ -218,13 +218,19 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
               scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
               autocast=torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "none" else nullcontext(),
               val_set=val_set, sampler=None, batches=None, ckpts=ckpts, recorder=None, file_log=file_log)
-    stream_start = resume.restore(run, resumed, resume_path, len(train_set)) if resumed is not None else 0
+    progress = resume.Progress()
+    if resumed is not None:
+        progress = resume.restore(resumed, resume_path, model, optimizer, run.scheduler, run.scaler, cfg,
+                                  len(train_set))
+    run.start_iter, run.best_miou = progress.iteration, progress.best_miou
+    run.train_time, run.skipped = progress.train_time, progress.skipped
     if world > 1:
         run.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
         run.train_model = torch.compile(run.train_model)
 
-    run.sampler = InfiniteSampler(len(train_set), rank, world, seed=seed, start=stream_start, yield_seeds=True)
+    run.sampler = InfiniteSampler(len(train_set), rank, world, seed=seed, start=progress.stream_start,
+                                  yield_seeds=True)
     num_workers = int(tcfg.num_workers)
     loader = DataLoader(SeededDataset(train_set), batch_size=batch_size, sampler=run.sampler, num_workers=num_workers,
                         pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=seed_worker,

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from ccnet.engine.losses import build_criterion
 from ccnet.engine.optim import build_optimizer, build_scheduler
+from ccnet.engine.settings import check_train_config
 from ccnet.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -39,6 +40,7 @@ def test_preset_composes_and_builds(name):
     model_name, classes, crop, total_batch, iters, wd, min_lr, target = RECIPES[name]
     assert f"{target} val mIoU" in (CONFIGS / "experiment" / f"{name}.yaml").read_text()
     cfg = compose_train(f"experiment={name}", "model.weights=null")
+    check_train_config(cfg)  # every value the preset sets passes the settings schema
     assert cfg.model.name == model_name and cfg.model.num_classes == classes and cfg.model.recurrence == 2
     train_cfg = cfg.train
     assert list(train_cfg.crop_size) == crop and train_cfg.batch_size * 4 == total_batch

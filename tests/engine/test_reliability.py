@@ -25,11 +25,12 @@ from ccnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ccnet.data.base import DatasetError
 from ccnet.engine import train
 from ccnet.engine.checkpoint_manager import CheckpointManager
-from ccnet.engine.config import ConfigError, check_train_config
 from ccnet.engine.recorder import Recorder
 from ccnet.engine.resume import ResumeError, load_resume_checkpoint, resume_path
 from ccnet.engine.run_dir import RunDirError
+from ccnet.engine.settings import check_train_config
 from ccnet.engine.trainer import NonFiniteLossError
+from ccnet.errors import ConfigError
 from ccnet.evaluation.loading import load_checkpoint_for_eval
 
 FAST = ("train.eval_interval=0", "train.vis_images=0")
