@@ -13,6 +13,7 @@ in the manifest of its own folder.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Union
 
@@ -75,9 +76,18 @@ class OutputManifest:
     def owns(self, path: Union[str, Path]) -> bool:
         """Whether ``path`` is a regular file (not a symlink) inside the folder that an earlier run of
         this tool recorded, i.e. whether this run may replace it."""
-        path = Path(path)
-        return (self.relative(path) in self._recorded and path.is_file() and not path.is_symlink()
-                and self.folder.resolve() in path.resolve().parents)
+        return self._owns(path, os.path.realpath(self.folder))
+
+    def _owns(self, path: Union[str, Path], real_folder: str) -> bool:
+        """:meth:`owns` with the folder's real path computed once (a claim may ask for 40000 files)."""
+        if self.relative(path) not in self._recorded:
+            return False
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # a symlink or a folder is never ours to replace
+                return False
+        except OSError:
+            return False
+        return os.path.realpath(path).startswith(os.path.join(real_folder, ""))  # not via a symlinked folder
 
     def check(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
               key: str = "output_dir", fix: Optional[str] = None) -> None:
@@ -96,6 +106,7 @@ class OutputManifest:
         """
         sources = {Path(p).resolve() for p in inputs}
         manifest = os.path.abspath(self.path)
+        real_folder = os.path.realpath(self.folder)
         conflicts: List[str] = []
         if self._foreign:
             conflicts.append(f"{self.path} (a file of the manifest's name that ccnet did not write)")
@@ -105,7 +116,7 @@ class OutputManifest:
                 conflicts.append(f"{out} (an input of this run)")
             elif out.name == MANIFEST_NAME and os.path.abspath(out) == manifest:
                 conflicts.append(f"{out} (the folder's manifest, where this run records what it writes)")
-            elif os.path.lexists(out) and not self.owns(out):
+            elif os.path.lexists(out) and not self._owns(out, real_folder):
                 conflicts.append(f"{out} (exists, and no earlier {self.tool} run wrote it here)")
         if conflicts:
             more = f", and {len(conflicts) - SHOWN} more" if len(conflicts) > SHOWN else ""
