@@ -30,6 +30,7 @@ from ccnet.data import build_dataset, seed_worker
 from ccnet.data.base import map_label, read_image, read_label
 from ccnet.data.layouts import write_cityscapes_layout
 from ccnet.data.transforms import to_hw
+from ccnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                 "path/to/configs/dataset/cityscapes.yaml")
     check_machine_load(torch.device("cpu"), args.force)
     if args.num_batches < 1 or args.batch_size < 1 or args.warmup < 0 or min(args.workers) < 0:
-        raise ValueError("--num-batches and --batch-size must be >= 1, --warmup and --workers >= 0")
+        raise ConfigError("--num-batches and --batch-size must be >= 1, --warmup and --workers >= 0")
     height, width = args.image_size
     with tempfile.TemporaryDirectory(prefix="ccnet_data_bench_") as tmp:
         root = Path(args.data_dir) if args.data_dir is not None else Path(tmp)
