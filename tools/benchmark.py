@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ccnet.benchmarks import TOOL
 from ccnet.errors import exit_on_user_error
 from ccnet.utils.manifest import OutputFiles
 
 log = logging.getLogger("benchmark")
-TOOL = "benchmark"  # the name its JSON files are recorded under in the manifest.txt of their folder
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "outputs" / "benchmarks"
 
