@@ -34,6 +34,7 @@ file instead, and the reason is recorded (``exporter``/``fallback_reason`` of :c
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from torch.export import Dim, ExportedProgram
 
 from ccnet.errors import UserError
 from ccnet.models.cca import use_implementation
+from ccnet.utils.manifest import OutputFiles
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ META_FILE = "meta.json"  # the .pt2 extra file holding the metadata
 INPUT_CONVENTION = "RGB, (x / 255 - mean) / std, NCHW float32"
 MIN_SIDE = 9  # smallest H, W: the stride-8 feature map must be >= 2 x 2 (see the module docstring)
 AXES = {0: "batch", 2: "height", 3: "width"}  # dynamic axes of images (B, 3, H, W) and logits (B, K, H, W)
+TOOL = "export"  # the name its files are recorded under in the manifest.txt of each output's folder
 
 
 class ExportError(UserError, RuntimeError):
@@ -210,21 +213,27 @@ def _dynamo_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bool,
     return onnx_program.model_proto
 
 
-def _torchscript_onnx(model: nn.Module, path: Path, example: Tensor, opset: int, dynamic: bool) -> Any:
-    """The TorchScript-based ONNX exporter's model proto (the fallback)."""
+def _torchscript_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bool) -> Any:
+    """The TorchScript-based ONNX exporter's model proto (the fallback), exported into memory: the
+    file is written once, by :func:`export_onnx`, like the dynamo exporter's."""
     onnx = _require("onnx")
     axes = {"images": AXES, "logits": AXES}
+    buffer = io.BytesIO()
     with _exporting(), _legacy_onnx_warnings_silenced():
-        torch.onnx.export(LogitsOnly(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(LogitsOnly(model).eval(), (example,), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["logits"],
                           dynamic_axes=axes if dynamic else None, do_constant_folding=True)
-    return onnx.load(str(path))
+    return onnx.load_model_from_string(buffer.getvalue())
 
 
 def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = DEFAULT_OPSET, dynamic: bool = True,
                 metadata: Optional[Mapping[str, Any]] = None, program: Optional[ExportedProgram] = None
                 ) -> OnnxExport:
     """Write ``model`` (eval mode, main logits) as an ONNX file, with the dynamo exporter where it works.
+
+    The file is self-contained: the weights are inside it, never in an external-data file beside it
+    (``save_as_external_data=False``; a model past protobuf's 2 GB limit fails here instead, CCNet
+    R-101 is 0.3 GB), so ``path`` is the only file written.
 
     Args:
         model: a :class:`~ccnet.models.CCNet` (or any module returning ``{"out": logits}``).
@@ -260,12 +269,12 @@ def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = 
             log.debug("dynamo ONNX export failed", exc_info=True)
     if proto is None:
         log.warning("ONNX: using the TorchScript-based exporter (%s)", reason)
-        proto = _torchscript_onnx(model, path, example, opset, dynamic)
+        proto = _torchscript_onnx(model, example, opset, dynamic)
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    onnx.save(proto, str(path), save_as_external_data=False)
     written = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     result = OnnxExport(str(path), written, "torchscript" if reason else "dynamo", reason)
     log.info("wrote ONNX (opset %d, %s input shape, %s exporter) to %s", written,
@@ -356,11 +365,15 @@ def export_metadata(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
 
 def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None, pt2_path: Optional[PathLike] = None,
                       size: Sequence[int] = (512, 512), opset: int = DEFAULT_OPSET, dynamic: bool = True,
-                      check_sizes: Sequence[Sequence[int]] = (), seed: int = 0) -> Dict[str, Any]:
+                      check_sizes: Sequence[Sequence[int]] = (), seed: int = 0,
+                      outputs: Optional[OutputFiles] = None) -> Dict[str, Any]:
     """Rebuild the model stored in ``checkpoint`` and export it; check each export on random inputs.
 
     The parity inputs are a batch of 2 at ``size`` (the export example) and a batch of 1 at each of
-    ``check_sizes``, so both the batch and the spatial axes are exercised.
+    ``check_sizes``, so both the batch and the spatial axes are exercised. Before the checkpoint is
+    read, every output path is checked: none may be the checkpoint or another output, nor replace a
+    file that no earlier export wrote (the ``manifest.txt`` of its folder, where each export is
+    recorded once written).
 
     Args:
         checkpoint: a checkpoint of this framework (trained, or from ``tools/convert_checkpoint.py``)
@@ -373,6 +386,9 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
         check_sizes: further (H, W) sizes to check parity at (the static ONNX graph is checked at
             ``size`` only).
         seed: seed of the random check inputs.
+        outputs: every file of the run, checked here and the exports recorded as written; None: the
+            two export paths. A caller writing more (``tools/export.py``: the JSON of ``--out``)
+            passes them all and records its own.
 
     Returns:
         ``{"model", "num_classes", "classes", "mean", "std", "pt2": {"path", "dynamic",
@@ -380,6 +396,7 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
         "max_abs_diff"}}`` with the entries of the formats exported.
 
     Raises:
+        OutputConflictError: an output path may not be written (see above); nothing is written.
         ValueError: nothing to export, an opset below 17, a size below 9, or the checkpoint has no stored
             model config (``CheckpointMismatchError``).
         CheckpointError: unreadable checkpoint, or weights holding NaN/inf.
@@ -395,6 +412,9 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
     if small:
         raise ValueError(f"sizes {small} are too small: H and W must be >= {MIN_SIDE} (the stride-8 feature map "
                          "of the export is at least 2 x 2); change --size / --check-size")
+    if outputs is None:
+        outputs = OutputFiles(TOOL, {"--pt2": pt2_path, "--onnx": onnx_path})
+    outputs.check(inputs=[checkpoint])
     ckpt, stored = load_checkpoint_for_eval(checkpoint)
     if not stored or not isinstance(stored.get("model"), Mapping):
         raise CheckpointMismatchError(f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); "
@@ -413,12 +433,14 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
     if pt2_path is not None:
         program = export_program(model, example)
         save_program(program, pt2_path, meta)
+        outputs.record(pt2_path)
         run, _ = load_exported(pt2_path)
         result["pt2"] = {"path": str(pt2_path), "dynamic": dynamic_ranges(program),
                          "max_abs_diff": max_abs_diff(model, run, checks)}
     if onnx_path is not None:
         written = export_onnx(model, onnx_path, example if dynamic else example[:1], opset=opset, dynamic=dynamic,
                               metadata=meta, program=program)
+        outputs.record(onnx_path)
         run, _ = load_exported(onnx_path)
         result["onnx"] = {**asdict(written), "dynamic": dynamic,
                           "max_abs_diff": max_abs_diff(model, run, checks if dynamic else [example[:1]])}

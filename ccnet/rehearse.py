@@ -10,6 +10,12 @@ test size). It reads back what the run wrote (``train.log``, ``metrics.jsonl``, 
 measures the child's peak resident memory (``wait4``'s ``ru_maxrss``: the whole process, data
 loading included, on CPU).
 
+A rehearsal writes only what it may replace: its generated images, ``console.log`` and the report are
+claimed in ``<out-dir>/manifest.txt`` (tool ``rehearse``) before anything is written, and so is the
+run folder a rehearsal's child filled (its files are recorded once the child has ended): the next
+rehearsal into the same folder removes that run and starts afresh, while a file no rehearsal wrote
+refuses the run.
+
 ``tools/rehearse_presets.py`` is the command; ``tests/test_rehearse.py`` runs it in CI.
 """
 
@@ -19,18 +25,27 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ccnet.data.layouts import write_ade20k_layout, write_cityscapes_layout
+from ccnet.data.layouts import (
+    ade20k_layout_files,
+    cityscapes_layout_files,
+    write_ade20k_layout,
+    write_cityscapes_layout,
+)
+from ccnet.utils.manifest import OutputManifest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "tools" / "train.py"
+TOOL = "rehearse"  # the name its files are recorded under in <out-dir>/manifest.txt
+REPORT = "rehearsal.json"  # written by tools/rehearse_presets.py into <out-dir>
 
 # preset -> (dataset layout, images per split)
 PRESETS: Dict[str, tuple] = {
@@ -61,14 +76,54 @@ class Rehearsal:
     command: str = ""
 
 
-def write_layout(preset: str, root: Path, seed: int = 0) -> Path:
-    """The generated dataset a preset needs, under ``root``; returns the ``dataset.root`` to pass."""
+def write_layout(preset: str, root: Path, seed: int = 0, record: Optional[Callable[[Path], None]] = None) -> Path:
+    """The generated dataset a preset needs, under ``root`` (``record`` is called with each file
+    written); returns the ``dataset.root`` to pass."""
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; rehearsable presets: {', '.join(PRESETS)}")
     layout, counts = PRESETS[preset]
     write = write_cityscapes_layout if layout == "cityscapes" else write_ade20k_layout
-    write(root, counts, seed=seed)
+    write(root, counts, seed=seed, record=record)
     return root
+
+
+def layout_files(preset: str, root: Path) -> List[Path]:
+    """The files :func:`write_layout` writes for ``preset`` under ``root``."""
+    layout, counts = PRESETS[preset]
+    pairs = cityscapes_layout_files(root, counts) if layout == "cityscapes" else ade20k_layout_files(root, counts)
+    return [path for pair in pairs for path in pair]
+
+
+def _files_below(folder: Path) -> List[Path]:
+    """Every entry under ``folder`` that is not a folder of its own: files, and symlinks (also to folders)."""
+    found: List[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # does not descend into symlinked folders
+        found += [Path(dirpath) / name for name in filenames]
+        found += [Path(dirpath) / name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+    return sorted(found)
+
+
+def preset_outputs(preset: str, out_dir: Path) -> List[Path]:
+    """What a rehearsal of ``preset`` into ``out_dir`` writes or replaces: the generated images,
+    ``console.log``, and every file left in the run folder by an earlier rehearsal (removed first)."""
+    base = Path(out_dir) / preset
+    return [*layout_files(preset, base / "data"), base / "console.log", *_files_below(base / "run")]
+
+
+def _remove_run(work_dir: Path, files: Sequence[Path]) -> None:
+    """Delete an earlier rehearsal's run folder: ``files`` (claimed: all recorded as a rehearsal's),
+    then the folders left empty."""
+    for path in files:
+        path.unlink()
+    for dirpath, _, _ in sorted(os.walk(work_dir), key=lambda entry: len(entry[0]), reverse=True):
+        os.rmdir(dirpath)  # fails (and stops the rehearsal) if anything unclaimed appeared meanwhile
+
+
+def _record_run(manifest: OutputManifest, work_dir: Path) -> None:
+    """Record the regular files the child wrote into ``work_dir`` as this rehearsal's."""
+    for path in _files_below(work_dir) if work_dir.is_dir() else []:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            manifest.record(path)
 
 
 def train_command(preset: str, data_root: Path, work_dir: Path, iterations: int, batch_size: Optional[int],
@@ -84,9 +139,11 @@ def train_command(preset: str, data_root: Path, work_dir: Path, iterations: int,
     return command + list(extra)
 
 
-def _run_measured(command: List[str], log_path: Path, timeout_s: float) -> tuple:
-    """Run ``command`` with its console in ``log_path``; returns (exit status, peak RSS in GiB, seconds).
-    The child is killed after ``timeout_s`` (exit status None)."""
+def _run_measured(command: List[str], log_path: Path, timeout_s: float,
+                  record: Optional[Callable[[Path], None]] = None) -> tuple:
+    """Run ``command`` with its console in ``log_path`` (``record`` is called with it once created);
+    returns (exit status, peak RSS in GiB, seconds). The child is killed after ``timeout_s`` (exit
+    status None)."""
     start, killed = time.perf_counter(), threading.Event()
 
     def kill() -> None:
@@ -94,6 +151,8 @@ def _run_measured(command: List[str], log_path: Path, timeout_s: float) -> tuple
         os.kill(child.pid, signal.SIGKILL)
 
     with log_path.open("w") as console:
+        if record is not None:
+            record(log_path)
         child = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=REPO,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
         timer = threading.Timer(timeout_s, kill)
@@ -115,23 +174,35 @@ def rehearse(preset: str, out_dir: Path, iterations: int = 2, batch_size: Option
     Args:
         preset: a key of :data:`PRESETS`.
         out_dir: gets ``<preset>/data`` (generated images), ``<preset>/run`` (the work dir) and
-            ``<preset>/console.log``; must not hold an earlier rehearsal of the preset.
+            ``<preset>/console.log``, all recorded in ``out_dir/manifest.txt``; an earlier
+            rehearsal's run folder there is removed first.
         iterations: training steps.
         batch_size: images per step; None = the preset's.
         device: ``train.device``.
         threads: ``train.cpu_threads``; None = one per core.
         timeout_s: the run is killed (and fails) after this long.
         extra: more overrides for ``tools/train.py``.
+
+    Raises:
+        OutputConflictError: a file this rehearsal would write or remove is not a rehearsal's (a file of
+            the user's, or one an interrupted rehearsal's child left unrecorded); nothing is written.
     """
-    base = Path(out_dir).resolve() / preset  # absolute: the run's working directory is the repository
+    out_dir = Path(out_dir).resolve()  # absolute: the run's working directory is the repository
+    base = out_dir / preset
     data_root, work_dir, console = base / "data", base / "run", base / "console.log"
+    manifest = OutputManifest(out_dir, TOOL)
+    outputs = preset_outputs(preset, out_dir)
+    manifest.claim(outputs, key="--out-dir")
     if work_dir.exists():
-        raise FileExistsError(f"{work_dir} holds an earlier rehearsal; remove {base} or choose another output dir")
+        _remove_run(work_dir, [p for p in outputs if work_dir in p.parents])
     base.mkdir(parents=True, exist_ok=True)
-    write_layout(preset, data_root)
+    write_layout(preset, data_root, record=manifest.record)
     command = train_command(preset, data_root, work_dir, iterations, batch_size, device, threads, extra)
     result = Rehearsal(preset, "fail", iterations=iterations, command=" ".join(command[1:]))
-    code, result.peak_rss_gib, result.wall_s = _run_measured(command, console, timeout_s)
+    try:
+        code, result.peak_rss_gib, result.wall_s = _run_measured(command, console, timeout_s, manifest.record)
+    finally:  # also after Ctrl-C: a later rehearsal may then remove what the child wrote
+        _record_run(manifest, work_dir)
     if code is None:
         result.detail = f"killed after {timeout_s:.0f} s (console: {console})"
         return result

@@ -14,7 +14,8 @@ another setting; a failing check does not stop the others. Two kinds of rows:
 
 On a GPU the model is ``ccnet_r101_official`` at the paper's 769x769 crop, batch 2, and the slide
 evaluation a 1024x2048 image; on a CPU the checks run at small sizes on ``ccnet_tiny`` (seconds), so
-that CI runs them too. The exit status is 1 when any check failed.
+that CI runs them too. The exit status is 1 when any check failed. The JSON report never replaces a
+file that no earlier self-check wrote (recorded in the manifest.txt of its folder).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from ccnet.benchmarks.train import training_step
 from ccnet.evaluation.inference import InferenceSettings, predict_logits
 from ccnet.models import build_model
 from ccnet.models.cca import TRITON_INSTALLED, criss_cross_attention
+from ccnet.utils.manifest import OutputFiles
 
 # (batch, channels, height, width): H = 1, W = 1, H != W, batch > 1, channels not a multiple of 16
 ODD_SHAPES = ((1, 24, 1, 7), (2, 40, 6, 1), (2, 40, 7, 5), (3, 72, 9, 13))
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}  # relative to the largest value
 TARGETS = {"triton_speedup": 3.0, "triton_memory": 0.3, "bf16_cl_speedup": 1.8, "fp32_peak_gb": 10.7}
+TOOL = "selfcheck"  # the name its reports are recorded under in the manifest.txt of their folder
 
 
 @dataclass
@@ -252,13 +255,31 @@ def _targets(report: Report) -> None:
                                "met" if gib < TARGETS["fp32_peak_gb"] else "missed", f"{gib:.2f} GB"))
 
 
+def report_output(path: Path) -> OutputFiles:
+    """The report's file, checked: it may replace only a report an earlier self-check wrote there.
+
+    Raises:
+        OutputConflictError: ``path`` holds a file no self-check wrote (``--out`` names the option).
+    """
+    output = OutputFiles(TOOL, {"--out": path})
+    output.check()
+    return output
+
+
 def write_report(report: Report, device: torch.device, path: Path) -> Dict[str, Any]:
-    """The report as JSON (machine, date, every row with its values)."""
+    """The report as JSON (machine, date, every row with its values), recorded in the manifest of
+    its folder.
+
+    Raises:
+        OutputConflictError: see :func:`report_output` (check it before the checks run, too).
+    """
+    output = report_output(path)
     payload = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine_info(device), "passed": not report.failed,
                "rows": [asdict(r) for r in report.rows]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    output.record(path)
     return payload
 
 

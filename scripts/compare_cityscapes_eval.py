@@ -8,8 +8,11 @@ Writes a folder of Cityscapes-style ground truth (``gtFine/val/<city>/*_gtFine_l
   (class IoU + instance-level iIoU) and once with ``evalInstLevelScore = False`` (class IoU only);
 - ``ccnet.evaluation.cityscapes_eval.evaluate_label_id_folders`` (SegMetric on train ids).
 
-It asserts that the 19 class IoUs and the mean agree to ``--tol`` and prints the speed ratios.
-Needs ``pip install cityscapesscripts``.
+It asserts that the 19 class IoUs and the mean agree to ``--tol`` (an AssertionError, exit status 1,
+when they do not) and prints the speed ratios. Needs ``pip install cityscapesscripts``. The generated
+files (with ``--root``) and ``--json`` never replace a file that no earlier comparison wrote (recorded in
+the manifest.txt of their folder, checked before anything is written); a user mistake (such a file, the
+missing package, a bad option) is one message with exit status 2.
 
     python scripts/compare_cityscapes_eval.py --images 20                 # 2048x1024, like Cityscapes val
     python scripts/compare_cityscapes_eval.py --images 3 --height 128 --width 256 --json out.json
@@ -20,31 +23,55 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
+from ccnet.errors import UserError, exit_on_user_error
+from ccnet.utils.manifest import OutputFiles, OutputManifest
+
+log = logging.getLogger("compare_cityscapes_eval")
+TOOL = "compare_cityscapes_eval"  # the name its files are recorded under in the manifest.txt of their folder
 # label ids whose pixels carry instance ids (id * 1000 + k) in *_gtFine_instanceIds.png (labels.py: hasInstances)
 INSTANCE_LABEL_IDS = (24, 25, 26, 27, 28, 29, 30, 31, 32, 33)
+CITIES = ("frankfurt", "lindau", "munster")
+
+
+def folder_files(root: Path, num_images: int) -> List[Tuple[Path, Path, Path]]:
+    """``(labelIds, instanceIds, prediction)`` paths of each image :func:`make_folder` writes."""
+    files = []
+    for i in range(num_images):
+        city = CITIES[i % 3]
+        stem = f"{city}_{i:06d}_000019"
+        gt_dir = root / "gtFine" / "val" / city
+        files.append((gt_dir / f"{stem}_gtFine_labelIds.png", gt_dir / f"{stem}_gtFine_instanceIds.png",
+                      root / "results" / city / f"{stem}_leftImg8bit.png"))
+    return files
 
 
 def make_folder(root: Path, num_images: int, height: int, width: int, seed: int = 0) -> None:
     """Write ground truth and predictions that look like segmentation output: piecewise-constant
     regions (so the PNGs compress like real label maps), predictions that agree on most regions,
-    disagree on others, and include void label ids (0..6, 9, ...)."""
+    disagree on others, and include void label ids (0..6, 9, ...). Every file is claimed in
+    ``root/manifest.txt`` first and recorded as written.
+
+    Raises:
+        OutputConflictError: a path holds a file that no earlier comparison wrote; nothing is written.
+    """
+    files = folder_files(root, num_images)
+    manifest = OutputManifest(root, TOOL)
+    manifest.claim([path for paths in files for path in paths], key="--root")
     rng = np.random.default_rng(seed)
     cell = max(4, min(height, width) // 32)
     gh, gw = -(-height // cell), -(-width // cell)
-    for i in range(num_images):
-        city = ("frankfurt", "lindau", "munster")[i % 3]
-        stem = f"{city}_{i:06d}_000019"
+    for gt_path, inst_path, pred_path in files:
         # ground truth: every label id 0..33 possible, some images without some classes
         gt = rng.integers(0, 34, size=(gh, gw), dtype=np.uint8)
         gt = np.repeat(np.repeat(gt, cell, 0), cell, 1)[:height, :width]
@@ -61,13 +88,10 @@ def make_folder(root: Path, num_images: int, height: int, width: int, seed: int 
         is_inst = np.isin(gt, INSTANCE_LABEL_IDS)
         halves = (np.arange(width) >= width // 2).astype(np.uint16)[None, :].repeat(height, 0)
         inst[is_inst] = gt[is_inst].astype(np.uint16) * 1000 + halves[is_inst]
-        gt_dir = root / "gtFine" / "val" / city
-        pred_dir = root / "results" / city
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        pred_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(gt).save(gt_dir / f"{stem}_gtFine_labelIds.png")
-        Image.fromarray(inst).save(gt_dir / f"{stem}_gtFine_instanceIds.png")
-        Image.fromarray(pred).save(pred_dir / f"{stem}_leftImg8bit.png")
+        for path, pixels in ((gt_path, gt), (inst_path, inst), (pred_path, pred)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            manifest.record(path)
 
 
 def run_official(root: Path, instance_level: bool) -> Dict[str, Any]:
@@ -145,7 +169,13 @@ def compare(root: Path, tol: float, threads: int) -> Dict[str, Any]:
     }
 
 
+def official_installed() -> bool:
+    """Whether cityscapesScripts (the official evaluation) can be imported."""
+    return importlib.util.find_spec("cityscapesscripts") is not None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=20, help="number of image pairs to generate")
     parser.add_argument("--height", type=int, default=1024)
@@ -156,12 +186,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--root", type=Path, default=None, help="keep the generated folder here (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
-    if importlib.util.find_spec("cityscapesscripts") is None:
-        sys.exit("cityscapesscripts is not installed: pip install cityscapesscripts")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.root or Path(tmp)
-        make_folder(root, args.images, args.height, args.width)
-        result = compare(root, args.tol, args.threads)
+    if min(args.images, args.height, args.width, args.threads) < 1:
+        parser.error(f"--images, --height, --width and --threads must be >= 1, got {args.images}, {args.height}, "
+                     f"{args.width}, {args.threads}")
+    output = OutputFiles(TOOL, {"--json": args.json})
+    with exit_on_user_error(log):  # every file is checked before the first is written
+        generated = [p for paths in folder_files(args.root, args.images) for p in paths] if args.root else []
+        if args.root:
+            OutputManifest(args.root, TOOL).check(generated, key="--root")
+        output.check(inputs=generated)
+        if not official_installed():
+            raise UserError("cityscapesscripts is not installed: pip install cityscapesscripts")
+        with tempfile.TemporaryDirectory() as tmp:
+            root = args.root or Path(tmp)
+            make_folder(root, args.images, args.height, args.width)
+            result = compare(root, args.tol, args.threads)
     result["size"] = [args.height, args.width]
     print(f"{result['num_images']} images of {args.width}x{args.height}: mIoU ccnet {result['mIoU_ccnet']:.10f}, "
           f"official {result['mIoU_official']:.10f}, max |IoU diff| {result['max_abs_diff']:.2e}")
@@ -171,7 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"{name}: {result['speedup_vs_official_as_shipped'][name]:.1f}x the speed of the official script as "
               f"shipped, {result['speedup_vs_official_class_only'][name]:.1f}x that of its class-level-only mode")
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+        output.record(args.json)
     return result
 
 

@@ -3,8 +3,10 @@
 A thin command line over ``ccnet/benchmarks/<name>.py``; each module adds its options
 (``add_arguments(parser)``) and runs (``run(args) -> dict``, printing a table). The returned dict is
 written as JSON to ``--out`` (default ``outputs/benchmarks/<name>.json`` in the repository, which git
-ignores; the ablation summary: beside its runs). ``python tools/benchmark.py <name> --help`` lists a
-benchmark's options; docs/performance.md has the commands behind its tables.
+ignores; the ablation summary: beside its runs), replacing only a file an earlier benchmark wrote
+(recorded in the manifest.txt of its folder; checked before the benchmark runs). A user mistake (a bad
+option, a busy machine, such a file) is one message with exit status 2. ``python tools/benchmark.py
+<name> --help`` lists a benchmark's options; docs/performance.md has the commands behind its tables.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ccnet.benchmarks import TOOL
+from ccnet.errors import exit_on_user_error
+from ccnet.utils.manifest import OutputFiles
+
+log = logging.getLogger("benchmark")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "outputs" / "benchmarks"
 
@@ -64,11 +71,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     chosen = [a for a in argv if a in BENCHMARKS][:1]
     args = build_parser(chosen or None).parse_args(argv)
     module = _load(args.benchmark)
-    result = module.run(args)
     default_out = getattr(module, "default_out", None)  # a benchmark may keep its results beside its input
     out = args.out or (default_out(args) if default_out else RESULTS_DIR / f"{args.benchmark}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    output = OutputFiles(TOOL, {"--out": out})
+    # FileNotFoundError: a missing config or run folder, named in the message
+    with exit_on_user_error(log, FileNotFoundError):
+        output.check()  # before the benchmark: it may run for minutes
+        result = module.run(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+        output.record(out)
     print(f"wrote {out}")
     return result
 

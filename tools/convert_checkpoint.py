@@ -6,7 +6,10 @@
 
 Strict: every source key must be consumed and every key of our model filled with a tensor of the
 right shape; otherwise nothing is written and the unconsumed / missing / mismatched keys are listed.
-docs/interop.md lists the published weights and how to evaluate them.
+DST may not be SRC, and may replace only a checkpoint an earlier conversion wrote (recorded in the
+manifest.txt of DST's folder). A user mistake (such a DST, a missing or foreign SRC, a wrong option)
+is reported in one message with exit status 2. docs/interop.md lists the published weights and how
+to evaluate them.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from ccnet.checkpoint import CheckpointError
-from ccnet.convert import FORMATS, ConversionError, convert_checkpoint
+from ccnet.convert import FORMATS, convert_checkpoint
+from ccnet.errors import ENVIRONMENT_ERRNOS, EXIT_USER_ERROR, UserError, user_message
 
 log = logging.getLogger("convert_checkpoint")
 
@@ -27,7 +30,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--from", dest="source_format", required=True, choices=sorted(FORMATS),
                         help="layout of SRC: " + "; ".join(f"{k}: {f.description}" for k, f in FORMATS.items()))
     parser.add_argument("src", help="the published checkpoint (.pth)")
-    parser.add_argument("dst", help="where to write the converted checkpoint")
+    parser.add_argument("dst", help="where to write the converted checkpoint (not over a file that no earlier "
+                        "conversion wrote)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="expected number of classes (checked against the checkpoint's classifier)")
     parser.add_argument("--dataset", default=None,
@@ -49,9 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         convert_checkpoint(args.src, args.dst, args.source_format, num_classes=args.num_classes,
                            dataset=args.dataset, align_corners=align_corners, recurrence=args.recurrence)
-    except (ConversionError, CheckpointError, ValueError) as exc:
-        log.error("conversion failed, nothing written: %s", exc)
-        return 1
+    except (UserError, OSError) as exc:  # ConversionError, CheckpointError, OutputConflictError, ConfigError
+        if isinstance(exc, OSError) and (exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename):
+            raise  # not a refused write: a bug, with its traceback
+        log.error("conversion failed, nothing written: %s", user_message(exc))
+        return EXIT_USER_ERROR
     log.info("evaluate with: python tools/eval.py checkpoint=%s dataset.root=PATH/TO/DATA eval.mode=slide", args.dst)
     return 0
 

@@ -9,8 +9,10 @@ The exports map normalised images (B, 3, H, W) to logits (B, K, H, W); batch, H 
 when that fails (the reason is printed and stored in --out). The maximum absolute difference of the
 logits between each export (torch.export.load / ONNX Runtime) and the PyTorch model is printed for
 random inputs at the export size and every --check-size; the exit status is 1 when it exceeds
---tolerance, and 2 for a user mistake (a missing or damaged checkpoint, NaN weights, a bad option),
-reported in one line. The result is also written as JSON with --out.
+--tolerance, and 2 for a user mistake (a missing or damaged checkpoint, NaN weights, a bad option,
+an output path that is the checkpoint or another output, or a file no earlier export wrote: each
+export is recorded in the manifest.txt of its folder), reported in one line before anything is
+exported. The result is also written as JSON with --out.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ccnet.errors import EXIT_USER_ERROR, UserError
-from ccnet.export import DEFAULT_OPSET, MIN_OPSET, export_checkpoint
+from ccnet.export import DEFAULT_OPSET, MIN_OPSET, TOOL, export_checkpoint
+from ccnet.utils.manifest import OutputFiles
 
 log = logging.getLogger("export")
 
@@ -59,10 +62,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("onnxscript", "onnx_ir"):  # the ONNX exporter's graph passes log every rewrite at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     args = parse_args(argv)
+    outputs = OutputFiles(TOOL, {"--pt2": args.pt2, "--onnx": args.onnx, "--out": args.out})
     try:
         result = export_checkpoint(args.checkpoint, onnx_path=args.onnx, pt2_path=args.pt2, size=args.size,
                                    opset=args.opset, dynamic=not args.static,
-                                   check_sizes=[tuple(s) for s in args.check_size])
+                                   check_sizes=[tuple(s) for s in args.check_size], outputs=outputs)
     except (UserError, ValueError, ImportError) as exc:
         log.error("export failed: %s", exc)
         return EXIT_USER_ERROR
@@ -82,7 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("input: RGB, (x / 255 - mean) / std with mean=%s std=%s; output: %d-class logits",
              result["mean"], result["std"], result["num_classes"])
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        outputs.record(args.out)
     return status
 
 

@@ -5,7 +5,9 @@
 
 The files are ``images/<split>/NNNNNN.png`` (RGB) and ``masks/<split>/NNNNNN.png`` (class indices),
 the same pixels the in-memory dataset yields, in the folder dataset's per-split layout:
-``python tools/train.py dataset=folder dataset.root=data/synthetic dataset.num_classes=5``.
+``python tools/train.py dataset=folder dataset.root=data/synthetic dataset.num_classes=5``. A file
+that no earlier run wrote into ``--out`` (recorded in its ``manifest.txt``) is never replaced; a user
+mistake (such a file, a missing or invalid --config) is one message with exit status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Optional, Sequence
 from omegaconf import OmegaConf
 
 from ccnet.data.synthetic import SPLITS, SyntheticConfig, write_to_disk
+from ccnet.errors import ConfigError, exit_on_user_error
 
+log = logging.getLogger("write_synthetic")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dataset" / "synthetic.yaml"
 
 
@@ -35,12 +39,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    if not args.config.is_file():
-        raise SystemExit(f"error: synthetic dataset config not found at {args.config}; pass --config PATH")
-    mapping = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
-    if args.seed is not None:
-        mapping["seed"] = args.seed
-    count = write_to_disk(SyntheticConfig.from_mapping(mapping), args.out, args.splits, args.limit)
+    with exit_on_user_error(log):
+        if not args.config.is_file():
+            raise ConfigError(f"synthetic dataset config not found at {args.config}; pass --config PATH")
+        mapping = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
+        if args.seed is not None:
+            mapping["seed"] = args.seed
+        count = write_to_disk(SyntheticConfig.from_mapping(mapping), args.out, args.splits, args.limit)
     print(f"wrote {count} samples to {args.out}/images and {args.out}/masks")
     return 0
 

@@ -20,7 +20,8 @@ module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl
     python tools/benchmark.py ablation work_dirs/ablation_recurrence [--table table.md] [--feature-size 97 97]
 
 The table goes to stdout and ``ROOT/summary.md`` (``--table``), the rows as JSON to ``ROOT/summary.json``
-(``--out``).
+(``--out``). The table replaces only a file an earlier summary wrote (recorded in the ``manifest.txt`` of
+its folder), never a run's file or one of the user's; that is checked before the runs are read.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ import torch
 from omegaconf import OmegaConf
 
 from ccnet.benchmarks.common import count_flops, peak_memory
+from ccnet.errors import ConfigError
 from ccnet.models.cca import use_implementation
+from ccnet.utils.manifest import OutputConflictError, OutputFiles
 
 log = logging.getLogger(__name__)
 
 OUTPUT_STRIDE = 8  # every CCNet backbone here; the head runs at 1/8 of the input
+TOOL = "ablation"  # the name its table is recorded under in the manifest.txt of the table's folder
 
 
 @dataclass
@@ -128,7 +132,7 @@ def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
 
     size = train_input_size(config["dataset"], config.get("train", {}).get("crop_size"))
     if size is None:
-        raise ValueError("cannot tell the training input size from the run's config (train.crop_size, "
+        raise ConfigError("cannot tell the training input size from the run's config (train.crop_size, "
                          "dataset.crop_size, dataset.image_size are all unset); pass --feature-size H W")
     return math.ceil(size[0] / OUTPUT_STRIDE), math.ceil(size[1] / OUTPUT_STRIDE)
 
@@ -217,7 +221,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``ablation`` benchmark (``tools/benchmark.py ablation ROOT``)."""
     parser.add_argument("root", type=Path, help="folder holding the sweep's run directories")
-    parser.add_argument("--table", type=Path, default=None, help="markdown file (default ROOT/summary.md)")
+    parser.add_argument("--table", type=Path, default=None,
+                        help="markdown file (default ROOT/summary.md; never over a file no earlier summary wrote)")
     parser.add_argument("--feature-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="head input size for GFLOPs/memory (default: training crop / 8)")
     parser.add_argument("--no-regions", action="store_true",
@@ -230,14 +235,29 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    """Print the table, write it as markdown; returns the rows for the JSON file."""
-    rows = summarize(find_runs(args.root), tuple(args.feature_size) if args.feature_size else None,
+    """Print the table, write it as markdown; returns the rows for the JSON file.
+
+    Raises:
+        FileNotFoundError: no finished run under ``args.root``.
+        OutputConflictError: the table's path is a run's file, the JSON's (``--out``), or a file no
+            earlier summary wrote; nothing is written.
+    """
+    runs = find_runs(args.root)
+    out = Path(args.table or Path(args.root) / "summary.md")
+    json_out = getattr(args, "out", None) or default_out(args)
+    if out.resolve() == Path(json_out).resolve():
+        raise OutputConflictError(f"--table and --out both name {out}: the table and the JSON rows need a file each. "
+                                  "Nothing was written; give them different paths")
+    output = OutputFiles(TOOL, {"--table": out})
+    output.check(inputs=[run.path / name for run in runs for name in ("config.yaml", "metrics.jsonl",
+                                                                       "checkpoints/last.pth")])
+    rows = summarize(runs, tuple(args.feature_size) if args.feature_size else None,
                      evaluate_regions=not args.no_regions)
     table = markdown_table(rows)
     print(table)
-    out = args.table or Path(args.root) / "summary.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
+    output.record(out)
     print(f"\nwritten to {out}")
     return {"benchmark": "ablation", "root": str(args.root), "rows": [
         {"context": r.context, "recurrence": r.recurrence, "runs": [str(x.path) for x in r.runs], "val/mIoU": r.miou,

@@ -47,6 +47,7 @@ from ccnet.benchmarks.common import (
     resolve_device,
     time_interleaved,
 )
+from ccnet.errors import ConfigError
 from ccnet.models.cca import TRITON_INSTALLED, CrissCrossAttention, criss_cross_attention, use_implementation
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,13 @@ def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the benchmark, print its table and return the JSON-able result."""
     device = resolve_device(args.device, key="--device")
+    if args.recurrence < 1:  # option errors first, not after waiting for the machine's load to fall
+        raise ConfigError(f"--recurrence must be >= 1, got {args.recurrence}")
+    if args.channels // args.reduction < 1:
+        raise ConfigError(f"--channels {args.channels} // --reduction {args.reduction} leaves no query/key channels")
     load = check_machine_load(device, args.force)
     apply_threads(args.threads)
     dtype = DTYPES[args.dtype]
-    if args.recurrence < 1:
-        raise ValueError(f"--recurrence must be >= 1, got {args.recurrence}")
-    if args.channels // args.reduction < 1:
-        raise ValueError(f"--channels {args.channels} // --reduction {args.reduction} leaves no query/key channels")
     impls: List[str] = ["baseline"] + [i for i in args.impls if i != "baseline"]
     skipped: Dict[str, str] = {}
     if "triton" in impls and not (device.type == "cuda" and TRITON_INSTALLED):

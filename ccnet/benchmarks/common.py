@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from ccnet.dist import resolve_device  # noqa: F401  (re-exported for the benchmark modules)
+from ccnet.errors import ConfigError, UserError
 
 CPU_MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak running sum of the CPU allocator's "
                      "allocation/free events during the call, above the memory allocated before it")
@@ -52,8 +53,8 @@ def add_device_arguments(parser: argparse.ArgumentParser, warmup: int = 1, repea
 MAX_LOAD_PER_CORE = 0.3  # above this, other processes share the CPUs and timings are not results
 
 
-class BusyMachineError(RuntimeError):
-    """The machine is too loaded for timings to mean anything."""
+class BusyMachineError(UserError, RuntimeError):
+    """The machine is too loaded for timings to mean anything (the message says to wait or pass --force)."""
 
 
 def check_machine_load(device: torch.device, force: bool, wait_s: float = 120.0,
@@ -98,14 +99,14 @@ def check_machine_load(device: torch.device, force: bool, wait_s: float = 120.0,
 def size_hw(values: Sequence[int], option: str = "--size") -> Tuple[int, int]:
     """``H`` or ``H W`` from the command line as ``(H, W)``."""
     if len(values) not in (1, 2) or min(values) < 1:
-        raise ValueError(f"{option} takes H or H W (positive), got {' '.join(map(str, values))}")
+        raise ConfigError(f"{option} takes H or H W (positive), got {' '.join(map(str, values))}")
     return (values[0], values[-1])
 
 
 def apply_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
@@ -136,7 +137,7 @@ def time_interleaved(calls: Dict[str, Tuple[Callable[[], Any], Optional[Callable
     """:func:`time_call` for several ``(fn, setup)`` calls, taking turns in every round, so that a
     change of machine load (shared CPUs) affects all of them alike and their ratios stay fair."""
     if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     times: Dict[str, List[float]] = {name: [] for name in calls}
     for round_ in range(warmup + repeats):
         for name, (fn, setup) in calls.items():

@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -25,11 +25,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
+from ccnet.benchmarks import TOOL
 from ccnet.benchmarks.common import check_machine_load
 from ccnet.data import build_dataset, seed_worker
 from ccnet.data.base import map_label, read_image, read_label
-from ccnet.data.layouts import write_cityscapes_layout
+from ccnet.data.layouts import cityscapes_layout_files, write_cityscapes_layout
 from ccnet.data.transforms import to_hw
+from ccnet.errors import ConfigError
+from ccnet.utils.manifest import OutputManifest
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-config", type=Path, default=DEFAULT_CONFIG,
                         help=f"dataset config whose pipeline is timed (default: {DEFAULT_CONFIG})")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="write the generated files here and keep them (default: a temporary folder)")
+                        help="write the generated files here and keep them (default: a temporary folder); never "
+                        "over a file that no earlier benchmark wrote")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the augmentation")
     parser.add_argument("--force", action="store_true",
                         help="time even when the CPUs are busy (the result records the load)")
 
 
-def generate_cityscapes_like(root: Path, num_images: int, height: int, width: int, seed: int = 0) -> float:
+CITY = "bench"  # the city folder of the generated images
+
+
+def generate_cityscapes_like(root: Path, num_images: int, height: int, width: int, seed: int = 0,
+                             record: Optional[Callable[[Path], None]] = None) -> float:
     """Write ``num_images`` street-like pairs (:func:`ccnet.data.layouts.street_scene`) as
-    ``root/{leftImg8bit,gtFine}/train/bench/*``.
+    ``root/{leftImg8bit,gtFine}/train/bench/*``; ``record`` is called with each file written.
 
     Real Cityscapes PNGs average ~2.2 MB (leftImg8bit_trainvaltest.zip: 11 GB for 5000 images) and
     decoding them is a large part of loading, so the images compress like photos (~2.3 MB each).
@@ -69,7 +77,7 @@ def generate_cityscapes_like(root: Path, num_images: int, height: int, width: in
     Returns:
         Mean image file size in MB.
     """
-    images = write_cityscapes_layout(root, {"train": num_images}, (height, width), seed=seed, city="bench")
+    images = write_cityscapes_layout(root, {"train": num_images}, (height, width), seed=seed, city=CITY, record=record)
     sizes = [p.stat().st_size / 2**20 for p in images]
     return float(np.mean(sizes))
 
@@ -115,18 +123,28 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     Returns:
         JSON-able result: settings, environment, per-stage ms/image and images/s per worker count.
+
+    Raises:
+        OutputConflictError: a generated file's path in ``--data-dir`` holds a file that no earlier
+            benchmark wrote there (its ``manifest.txt``); nothing is written.
     """
     if not Path(args.dataset_config).is_file():
         raise FileNotFoundError(f"Dataset config {args.dataset_config} not found; pass --dataset-config "
                                 "path/to/configs/dataset/cityscapes.yaml")
-    check_machine_load(torch.device("cpu"), args.force)
     if args.num_batches < 1 or args.batch_size < 1 or args.warmup < 0 or min(args.workers) < 0:
-        raise ValueError("--num-batches and --batch-size must be >= 1, --warmup and --workers >= 0")
+        raise ConfigError("--num-batches and --batch-size must be >= 1, --warmup and --workers >= 0")
+    record = None
+    if args.data_dir is not None:  # before waiting for the load to fall
+        manifest = OutputManifest(args.data_dir, TOOL)
+        manifest.claim([p for pair in cityscapes_layout_files(Path(args.data_dir), {"train": args.num_images}, CITY)
+                        for p in pair], key="--data-dir")
+        record = manifest.record
+    check_machine_load(torch.device("cpu"), args.force)
     height, width = args.image_size
     with tempfile.TemporaryDirectory(prefix="ccnet_data_bench_") as tmp:
         root = Path(args.data_dir) if args.data_dir is not None else Path(tmp)
         t0 = time.perf_counter()
-        mean_mb = generate_cityscapes_like(root, args.num_images, height, width, args.seed)
+        mean_mb = generate_cityscapes_like(root, args.num_images, height, width, args.seed, record)
         generate_s = time.perf_counter() - t0
         cfg = OmegaConf.load(args.dataset_config)
         cfg.root = str(root)

@@ -41,6 +41,7 @@ from ccnet.benchmarks.common import (
     time_call,
 )
 from ccnet.benchmarks.model import compose_model_config, config_paths
+from ccnet.errors import ConfigError
 from ccnet.models import build_model
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     load = check_machine_load(device, args.force)
     apply_threads(args.threads)
     if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
     path = config_paths([args.config])[0]
     cfg = compose_model_config(path, args.num_classes)
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32", "fp32+cl", "bf16", "bf16+cl"])

@@ -19,6 +19,8 @@ from torch import Tensor
 from ccnet.checkpoint import load_checkpoint, model_state_from, save_checkpoint
 from ccnet.convert import mmseg, official
 from ccnet.convert.core import ConversionError, ConversionReport, SourceFormat, remap_state_dict, strip_prefix
+from ccnet.errors import ConfigError
+from ccnet.utils.manifest import OutputFiles
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,13 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DATASET_BY_CLASSES = {19: "cityscapes", 150: "ade20k"}
 
 PathLike = Union[str, Path]
+TOOL = "convert"  # the name its files are recorded under in the manifest.txt of dst's folder
 
 
 def get_format(name: str) -> SourceFormat:
     """The :class:`SourceFormat` called ``name`` (``official`` or ``mmseg``)."""
     if name not in FORMATS:
-        raise ValueError(f"unknown source format {name!r}: expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown source format {name!r}: expected one of {', '.join(FORMATS)}")
     return FORMATS[name]
 
 
@@ -41,7 +44,7 @@ def _load_yaml(configs_dir: Path, group: str, name: str) -> Dict[str, Any]:
     path = configs_dir / group / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (configs_dir / group).glob("*.yaml"))
-        raise ValueError(f"no {group} config {name!r} at {path}: expected one of {', '.join(known)}")
+        raise ConfigError(f"no {group} config {name!r} at {path}: expected one of {', '.join(known)}")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     assert isinstance(cfg, dict)
     return cfg
@@ -59,7 +62,7 @@ def model_config_for(name: str, num_classes: int, align_corners: Optional[bool] 
         cfg["align_corners"] = align_corners
     if recurrence is not None:
         if recurrence < 1:
-            raise ValueError(f"recurrence must be >= 1 for a criss-cross checkpoint, got {recurrence}")
+            raise ConfigError(f"recurrence must be >= 1 for a criss-cross checkpoint, got {recurrence}")
         cfg["recurrence"] = recurrence
     return cfg
 
@@ -69,11 +72,11 @@ def dataset_config_for(name: str, num_classes: int, fmt: SourceFormat,
     """``configs/dataset/<name>.yaml`` with the source model's input normalisation.
 
     Raises:
-        ValueError: the dataset's class count differs from the checkpoint's.
+        ConfigError: the dataset's class count differs from the checkpoint's.
     """
     cfg = _load_yaml(configs_dir, "dataset", name)
     if cfg.get("num_classes") != num_classes:
-        raise ValueError(f"dataset config {name!r} has num_classes={cfg.get('num_classes')}, the checkpoint's "
+        raise ConfigError(f"dataset config {name!r} has num_classes={cfg.get('num_classes')}, the checkpoint's "
                          f"classifier predicts {num_classes}; pass --dataset with a config of {num_classes} classes")
     cfg["mean"] = [round(v, 8) for v in fmt.mean]
     cfg["std"] = [round(v, 8) for v in fmt.std]
@@ -129,6 +132,10 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
                        recurrence: Optional[int] = None, configs_dir: Path = CONFIGS_DIR) -> ConversionReport:
     """Convert the checkpoint file ``src`` and write ours to ``dst``.
 
+    ``dst`` may not be ``src`` and may replace only a file an earlier conversion wrote (recorded in
+    the ``manifest.txt`` of its folder); that is checked before anything else, and ``dst`` is
+    recorded once written.
+
     Args:
         src: the published checkpoint (a state dict, or a dict with ``state_dict``/``model``).
         dst: where to write the converted checkpoint.
@@ -144,12 +151,15 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
         The conversion report.
 
     Raises:
+        OutputConflictError: ``dst`` is ``src``, or a file no conversion wrote; nothing is written.
         ConversionError: see :func:`convert_state_dict`.
-        ValueError: no dataset config fits the class count.
+        ConfigError: an unknown --dataset, a recurrence below 1, or no dataset config fits the class count.
         ccnet.checkpoint.CheckpointError: ``src`` is missing or not loadable with
             ``weights_only=True``.
     """
     fmt = get_format(source_format)
+    output = OutputFiles(TOOL, {"DST": dst})
+    output.check(inputs=[src])
     state = model_state_from(load_checkpoint(src), src)
     if align_corners is None:
         align_corners = fmt.align_corners(str(src))
@@ -158,12 +168,13 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
     k = model_cfg["num_classes"]
     if dataset is None:
         if k not in DATASET_BY_CLASSES:
-            raise ValueError(f"the checkpoint predicts {k} classes; no default dataset config has that many. "
+            raise ConfigError(f"the checkpoint predicts {k} classes; no default dataset config has that many. "
                              "Pass --dataset NAME (a configs/dataset/NAME.yaml with that num_classes)")
         dataset = DATASET_BY_CLASSES[k]
     dataset_cfg = dataset_config_for(dataset, k, fmt, configs_dir)
     save_checkpoint({"model": converted, "config": {"model": model_cfg, "dataset": dataset_cfg}, "iteration": 0,
                      "converted_from": {"format": fmt.name, "path": str(src)}}, dst)
+    output.record(dst)
     log.info("converted %s (%s) -> %s: model %s, %d classes, R=%s, align_corners=%s, dataset %s\n%s", src,
              fmt.description, dst, model_cfg["name"], k, model_cfg.get("recurrence"), model_cfg.get("align_corners"),
              dataset, report.format())

@@ -9,7 +9,7 @@ colour fields with boxes of other classes and sensor noise, so that a PNG compre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -47,8 +47,40 @@ def street_scene(rng: np.random.Generator, height: int, width: int, label_values
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
+def cityscapes_layout_files(root: Path, counts: Dict[str, int], city: str = "gen") -> List[Tuple[Path, Path]]:
+    """The ``(image, label)`` paths :func:`write_cityscapes_layout` writes, in its order."""
+    pairs = []
+    for split, count in counts.items():
+        for i in range(count):
+            stem = f"{city}_{i:06d}_000019"
+            pairs.append((root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                          root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"))
+    return pairs
+
+
+def ade20k_layout_files(root: Path, counts: Dict[str, int]) -> List[Tuple[Path, Path]]:
+    """The ``(image, annotation)`` paths :func:`write_ade20k_layout` writes, in its order."""
+    base = root / "ADEChallengeData2016"
+    pairs = []
+    for split, count in counts.items():
+        for i in range(count):
+            stem = f"ADE_{split[:5]}_{i + 1:08d}"
+            pairs.append((base / "images" / split / f"{stem}.jpg", base / "annotations" / split / f"{stem}.png"))
+    return pairs
+
+
+def _write_pair(image_path: Path, label_path: Path, image: np.ndarray, label: np.ndarray,
+                record: Optional[Callable[[Path], None]]) -> None:
+    for path, pixels in ((image_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)), (label_path, label)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), pixels)
+        if record is not None:
+            record(path)
+
+
 def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = CITYSCAPES_SIZE,
-                            seed: int = 0, city: str = "gen") -> List[Path]:
+                            seed: int = 0, city: str = "gen",
+                            record: Optional[Callable[[Path], None]] = None) -> List[Path]:
     """``root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
     ``root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (Cityscapes label ids) for each split.
 
@@ -58,6 +90,7 @@ def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int,
         size: (height, width).
         seed: selects the pictures.
         city: the city folder name.
+        record: called with each file just written (e.g. an output manifest's ``record``).
 
     Returns:
         The images written.
@@ -65,40 +98,27 @@ def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int,
     rng = np.random.default_rng(seed)
     label_ids = np.array([label_id for _, label_id, _, _ in LABELS if label_id >= 0], dtype=np.uint8)
     written = []
-    for split, count in counts.items():
-        for i in range(count):
-            image, label = street_scene(rng, *size, label_ids)
-            stem = f"{city}_{i:06d}_000019"
-            image_path = root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
-            label_path = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
-            image_path.parent.mkdir(parents=True, exist_ok=True)
-            label_path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(label_path), label)
-            written.append(image_path)
+    for image_path, label_path in cityscapes_layout_files(root, counts, city):
+        _write_pair(image_path, label_path, *street_scene(rng, *size, label_ids), record)
+        written.append(image_path)
     return written
 
 
 def write_ade20k_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = ADE20K_SIZE,
-                        seed: int = 0) -> List[Path]:
+                        seed: int = 0, record: Optional[Callable[[Path], None]] = None) -> List[Path]:
     """``root/ADEChallengeData2016/images/<split>/ADE_<split>_<n>.jpg`` and ``annotations/<split>/*.png``
-    (values 0 = other, 1..150 = the SceneParsing classes) for each split (``training``, ``validation``).
+    (values 0 = other, 1..150 = the SceneParsing classes) for each split (``training``, ``validation``);
+    ``record`` is called with each file just written.
 
     Returns:
         The images written.
     """
     rng = np.random.default_rng(seed)
     classes = np.arange(1, 151, dtype=np.uint8)
-    base = root / "ADEChallengeData2016"
     written = []
-    for split, count in counts.items():
-        for i in range(count):
-            image, label = street_scene(rng, *size, classes, background=(4, 3))  # floor, sky
-            label[: size[0] // 20] = 0  # an "other" band: ignored in training and scoring
-            stem = f"ADE_{split[:5]}_{i + 1:08d}"
-            (base / "images" / split).mkdir(parents=True, exist_ok=True)
-            (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(base / "images" / split / f"{stem}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(base / "annotations" / split / f"{stem}.png"), label)
-            written.append(base / "images" / split / f"{stem}.jpg")
+    for image_path, label_path in ade20k_layout_files(root, counts):
+        image, label = street_scene(rng, *size, classes, background=(4, 3))  # floor, sky
+        label[: size[0] // 20] = 0  # an "other" band: ignored in training and scoring
+        _write_pair(image_path, label_path, image, label, record)
+        written.append(image_path)
     return written

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ccnet.data.base import DatasetSpec
 from ccnet.errors import ConfigError
+from ccnet.utils.manifest import OutputManifest
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +346,16 @@ def build_synthetic(dataset_cfg: Mapping[str, Any], split: str,
     return SyntheticDataset(cfg, stream, mean, std)
 
 
+WRITER = "write_synthetic"  # the name its files are recorded under in out/manifest.txt
+
+
 def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("train", "val"),
                   limit: Optional[int] = None) -> int:
     """Write the generated samples as PNG files: ``out/images/<split>/NNNNNN.png`` (RGB) and
     ``out/masks/<split>/NNNNNN.png`` (class indices), the same pixels the in-memory dataset yields.
+
+    Every path is claimed before the first file is written, and each file is recorded in
+    ``out/manifest.txt`` as it is written, so a later run replaces these files and no others.
 
     Args:
         cfg: generator settings.
@@ -358,21 +365,31 @@ def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("tra
 
     Returns:
         The number of samples written.
+
+    Raises:
+        OutputConflictError: a path holds a file that no earlier write_synthetic run wrote there;
+            nothing is written.
     """
     from PIL import Image
 
+    out = Path(out)
+    counts = {split: (cfg.num_train if split == "train" else cfg.num_val) for split in splits}
+    counts = {split: count if limit is None else min(count, limit) for split, count in counts.items()}
+    names = {split: [f"{index:06d}.png" for index in range(count)] for split, count in counts.items()}
+    manifest = OutputManifest(out, WRITER)
+    manifest.claim((out / kind / split / name for split in splits for name in names[split]
+                    for kind in ("images", "masks")), key="--out")
     written = 0
     for split in splits:
-        count = cfg.num_train if split == "train" else cfg.num_val
-        count = count if limit is None else min(count, limit)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "masks" / split).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
+        for index, name in enumerate(names[split]):
             scene = generate_sample(cfg, split, index)
-            Image.fromarray(scene.image).save(out / "images" / split / f"{index:06d}.png")
-            Image.fromarray(scene.label).save(out / "masks" / split / f"{index:06d}.png")
+            for kind, pixels in (("images", scene.image), ("masks", scene.label)):
+                Image.fromarray(pixels).save(out / kind / split / name)
+                manifest.record(out / kind / split / name)
             written += 1
-        log.info("wrote %d %s samples to %s", count, split, out)
+        log.info("wrote %d %s samples to %s", counts[split], split, out)
     return written
 
 

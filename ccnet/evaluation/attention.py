@@ -10,6 +10,7 @@ import torch
 
 from ccnet.data import build_dataset
 from ccnet.data.base import DatasetError
+from ccnet.errors import ConfigError
 from ccnet.evaluation.predict import read_rgb, to_tensor
 from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 
@@ -29,8 +30,9 @@ def attention_input(dataset_cfg: Mapping[str, Any], image: Optional[Path] = None
         ``(image, pixel)``: pixel is a two-hop shape's centre for a synthetic scene, else None.
 
     Raises:
-        ValueError: the image cannot be read, the index is out of range, or the dataset has no
+        ConfigError: the image does not exist, the index is out of range, or the dataset has no
             validation images here (the message says to pass an image).
+        UnreadableImageError: the image cannot be decoded.
 
     Shape:
         image: (3, H, W) float32.
@@ -39,16 +41,16 @@ def attention_input(dataset_cfg: Mapping[str, Any], image: Optional[Path] = None
     std = tuple(dataset_cfg.get("std") or IMAGENET_STD)
     if image is not None:
         if not Path(image).is_file():
-            raise ValueError(f"--image {image} does not exist")
+            raise ConfigError(f"--image {image} does not exist")
         return to_tensor(read_rgb(Path(image)), mean, std, torch.device("cpu"))[0], None
     name = dataset_cfg.get("name")
     try:
         dataset = build_dataset(dataset_cfg, "val")
     except (FileNotFoundError, DatasetError, ValueError) as exc:
-        raise ValueError(f"no validation image of the checkpoint's dataset {name!r} to show ({exc}); pass "
+        raise ConfigError(f"no validation image of the checkpoint's dataset {name!r} to show ({exc}); pass "
                          f"--image PATH") from None
     if not 0 <= index < len(dataset):
-        raise ValueError(f"--index {index} out of range: the {name} validation set has {len(dataset)} images")
+        raise ConfigError(f"--index {index} out of range: the {name} validation set has {len(dataset)} images")
     item, _ = dataset[index]
     two_hop = getattr(dataset, "two_hop_pixel", None)
     return item, two_hop(index) if two_hop is not None else None

@@ -5,14 +5,17 @@ will write and :meth:`OutputManifest.claim` refuses the whole run (one :class:`O
 when a path is one of the run's inputs (compared resolved, so a symlink to an input counts) or
 already exists without an earlier run of the same tool having written it there. What each run
 writes is appended to ``<folder>/manifest.txt`` as it is written, one ``<tool> <relative path>``
-line per file, so a run that crashes half-way has still recorded its files.
+line per file, so a run that crashes half-way has still recorded its files. :class:`OutputFiles` does
+the same for files whose paths the user gives one by one (``--out``, ``--onnx``): each is recorded
+in the manifest of its own folder.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Dict, Iterable, List, Set, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Union
 
 from ccnet.errors import UserError
 
@@ -73,38 +76,64 @@ class OutputManifest:
     def owns(self, path: Union[str, Path]) -> bool:
         """Whether ``path`` is a regular file (not a symlink) inside the folder that an earlier run of
         this tool recorded, i.e. whether this run may replace it."""
-        path = Path(path)
-        return (self.relative(path) in self._recorded and path.is_file() and not path.is_symlink()
-                and self.folder.resolve() in path.resolve().parents)
+        return self._owns(path, os.path.realpath(self.folder))
 
-    def claim(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
-              key: str = "output_dir") -> None:
-        """Check that this run may write every path of ``outputs``, then start the manifest file.
+    def _owns(self, path: Union[str, Path], real_folder: str) -> bool:
+        """:meth:`owns` with the folder's real path computed once (a claim may ask for 40000 files)."""
+        if self.relative(path) not in self._recorded:
+            return False
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # a symlink or a folder is never ours to replace
+                return False
+        except OSError:
+            return False
+        return os.path.realpath(path).startswith(os.path.join(real_folder, ""))  # not via a symlinked folder
+
+    def check(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
+              key: str = "output_dir", fix: Optional[str] = None) -> None:
+        """Check that this run may write every path of ``outputs``, writing nothing (not even the
+        folder): for a run that must refuse before long work but may still fail before its first
+        file, which then starts the manifest (:meth:`record`).
 
         Args:
             outputs: every file the run will write, below the folder.
             inputs: the files the run reads; none of them may be written.
             key: the setting that names the folder, for the message.
+            fix: the message's advice, if not to choose another folder with ``key``.
 
         Raises:
             OutputConflictError: naming the first few conflicting files, their count and the fix.
         """
         sources = {Path(p).resolve() for p in inputs}
+        manifest = os.path.abspath(self.path)
+        real_folder = os.path.realpath(self.folder)
         conflicts: List[str] = []
         if self._foreign:
             conflicts.append(f"{self.path} (a file of the manifest's name that ccnet did not write)")
         for out in outputs:
             out = Path(out)
-            if out.resolve() in sources:
+            if sources and out.resolve() in sources:  # no resolve() per file when there are no inputs
                 conflicts.append(f"{out} (an input of this run)")
-            elif os.path.lexists(out) and not self.owns(out):
+            elif out.name == MANIFEST_NAME and os.path.abspath(out) == manifest:
+                conflicts.append(f"{out} (the folder's manifest, where this run records what it writes)")
+            elif os.path.lexists(out) and not self._owns(out, real_folder):
                 conflicts.append(f"{out} (exists, and no earlier {self.tool} run wrote it here)")
         if conflicts:
             more = f", and {len(conflicts) - SHOWN} more" if len(conflicts) > SHOWN else ""
             raise OutputConflictError(
                 f"refusing to write into {self.folder}: {len(conflicts)} file(s) this run would write are not its "
-                f"own to replace: {'; '.join(conflicts[:SHOWN])}{more}. Nothing was written. Give the run a "
-                f"folder of its own ({key}=...) or move those files away")
+                f"own to replace: {'; '.join(conflicts[:SHOWN])}{more}. Nothing was written. "
+                + (fix or f"Give the run a folder of its own ({key}=...) or move those files away"))
+
+    def claim(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
+              key: str = "output_dir") -> None:
+        """Check that this run may write every path of ``outputs`` (:meth:`check`), then start the
+        manifest file (creating the folder).
+
+        Raises:
+            OutputConflictError: naming the first few conflicting files, their count and the fix.
+        """
+        self.check(outputs, inputs, key)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.write_text(HEADER, encoding="utf-8")
@@ -125,3 +154,48 @@ class OutputManifest:
         finally:
             os.close(fd)
         self._recorded.add(rel)
+
+
+class OutputFiles:
+    """Files at paths the user names one by one (``--out``, ``--onnx``, a destination), each in the
+    manifest of its own folder: :meth:`check` all of them before any work, :meth:`record` each once
+    written.
+
+    Args:
+        tool: the writing tool's name; a run may replace only files recorded under it.
+        paths: option (for the message, e.g. ``"--onnx"``) -> the file it names; None: not written.
+    """
+
+    def __init__(self, tool: str, paths: Mapping[str, Optional[Union[str, Path]]]) -> None:
+        self.tool = tool
+        self.paths: Dict[str, Path] = {option: Path(p) for option, p in paths.items() if p is not None}
+        self._manifests: Dict[str, OutputManifest] = {}
+
+    def manifest(self, path: Union[str, Path]) -> OutputManifest:
+        """The manifest of ``path``'s folder (read once per folder)."""
+        folder = Path(path).parent
+        key = os.path.abspath(folder)
+        if key not in self._manifests:
+            self._manifests[key] = OutputManifest(folder, self.tool)
+        return self._manifests[key]
+
+    def check(self, inputs: Iterable[Union[str, Path]] = ()) -> None:
+        """Refuse the run, writing nothing, when two options name one file, or a path is one of
+        ``inputs`` or a file that no earlier run of this tool wrote there.
+
+        Raises:
+            OutputConflictError: naming the option, the file and the fix.
+        """
+        inputs = list(inputs)
+        seen: Dict[Path, str] = {}
+        for option, path in self.paths.items():
+            same = seen.setdefault(path.resolve(), option)
+            if same != option:
+                raise OutputConflictError(f"{same} and {option} both name {path}: each output needs a file of its "
+                                          "own. Nothing was written; give them different paths")
+        for option, path in self.paths.items():
+            self.manifest(path).check([path], inputs, fix=f"Choose another {option} or move that file away")
+
+    def record(self, path: Union[str, Path]) -> None:
+        """Append ``path`` (just written) to its folder's manifest."""
+        self.manifest(path).record(path)

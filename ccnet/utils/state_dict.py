@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ccnet.errors import UserError
+
 Transform = Callable[[Tensor], Tensor]
 
 
@@ -85,9 +87,9 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-class ConversionError(ValueError):
-    """The source checkpoint does not map exactly onto the target model; carries the report when
-    the key mapping was attempted."""
+class ConversionError(UserError, ValueError):
+    """The source checkpoint does not map exactly onto the target model (the user's file is not in
+    the layout asked for); carries the report when the key mapping was attempted."""
 
     def __init__(self, message: str, report: Optional[ConversionReport] = None) -> None:
         super().__init__(message if report is None else f"{message}\n{report.format()}")

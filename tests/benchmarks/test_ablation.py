@@ -1,10 +1,11 @@
 """Recurrence ablation summary (tools/benchmark.py ablation): head cost against closed forms, the
-benchmarks' memory meter, the summary table, and scripts/ablation_recurrence.sh end to end in a
-CI-sized setting."""
+benchmarks' memory meter, the summary table, its files never written over a file no summary wrote, and
+scripts/ablation_recurrence.sh end to end in a CI-sized setting."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 
 from ccnet.benchmarks.ablation import find_runs, head_cost, markdown_table, summarize
 from ccnet.benchmarks.common import peak_memory
+from ccnet.utils.manifest import HEADER
 from tools.benchmark import main as benchmark_main
 
 NARROW = dict(num_classes=5, tiny_widths=[8, 16, 32], head_channels=16, bottleneck_channels=16, aux_channels=8)
@@ -112,6 +114,32 @@ def test_summary_errors_name_the_folder(tmp_path: Path) -> None:
         find_runs(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         find_runs(tmp_path)
+
+
+def test_summary_files_replace_their_own_but_never_a_file_no_summary_wrote(model_cfg, tmp_path: Path,
+                                                                          caplog) -> None:
+    root = tmp_path / "sweep"
+    _fake_run(root, "rcca/0", model_cfg(recurrence=1), 0.6, 12.0)
+    command = ["ablation", str(root), "--no-regions", "--feature-size", "4", "4"]
+    first = benchmark_main(command)
+    assert benchmark_main(command)["rows"] == first["rows"]  # the same command again: its own table and JSON
+    assert (root / "manifest.txt").read_text() == HEADER + "ablation summary.md\nbenchmark summary.json\n"
+    other = tmp_path / "other"
+    _fake_run(other, "rcca/0", model_cfg(recurrence=1), 0.6, 12.0)
+    (other / "summary.md").write_text("the user's notes")
+    before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    with caplog.at_level(logging.ERROR, logger="benchmark"), pytest.raises(SystemExit) as exit_:
+        benchmark_main(["ablation", str(other), "--no-regions", "--feature-size", "4", "4"])
+    assert exit_.value.code == 2 and len(caplog.messages) == 1
+    assert f"{other / 'summary.md'} (exists, and no earlier ablation run wrote it here)" in caplog.messages[0]
+    with caplog.at_level(logging.ERROR, logger="benchmark"), pytest.raises(SystemExit):  # a run's own file
+        benchmark_main(["ablation", str(other), "--table", str(other / "rcca/0/metrics.jsonl"), "--no-regions"])
+    assert "metrics.jsonl (an input of this run)" in caplog.messages[1]
+    with caplog.at_level(logging.ERROR, logger="benchmark"), pytest.raises(SystemExit):
+        benchmark_main(["ablation", str(other), "--table", str(tmp_path / "t.md"), "--out", str(tmp_path / "t.md")])
+    assert caplog.messages[2].startswith(f"--table and --out both name {tmp_path / 't.md'}")
+    assert (other / "summary.md").read_text() == "the user's notes"
+    assert sorted(p.relative_to(other) for p in other.rglob("*")) == before and not (tmp_path / "t.md").exists()
 
 
 @pytest.mark.slow

@@ -1,15 +1,19 @@
 """Smoke tests of tools/benchmark.py: every subcommand at CI-sized shapes on CPU, checking the printed
 table, the JSON file and that the numbers make sense (implementations agree, FLOPs match closed-form
-counts, non-local costs more than criss-cross attention, the official model's parameter count)."""
+counts, non-local costs more than criss-cross attention, the official model's parameter count); --out never
+replaces a file no benchmark wrote, and user mistakes end in one line with exit status 2."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+
+from ccnet.utils.manifest import HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,3 +167,28 @@ def test_the_load_of_what_ran_before_is_waited_out(monkeypatch, capsys):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     common.check_machine_load(torch.device("cpu"), force=False, wait_s=10, poll_s=0.01)
     assert "waiting up to 10 s for it to fall to 0.60" in capsys.readouterr().err
+
+
+def test_out_replaces_its_own_json_but_never_a_file_no_benchmark_wrote(cli, tmp_path, capsys, caplog):
+    out = tmp_path / "model.json"
+    argv = ["model", "--configs", "ccnet_tiny", "--size", "32", "40"]
+    first = cli.main([*argv, "--out", str(out)])
+    assert cli.main([*argv, "--out", str(out)])["results"] == first["results"]  # again: its own file
+    assert (tmp_path / "manifest.txt").read_text() == HEADER + "benchmark model.json\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.json").write_text("the user's results")
+    capsys.readouterr()
+    with caplog.at_level(logging.ERROR, logger="benchmark"), pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--out", str(mine / "model.json")])
+    assert exit_.value.code == 2
+    assert caplog.messages == [f"refusing to write into {mine}: 1 file(s) this run would write are not its own to "
+                               f"replace: {mine / 'model.json'} (exists, and no earlier benchmark run wrote it "
+                               "here). Nothing was written. Choose another --out or move that file away"]
+    assert (mine / "model.json").read_text() == "the user's results" and len(list(mine.iterdir())) == 1
+    assert "params" not in capsys.readouterr().out  # refused before the benchmark ran
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="benchmark"), pytest.raises(SystemExit) as exit_:
+        cli.main(["cca", "--recurrence", "0", "--out", str(tmp_path / "cca.json")])  # an option error: one line
+    assert exit_.value.code == 2 and caplog.messages == ["--recurrence must be >= 1, got 0"]
+    assert not (tmp_path / "cca.json").exists()

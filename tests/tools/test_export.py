@@ -1,6 +1,7 @@
 """tools/export.py: a torch.export program (.pt2) and ONNX (dynamo exporter, or the TorchScript-based fallback
 with its reason) of a checkpoint, both with dynamic batch/H/W and embedded metadata, checked with
-torch.export.load / ONNX Runtime against the PyTorch model at sizes and batches other than the exported one."""
+torch.export.load / ONNX Runtime against the PyTorch model at sizes and batches other than the exported one;
+no output written over the checkpoint or a file no export wrote."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +22,7 @@ from ccnet.checkpoint import save_checkpoint
 from ccnet.export import load_exported
 from ccnet.models import build_model
 from ccnet.models.cca import IMPL_ENV as CCA_IMPL_ENV
+from ccnet.utils.manifest import HEADER
 
 onnx = pytest.importorskip("onnx", reason="optional export dependency (requirements-dev.txt)")
 ort = pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-dev.txt)")
@@ -74,15 +77,17 @@ def exported(checkpoint, tmp_path_factory):
     path, _ = checkpoint
     out_dir = tmp_path_factory.mktemp("exported")
     pt2, onnx_path, out = out_dir / "m.pt2", out_dir / "m.onnx", out_dir / "r.json"
+    argv = [str(path), "--pt2", str(pt2), "--onnx", str(onnx_path), "--size", "64", "64",
+            "--check-size", "48", "80", "--check-size", "40", "56", "--out", str(out)]
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         # a fast, non-exportable attention as the default must not leak into the export
         mp.setenv(CCA_IMPL_ENV, "lean")
-        status = _tool().main([str(path), "--pt2", str(pt2), "--onnx", str(onnx_path), "--size", "64", "64",
-                               "--check-size", "48", "80", "--check-size", "40", "56", "--out", str(out)])
+        status = _tool().main(argv)
         impl_after = os.environ[CCA_IMPL_ENV]
     return {"status": status, "result": json.loads(out.read_text()), "pt2": pt2, "onnx": onnx_path,
-            "warnings": list(records), "impl_after": impl_after}
+            "warnings": list(records), "impl_after": impl_after, "argv": argv, "dir": out_dir,
+            "files": sorted(p.name for p in out_dir.iterdir())}
 
 
 def test_tool_checks_both_exports_and_records_the_exporter(exported):
@@ -99,6 +104,13 @@ def test_tool_checks_both_exports_and_records_the_exporter(exported):
         assert onnx_entry["exporter"] == "dynamo" and onnx_entry["fallback_reason"] is None
     else:
         assert onnx_entry["exporter"] == "torchscript" and "onnxscript" in onnx_entry["fallback_reason"]
+
+
+def test_writes_only_its_files_and_records_them(exported):
+    # the ONNX weights are inside the .onnx file: no external-data file beside it
+    assert exported["files"] == ["m.onnx", "m.pt2", "manifest.txt", "r.json"]
+    lines = (exported["dir"] / "manifest.txt").read_text().splitlines()
+    assert lines[0] == HEADER.rstrip("\n") and sorted(lines[1:]) == ["export m.onnx", "export m.pt2", "export r.json"]
 
 
 def test_no_deprecation_warnings_from_our_code(exported):
@@ -261,3 +273,36 @@ def test_default_outputs_go_under_outputs_export(tmp_path, monkeypatch):
     # an explicit output replaces both defaults
     assert tool.main(["best.pth", "--pt2", "m.pt2"]) == 0
     assert calls[-1]["pt2_path"] == "m.pt2" and calls[-1]["onnx_path"] is None
+
+
+def test_outputs_never_replace_the_checkpoint_or_a_file_no_export_wrote(checkpoint, tmp_path, caplog):
+    path, _ = checkpoint
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"the user's own model")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), str(path), "--pt2",
+                           str(tmp_path / "new.pt2"), "--onnx", str(mine), "--size", "32", "32"],
+                          capture_output=True, text=True, timeout=300)
+    output = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and "Traceback" not in output and len(output.splitlines()) == 1
+    assert output.startswith(f"export failed: refusing to write into {tmp_path}: 1 file(s)") and \
+        output.endswith(f"{mine} (exists, and no earlier export run wrote it here). Nothing was written. Choose "
+                        "another --onnx or move that file away")
+    assert mine.read_bytes() == b"the user's own model"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.onnx"]  # no .pt2 either: refused before exporting
+    checkpoint_bytes = path.read_bytes()
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert _tool().main([str(path), "--pt2", str(path), "--size", "32", "32"]) == 2
+        assert _tool().main([str(path), "--onnx", str(tmp_path / "a.onnx"), "--out", str(tmp_path / "a.onnx")]) == 2
+    assert caplog.messages[0].endswith(f"{path} (an input of this run). Nothing was written. Choose another --pt2 "
+                                       "or move that file away")
+    assert caplog.messages[1] == f"export failed: --onnx and --out both name {tmp_path / 'a.onnx'}: each output " \
+                                 "needs a file of its own. Nothing was written; give them different paths"
+    assert path.read_bytes() == checkpoint_bytes and [p.name for p in tmp_path.iterdir()] == ["mine.onnx"]
+
+
+def test_the_same_command_again_replaces_its_own_files(exported):
+    before = {name: (exported["dir"] / name).stat().st_mtime_ns for name in ("m.pt2", "m.onnx", "r.json")}
+    assert _tool().main(exported["argv"]) == 0
+    assert sorted(p.name for p in exported["dir"].iterdir()) == exported["files"]
+    assert all((exported["dir"] / name).stat().st_mtime_ns > ns for name, ns in before.items())  # written anew
+    assert len((exported["dir"] / "manifest.txt").read_text().splitlines()) == 4  # each file recorded once

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ccnet.utils.manifest import HEADER, OutputConflictError, OutputManifest
+from ccnet.utils.manifest import HEADER, OutputConflictError, OutputFiles, OutputManifest
 
 
 def test_claim_names_the_first_five_conflicts_and_counts_the_rest(tmp_path):
@@ -93,3 +93,45 @@ def test_a_name_that_is_not_utf8_is_recorded_and_owned(tmp_path):
     manifest.record(latin1)
     assert (out / "manifest.txt").read_bytes() == HEADER.encode() + b"infer caf\xe9.png\n"
     OutputManifest(out, "infer").claim([latin1])  # a later run may replace it
+
+
+def test_check_refuses_like_claim_but_writes_nothing(tmp_path):
+    out = tmp_path / "new" / "folder"
+    manifest = OutputManifest(out, "convert")
+    manifest.check([out / "a.pth"])  # free: passes without creating the folder or the manifest
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(OutputConflictError, match=r"manifest.txt \(the folder's manifest"):
+        manifest.check([out / "manifest.txt"])  # the run's records would land in its own output
+    out.mkdir(parents=True)
+    (out / "a.pth").write_bytes(b"the user's")
+    with pytest.raises(OutputConflictError, match=r"Nothing was written\. Pick another$"):
+        manifest.check([out / "a.pth"], fix="Pick another")
+    assert sorted(p.name for p in out.iterdir()) == ["a.pth"]
+
+
+def test_output_files_are_recorded_in_their_own_folders(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    files = OutputFiles("export", {"--pt2": a / "m.pt2", "--onnx": b / "m.onnx", "--out": None})
+    files.check(inputs=[tmp_path / "ckpt.pth"])
+    assert not a.exists() and not b.exists()  # checking writes nothing
+    for path in files.paths.values():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"export")
+        files.record(path)
+    assert (a / "manifest.txt").read_text() == HEADER + "export m.pt2\n"
+    assert (b / "manifest.txt").read_text() == HEADER + "export m.onnx\n"
+    OutputFiles("export", {"--pt2": a / "m.pt2", "--onnx": b / "m.onnx"}).check()  # a rerun replaces its own
+    with pytest.raises(OutputConflictError, match=r"m\.pt2 \(exists, and no earlier convert run wrote it here\)\. "
+                                                  r"Nothing was written\. Choose another DST or move that file away"):
+        OutputFiles("convert", {"DST": a / "m.pt2"}).check()
+
+
+def test_output_files_refuse_an_input_and_one_file_named_twice(tmp_path):
+    ckpt = tmp_path / "ckpt.pth"
+    ckpt.write_bytes(b"weights")
+    (tmp_path / "link.onnx").symlink_to(ckpt)
+    with pytest.raises(OutputConflictError, match=r"link\.onnx \(an input of this run\)"):
+        OutputFiles("export", {"--onnx": tmp_path / "link.onnx"}).check(inputs=[ckpt])
+    with pytest.raises(OutputConflictError, match=r"^--pt2 and --out both name .*m\.pt2: each output needs a file"):
+        OutputFiles("export", {"--pt2": tmp_path / "m.pt2", "--out": tmp_path / "x" / ".." / "m.pt2"}).check()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "link.onnx"]
