@@ -38,24 +38,34 @@ def _sizes(directory: Path) -> Dict[str, int]:
 @contextlib.contextmanager
 def discard_if_empty_on_failure(directory: Union[str, Path],
                                 housekeeping: Sequence[str] = HOUSEKEEPING) -> Iterator[None]:
-    """On an exception (or exit) inside the block, delete ``directory`` when it holds nothing but
-    housekeeping files that were empty or absent when the block started — nothing of an earlier run
-    and no result of this one. The exception propagates. Call it on one process only (rank 0)."""
+    """On an exception (or exit) inside the block, remove what this run left and nobody needs: the
+    housekeeping files that were empty or absent when the block started and the lock file this run
+    created, and then ``directory`` itself when nothing else is in it (nothing of an earlier run, no
+    result of this one, none of the user's files). The exception propagates. Call it on one process
+    only (rank 0)."""
     directory = Path(directory)
     before = _sizes(directory)
     try:
         yield
     except BaseException:
         entries = list(directory.iterdir()) if directory.is_dir() else []
-        ours = directory.resolve() in _held  # our lock file goes with the folder
-        if all(p.is_file() and (p.name in housekeeping and before.get(p.name, 0) == 0 or p.name == LOCK_NAME and ours)
-               for p in entries):
-            try:
-                for p in entries:
-                    p.unlink()
+        lock = _held.get(directory.resolve())
+
+        def litter(p: Path) -> bool:
+            if not p.is_file():
+                return False
+            if p.name == LOCK_NAME:
+                return lock is not None and (lock.created or not before.get(p.name))
+            return p.name in housekeeping and before.get(p.name, 0) == 0
+
+        ours = [p for p in entries if litter(p)]
+        try:
+            for p in ours:
+                p.unlink()
+            if len(ours) == len(entries):
                 directory.rmdir()
-            except OSError:  # cleaning up must never hide the error that ended the run
-                pass
+        except OSError:  # cleaning up must never hide the error that ended the run
+            pass
         raise
 
 
