@@ -17,9 +17,9 @@ LAYERS: Dict[str, int] = {
     "ccnet.errors": 1, "ccnet.checkpoint": 1, "ccnet.dist": 1, "ccnet.utils": 1, "ccnet.run_name": 1,
     "ccnet.models": 2, "ccnet.data": 2,
     "ccnet.engine": 3, "ccnet.evaluation": 3,
-    "ccnet.convert": 4, "ccnet.export": 4, "ccnet.benchmarks": 4, "ccnet.api": 4, "ccnet.selfcheck": 4,
-    "ccnet.rehearse": 4,
-    "tools": 5, "scripts": 5,
+    "ccnet.convert": 4, "ccnet.api": 4,
+    "ccnet.apps": 5,  # the applications: never imported by the library (layers 1-4)
+    "tools": 6, "scripts": 6,
 }
 FORBIDDEN_SIDEWAYS = {("ccnet.models", "ccnet.data"), ("ccnet.data", "ccnet.models"),
                       ("ccnet.evaluation", "ccnet.engine")}
@@ -158,8 +158,12 @@ def test_the_checks_catch_what_they_should(tmp_path):
     (tmp_path / "ccnet" / "models" / "cca" / "b.py").write_text("def g():\n    from ccnet.models.cca import a\n")
     (tmp_path / "tools" / "t.py").write_text("from scripts import s\n")
     (tmp_path / "scripts" / "s.py").write_text("")
+    (tmp_path / "ccnet" / "apps").mkdir()
+    (tmp_path / "ccnet" / "apps" / "report.py").write_text("")
+    (tmp_path / "ccnet" / "engine" / "uses_an_app.py").write_text("from ccnet.apps import report\n")
     problems = upward_imports(tmp_path)
-    assert len(problems) == 2 and "ccnet.models (layer 2) imports ccnet.engine.trainer (layer 3)" in problems[1]
+    assert len(problems) == 3 and "ccnet.models (layer 2) imports ccnet.engine.trainer (layer 3)" in problems[2]
+    assert "ccnet.engine (layer 3) imports ccnet.apps.report (layer 5)" in problems[0]
     assert import_cycles(tmp_path) == [["ccnet.models.cca.a", "ccnet.models.cca.b", "ccnet.models.cca.a"]]
     assert private_imports(tmp_path) == [f"{tmp_path / 'ccnet/models/cca/a.py'}:1: imports _helper from "
                                          "ccnet.models.cca.b"]

@@ -1,6 +1,6 @@
 """Benchmarks: ``python tools/benchmark.py {cca,context,model,train,data,ablation} [options]``.
 
-A thin command line over ``ccnet/benchmarks/<name>.py``; each module adds its options
+A thin command line over ``ccnet/apps/benchmarks/<name>.py``; each module adds its options
 (``add_arguments(parser)``) and runs (``run(args) -> dict``, printing a table). The returned dict is
 written as JSON to ``--out`` (default ``outputs/benchmarks/<name>.json`` in the repository, which git
 ignores; the ablation summary: beside its runs), replacing only a file an earlier benchmark wrote
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ccnet.benchmarks import TOOL
+from ccnet.apps.benchmarks import TOOL
 from ccnet.errors import exit_on_user_error
 from ccnet.utils.manifest import OutputFiles
 
@@ -29,12 +29,12 @@ RESULTS_DIR = REPO / "outputs" / "benchmarks"
 
 # name -> (module, one-line description)
 BENCHMARKS: Dict[str, tuple] = {
-    "cca": ("ccnet.benchmarks.cca", "criss-cross attention: ours vs the widely copied formulation"),
-    "context": ("ccnet.benchmarks.context", "paper's efficiency table: GFLOPs/memory of RCCA R=1..3 vs non-local"),
-    "model": ("ccnet.benchmarks.model", "params, GFLOPs and latency of every configs/model/*.yaml"),
-    "train": ("ccnet.benchmarks.train", "training-step images/s and memory: fp32 vs AMP, channels_last"),
-    "data": ("ccnet.benchmarks.data", "data-loading pipeline images/s per DataLoader worker count"),
-    "ablation": ("ccnet.benchmarks.ablation", "summary table of a recurrence ablation sweep "
+    "cca": ("ccnet.apps.benchmarks.cca", "criss-cross attention: ours vs the widely copied formulation"),
+    "context": ("ccnet.apps.benchmarks.context", "paper's efficiency table: GFLOPs/memory of RCCA R=1..3 vs non-local"),
+    "model": ("ccnet.apps.benchmarks.model", "params, GFLOPs and latency of every configs/model/*.yaml"),
+    "train": ("ccnet.apps.benchmarks.train", "training-step images/s and memory: fp32 vs AMP, channels_last"),
+    "data": ("ccnet.apps.benchmarks.data", "data-loading pipeline images/s per DataLoader worker count"),
+    "ablation": ("ccnet.apps.benchmarks.ablation", "summary table of a recurrence ablation sweep "
                  "(scripts/ablation_recurrence.sh)"),
 }
 

@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ccnet.data.browse import browse
+from ccnet.apps.browse import browse
 from ccnet.errors import exit_on_user_error, run_hydra_main
 from ccnet.utils.outputs import discard_if_empty_on_failure, hold_folder
 

@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ccnet.apps.eval import format_table, json_safe
 from ccnet.errors import exit_on_user_error
 from ccnet.evaluation.cityscapes_eval import evaluate_label_id_folders
-from ccnet.evaluation.runner import format_table, json_safe
 from ccnet.utils.manifest import OutputFiles
 
 log = logging.getLogger("cityscapes_eval")

@@ -19,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ccnet import dist
+from ccnet.apps.eval import run_eval
 from ccnet.errors import exit_on_user_error, run_hydra_main
-from ccnet.evaluation.runner import run_eval
 from ccnet.utils.outputs import discard_if_empty_on_failure, hold_folder
 
 log = logging.getLogger("eval")

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ccnet.apps.export import DEFAULT_OPSET, MIN_OPSET, TOOL, export_checkpoint
 from ccnet.errors import EXIT_USER_ERROR, UserError
-from ccnet.export import DEFAULT_OPSET, MIN_OPSET, TOOL, export_checkpoint
 from ccnet.utils.manifest import OutputFiles
 
 log = logging.getLogger("export")

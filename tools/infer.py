@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ccnet.apps.infer import run_infer
 from ccnet.errors import EXIT_USER_ERROR, exit_on_user_error, run_hydra_main
-from ccnet.evaluation.predict import run_infer
 from ccnet.utils.outputs import discard_if_empty_on_failure, hold_folder
 
 log = logging.getLogger("infer")

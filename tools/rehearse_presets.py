@@ -8,7 +8,7 @@ For each preset: full-size images in the dataset's real layout (2048x1024 Citysc
 gtFine labelIds, ADE20K ADEChallengeData2016), then ``tools/train.py experiment=<preset>`` with the
 preset's model, crop, augmentation and validation protocol, ``model.weights=null`` and a few steps.
 Prints seconds per step, validation seconds and the process's peak memory per preset, writes
-``<out-dir>/rehearsal.json`` and exits with status 1 when a preset failed (ccnet/rehearse.py). Every
+``<out-dir>/rehearsal.json`` and exits with status 1 when a preset failed (ccnet/apps/rehearse.py). Every
 file it writes is recorded in ``<out-dir>/manifest.txt``: a rerun replaces the earlier rehearsal's files
 (its run folders included) and never a file of yours, which is refused before anything runs; a user
 mistake is one message with exit status 2.
@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ccnet.benchmarks.common import machine_info
+from ccnet.apps.benchmarks.common import machine_info
+from ccnet.apps.rehearse import PRESETS, REPO, REPORT, TOOL, as_json, format_rehearsals, preset_outputs, rehearse
 from ccnet.dist import resolve_device
 from ccnet.errors import exit_on_user_error
-from ccnet.rehearse import PRESETS, REPO, REPORT, TOOL, as_json, format_rehearsals, preset_outputs, rehearse
 from ccnet.utils.manifest import OutputManifest
 
 log = logging.getLogger("rehearse")
@@ -55,7 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    out_dir = args.out_dir.resolve()  # as ccnet.rehearse records its files
+    out_dir = args.out_dir.resolve()  # as ccnet.apps.rehearse records its files
     manifest = OutputManifest(out_dir, TOOL)
     with exit_on_user_error(log):
         # before the runs: their load is not counted

@@ -6,7 +6,7 @@
 
 Runs the attention implementations against the reference on odd shapes, training steps in every
 precision (and torch.compile), SyncBatchNorm on a one-process group, a sliding-window evaluation and
-the attention benchmark (ccnet/selfcheck.py lists the sizes), prints a table, writes a JSON report
+the attention benchmark (ccnet/apps/selfcheck.py lists the sizes), prints a table, writes a JSON report
 and exits with status 1 when a check failed. On CUDA it also reports the performance targets. The
 report never replaces a file that no earlier self-check wrote (checked before the checks run); a user
 mistake (such a file, a bad --device) is one message with exit status 2.
@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ccnet.apps.selfcheck import format_report, report_output, run_selfcheck, write_report
 from ccnet.dist import resolve_device
 from ccnet.errors import exit_on_user_error
-from ccnet.selfcheck import format_report, report_output, run_selfcheck, write_report
 
 log = logging.getLogger("selfcheck")
 

@@ -22,9 +22,9 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ccnet.apps.attention import attention_input
 from ccnet.dist import resolve_device
 from ccnet.errors import ConfigError, exit_on_user_error
-from ccnet.evaluation.attention import attention_input
 from ccnet.evaluation.loading import CheckpointMismatchError, load_checkpoint_for_eval, load_model
 from ccnet.models.attention_maps import rcca_attention_maps
 from ccnet.utils.manifest import OutputManifest

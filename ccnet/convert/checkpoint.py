@@ -21,11 +21,11 @@ from ccnet.convert import mmseg, official
 from ccnet.convert.core import ConversionError, ConversionReport, SourceFormat, remap_state_dict, strip_prefix
 from ccnet.errors import ConfigError
 from ccnet.utils.manifest import OutputFiles
+from ccnet.utils.paths import CONFIGS_DIR
 
 log = logging.getLogger(__name__)
 
 FORMATS: Dict[str, SourceFormat] = {official.FORMAT.name: official.FORMAT, mmseg.FORMAT.name: mmseg.FORMAT}
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 # dataset config used when --dataset is not given, by the number of classes of the classifier
 DATASET_BY_CLASSES = {19: "cityscapes", 150: "ade20k"}
 

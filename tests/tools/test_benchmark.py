@@ -124,8 +124,8 @@ def test_data_dispatch_and_missing_module_message(cli, tmp_path, capsys, monkeyp
     result, printed = _run(cli, tmp_path, capsys, "data", "--workers", "0", "--batch-size", "1", "--num-batches", "1",
                            "--warmup", "0", "--image-size", "64", "128", "--num-images", "2", "--crop-size", "32")
     assert result["results"] and "images/s" in printed
-    monkeypatch.setitem(cli.BENCHMARKS, "data", ("ccnet.benchmarks.not_there", "missing"))
-    with pytest.raises(SystemExit, match="ccnet/benchmarks/not_there.py.*missing from this checkout"):
+    monkeypatch.setitem(cli.BENCHMARKS, "data", ("ccnet.apps.benchmarks.not_there", "missing"))
+    with pytest.raises(SystemExit, match="ccnet/apps/benchmarks/not_there.py.*missing from this checkout"):
         cli.main(["data"])
 
 
@@ -133,7 +133,7 @@ def test_roofline_of_the_paper_shape():
     """1x512x97x97, R = 2, forward+backward: ~37 GFLOP of projections and ~13 of attention."""
     from argparse import Namespace
 
-    from ccnet.benchmarks.cca import roofline
+    from ccnet.apps.benchmarks.cca import roofline
 
     args = Namespace(batch=1, channels=512, height=97, width=97, reduction=8, recurrence=2, scope="module")
     bound = roofline(args, gemm_gflops=200.0)
@@ -145,7 +145,7 @@ def test_roofline_of_the_paper_shape():
 def test_busy_machine_is_refused_unless_forced(monkeypatch, capsys):
     import os
 
-    from ccnet.benchmarks import common
+    from ccnet.apps.benchmarks import common
 
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
@@ -160,7 +160,7 @@ def test_busy_machine_is_refused_unless_forced(monkeypatch, capsys):
 def test_the_load_of_what_ran_before_is_waited_out(monkeypatch, capsys):
     import os
 
-    from ccnet.benchmarks import common
+    from ccnet.apps.benchmarks import common
 
     loads = iter([1.2, 0.9, 0.7, 0.5])  # a previous benchmark's load decaying
     monkeypatch.setattr(os, "getloadavg", lambda: (next(loads),) * 3)

@@ -20,13 +20,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 
+from ccnet.apps import eval as eval_app
+from ccnet.apps.eval import run_eval
 from ccnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ccnet.data import DatasetError
 from ccnet.engine import train
 from ccnet.errors import ConfigError, user_message
-from ccnet.evaluation import runner
 from ccnet.evaluation.loading import CheckpointMismatchError
-from ccnet.evaluation.runner import run_eval
 from ccnet.utils.manifest import OutputConflictError
 from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 from tests.evaluation.helpers import load_yaml, make_checkpoint
@@ -219,7 +219,7 @@ def test_a_split_without_any_labelled_pixel_is_refused_before_inference(configs_
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for a split that cannot be scored")
 
-    monkeypatch.setattr(runner, "load_model", no_model)
+    monkeypatch.setattr(eval_app, "load_model", no_model)
     with pytest.raises(DatasetError, match=r"the evaluation split 'val' \(2 images\) has no labelled pixel: every "
                                            r"label is 255 \(ignore\).*Check split, the mask files"):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}"))

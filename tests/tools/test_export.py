@@ -18,8 +18,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ccnet.apps.export import load_exported
 from ccnet.checkpoint import save_checkpoint
-from ccnet.export import load_exported
 from ccnet.models import build_model
 from ccnet.models.cca import IMPL_ENV as CCA_IMPL_ENV
 from ccnet.utils.manifest import HEADER

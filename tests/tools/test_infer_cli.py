@@ -16,11 +16,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from ccnet.apps.infer import list_inputs, run_infer
 from ccnet.checkpoint import load_checkpoint
 from ccnet.data.cityscapes import PALETTE
 from ccnet.errors import ConfigError
 from ccnet.evaluation.loading import CheckpointMismatchError
-from ccnet.evaluation.predict import list_inputs, run_infer
 from ccnet.evaluation.writers import FORMATS
 from ccnet.models import build_model
 from ccnet.utils.manifest import OutputConflictError

@@ -13,10 +13,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from ccnet.apps.attention import attention_input
 from ccnet.checkpoint import save_checkpoint
 from ccnet.data.synthetic import build_synthetic, region_masks
 from ccnet.errors import ConfigError
-from ccnet.evaluation.attention import attention_input
 from ccnet.evaluation.loading import CheckpointMismatchError
 from ccnet.utils.manifest import HEADER, OutputConflictError
 from tests.models.test_attention_maps import SIZE, _model, _model_cfg

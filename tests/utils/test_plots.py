@@ -81,6 +81,6 @@ def test_plots_are_written_as_readable_pngs(tmp_path) -> None:
 
 
 def test_importing_ccnet_does_not_load_matplotlib() -> None:
-    code = ("import sys, ccnet, ccnet.utils.plots, ccnet.evaluation.runner, ccnet.engine.trainer; "
+    code = ("import sys, ccnet, ccnet.utils.plots, ccnet.apps.eval, ccnet.engine.trainer; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

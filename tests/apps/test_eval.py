@@ -1,4 +1,4 @@
-"""The console table and metrics.json of tools/eval.py (ccnet/evaluation/runner.py): a metric that is
+"""The console table and metrics.json of tools/eval.py (ccnet/apps/eval.py): a metric that is
 not defined is printed as a dash with its reason, never as 'nan', and written as JSON null."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from ccnet.evaluation.runner import format_table, json_safe
+from ccnet.apps.eval import format_table, json_safe
 
 NAN = math.nan
 

@@ -11,7 +11,7 @@ module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl
 * the context head's GFLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counts 2),
   the part of them the context module adds (head GFLOPs minus those of the same head without
   context) and the head's peak memory of one forward pass on a single input at the training crop's
-  feature size (:func:`ccnet.benchmarks.common.peak_memory`, the meter of every benchmark) —
+  feature size (:func:`ccnet.apps.benchmarks.common.peak_memory`, the meter of every benchmark) —
   properties of the architecture, identical across seeds. Both are measured with the reference
   criss-cross implementation (``use_implementation("reference")``), so they describe the operator
   as the paper defines it rather than a particular kernel;
@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from ccnet.benchmarks.common import count_flops, peak_memory
+from ccnet.apps.benchmarks.common import count_flops, peak_memory
 from ccnet.errors import ConfigError
 from ccnet.models.cca import use_implementation
 from ccnet.utils.manifest import OutputConflictError, OutputFiles

@@ -32,9 +32,9 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from ccnet.benchmarks.common import format_table, machine_info, peak_memory, time_call
-from ccnet.benchmarks.model import compose_model_config, config_paths
-from ccnet.benchmarks.train import training_step
+from ccnet.apps.benchmarks.common import format_table, machine_info, peak_memory, time_call
+from ccnet.apps.benchmarks.model import compose_model_config, config_paths
+from ccnet.apps.benchmarks.train import training_step
 from ccnet.evaluation.inference import InferenceSettings, predict_logits
 from ccnet.models import build_model
 from ccnet.models.cca import TRITON_INSTALLED, criss_cross_attention
@@ -180,7 +180,7 @@ def check_attention_benchmark(device: torch.device, shape: tuple, dtype: str, im
     ratio against the widely copied formulation."""
     import argparse
 
-    from ccnet.benchmarks import cca
+    from ccnet.apps.benchmarks import cca
 
     parser = argparse.ArgumentParser()
     cca.add_arguments(parser)

@@ -1,7 +1,7 @@
 """``tools/benchmark.py cca``: our criss-cross attention against the widely copied formulation.
 
 Times and measures, in one run and on identical weights, the baseline formulation
-(:mod:`ccnet.benchmarks.baseline_cca`) and our implementations — ``reference`` (einsum, plain
+(:mod:`ccnet.apps.benchmarks.baseline_cca`) and our implementations — ``reference`` (einsum, plain
 autograd), ``lean`` (saved q, k, v and log-sum-exp, recomputing backward) and, on CUDA with Triton,
 ``triton`` (fused kernels) — selected with :func:`ccnet.models.cca.use_implementation`. Default
 shape: the paper's head map, 1×512×97×97 (a 769×769 crop at output stride 8), R = 2 recurrences with
@@ -32,8 +32,8 @@ from typing import Any, Callable, ContextManager, Dict, List
 import torch
 from torch import Tensor
 
-from ccnet.benchmarks.baseline_cca import BaselineCrissCrossAttention, baseline_criss_cross_attention
-from ccnet.benchmarks.common import (
+from ccnet.apps.benchmarks.baseline_cca import BaselineCrissCrossAttention, baseline_criss_cross_attention
+from ccnet.apps.benchmarks.common import (
     DTYPES,
     add_device_arguments,
     apply_threads,

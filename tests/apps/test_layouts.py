@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
+from ccnet.apps.layouts import write_ade20k_layout, write_cityscapes_layout
 from ccnet.data import build_dataset
 from ccnet.data.cityscapes import label_ids_to_train_ids
-from ccnet.data.layouts import write_ade20k_layout, write_cityscapes_layout
 
 
 def _cfg(configs_dir: Path, name: str, root: Path):

@@ -1,4 +1,4 @@
-"""The paper's presets end to end at their real sizes (ccnet/rehearse.py, tools/rehearse_presets.py):
+"""The paper's presets end to end at their real sizes (ccnet/apps/rehearse.py, tools/rehearse_presets.py):
 full-size generated images in the real layouts, the real ``tools/train.py experiment=<preset>``, two
 training steps at the preset's crop, its validation protocol on one image. Batch 1 on CI's CPUs. A rerun
 replaces an earlier rehearsal's files (its run folder included) and never a file it did not write."""
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import ccnet.rehearse
-from ccnet.rehearse import PRESETS, rehearse
+import ccnet.apps.rehearse
+from ccnet.apps.rehearse import PRESETS, rehearse
 from ccnet.utils.manifest import OutputConflictError
 from tools.rehearse_presets import main
 
@@ -90,7 +90,7 @@ def test_a_rerun_removes_the_earlier_rehearsals_run_but_never_a_file_of_the_user
     child = "import pathlib, sys; w = pathlib.Path(sys.argv[1]) / 'checkpoints'; w.mkdir(parents=True); " \
             "(w / 'last.pth').write_text(sys.argv[2]); sys.exit(3)"
     stamps = iter(["first", "second", "third"])
-    monkeypatch.setattr(ccnet.rehearse, "train_command",
+    monkeypatch.setattr(ccnet.apps.rehearse, "train_command",
                         lambda preset, data, work_dir, *args, **kwargs: [sys.executable, "-c", child, str(work_dir),
                                                                          next(stamps)])
     last = tmp_path / "ade20k_r101_512_80k" / "run" / "checkpoints" / "last.pth"

@@ -1,7 +1,7 @@
 """Rehearse the paper's presets end to end on generated data in the real layouts, at the real sizes.
 
 For each preset (``configs/experiment/*.yaml``) :func:`rehearse` writes a few full-size images in the
-dataset's on-disk layout (:mod:`ccnet.data.layouts`: 2048x1024 Cityscapes, 683x512 ADE20K), then runs
+dataset's on-disk layout (:mod:`ccnet.apps.layouts`: 2048x1024 Cityscapes, 683x512 ADE20K), then runs
 the user's command, ``tools/train.py experiment=<preset>``, in a child process with only what a
 machine without the data and weights must change: ``dataset.root``, ``model.weights=null`` and a
 handful of iterations. Everything else is the preset's: the model, the crop size, the augmentation
@@ -16,7 +16,7 @@ run folder a rehearsal's child filled (its files are recorded once the child has
 rehearsal into the same folder removes that run and starts afresh, while a file no rehearsal wrote
 refuses the run.
 
-``tools/rehearse_presets.py`` is the command; ``tests/test_rehearse.py`` runs it in CI.
+``tools/rehearse_presets.py`` is the command; ``tests/apps/test_rehearse.py`` runs it in CI.
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ccnet.data.layouts import (
+from ccnet.apps.layouts import (
     ade20k_layout_files,
     cityscapes_layout_files,
     write_ade20k_layout,
     write_cityscapes_layout,
 )
 from ccnet.utils.manifest import OutputManifest
+from ccnet.utils.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 TRAIN_SCRIPT = REPO / "tools" / "train.py"
 TOOL = "rehearse"  # the name its files are recorded under in <out-dir>/manifest.txt
 REPORT = "rehearsal.json"  # written by tools/rehearse_presets.py into <out-dir>
@@ -256,7 +257,7 @@ def as_json(results: Sequence[Rehearsal], machine: Dict[str, Any]) -> Dict[str, 
 
 def format_rehearsals(results: Sequence[Rehearsal]) -> str:
     """The table ``tools/rehearse_presets.py`` prints."""
-    from ccnet.benchmarks.common import format_table
+    from ccnet.apps.benchmarks.common import format_table
 
     rows = [{**asdict(r), "crop": "x".join(map(str, r.crop_size)) or None,
              "first_s": r.step_s[0] if r.step_s else None, "next_s": r.step_s[-1] if len(r.step_s) > 1 else None}

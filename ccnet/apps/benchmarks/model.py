@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from ccnet.benchmarks.common import (
+from ccnet.apps.benchmarks.common import (
     DTYPES,
     add_device_arguments,
     apply_threads,
@@ -34,10 +34,11 @@ from ccnet.benchmarks.common import (
     time_call,
 )
 from ccnet.models import build_model
+from ccnet.utils.paths import CONFIGS_DIR
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+MODEL_CONFIGS = CONFIGS_DIR / "model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

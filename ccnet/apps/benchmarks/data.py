@@ -25,18 +25,19 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
-from ccnet.benchmarks import TOOL
-from ccnet.benchmarks.common import check_machine_load
+from ccnet.apps.benchmarks import TOOL
+from ccnet.apps.benchmarks.common import check_machine_load
+from ccnet.apps.layouts import cityscapes_layout_files, write_cityscapes_layout
 from ccnet.data import build_dataset, seed_worker
 from ccnet.data.base import map_label, read_image, read_label
-from ccnet.data.layouts import cityscapes_layout_files, write_cityscapes_layout
 from ccnet.data.transforms import to_hw
 from ccnet.errors import ConfigError
 from ccnet.utils.manifest import OutputManifest
+from ccnet.utils.paths import CONFIGS_DIR
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "dataset" / "cityscapes.yaml"
+DEFAULT_CONFIG = CONFIGS_DIR / "dataset" / "cityscapes.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ CITY = "bench"  # the city folder of the generated images
 
 def generate_cityscapes_like(root: Path, num_images: int, height: int, width: int, seed: int = 0,
                              record: Optional[Callable[[Path], None]] = None) -> float:
-    """Write ``num_images`` street-like pairs (:func:`ccnet.data.layouts.street_scene`) as
+    """Write ``num_images`` street-like pairs (:func:`ccnet.apps.layouts.street_scene`) as
     ``root/{leftImg8bit,gtFine}/train/bench/*``; ``record`` is called with each file written.
 
     Real Cityscapes PNGs average ~2.2 MB (leftImg8bit_trainvaltest.zip: 11 GB for 5000 images) and

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccnet.benchmarks import data as data_benchmark
+from ccnet.apps.benchmarks import data as data_benchmark
 from ccnet.data.cityscapes import label_ids_to_train_ids
 from ccnet.utils.manifest import OutputConflictError
 

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-import ccnet.selfcheck as selfcheck
+import ccnet.apps.selfcheck as selfcheck
 import tools.selfcheck
 from ccnet.utils.manifest import HEADER
 from tools.selfcheck import main

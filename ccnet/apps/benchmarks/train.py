@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from ccnet.benchmarks.common import (
+from ccnet.apps.benchmarks.common import (
     add_device_arguments,
     apply_threads,
     check_machine_load,
@@ -40,7 +40,7 @@ from ccnet.benchmarks.common import (
     size_hw,
     time_call,
 )
-from ccnet.benchmarks.model import compose_model_config, config_paths
+from ccnet.apps.benchmarks.model import compose_model_config, config_paths
 from ccnet.errors import ConfigError
 from ccnet.models import build_model
 

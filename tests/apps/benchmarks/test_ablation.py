@@ -16,8 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ccnet.benchmarks.ablation import find_runs, head_cost, markdown_table, summarize
-from ccnet.benchmarks.common import peak_memory
+from ccnet.apps.benchmarks.ablation import find_runs, head_cost, markdown_table, summarize
+from ccnet.apps.benchmarks.common import peak_memory
 from ccnet.utils.manifest import HEADER
 from tools.benchmark import main as benchmark_main
 

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from ccnet.data.browse import browse
+from ccnet.apps.browse import browse
 from ccnet.data.folder import generate_palette
 from ccnet.utils.manifest import OutputConflictError
 from tests.data.datagen import block_label

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ccnet.benchmarks.common import (
+from ccnet.apps.benchmarks.common import (
     DTYPES,
     add_device_arguments,
     apply_threads,
