@@ -1,6 +1,6 @@
 """CCNet: criss-cross attention for semantic segmentation.
 
-    from ccnet import init_model, inference_model   # the Python API: ccnet/api.py
+from ccnet import init_model, inference_model   # the Python API: ccnet/api.py
 """
 
 from ccnet.run_name import register_resolvers

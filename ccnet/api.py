@@ -53,9 +53,13 @@ def init_model(checkpoint: PathLike, device: Union[str, torch.device] = "cpu") -
     return load_for_inference(Path(checkpoint).expanduser(), device)
 
 
-def inference_model(model: nn.Module, images: Union[ImageLike, Sequence[ImageLike]], probabilities: bool = False,
-                    settings: Optional[InferenceSettings] = None,
-                    **overrides: Any) -> Union[np.ndarray, List[np.ndarray]]:
+def inference_model(
+    model: nn.Module,
+    images: Union[ImageLike, Sequence[ImageLike]],
+    probabilities: bool = False,
+    settings: Optional[InferenceSettings] = None,
+    **overrides: Any,
+) -> Union[np.ndarray, List[np.ndarray]]:
     """Segment one image or a list of images with a model from :func:`init_model`.
 
     Args:
@@ -84,6 +88,7 @@ def inference_model(model: nn.Module, images: Union[ImageLike, Sequence[ImageLik
             raise ConfigError(f"unknown inference settings {unknown}: expected some of {sorted(known)}")
         base = InferenceSettings.from_config({**asdict(base), **overrides})
     single = not isinstance(images, (list, tuple))
-    outputs = [predict_image(model, image, base, probabilities=probabilities)
-               for image in ([images] if single else images)]
+    outputs = [
+        predict_image(model, image, base, probabilities=probabilities) for image in ([images] if single else images)
+    ]
     return outputs[0] if single else outputs

@@ -58,8 +58,10 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
             os.unlink(tmp)
         if _is_disk_full(exc):
             previous = f"{path} is intact" if path.exists() else f"nothing was written to {path}"
-            raise CheckpointError(f"no space left on device while writing {path}; {previous}. Free space "
-                                  "(e.g. lower train.keep_checkpoints) and resume") from exc
+            raise CheckpointError(
+                f"no space left on device while writing {path}; {previous}. Free space "
+                "(e.g. lower train.keep_checkpoints) and resume"
+            ) from exc
         raise
     if hasattr(os, "O_DIRECTORY"):
         dir_fd = os.open(path.parent, os.O_DIRECTORY)
@@ -97,8 +99,11 @@ def remove_stale_temporaries(directory: PathLike) -> List[Path]:
 
 def non_finite_tensors(state: Mapping[str, Any]) -> List[str]:
     """Names of the floating-point tensors in a (nested) state dict that hold NaN or inf."""
-    return [name for name, t in _leaves(state)
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        name
+        for name, t in _leaves(state)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
@@ -141,7 +146,7 @@ def model_state_from(obj: Dict[str, Any], path: PathLike = "<memory>") -> Dict[s
                 f"found keys {sorted(obj)[:10]}"
             )
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -165,7 +170,8 @@ def stored_config(checkpoint: Mapping[str, Any], path: PathLike = "<memory>") ->
             raise CheckpointError(
                 f"checkpoint {path}: its stored config has an interpolation at {key} ({value!r}). Checkpoints "
                 "written by this framework hold resolved values only; this one was edited or made elsewhere, and "
-                "resolving it could read this machine's environment. Refusing to use it")
+                "resolving it could read this machine's environment. Refusing to use it"
+            )
     return dict(config)
 
 

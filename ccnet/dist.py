@@ -105,8 +105,12 @@ def is_timeout(exc: BaseException) -> bool:
     out waiting ... for recv operation"; NCCL's watchdog: "collective operation timeout"); a
     DataLoader's own timeout is not one."""
     text = str(exc).lower()
-    return (isinstance(exc, RuntimeError) and is_distributed() and ("timed out" in text or "timeout" in text)
-            and "dataloader" not in text)
+    return (
+        isinstance(exc, RuntimeError)
+        and is_distributed()
+        and ("timed out" in text or "timeout" in text)
+        and "dataloader" not in text
+    )
 
 
 def destroy_distributed() -> None:

@@ -20,8 +20,16 @@ EXIT_USER_ERROR = 2  # the status of every user mistake (argparse uses 2 for its
 
 # errno values of a write refused by the environment: a read-only or full disk, missing permissions, a
 # folder asked for where a file is
-ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
-                      errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    getattr(errno, "EDQUOT", errno.ENOSPC),
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
 
 
 class UserError(Exception):
@@ -51,9 +59,12 @@ def user_message(exc: BaseException) -> str:
                 text += f" ({where.group(1)})"
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
         reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
-            exc.errno, (exc.strerror or "permission denied").lower())
-        text = f"cannot write {exc.filename}: {reason}. Free space, fix the folder's permissions, or choose another " \
-               "output folder (work_dir=... / output_dir=...)"
+            exc.errno, (exc.strerror or "permission denied").lower()
+        )
+        text = (
+            f"cannot write {exc.filename}: {reason}. Free space, fix the folder's permissions, or choose another "
+            "output folder (work_dir=... / output_dir=...)"
+        )
     return text
 
 
@@ -113,8 +124,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         main()
     except CompactHydraException as exc:
         cause = exc.__cause__
-        sys.stderr.write("\n".join([str(exc), *([str(cause)] if isinstance(cause, OmegaConfBaseException) else [])])
-                         + "\n")
+        sys.stderr.write(
+            "\n".join([str(exc), *([str(cause)] if isinstance(cause, OmegaConfBaseException) else [])]) + "\n"
+        )
         raise SystemExit(EXIT_USER_ERROR) from None
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:

@@ -31,7 +31,7 @@ def run_suffix() -> str:
     safe = re.sub(r"[^A-Za-z0-9._,=+-]", "-", overrides)
     if len(safe) > MAX_SUFFIX:
         digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
-        safe = f"{safe[:MAX_SUFFIX - 11]}-{digest}"
+        safe = f"{safe[: MAX_SUFFIX - 11]}-{digest}"
     return "+" + safe
 
 

@@ -51,8 +51,13 @@ def folder_files(root: Path, num_images: int) -> List[Tuple[Path, Path, Path]]:
         city = CITIES[i % 3]
         stem = f"{city}_{i:06d}_000019"
         gt_dir = root / "gtFine" / "val" / city
-        files.append((gt_dir / f"{stem}_gtFine_labelIds.png", gt_dir / f"{stem}_gtFine_instanceIds.png",
-                      root / "results" / city / f"{stem}_leftImg8bit.png"))
+        files.append(
+            (
+                gt_dir / f"{stem}_gtFine_labelIds.png",
+                gt_dir / f"{stem}_gtFine_instanceIds.png",
+                root / "results" / city / f"{stem}_leftImg8bit.png",
+            )
+        )
     return files
 
 
@@ -80,7 +85,7 @@ def make_folder(root: Path, num_images: int, height: int, width: int, seed: int 
         off = cell // 2
         noise = rng.integers(0, 34, size=(gh + 1, gw + 1), dtype=np.uint8)
         keep = rng.random((gh + 1, gw + 1)) < 0.6
-        block = lambda a, off=off: np.repeat(np.repeat(a, cell, 0), cell, 1)[off:off + height, off:off + width]  # noqa: E731
+        block = lambda a, off=off: np.repeat(np.repeat(a, cell, 0), cell, 1)[off : off + height, off : off + width]  # noqa: E731
         pred = np.where(block(keep), pred, block(noise))
         # instance ids: the blocks of each instance class form 2 instances -> about 20 per image, like
         # Cityscapes val (persons, riders, cars, ... per frame)
@@ -162,10 +167,12 @@ def compare(root: Path, tol: float, threads: int) -> Dict[str, Any]:
         "max_abs_diff": max_diff,
         "seconds": timings,
         "threads": threads,
-        "speedup_vs_official_as_shipped": {k: timings["official_as_shipped"] / v
-                                           for k, v in timings.items() if not k.startswith("official")},
-        "speedup_vs_official_class_only": {k: timings["official_class_only"] / v
-                                           for k, v in timings.items() if not k.startswith("official")},
+        "speedup_vs_official_as_shipped": {
+            k: timings["official_as_shipped"] / v for k, v in timings.items() if not k.startswith("official")
+        },
+        "speedup_vs_official_class_only": {
+            k: timings["official_class_only"] / v for k, v in timings.items() if not k.startswith("official")
+        },
     }
 
 
@@ -181,14 +188,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--tol", type=float, default=1e-6, help="allowed |IoU difference|")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="also time ccnet with this many PNG decoding threads (default: CPU cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="also time ccnet with this many PNG decoding threads (default: CPU cores)",
+    )
     parser.add_argument("--root", type=Path, default=None, help="keep the generated folder here (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
     if min(args.images, args.height, args.width, args.threads) < 1:
-        parser.error(f"--images, --height, --width and --threads must be >= 1, got {args.images}, {args.height}, "
-                     f"{args.width}, {args.threads}")
+        parser.error(
+            f"--images, --height, --width and --threads must be >= 1, got {args.images}, {args.height}, "
+            f"{args.width}, {args.threads}"
+        )
     output = OutputFiles(TOOL, {"--json": args.json})
     with exit_on_user_error(log):  # every file is checked before the first is written
         generated = [p for paths in folder_files(args.root, args.images) for p in paths] if args.root else []
@@ -202,13 +215,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             make_folder(root, args.images, args.height, args.width)
             result = compare(root, args.tol, args.threads)
     result["size"] = [args.height, args.width]
-    print(f"{result['num_images']} images of {args.width}x{args.height}: mIoU ccnet {result['mIoU_ccnet']:.10f}, "
-          f"official {result['mIoU_official']:.10f}, max |IoU diff| {result['max_abs_diff']:.2e}")
+    print(
+        f"{result['num_images']} images of {args.width}x{args.height}: mIoU ccnet {result['mIoU_ccnet']:.10f}, "
+        f"official {result['mIoU_official']:.10f}, max |IoU diff| {result['max_abs_diff']:.2e}"
+    )
     for name, seconds in result["seconds"].items():
         print(f"  {name:<28} {seconds:8.3f} s  {1000 * seconds / result['num_images']:7.1f} ms/image")
     for name in result["speedup_vs_official_as_shipped"]:
-        print(f"{name}: {result['speedup_vs_official_as_shipped'][name]:.1f}x the speed of the official script as "
-              f"shipped, {result['speedup_vs_official_class_only'][name]:.1f}x that of its class-level-only mode")
+        print(
+            f"{name}: {result['speedup_vs_official_as_shipped'][name]:.1f}x the speed of the official script as "
+            f"shipped, {result['speedup_vs_official_class_only'][name]:.1f}x that of its class-level-only mode"
+        )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -36,8 +36,10 @@ def main(argv: List[str]) -> int:
             if report.is_file():
                 print(json.loads(report.read_text())["message"], file=sys.stderr)
                 return EXIT_STOPPED
-            print(f"stopped by {signal.Signals(exc.sigval).name}; no training process reported a saved checkpoint",
-                  file=sys.stderr)
+            print(
+                f"stopped by {signal.Signals(exc.sigval).name}; no training process reported a saved checkpoint",
+                file=sys.stderr,
+            )
             return 128 + int(exc.sigval)
         except ChildFailedError as exc:
             # The first process to fail; the others were stopped by torchrun afterwards (negative: by a signal).

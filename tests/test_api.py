@@ -25,8 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def checkpoint(configs_dir, tmp_path):
-    dataset = {**load_yaml(configs_dir, "dataset", "synthetic"), "image_size": 64, "min_gap": 16,
-               "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    dataset = {
+        **load_yaml(configs_dir, "dataset", "synthetic"),
+        "image_size": 64,
+        "min_gap": 16,
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.25, 0.3],
+    }
     return make_checkpoint(tmp_path / "ck.pth", configs_dir, dataset)
 
 
@@ -79,8 +84,9 @@ def test_probabilities_and_settings(checkpoint, picture):
     # slide + flip through keyword arguments == predict_logits with those settings
     slide = inference_model(model, picture, mode="slide", crop_size=32, stride=24, flip=True)
     settings = InferenceSettings(mode="slide", crop_size=(32, 32), stride=(24, 24), flip=True)
-    x = torch.from_numpy(((picture / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3]))
-                         .transpose(2, 0, 1)).float()[None]
+    x = torch.from_numpy(
+        ((picture / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])).transpose(2, 0, 1)
+    ).float()[None]
     assert np.array_equal(slide, predict_logits(model, x, settings).argmax(1)[0].numpy())
 
 
@@ -110,6 +116,7 @@ def test_init_model_refuses_non_finite_weights(checkpoint, tmp_path):
 
 def test_init_model_never_downloads(configs_dir, tmp_path, monkeypatch):
     """A checkpoint whose stored config names torchvision ImageNet weights loads offline."""
+
     def no_network(*args, **kwargs):
         raise AssertionError("init_model tried to download ImageNet weights")
 

@@ -40,8 +40,20 @@ DOC_FILES = [README, *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_BYTES = 12_000
 
 HYDRA_TOOLS = {"train": "train", "eval": "eval", "infer": "infer", "browse_dataset": "browse"}  # tool -> config
-HYDRA_FLAGS = {"-m", "--multirun", "--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--help", "-h",
-               "--hydra-help"}
+HYDRA_FLAGS = {
+    "-m",
+    "--multirun",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--help",
+    "-h",
+    "--hydra-help",
+}
 # scripts that hand their arguments to tools/train.py: path -> positional arguments of their own (dist_train: N)
 TRAIN_SCRIPTS = {"scripts/dist_train.sh": 1, "scripts/slurm_train.sh": 0, "scripts/ablation_recurrence.sh": 0}
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "zsh", "console"}
@@ -158,8 +170,8 @@ def split_shell(text: str) -> List[List[str]]:
 class ToolCall:
     where: str
     text: str
-    tool: str             # name of tools/<tool>.py
-    path: str             # the file as written (tools/x.py or a scripts/ wrapper)
+    tool: str  # name of tools/<tool>.py
+    path: str  # the file as written (tools/x.py or a scripts/ wrapper)
     args: Tuple[str, ...]
 
 
@@ -181,7 +193,7 @@ def tool_calls(command: Command) -> Iterator[ToolCall]:
         rest = words[1:]
         script = words[0][2:] if words[0].startswith("./") else words[0]
         if script in TRAIN_SCRIPTS:
-            yield ToolCall(command.where, command.text, "train", script, tuple(rest[TRAIN_SCRIPTS[script]:]))
+            yield ToolCall(command.where, command.text, "train", script, tuple(rest[TRAIN_SCRIPTS[script] :]))
             continue
         if re.fullmatch(r"python(3(\.\d+)?)?", launcher):
             if rest[:2] == ["-m", "torch.distributed.run"]:
@@ -193,7 +205,7 @@ def tool_calls(command: Command) -> Iterator[ToolCall]:
         for i, word in enumerate(rest):  # the first tools/*.py word; launcher options come before it
             match = TOOL_TOKEN.match(word)
             if match:
-                yield ToolCall(command.where, command.text, match.group("name"), word, tuple(rest[i + 1:]))
+                yield ToolCall(command.where, command.text, match.group("name"), word, tuple(rest[i + 1 :]))
                 break
 
 
@@ -288,7 +300,7 @@ def argparse_problems(call: ToolCall) -> List[str]:
         if not positionals:
             return [f"tools/{call.tool}.py needs a subcommand"]
         subcommand = positionals[0]
-        args = args[args.index(subcommand) + 1:]
+        args = args[args.index(subcommand) + 1 :]
     try:
         parser = _tool_parser(call.tool, subcommand)
     except KeyError as exc:
@@ -352,8 +364,11 @@ def hydra_problems(call: ToolCall) -> List[str]:
         config = _composed(config_name, tuple(groups))
     except Exception as exc:  # an override Hydra rejects (e.g. a group the config does not have)
         return [f"configs/{config_name}.yaml with {' '.join(groups) or 'no group choices'}: {exc}"]
-    return [f"configs/{config_name}.yaml" + (f" with {' '.join(groups)}" if groups else "") + f" has no key {key}"
-            for key in keys if not _has_key(config, key)]
+    return [
+        f"configs/{config_name}.yaml" + (f" with {' '.join(groups)}" if groups else "") + f" has no key {key}"
+        for key in keys
+        if not _has_key(config, key)
+    ]
 
 
 def problems_of(call: ToolCall) -> List[str]:
@@ -434,10 +449,16 @@ def test_checker_reports_bad_commands(tmp_path):
     doc = tmp_path / "bad.md"
     doc.write_text(BAD_DOC, encoding="utf-8")
     report = "\n".join(check([doc]))
-    for expected in ("tools/no_such_tool.py does not exist", "no option --no-such-export-flag",
-                     "has no key train.no_such_train_key", "configs/model/no_such_model.yaml does not exist",
-                     "no subcommand 'no_such_benchmark'", "no option --no-such-cca-option",
-                     "has no key eval.no_such_eval_key", "has no key dataset.no_such_dataset_key"):
+    for expected in (
+        "tools/no_such_tool.py does not exist",
+        "no option --no-such-export-flag",
+        "has no key train.no_such_train_key",
+        "configs/model/no_such_model.yaml does not exist",
+        "no subcommand 'no_such_benchmark'",
+        "no option --no-such-cca-option",
+        "has no key eval.no_such_eval_key",
+        "has no key dataset.no_such_dataset_key",
+    ):
         assert expected in report, f"not reported: {expected}\n{report}"
     assert "commented_out_tool" not in report and "in_a_text_block" not in report
     assert "bad.md:7:" in report  # a continued command is reported at its first line

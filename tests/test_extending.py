@@ -58,15 +58,17 @@ class ToyHead(nn.Module):
 
 def _cfg(configs_dir, tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, "train.max_iters=3", "train.eval_interval=0", "train.vis_images=0",
-                                          *overrides])
+        cfg = compose(
+            "train", overrides=[*TINY, "train.max_iters=3", "train.eval_interval=0", "train.vis_images=0", *overrides]
+        )
     with open_dict(cfg):
         cfg.work_dir = str(tmp_path / "run")
     return cfg
 
 
-def test_a_new_backbone_dataset_schedule_and_attention_train_through_the_public_route(configs_dir, tmp_path,
-                                                                                    monkeypatch):
+def test_a_new_backbone_dataset_schedule_and_attention_train_through_the_public_route(
+    configs_dir, tmp_path, monkeypatch
+):
     calls = {"attention": 0, "dataset": []}
 
     def counting_attention(*args):
@@ -81,8 +83,16 @@ def test_a_new_backbone_dataset_schedule_and_attention_train_through_the_public_
     monkeypatch.setitem(DATASETS, "toy", DatasetSpec(toy_dataset, synthetic_metainfo))
     monkeypatch.setitem(optim.SCHEDULES, "constant", lambda cfg, base_lr: lambda step: 1.0)
     monkeypatch.setitem(IMPLEMENTATIONS, "toy", Implementation(counting_attention))
-    cfg = _cfg(configs_dir, tmp_path, "model.backbone=toy", "+model.toy_width=16", "dataset.name=toy",
-               "train.lr_schedule=constant", "train.warmup_iters=0", "model.cca_impl=toy")
+    cfg = _cfg(
+        configs_dir,
+        tmp_path,
+        "model.backbone=toy",
+        "+model.toy_width=16",
+        "dataset.name=toy",
+        "train.lr_schedule=constant",
+        "train.warmup_iters=0",
+        "model.cca_impl=toy",
+    )
     result = train(cfg)
     assert result["iteration"] == 3 and 0.0 <= result["val/mIoU"] <= 1.0
     assert calls["dataset"] == ["train", "val"] and calls["attention"] > 0

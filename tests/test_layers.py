@@ -14,15 +14,26 @@ REPO = Path(__file__).resolve().parents[1]
 # The layers of docs/design.md, lowest first. A module may import from its own room, other rooms of its
 # layer (except FORBIDDEN_SIDEWAYS) and lower layers.
 LAYERS: Dict[str, int] = {
-    "ccnet.errors": 1, "ccnet.checkpoint": 1, "ccnet.dist": 1, "ccnet.utils": 1, "ccnet.run_name": 1,
-    "ccnet.models": 2, "ccnet.data": 2,
-    "ccnet.engine": 3, "ccnet.evaluation": 3,
-    "ccnet.convert": 4, "ccnet.api": 4,
+    "ccnet.errors": 1,
+    "ccnet.checkpoint": 1,
+    "ccnet.dist": 1,
+    "ccnet.utils": 1,
+    "ccnet.run_name": 1,
+    "ccnet.models": 2,
+    "ccnet.data": 2,
+    "ccnet.engine": 3,
+    "ccnet.evaluation": 3,
+    "ccnet.convert": 4,
+    "ccnet.api": 4,
     "ccnet.apps": 5,  # the applications: never imported by the library (layers 1-4)
-    "tools": 6, "scripts": 6,
+    "tools": 6,
+    "scripts": 6,
 }
-FORBIDDEN_SIDEWAYS = {("ccnet.models", "ccnet.data"), ("ccnet.data", "ccnet.models"),
-                      ("ccnet.evaluation", "ccnet.engine")}
+FORBIDDEN_SIDEWAYS = {
+    ("ccnet.models", "ccnet.data"),
+    ("ccnet.data", "ccnet.models"),
+    ("ccnet.evaluation", "ccnet.engine"),
+}
 SOURCES = ("ccnet", "tools", "scripts")
 
 
@@ -86,8 +97,9 @@ def upward_imports(root: Path = REPO) -> List[str]:
             if there not in LAYERS:
                 problems.append(f"{path}:{line}: {target} is in no layer (add it to tests/test_layers.py)")
             elif LAYERS[there] > LAYERS[here] or (here, there) in FORBIDDEN_SIDEWAYS:
-                problems.append(f"{path}:{line}: {here} (layer {LAYERS[here]}) imports {target} "
-                                f"(layer {LAYERS[there]})")
+                problems.append(
+                    f"{path}:{line}: {here} (layer {LAYERS[here]}) imports {target} (layer {LAYERS[there]})"
+                )
     return problems
 
 
@@ -103,7 +115,7 @@ def import_cycles(root: Path = REPO) -> List[List[str]]:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(trail[trail.index(nxt):] + [nxt])
+                cycles.append(trail[trail.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2
@@ -116,9 +128,13 @@ def import_cycles(root: Path = REPO) -> List[List[str]]:
 
 def private_imports(root: Path = REPO) -> List[str]:
     """Imports of another module's ``_private`` names (a package may use its own ``__init__``'s)."""
-    return [f"{path}:{line}: imports {name} from {target}" for path in python_files(root)
-            for line, target, names in imports(path, root) for name in names
-            if name.startswith("_") and not name.startswith("__") and target != module_name(path, root)]
+    return [
+        f"{path}:{line}: imports {name} from {target}"
+        for path in python_files(root)
+        for line, target, names in imports(path, root)
+        for name in names
+        if name.startswith("_") and not name.startswith("__") and target != module_name(path, root)
+    ]
 
 
 def test_every_module_is_in_a_layer():
@@ -141,9 +157,12 @@ def test_no_module_imports_another_modules_private_names():
 def test_the_package_map_names_every_module():
     """docs/design.md's map lists each module by its file name under its folder's entry."""
     text = (REPO / "docs" / "design.md").read_text()
-    map_text = text[text.index("## Package map"):text.index("## ", text.index("## Package map") + 3)]
-    missing = [str(p.relative_to(REPO)) for p in python_files()
-               if p.name != "__init__.py" and not re.search(rf"\b{re.escape(p.stem)}(\.py)?\b", map_text)]
+    map_text = text[text.index("## Package map") : text.index("## ", text.index("## Package map") + 3)]
+    missing = [
+        str(p.relative_to(REPO))
+        for p in python_files()
+        if p.name != "__init__.py" and not re.search(rf"\b{re.escape(p.stem)}(\.py)?\b", map_text)
+    ]
     assert missing == []
 
 
@@ -165,5 +184,6 @@ def test_the_checks_catch_what_they_should(tmp_path):
     assert len(problems) == 3 and "ccnet.models (layer 2) imports ccnet.engine.trainer (layer 3)" in problems[2]
     assert "ccnet.engine (layer 3) imports ccnet.apps.report (layer 5)" in problems[0]
     assert import_cycles(tmp_path) == [["ccnet.models.cca.a", "ccnet.models.cca.b", "ccnet.models.cca.a"]]
-    assert private_imports(tmp_path) == [f"{tmp_path / 'ccnet/models/cca/a.py'}:1: imports _helper from "
-                                         "ccnet.models.cca.b"]
+    assert private_imports(tmp_path) == [
+        f"{tmp_path / 'ccnet/models/cca/a.py'}:1: imports _helper from ccnet.models.cca.b"
+    ]

@@ -34,8 +34,10 @@ BENCHMARKS: Dict[str, tuple] = {
     "model": ("ccnet.apps.benchmarks.model", "params, GFLOPs and latency of every configs/model/*.yaml"),
     "train": ("ccnet.apps.benchmarks.train", "training-step images/s and memory: fp32 vs AMP, channels_last"),
     "data": ("ccnet.apps.benchmarks.data", "data-loading pipeline images/s per DataLoader worker count"),
-    "ablation": ("ccnet.apps.benchmarks.ablation", "summary table of a recurrence ablation sweep "
-                 "(scripts/ablation_recurrence.sh)"),
+    "ablation": (
+        "ccnet.apps.benchmarks.ablation",
+        "summary table of a recurrence ablation sweep (scripts/ablation_recurrence.sh)",
+    ),
 }
 
 
@@ -46,21 +48,30 @@ def _load(name: str):
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise  # the benchmark exists but one of its own imports is missing: show that error
-        raise SystemExit(f"benchmark {name!r} is not available: {module_name} ({module_name.replace('.', '/')}.py) "
-                         f"is missing from this checkout") from exc
+        raise SystemExit(
+            f"benchmark {name!r} is not available: {module_name} ({module_name.replace('.', '/')}.py) "
+            f"is missing from this checkout"
+        ) from exc
 
 
 def build_parser(names: Optional[List[str]] = None) -> argparse.ArgumentParser:
     """The command line; ``names`` restricts which benchmark modules are imported for their options."""
-    parser = argparse.ArgumentParser(prog="tools/benchmark.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tools/benchmark.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
     for name, (_, description) in BENCHMARKS.items():
         p = sub.add_parser(name, help=description, description=description)
         if names is None or name in names:
             _load(name).add_arguments(p)
-        p.add_argument("--out", type=Path, default=None,
-                       help=f"JSON result file (default {RESULTS_DIR.relative_to(REPO)}/{name}.json in the repository)")
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help=f"JSON result file (default {RESULTS_DIR.relative_to(REPO)}/{name}.json in the repository)",
+        )
     return parser
 
 

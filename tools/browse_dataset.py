@@ -1,7 +1,7 @@
 """Write N dataset samples, as the network sees them, as "image | colourised label" PNGs (configs/browse.yaml).
 
-    python tools/browse_dataset.py dataset=folder dataset.root=DIR num_samples=8 output_dir=outputs/browse
-    python tools/browse_dataset.py dataset=cityscapes dataset.root=data/cityscapes split=val
+python tools/browse_dataset.py dataset=folder dataset.root=DIR num_samples=8 output_dir=outputs/browse
+python tools/browse_dataset.py dataset=cityscapes dataset.root=data/cityscapes split=val
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ log = logging.getLogger("browse")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="browse")
 def main(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
-    with exit_on_user_error(log, FileNotFoundError), hold_folder(output_dir, "browse"), \
-            discard_if_empty_on_failure(output_dir):
+    with (
+        exit_on_user_error(log, FileNotFoundError),
+        hold_folder(output_dir, "browse"),
+        discard_if_empty_on_failure(output_dir),
+    ):
         browse(cfg)
 
 

@@ -31,8 +31,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pred", required=True, type=Path, help="folder of label-id prediction PNGs")
     parser.add_argument("--gt", required=True, type=Path, help="gtFine/<split> folder, e.g. data/cityscapes/gtFine/val")
     parser.add_argument("--threads", type=int, default=None, help="PNG decoding threads (default: CPU cores, <= 8)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write the metrics to this JSON file (never over a file no earlier run wrote)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the metrics to this JSON file (never over a file no earlier run wrote)",
+    )
     return parser.parse_args(argv)
 
 

@@ -27,22 +27,42 @@ log = logging.getLogger("convert_checkpoint")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--from", dest="source_format", required=True, choices=sorted(FORMATS),
-                        help="layout of SRC: " + "; ".join(f"{k}: {f.description}" for k, f in FORMATS.items()))
+    parser.add_argument(
+        "--from",
+        dest="source_format",
+        required=True,
+        choices=sorted(FORMATS),
+        help="layout of SRC: " + "; ".join(f"{k}: {f.description}" for k, f in FORMATS.items()),
+    )
     parser.add_argument("src", help="the published checkpoint (.pth)")
-    parser.add_argument("dst", help="where to write the converted checkpoint (not over a file that no earlier "
-                        "conversion wrote)")
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="expected number of classes (checked against the checkpoint's classifier)")
-    parser.add_argument("--dataset", default=None,
-                        help="configs/dataset/NAME.yaml stored with the model (default: cityscapes for 19 classes, "
-                             "ade20k for 150)")
-    parser.add_argument("--recurrence", type=int, default=None,
-                        help="criss-cross loops R the checkpoint was trained with (default 2; the official "
-                             "release also published R=1 models)")
-    parser.add_argument("--align-corners", choices=("auto", "true", "false"), default="auto",
-                        help="align_corners of the final upsampling; auto: official -> true, mmseg -> true for "
-                             "769x769 recipes (read from the file name), else false")
+    parser.add_argument(
+        "dst", help="where to write the converted checkpoint (not over a file that no earlier conversion wrote)"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="expected number of classes (checked against the checkpoint's classifier)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="configs/dataset/NAME.yaml stored with the model (default: cityscapes for 19 classes, ade20k for 150)",
+    )
+    parser.add_argument(
+        "--recurrence",
+        type=int,
+        default=None,
+        help="criss-cross loops R the checkpoint was trained with (default 2; the official "
+        "release also published R=1 models)",
+    )
+    parser.add_argument(
+        "--align-corners",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="align_corners of the final upsampling; auto: official -> true, mmseg -> true for "
+        "769x769 recipes (read from the file name), else false",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,8 +71,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     align_corners = None if args.align_corners == "auto" else args.align_corners == "true"
     try:
-        convert_checkpoint(args.src, args.dst, args.source_format, num_classes=args.num_classes,
-                           dataset=args.dataset, align_corners=align_corners, recurrence=args.recurrence)
+        convert_checkpoint(
+            args.src,
+            args.dst,
+            args.source_format,
+            num_classes=args.num_classes,
+            dataset=args.dataset,
+            align_corners=align_corners,
+            recurrence=args.recurrence,
+        )
     except (UserError, OSError) as exc:  # ConversionError, CheckpointError, OutputConflictError, ConfigError
         if isinstance(exc, OSError) and (exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename):
             raise  # not a refused write: a bug, with its traceback

@@ -36,8 +36,9 @@ def main(cfg: DictConfig) -> None:
     cleanup = discard_if_empty_on_failure(output_dir) if main_process else contextlib.nullcontext()
     try:
         with exit_on_user_error(log, FileNotFoundError), hold, cleanup:
-            run_eval(cfg, model_group=choices.get("model") is not None,
-                     dataset_group=choices.get("dataset") is not None)
+            run_eval(
+                cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None
+            )
     finally:
         dist.destroy_distributed()
 

@@ -35,20 +35,37 @@ DEFAULT_DIR = Path("outputs") / "export"  # relative to the working directory; /
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint",
-                        help="checkpoint with a stored config (tools/train.py, tools/convert_checkpoint.py)")
+    parser.add_argument(
+        "checkpoint", help="checkpoint with a stored config (tools/train.py, tools/convert_checkpoint.py)"
+    )
     parser.add_argument("--pt2", default=None, help="write a torch.export program (.pt2) here")
     parser.add_argument("--onnx", default=None, help="write an ONNX model here")
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
-                        help="input size of the export example (default 512 512; H, W >= 9)")
-    parser.add_argument("--check-size", type=int, nargs=2, action="append", default=[], metavar=("H", "W"),
-                        help="also check parity at this size (repeatable; exercises the dynamic axes)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}, >= {MIN_OPSET})")
-    parser.add_argument("--static", action="store_true",
-                        help="fixed input shape in the ONNX graph (the .pt2 stays dynamic)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest accepted max-abs logit difference (default 1e-4)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help="input size of the export example (default 512 512; H, W >= 9)",
+    )
+    parser.add_argument(
+        "--check-size",
+        type=int,
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("H", "W"),
+        help="also check parity at this size (repeatable; exercises the dynamic axes)",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= {MIN_OPSET})"
+    )
+    parser.add_argument(
+        "--static", action="store_true", help="fixed input shape in the ONNX graph (the .pt2 stays dynamic)"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest accepted max-abs logit difference (default 1e-4)"
+    )
     parser.add_argument("--out", default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     if args.pt2 is None and args.onnx is None:
@@ -64,9 +81,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     outputs = OutputFiles(TOOL, {"--pt2": args.pt2, "--onnx": args.onnx, "--out": args.out})
     try:
-        result = export_checkpoint(args.checkpoint, onnx_path=args.onnx, pt2_path=args.pt2, size=args.size,
-                                   opset=args.opset, dynamic=not args.static,
-                                   check_sizes=[tuple(s) for s in args.check_size], outputs=outputs)
+        result = export_checkpoint(
+            args.checkpoint,
+            onnx_path=args.onnx,
+            pt2_path=args.pt2,
+            size=args.size,
+            opset=args.opset,
+            dynamic=not args.static,
+            check_sizes=[tuple(s) for s in args.check_size],
+            outputs=outputs,
+        )
     except (UserError, ValueError, ImportError) as exc:
         log.error("export failed: %s", exc)
         return EXIT_USER_ERROR
@@ -80,11 +104,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         how = ""
         if fmt == "onnx":
             how = f" [{entry['exporter']} exporter, opset {entry['opset']}" + (
-                f"; fallback: {entry['fallback_reason']}]" if entry["fallback_reason"] else "]")
-        log.info("%-4s %s%s  max |logits - PyTorch| = %.3g (%s, tolerance %.1g)", fmt, entry["path"], how,
-                 entry["max_abs_diff"], "ok" if ok else "TOO LARGE", args.tolerance)
-    log.info("input: RGB, (x / 255 - mean) / std with mean=%s std=%s; output: %d-class logits",
-             result["mean"], result["std"], result["num_classes"])
+                f"; fallback: {entry['fallback_reason']}]" if entry["fallback_reason"] else "]"
+            )
+        log.info(
+            "%-4s %s%s  max |logits - PyTorch| = %.3g (%s, tolerance %.1g)",
+            fmt,
+            entry["path"],
+            how,
+            entry["max_abs_diff"],
+            "ok" if ok else "TOO LARGE",
+            args.tolerance,
+        )
+    log.info(
+        "input: RGB, (x / 255 - mean) / std with mean=%s std=%s; output: %d-class logits",
+        result["mean"],
+        result["std"],
+        result["num_classes"],
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

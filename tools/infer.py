@@ -28,10 +28,14 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     choices = hydra_cfg.runtime.choices
     output_dir = hydra_cfg.runtime.output_dir
-    with exit_on_user_error(log, FileNotFoundError), hold_folder(output_dir, "infer", key="output_dir"), \
-            discard_if_empty_on_failure(output_dir):
-        result = run_infer(cfg, model_group=choices.get("model") is not None,
-                           dataset_group=choices.get("dataset") is not None)
+    with (
+        exit_on_user_error(log, FileNotFoundError),
+        hold_folder(output_dir, "infer", key="output_dir"),
+        discard_if_empty_on_failure(output_dir),
+    ):
+        result = run_infer(
+            cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None
+        )
         if result.skipped:  # inside: a run that could read no input leaves no folder
             raise SystemExit(EXIT_USER_ERROR)
 

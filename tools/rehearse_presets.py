@@ -34,15 +34,20 @@ log = logging.getLogger("rehearse")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("presets", nargs="*", metavar="PRESET",
-                        help=f"presets to run (default: all): {', '.join(PRESETS)}")
+    parser.add_argument(
+        "presets", nargs="*", metavar="PRESET", help=f"presets to run (default: all): {', '.join(PRESETS)}"
+    )
     parser.add_argument("--iterations", type=int, default=2, help="training steps per preset (default 2)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--device", default="cpu", help="train.device: cpu (default) | cuda | auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "outputs" / "rehearsal",
-                        help="generated data, run dirs and rehearsal.json (default outputs/rehearsal in the "
-                        "repository, which git ignores); an earlier rehearsal's files there are replaced, no others")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=REPO / "outputs" / "rehearsal",
+        help="generated data, run dirs and rehearsal.json (default outputs/rehearsal in the "
+        "repository, which git ignores); an earlier rehearsal's files there are replaced, no others",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a preset's run is killed")
     args = parser.parse_args(argv)
     unknown = [p for p in args.presets if p not in PRESETS]
@@ -61,13 +66,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # before the runs: their load is not counted
         machine = machine_info(resolve_device(args.device, key="--device"))
         # every preset's files and the report, before the first preset runs
-        manifest.check([out_dir / REPORT, *(p for preset in args.presets for p in preset_outputs(preset, out_dir))],
-                       key="--out-dir")
+        manifest.check(
+            [out_dir / REPORT, *(p for preset in args.presets for p in preset_outputs(preset, out_dir))],
+            key="--out-dir",
+        )
         results = []
         for preset in args.presets:
             print(f"rehearsing {preset} ...", flush=True)
-            results.append(rehearse(preset, out_dir, args.iterations, args.batch_size, args.device, args.threads,
-                                    args.timeout))
+            results.append(
+                rehearse(preset, out_dir, args.iterations, args.batch_size, args.device, args.threads, args.timeout)
+            )
             print(f"  {results[-1].status}: {results[-1].detail}", flush=True)
         report = as_json(results, machine)
         (out_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")

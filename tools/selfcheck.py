@@ -30,9 +30,12 @@ log = logging.getLogger("selfcheck")
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
-    parser.add_argument("--out", type=Path, default=Path("outputs/selfcheck/report.json"),
-                        help="JSON report (default outputs/selfcheck/report.json; never over a file that no "
-                        "earlier self-check wrote)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/selfcheck/report.json"),
+        help="JSON report (default outputs/selfcheck/report.json; never over a file that no earlier self-check wrote)",
+    )
     parser.add_argument("--compile", action="store_true", help="on a CPU, also check torch.compile (slow)")
     return parser.parse_args(argv)
 

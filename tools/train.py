@@ -33,8 +33,12 @@ def log_changed_settings(cfg: DictConfig) -> None:
     groups = [f"{g}={choices[g]}" for g in ("model", "dataset") if choices.get(g)]
     baseline = hydra.compose(config_name="train", overrides=groups)
     changes = config_changes(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(baseline, resolve=True))
-    log.info("settings that differ from configs/train.yaml with %s (all of them: %s/config.yaml):\n  %s",
-             " ".join(groups), cfg.work_dir, "\n  ".join(changes) if changes else "(none)")
+    log.info(
+        "settings that differ from configs/train.yaml with %s (all of them: %s/config.yaml):\n  %s",
+        " ".join(groups),
+        cfg.work_dir,
+        "\n  ".join(changes) if changes else "(none)",
+    )
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
@@ -44,8 +48,7 @@ def main(cfg: DictConfig) -> float:
     main_process = int(os.environ.get("RANK", 0)) == 0  # torchrun's rank; the process group comes later
     cleanup = discard_if_empty_on_failure(cfg.work_dir) if main_process else contextlib.nullcontext()
     # The lock comes first: a second run in this work_dir stops before writing a line into it.
-    with exit_on_user_error(log, FileNotFoundError), hold_work_dir(Path(cfg.work_dir).resolve(), main_process), \
-            cleanup:
+    with exit_on_user_error(log, FileNotFoundError), hold_work_dir(Path(cfg.work_dir).resolve(), main_process), cleanup:
         if main_process:
             log_changed_settings(cfg)
         try:

@@ -37,13 +37,27 @@ TOOL = "attention"  # the name its pictures are recorded under in --output-dir/m
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by tools/train.py")
-    parser.add_argument("--image", type=Path, default=None,
-                        help="RGB image file; default: validation image --index of the checkpoint's dataset")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        help="RGB image file; default: validation image --index of the checkpoint's dataset",
+    )
     parser.add_argument("--index", type=int, default=0, help="validation index when --image is not given")
-    parser.add_argument("--pixel", type=int, nargs=2, metavar=("ROW", "COL"), default=None,
-                        help="pixel to explain; default: a two-hop shape pixel (synthetic) or the image centre")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/attention_maps"),
-                        help="output folder (default outputs/attention_maps)")
+    parser.add_argument(
+        "--pixel",
+        type=int,
+        nargs=2,
+        metavar=("ROW", "COL"),
+        default=None,
+        help="pixel to explain; default: a two-hop shape pixel (synthetic) or the image centre",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("outputs/attention_maps"),
+        help="output folder (default outputs/attention_maps)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     return parser.parse_args(argv)
 
@@ -60,8 +74,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     args = parse_args(argv)
     checkpoint, config = load_checkpoint_for_eval(args.checkpoint)
     if config is None or "model" not in config:
-        raise CheckpointMismatchError(f"{args.checkpoint} holds no config (model and dataset); use a checkpoint "
-                                      "written by tools/train.py")
+        raise CheckpointMismatchError(
+            f"{args.checkpoint} holds no config (model and dataset); use a checkpoint written by tools/train.py"
+        )
     device = resolve_device(args.device, key="--device")
     model = load_model(config["model"], checkpoint, args.checkpoint, device)
     dataset_cfg = config.get("dataset") or {}
@@ -69,8 +84,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     height, width = image.shape[-2:]
     pixel = tuple(args.pixel) if args.pixel is not None else default_pixel or (height // 2, width // 2)
     if not (0 <= pixel[0] < height and 0 <= pixel[1] < width):
-        raise ConfigError(f"--pixel {pixel[0]} {pixel[1]} lies outside the {height}x{width} image: expected a row "
-                          f"in 0..{height - 1} and a column in 0..{width - 1}")
+        raise ConfigError(
+            f"--pixel {pixel[0]} {pixel[1]} lies outside the {height}x{width} image: expected a row "
+            f"in 0..{height - 1} and a column in 0..{width - 1}"
+        )
     maps = rcca_attention_maps(model, image.to(device), pixel)
 
     from PIL import Image

@@ -17,8 +17,9 @@ from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD
 Pixel = Tuple[int, int]
 
 
-def attention_input(dataset_cfg: Mapping[str, Any], image: Optional[Path] = None,
-                    index: int = 0) -> Tuple[torch.Tensor, Optional[Pixel]]:
+def attention_input(
+    dataset_cfg: Mapping[str, Any], image: Optional[Path] = None, index: int = 0
+) -> Tuple[torch.Tensor, Optional[Pixel]]:
     """The normalised image to explain and, when the data suggests one, the pixel to explain.
 
     Args:
@@ -47,8 +48,9 @@ def attention_input(dataset_cfg: Mapping[str, Any], image: Optional[Path] = None
     try:
         dataset = build_dataset(dataset_cfg, "val")
     except (FileNotFoundError, DatasetError, ValueError) as exc:
-        raise ConfigError(f"no validation image of the checkpoint's dataset {name!r} to show ({exc}); pass "
-                         f"--image PATH") from None
+        raise ConfigError(
+            f"no validation image of the checkpoint's dataset {name!r} to show ({exc}); pass --image PATH"
+        ) from None
     if not 0 <= index < len(dataset):
         raise ConfigError(f"--index {index} out of range: the {name} validation set has {len(dataset)} images")
     item, _ = dataset[index]

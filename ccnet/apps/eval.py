@@ -58,11 +58,14 @@ def format_table(classes: Sequence[str], results: Mapping[str, Any]) -> str:
 
     width = max([len("class")] + [len(c) for c in classes])
     lines = [f"{'class':<{width}}    IoU    Acc", "-" * (width + 15)]
-    lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}"
-              for name, iou, acc in zip(classes, results["IoU"], results["Acc"])]
-    lines += ["-" * (width + 15),
-              f"mIoU {pct(results['mIoU']).strip()}  mAcc {pct(results['mAcc']).strip()}  "
-              f"aAcc {pct(results['aAcc']).strip()}  ({results['num_images']} images)"]
+    lines += [
+        f"{name:<{width}} {pct(iou)} {pct(acc)}" for name, iou, acc in zip(classes, results["IoU"], results["Acc"])
+    ]
+    lines += [
+        "-" * (width + 15),
+        f"mIoU {pct(results['mIoU']).strip()}  mAcc {pct(results['mAcc']).strip()}  "
+        f"aAcc {pct(results['aAcc']).strip()}  ({results['num_images']} images)",
+    ]
     notes = []
     if any(math.isnan(v) for v in results["IoU"]):
         notes.append("IoU: class absent from ground truth and prediction, left out of mIoU")
@@ -120,9 +123,9 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
 
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
     ckpt, stored = load_checkpoint_for_eval(ckpt_path)
-    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, plain_config(cfg.get("model")),
-                                                       plain_config(cfg.get("dataset")), model_group, dataset_group,
-                                                       ckpt_path)
+    model_cfg, dataset_cfg = resolve_model_and_dataset(
+        stored, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")), model_group, dataset_group, ckpt_path
+    )
     from ccnet.data import build_dataset, check_labelled_split
 
     split = str(cfg.get("split", "val"))
@@ -131,14 +134,17 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
         raise CheckpointMismatchError(
             f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but dataset {dataset_cfg['name']!r} "
             f"has {dataset.num_classes}; evaluate it on the dataset it was trained on (dataset=<name>) or a dataset "
-            "config with the same classes")
+            "config with the same classes"
+        )
     labelled = bool(getattr(dataset, "has_labels", True))
     if labelled:
         check_labelled_split(dataset, split, role="evaluation", key="split")
     elif not formats:
-        raise ConfigError(f"split {split!r} of {dataset_cfg['name']!r} has no labels, so there is nothing to score; "
-                          "write predictions instead: formats=[cityscapes] for a test-server submission, or "
-                          "formats=[color]")
+        raise ConfigError(
+            f"split {split!r} of {dataset_cfg['name']!r} has no labels, so there is nothing to score; "
+            "write predictions instead: formats=[cityscapes] for a test-server submission, or "
+            "formats=[color]"
+        )
 
     out_dir = Path(str(cfg.output_dir))
     manifest = OutputManifest(out_dir, TOOL)
@@ -146,9 +152,17 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
     image_paths = list(getattr(dataset, "image_paths", []))
     planned = [out_dir / name for name in RESULT_FILES] if labelled else []
     if formats:
-        writer = PredictionWriter(out_dir / "predictions", formats, dataset.palette, dataset.ignore_index,
-                                  alpha=float(cfg.get("alpha", 0.5)), num_classes=dataset.num_classes,
-                                  legend=bool(cfg.get("legend", False)), classes=dataset.classes, manifest=manifest)
+        writer = PredictionWriter(
+            out_dir / "predictions",
+            formats,
+            dataset.palette,
+            dataset.ignore_index,
+            alpha=float(cfg.get("alpha", 0.5)),
+            num_classes=dataset.num_classes,
+            legend=bool(cfg.get("legend", False)),
+            classes=dataset.classes,
+            manifest=manifest,
+        )
         check_unique_outputs(writer, image_paths)
         planned += writer.paths_for(image_paths)
     dist.run_on_main(manifest.claim, planned, image_paths + list(getattr(dataset, "label_paths", None) or []))
@@ -156,10 +170,18 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
     model = load_model(model_cfg, ckpt, ckpt_path, device)
     if eval_cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
-    log.info("evaluating %s on %s/%s (%d images, %d process(es)), eval: %s", ckpt_path, dataset_cfg["name"],
-             split, len(dataset), dist.get_world_size(), eval_cfg)
-    results = evaluate(model, dataset, eval_cfg, device,
-                       on_prediction=None if writer is None else _save_predictions(writer, dataset))
+    log.info(
+        "evaluating %s on %s/%s (%d images, %d process(es)), eval: %s",
+        ckpt_path,
+        dataset_cfg["name"],
+        split,
+        len(dataset),
+        dist.get_world_size(),
+        eval_cfg,
+    )
+    results = evaluate(
+        model, dataset, eval_cfg, device, on_prediction=None if writer is None else _save_predictions(writer, dataset)
+    )
     results["classes"] = list(dataset.classes)
     if dist.is_main_process():
         _report(results, ckpt_path, split, dataset_cfg, eval_cfg, writer, manifest)
@@ -178,8 +200,15 @@ def _save_predictions(writer: PredictionWriter, dataset: Any) -> PredictionCallb
     return save
 
 
-def _report(results: Dict[str, Any], ckpt_path: Path, split: str, dataset_cfg: Mapping[str, Any],
-            eval_cfg: Mapping[str, Any], writer: Optional[PredictionWriter], manifest: OutputManifest) -> None:
+def _report(
+    results: Dict[str, Any],
+    ckpt_path: Path,
+    split: str,
+    dataset_cfg: Mapping[str, Any],
+    eval_cfg: Mapping[str, Any],
+    writer: Optional[PredictionWriter],
+    manifest: OutputManifest,
+) -> None:
     if writer is not None:
         log.info("predictions (%s) written to %s", ", ".join(writer.formats), writer.save_dir)
     if "mIoU" not in results:
@@ -196,8 +225,9 @@ def _report(results: Dict[str, Any], ckpt_path: Path, split: str, dataset_cfg: M
         "mIoU": results["mIoU"],
         "mAcc": results["mAcc"],
         "aAcc": results["aAcc"],
-        "per_class": {name: {"IoU": iou, "Acc": acc}
-                      for name, iou, acc in zip(classes, results["IoU"], results["Acc"])},
+        "per_class": {
+            name: {"IoU": iou, "Acc": acc} for name, iou, acc in zip(classes, results["IoU"], results["Acc"])
+        },
         "eval": dict(eval_cfg),
     }
     path = out_dir / RESULT_FILES[0]

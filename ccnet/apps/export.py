@@ -74,8 +74,9 @@ def _require(module: str, purpose: str = "ONNX export and its parity check"):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{module} is needed for {purpose}: pip install -e '.[export]' "
-                          "(or pip install -r requirements-dev.txt)") from exc
+        raise ImportError(
+            f"{module} is needed for {purpose}: pip install -e '.[export]' (or pip install -r requirements-dev.txt)"
+        ) from exc
 
 
 class LogitsOnly(nn.Module):
@@ -147,16 +148,20 @@ def export_program(model: nn.Module, example: Tensor) -> ExportedProgram:
         ExportError: ``torch.export`` failed (e.g. the example is too small to keep H, W dynamic).
     """
     if example.dim() != 4 or example.shape[0] < 2:
-        raise ValueError(f"the export example must be (B, 3, H, W) with B >= 2, got {tuple(example.shape)}: "
-                         "torch.export specialises a batch of 1")
+        raise ValueError(
+            f"the export example must be (B, 3, H, W) with B >= 2, got {tuple(example.shape)}: "
+            "torch.export specialises a batch of 1"
+        )
     dynamic = {"images": {axis: Dim.DYNAMIC for axis in AXES}}
     try:
         with _exporting():
             return torch.export.export(LogitsOnly(model).eval(), (example,), dynamic_shapes=dynamic)
     except Exception as exc:  # torch.export raises many types (UserError, GuardOnDataDependentSymNode, ...)
-        raise ExportError(f"torch.export failed for input {tuple(example.shape)} with dynamic batch/H/W: "
-                          f"{_first_line(exc)}. Sizes must keep the stride-8 feature map at least 2 x 2 "
-                          f"(H, W >= {MIN_SIDE}, --size)") from exc
+        raise ExportError(
+            f"torch.export failed for input {tuple(example.shape)} with dynamic batch/H/W: "
+            f"{_first_line(exc)}. Sizes must keep the stride-8 feature map at least 2 x 2 "
+            f"(H, W >= {MIN_SIDE}, --size)"
+        ) from exc
 
 
 def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
@@ -165,8 +170,9 @@ def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
     Returns:
         ``{"batch": [2, None], "height": [9, None], "width": [9, None]}`` for CCNet.
     """
-    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
-                       and n.name == program.graph_signature.user_inputs[0])
+    placeholder = next(
+        n for n in program.graph.nodes if n.op == "placeholder" and n.name == program.graph_signature.user_inputs[0]
+    )
     shape = placeholder.meta["val"].shape
     ranges = {}
     for axis, name in AXES.items():
@@ -198,15 +204,23 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def _dynamo_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bool,
-                 program: Optional[ExportedProgram]) -> Any:
+def _dynamo_onnx(
+    model: nn.Module, example: Tensor, opset: int, dynamic: bool, program: Optional[ExportedProgram]
+) -> Any:
     """The ``torch.export``-based ONNX exporter's model proto (axes named batch/height/width)."""
     if dynamic and program is None:
         program = export_program(model, example if example.shape[0] >= 2 else example.expand(2, -1, -1, -1))
     source: Union[ExportedProgram, nn.Module] = program if dynamic else LogitsOnly(model).eval()
     with _exporting():
-        onnx_program = torch.onnx.export(source, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                         input_names=["images"], output_names=["logits"])
+        onnx_program = torch.onnx.export(
+            source,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=["images"],
+            output_names=["logits"],
+        )
     if dynamic:
         shape = onnx_program.model.graph.inputs[0].shape
         onnx_program.rename_axes({shape[axis]: name for axis, name in AXES.items()})
@@ -220,15 +234,29 @@ def _torchscript_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bo
     axes = {"images": AXES, "logits": AXES}
     buffer = io.BytesIO()
     with _exporting(), _legacy_onnx_warnings_silenced():
-        torch.onnx.export(LogitsOnly(model).eval(), (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes=axes if dynamic else None, do_constant_folding=True)
+        torch.onnx.export(
+            LogitsOnly(model).eval(),
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes=axes if dynamic else None,
+            do_constant_folding=True,
+        )
     return onnx.load_model_from_string(buffer.getvalue())
 
 
-def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = DEFAULT_OPSET, dynamic: bool = True,
-                metadata: Optional[Mapping[str, Any]] = None, program: Optional[ExportedProgram] = None
-                ) -> OnnxExport:
+def export_onnx(
+    model: nn.Module,
+    path: PathLike,
+    example: Tensor,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = True,
+    metadata: Optional[Mapping[str, Any]] = None,
+    program: Optional[ExportedProgram] = None,
+) -> OnnxExport:
     """Write ``model`` (eval mode, main logits) as an ONNX file, with the dynamo exporter where it works.
 
     The file is self-contained: the weights are inside it, never in an external-data file beside it
@@ -277,8 +305,13 @@ def export_onnx(model: nn.Module, path: PathLike, example: Tensor, opset: int = 
     onnx.save(proto, str(path), save_as_external_data=False)
     written = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     result = OnnxExport(str(path), written, "torchscript" if reason else "dynamo", reason)
-    log.info("wrote ONNX (opset %d, %s input shape, %s exporter) to %s", written,
-             "dynamic" if dynamic else "static", result.exporter, path)
+    log.info(
+        "wrote ONNX (opset %d, %s input shape, %s exporter) to %s",
+        written,
+        "dynamic" if dynamic else "static",
+        result.exporter,
+        path,
+    )
     return result
 
 
@@ -300,8 +333,9 @@ class OnnxRunner:
         return torch.from_numpy(logits).to(images.device)
 
 
-def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None
-                  ) -> Tuple[Callable[[Tensor], Tensor], Dict[str, Any]]:
+def load_exported(
+    path: PathLike, providers: Optional[Sequence[str]] = None
+) -> Tuple[Callable[[Tensor], Tensor], Dict[str, Any]]:
     """Read an export of :func:`export_checkpoint` back: the model as a callable, and its metadata.
 
     Args:
@@ -333,8 +367,9 @@ def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None
         runner = OnnxRunner(path, providers)
         stored = runner.session.get_modelmeta().custom_metadata_map
         return runner, {key: json.loads(value) for key, value in stored.items()}
-    raise ValueError(f"cannot tell the format of {path} from its suffix {suffix!r}: expected .pt2 (torch.export) "
-                     "or .onnx")
+    raise ValueError(
+        f"cannot tell the format of {path} from its suffix {suffix!r}: expected .pt2 (torch.export) or .onnx"
+    )
 
 
 def max_abs_diff(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> float:
@@ -347,8 +382,7 @@ def max_abs_diff(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs:
     return diff
 
 
-def export_metadata(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any], num_classes: int
-                    ) -> Dict[str, Any]:
+def export_metadata(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any], num_classes: int) -> Dict[str, Any]:
     """What a user of an export needs besides the graph: class names and colours, and the input normalisation."""
     from ccnet.data.build import dataset_metainfo
 
@@ -357,16 +391,28 @@ def export_metadata(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
     except ValueError as exc:  # e.g. a converted checkpoint without a dataset name: the graph is still usable
         log.warning("no class names/palette in the export metadata: %s", exc)
         classes, palette = None, None
-    return {"model": model_cfg.get("name"), "num_classes": num_classes,
-            "classes": None if classes is None else list(classes)[:num_classes],
-            "palette": None if palette is None else [list(rgb) for rgb in palette][:num_classes],
-            "mean": dataset_cfg.get("mean"), "std": dataset_cfg.get("std"), "input": INPUT_CONVENTION}
+    return {
+        "model": model_cfg.get("name"),
+        "num_classes": num_classes,
+        "classes": None if classes is None else list(classes)[:num_classes],
+        "palette": None if palette is None else [list(rgb) for rgb in palette][:num_classes],
+        "mean": dataset_cfg.get("mean"),
+        "std": dataset_cfg.get("std"),
+        "input": INPUT_CONVENTION,
+    }
 
 
-def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None, pt2_path: Optional[PathLike] = None,
-                      size: Sequence[int] = (512, 512), opset: int = DEFAULT_OPSET, dynamic: bool = True,
-                      check_sizes: Sequence[Sequence[int]] = (), seed: int = 0,
-                      outputs: Optional[OutputFiles] = None) -> Dict[str, Any]:
+def export_checkpoint(
+    checkpoint: PathLike,
+    onnx_path: Optional[PathLike] = None,
+    pt2_path: Optional[PathLike] = None,
+    size: Sequence[int] = (512, 512),
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = True,
+    check_sizes: Sequence[Sequence[int]] = (),
+    seed: int = 0,
+    outputs: Optional[OutputFiles] = None,
+) -> Dict[str, Any]:
     """Rebuild the model stored in ``checkpoint`` and export it; check each export on random inputs.
 
     The parity inputs are a batch of 2 at ``size`` (the export example) and a batch of 1 at each of
@@ -410,16 +456,20 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
         raise ValueError(f"ONNX opset {opset} is too old: need >= {MIN_OPSET} (--opset)")
     small = [tuple(hw) for hw in [size, *check_sizes] if min(hw) < MIN_SIDE]
     if small:
-        raise ValueError(f"sizes {small} are too small: H and W must be >= {MIN_SIDE} (the stride-8 feature map "
-                         "of the export is at least 2 x 2); change --size / --check-size")
+        raise ValueError(
+            f"sizes {small} are too small: H and W must be >= {MIN_SIDE} (the stride-8 feature map "
+            "of the export is at least 2 x 2); change --size / --check-size"
+        )
     if outputs is None:
         outputs = OutputFiles(TOOL, {"--pt2": pt2_path, "--onnx": onnx_path})
     outputs.check(inputs=[checkpoint])
     ckpt, stored = load_checkpoint_for_eval(checkpoint)
     if not stored or not isinstance(stored.get("model"), Mapping):
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); "
-                                      "export needs a checkpoint written by tools/train.py or "
-                                      "tools/convert_checkpoint.py")
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint} stores no model config ('config' -> 'model'); "
+            "export needs a checkpoint written by tools/train.py or "
+            "tools/convert_checkpoint.py"
+        )
     model_cfg = dict(stored["model"])
     dataset_cfg = dict(stored.get("dataset") or {})
     model = load_model(model_cfg, ckpt, checkpoint, torch.device("cpu"))
@@ -435,13 +485,26 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: Optional[PathLike] = None
         save_program(program, pt2_path, meta)
         outputs.record(pt2_path)
         run, _ = load_exported(pt2_path)
-        result["pt2"] = {"path": str(pt2_path), "dynamic": dynamic_ranges(program),
-                         "max_abs_diff": max_abs_diff(model, run, checks)}
+        result["pt2"] = {
+            "path": str(pt2_path),
+            "dynamic": dynamic_ranges(program),
+            "max_abs_diff": max_abs_diff(model, run, checks),
+        }
     if onnx_path is not None:
-        written = export_onnx(model, onnx_path, example if dynamic else example[:1], opset=opset, dynamic=dynamic,
-                              metadata=meta, program=program)
+        written = export_onnx(
+            model,
+            onnx_path,
+            example if dynamic else example[:1],
+            opset=opset,
+            dynamic=dynamic,
+            metadata=meta,
+            program=program,
+        )
         outputs.record(onnx_path)
         run, _ = load_exported(onnx_path)
-        result["onnx"] = {**asdict(written), "dynamic": dynamic,
-                          "max_abs_diff": max_abs_diff(model, run, checks if dynamic else [example[:1]])}
+        result["onnx"] = {
+            **asdict(written),
+            "dynamic": dynamic,
+            "max_abs_diff": max_abs_diff(model, run, checks if dynamic else [example[:1]]),
+        }
     return result

@@ -83,11 +83,17 @@ def _outside(inputs: List[Path], input_root: Path, output_dir: Path, spec: str) 
         return inputs
     kept = [p for p in inputs if out not in p.resolve().parents]
     if len(kept) < len(inputs):
-        log.info("input %s: %d file(s) under output_dir %s left out (earlier outputs, not inputs)", spec,
-                 len(inputs) - len(kept), output_dir)
+        log.info(
+            "input %s: %d file(s) under output_dir %s left out (earlier outputs, not inputs)",
+            spec,
+            len(inputs) - len(kept),
+            output_dir,
+        )
     if not kept:
-        raise FileNotFoundError(f"every image of input {spec!r} lies in output_dir {output_dir}; point input at "
-                                "your images, not at infer's outputs")
+        raise FileNotFoundError(
+            f"every image of input {spec!r} lies in output_dir {output_dir}; point input at "
+            "your images, not at infer's outputs"
+        )
     return kept
 
 
@@ -119,14 +125,23 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     inputs, input_root = list_inputs(str(cfg.input))
     inputs = _outside(inputs, input_root, Path(str(cfg.output_dir)), str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
-    model = load_for_inference(ckpt_path, device, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")),
-                               model_group, dataset_group)
+    model = load_for_inference(
+        ckpt_path, device, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")), model_group, dataset_group
+    )
     meta = model.dataset_meta
     manifest = OutputManifest(cfg.output_dir, TOOL)
-    writer = PredictionWriter(cfg.output_dir, formats, meta["palette"], meta["ignore_index"],
-                              alpha=float(cfg.get("alpha", 0.5)), num_classes=len(meta["palette"]),
-                              input_root=input_root, legend=bool(cfg.get("legend", False)), classes=meta["classes"],
-                              manifest=manifest)
+    writer = PredictionWriter(
+        cfg.output_dir,
+        formats,
+        meta["palette"],
+        meta["ignore_index"],
+        alpha=float(cfg.get("alpha", 0.5)),
+        num_classes=len(meta["palette"]),
+        input_root=input_root,
+        legend=bool(cfg.get("legend", False)),
+        classes=meta["classes"],
+        manifest=manifest,
+    )
     check_unique_outputs(writer, inputs)
     manifest.claim(writer.paths_for(inputs), inputs)
     if settings.channels_last:
@@ -143,8 +158,7 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
         result.written.append(writer.write(predict_image(model, image, settings), path, image))
     summary = f"wrote {len(result.written)} of {len(inputs)} images ({', '.join(writer.formats)}) to {writer.save_dir}"
     if result.skipped:
-        names = [p.relative_to(input_root).as_posix() if input_root in p.parents else str(p)
-                 for p, _ in result.skipped]
+        names = [p.relative_to(input_root).as_posix() if input_root in p.parents else str(p) for p, _ in result.skipped]
         more = f", ... ({len(names) - NAMED} more)" if len(names) > NAMED else ""
         log.warning("%s; skipped %d unreadable: %s%s", summary, len(names), ", ".join(names[:NAMED]), more)
     else:

@@ -20,8 +20,9 @@ CITYSCAPES_SIZE = (1024, 2048)  # (height, width) of every leftImg8bit image
 ADE20K_SIZE = (512, 683)  # a typical ADE20K validation image (the short side is 512 for many)
 
 
-def street_scene(rng: np.random.Generator, height: int, width: int, label_values: np.ndarray,
-                 background: Tuple[int, int] = (7, 23)) -> Tuple[np.ndarray, np.ndarray]:
+def street_scene(
+    rng: np.random.Generator, height: int, width: int, label_values: np.ndarray, background: Tuple[int, int] = (7, 23)
+) -> Tuple[np.ndarray, np.ndarray]:
     """An RGB picture and a label map of the same regions.
 
     Args:
@@ -53,8 +54,12 @@ def cityscapes_layout_files(root: Path, counts: Dict[str, int], city: str = "gen
     for split, count in counts.items():
         for i in range(count):
             stem = f"{city}_{i:06d}_000019"
-            pairs.append((root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-                          root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"))
+            pairs.append(
+                (
+                    root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                    root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                )
+            )
     return pairs
 
 
@@ -69,8 +74,9 @@ def ade20k_layout_files(root: Path, counts: Dict[str, int]) -> List[Tuple[Path, 
     return pairs
 
 
-def _write_pair(image_path: Path, label_path: Path, image: np.ndarray, label: np.ndarray,
-                record: Optional[Callable[[Path], None]]) -> None:
+def _write_pair(
+    image_path: Path, label_path: Path, image: np.ndarray, label: np.ndarray, record: Optional[Callable[[Path], None]]
+) -> None:
     for path, pixels in ((image_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)), (label_path, label)):
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), pixels)
@@ -78,9 +84,14 @@ def _write_pair(image_path: Path, label_path: Path, image: np.ndarray, label: np
             record(path)
 
 
-def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = CITYSCAPES_SIZE,
-                            seed: int = 0, city: str = "gen",
-                            record: Optional[Callable[[Path], None]] = None) -> List[Path]:
+def write_cityscapes_layout(
+    root: Path,
+    counts: Dict[str, int],
+    size: Tuple[int, int] = CITYSCAPES_SIZE,
+    seed: int = 0,
+    city: str = "gen",
+    record: Optional[Callable[[Path], None]] = None,
+) -> List[Path]:
     """``root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
     ``root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`` (Cityscapes label ids) for each split.
 
@@ -104,8 +115,13 @@ def write_cityscapes_layout(root: Path, counts: Dict[str, int], size: Tuple[int,
     return written
 
 
-def write_ade20k_layout(root: Path, counts: Dict[str, int], size: Tuple[int, int] = ADE20K_SIZE,
-                        seed: int = 0, record: Optional[Callable[[Path], None]] = None) -> List[Path]:
+def write_ade20k_layout(
+    root: Path,
+    counts: Dict[str, int],
+    size: Tuple[int, int] = ADE20K_SIZE,
+    seed: int = 0,
+    record: Optional[Callable[[Path], None]] = None,
+) -> List[Path]:
     """``root/ADEChallengeData2016/images/<split>/ADE_<split>_<n>.jpg`` and ``annotations/<split>/*.png``
     (values 0 = other, 1..150 = the SceneParsing classes) for each split (``training``, ``validation``);
     ``record`` is called with each file just written.

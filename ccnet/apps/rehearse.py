@@ -127,21 +127,41 @@ def _record_run(manifest: OutputManifest, work_dir: Path) -> None:
             manifest.record(path)
 
 
-def train_command(preset: str, data_root: Path, work_dir: Path, iterations: int, batch_size: Optional[int],
-                  device: str, threads: Optional[int], extra: Sequence[str] = ()) -> List[str]:
+def train_command(
+    preset: str,
+    data_root: Path,
+    work_dir: Path,
+    iterations: int,
+    batch_size: Optional[int],
+    device: str,
+    threads: Optional[int],
+    extra: Sequence[str] = (),
+) -> List[str]:
     """The ``tools/train.py`` command line of a rehearsal."""
-    command = [sys.executable, str(TRAIN_SCRIPT), f"experiment={preset}", f"dataset.root={data_root}",
-               "model.weights=null", f"train.max_iters={iterations}", "train.eval_interval=0",
-               f"train.checkpoint_interval={iterations}", "train.log_interval=1", "train.num_workers=0",
-               "eval.num_workers=0", f"train.device={device}", f"train.cpu_threads={threads or 'null'}",
-               f"work_dir={work_dir}"]
+    command = [
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        f"experiment={preset}",
+        f"dataset.root={data_root}",
+        "model.weights=null",
+        f"train.max_iters={iterations}",
+        "train.eval_interval=0",
+        f"train.checkpoint_interval={iterations}",
+        "train.log_interval=1",
+        "train.num_workers=0",
+        "eval.num_workers=0",
+        f"train.device={device}",
+        f"train.cpu_threads={threads or 'null'}",
+        f"work_dir={work_dir}",
+    ]
     if batch_size is not None:
         command.append(f"train.batch_size={batch_size}")
     return command + list(extra)
 
 
-def _run_measured(command: List[str], log_path: Path, timeout_s: float,
-                  record: Optional[Callable[[Path], None]] = None) -> tuple:
+def _run_measured(
+    command: List[str], log_path: Path, timeout_s: float, record: Optional[Callable[[Path], None]] = None
+) -> tuple:
     """Run ``command`` with its console in ``log_path`` (``record`` is called with it once created);
     returns (exit status, peak RSS in GiB, seconds). The child is killed after ``timeout_s`` (exit
     status None)."""
@@ -154,8 +174,9 @@ def _run_measured(command: List[str], log_path: Path, timeout_s: float,
     with log_path.open("w") as console:
         if record is not None:
             record(log_path)
-        child = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=REPO,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = subprocess.Popen(
+            command, stdout=console, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         timer = threading.Timer(timeout_s, kill)
         timer.start()
         try:
@@ -167,9 +188,16 @@ def _run_measured(command: List[str], log_path: Path, timeout_s: float,
     return None if killed.is_set() else child.returncode, peak_gib, time.perf_counter() - start
 
 
-def rehearse(preset: str, out_dir: Path, iterations: int = 2, batch_size: Optional[int] = None,
-             device: str = "cpu", threads: Optional[int] = None, timeout_s: float = 1800.0,
-             extra: Sequence[str] = ()) -> Rehearsal:
+def rehearse(
+    preset: str,
+    out_dir: Path,
+    iterations: int = 2,
+    batch_size: Optional[int] = None,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    timeout_s: float = 1800.0,
+    extra: Sequence[str] = (),
+) -> Rehearsal:
     """Generate the data, run the preset for ``iterations`` steps and its validation, check the results.
 
     Args:
@@ -231,8 +259,9 @@ def _read_run(result: Rehearsal, work_dir: Path) -> None:
     if [it for it, _ in steps] != list(range(1, result.iterations + 1)):
         problems.append(f"train.log has step lines {[it for it, _ in steps]}, expected 1..{result.iterations}")
     if len(records) != 1 or records[0].get("iteration") != result.iterations:
-        problems.append(f"metrics.jsonl holds {len(records)} validation records, expected one at iteration "
-                        f"{result.iterations}")
+        problems.append(
+            f"metrics.jsonl holds {len(records)} validation records, expected one at iteration {result.iterations}"
+        )
     else:
         result.val_time_s, result.val_miou = records[0]["val_time_s"], records[0]["val/mIoU"]
         if not isinstance(result.val_miou, float) or not 0.0 <= result.val_miou <= 1.0:
@@ -251,19 +280,38 @@ def _load_yaml(path: Path) -> Dict[str, Any]:
 
 
 def as_json(results: Sequence[Rehearsal], machine: Dict[str, Any]) -> Dict[str, Any]:
-    return {"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "rehearsals": [asdict(r) for r in results]}
+    return {
+        "machine": machine,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rehearsals": [asdict(r) for r in results],
+    }
 
 
 def format_rehearsals(results: Sequence[Rehearsal]) -> str:
     """The table ``tools/rehearse_presets.py`` prints."""
     from ccnet.apps.benchmarks.common import format_table
 
-    rows = [{**asdict(r), "crop": "x".join(map(str, r.crop_size)) or None,
-             "first_s": r.step_s[0] if r.step_s else None, "next_s": r.step_s[-1] if len(r.step_s) > 1 else None}
-            for r in results]
-    return format_table(rows, [("preset", "preset", "{}"), ("status", "status", "{}"), ("crop", "crop", "{}"),
-                               ("batch_size", "batch", "{}"), ("first_s", "step 1 s", "{:.1f}"),
-                               ("next_s", "last step s", "{:.1f}"), ("eval_protocol", "validation", "{}"),
-                               ("val_time_s", "val s", "{:.1f}"), ("peak_rss_gib", "peak RSS GiB", "{:.2f}"),
-                               ("wall_s", "wall s", "{:.0f}")])
+    rows = [
+        {
+            **asdict(r),
+            "crop": "x".join(map(str, r.crop_size)) or None,
+            "first_s": r.step_s[0] if r.step_s else None,
+            "next_s": r.step_s[-1] if len(r.step_s) > 1 else None,
+        }
+        for r in results
+    ]
+    return format_table(
+        rows,
+        [
+            ("preset", "preset", "{}"),
+            ("status", "status", "{}"),
+            ("crop", "crop", "{}"),
+            ("batch_size", "batch", "{}"),
+            ("first_s", "step 1 s", "{:.1f}"),
+            ("next_s", "last step s", "{:.1f}"),
+            ("eval_protocol", "validation", "{}"),
+            ("val_time_s", "val s", "{:.1f}"),
+            ("peak_rss_gib", "peak RSS GiB", "{:.2f}"),
+            ("wall_s", "wall s", "{:.0f}"),
+        ],
+    )

@@ -105,12 +105,24 @@ def check_attention(device: torch.device, implementation: str, dtype: torch.dtyp
         errors = [_relative_error(mine, theirs) for mine, theirs in zip(*results)]
         worst = max(worst, *errors)
     ok = worst <= TOLERANCE[dtype]
-    return Row("", "pass" if ok else "fail", f"largest relative error {worst:.1e} over {len(ODD_SHAPES)} shapes "
-               f"(output and 5 gradients; tolerance {TOLERANCE[dtype]:.0e})", values={"max_rel_error": worst})
+    return Row(
+        "",
+        "pass" if ok else "fail",
+        f"largest relative error {worst:.1e} over {len(ODD_SHAPES)} shapes "
+        f"(output and 5 gradients; tolerance {TOLERANCE[dtype]:.0e})",
+        values={"max_rel_error": worst},
+    )
 
 
-def check_training(device: torch.device, cfg: Dict[str, Any], variant: str, size: tuple, batch: int,
-                   compile: bool = False, repeats: int = 3) -> Row:
+def check_training(
+    device: torch.device,
+    cfg: Dict[str, Any],
+    variant: str,
+    size: tuple,
+    batch: int,
+    compile: bool = False,
+    repeats: int = 3,
+) -> Row:
     """Steps of ``variant``: finite losses, weights that moved, seconds per step and peak memory."""
     step, drop = training_step(cfg, device, variant, size, batch, num_classes=19, compile=compile)
     first = step()  # compiles, autotunes, allocates
@@ -121,9 +133,12 @@ def check_training(device: torch.device, cfg: Dict[str, Any], variant: str, size
     drop()
     ok = bool(torch.isfinite(first)) and bool(torch.isfinite(last))
     seconds = timing["median_ms"] / 1e3
-    return Row("", "pass" if ok else "fail", f"{seconds:.3f} s/step, peak {peak / 2**20:.0f} MiB, loss "
-               f"{float(first):.3f} -> {float(last):.3f}",
-               values={"step_s": seconds, "peak_gib": peak / 2**30, "first_loss": float(first), "loss": float(last)})
+    return Row(
+        "",
+        "pass" if ok else "fail",
+        f"{seconds:.3f} s/step, peak {peak / 2**20:.0f} MiB, loss {float(first):.3f} -> {float(last):.3f}",
+        values={"step_s": seconds, "peak_gib": peak / 2**30, "first_loss": float(first), "loss": float(last)},
+    )
 
 
 def check_sync_batchnorm(device: torch.device, cfg: Dict[str, Any], size: tuple) -> Row:
@@ -136,8 +151,12 @@ def check_sync_batchnorm(device: torch.device, cfg: Dict[str, Any], size: tuple)
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
         if device.type == "cuda":
-            dist.init_process_group("nccl", rank=0, world_size=1,
-                                    device_id=torch.device("cuda", device.index or torch.cuda.current_device()))
+            dist.init_process_group(
+                "nccl",
+                rank=0,
+                world_size=1,
+                device_id=torch.device("cuda", device.index or torch.cuda.current_device()),
+            )
         else:
             dist.init_process_group("gloo", rank=0, world_size=1)
     try:
@@ -170,9 +189,13 @@ def check_slide_evaluation(device: torch.device, cfg: Dict[str, Any], image: tup
         timing = time_call(lambda: predict_logits(model, x, settings), device, warmup=0, repeats=1)
         peak, _ = peak_memory(lambda: predict_logits(model, x, settings), device)
     ok = logits.shape[-2:] == x.shape[-2:] and bool(torch.isfinite(logits).all())
-    return Row("", "pass" if ok else "fail", f"{image[0]}x{image[1]} in {window}x{window} windows (stride {stride}): "
-               f"{timing['median_ms'] / 1e3:.2f} s, peak {peak / 2**20:.0f} MiB",
-               values={"seconds": timing["median_ms"] / 1e3, "peak_gib": peak / 2**30})
+    return Row(
+        "",
+        "pass" if ok else "fail",
+        f"{image[0]}x{image[1]} in {window}x{window} windows (stride {stride}): "
+        f"{timing['median_ms'] / 1e3:.2f} s, peak {peak / 2**20:.0f} MiB",
+        values={"seconds": timing["median_ms"] / 1e3, "peak_gib": peak / 2**30},
+    )
 
 
 def check_attention_benchmark(device: torch.device, shape: tuple, dtype: str, impls: List[str]) -> Row:
@@ -185,18 +208,39 @@ def check_attention_benchmark(device: torch.device, shape: tuple, dtype: str, im
     parser = argparse.ArgumentParser()
     cca.add_arguments(parser)
     b, c, h, w = shape
-    args = parser.parse_args(["--device", str(device), "--batch", str(b), "--channels", str(c), "--height", str(h),
-                              "--width", str(w), "--dtype", dtype, "--channels-last", "--repeats", "5", "--force",
-                              "--impls", *impls])
+    args = parser.parse_args(
+        [
+            "--device",
+            str(device),
+            "--batch",
+            str(b),
+            "--channels",
+            str(c),
+            "--height",
+            str(h),
+            "--width",
+            str(w),
+            "--dtype",
+            dtype,
+            "--channels-last",
+            "--repeats",
+            "5",
+            "--force",
+            "--impls",
+            *impls,
+        ]
+    )
     result = cca.run(args)
     rows = {r["impl"]: r for r in result["results"]}
-    detail = ", ".join(f"{name} {r['fwd_bwd_speedup']:.2f}x speed / {r['fwd_bwd_memory_ratio']:.2f}x memory"
-                       for name, r in rows.items() if name != "baseline")
+    detail = ", ".join(
+        f"{name} {r['fwd_bwd_speedup']:.2f}x speed / {r['fwd_bwd_memory_ratio']:.2f}x memory"
+        for name, r in rows.items()
+        if name != "baseline"
+    )
     return Row("", "pass", detail, values={"results": result["results"], "roofline": result["roofline"]})
 
 
-def run_selfcheck(device: torch.device, compile_on_cpu: bool = False,
-                  printer: Callable[[str], None] = print) -> Report:
+def run_selfcheck(device: torch.device, compile_on_cpu: bool = False, printer: Callable[[str], None] = print) -> Report:
     """All checks for ``device`` (see the module docstring)."""
     report = Report(printer)
     cuda = device.type == "cuda"
@@ -215,19 +259,25 @@ def run_selfcheck(device: torch.device, compile_on_cpu: bool = False,
         report.rows.append(Row("attention triton", "skip", "Triton is not installed"))
 
     for variant in ("fp32", "bf16", "bf16+cl", "fp16"):
-        report.run(f"train {name} {size[0]}x{size[1]} b{batch} {variant}",
-                   lambda v=variant: check_training(device, cfg, v, size, batch))
+        report.run(
+            f"train {name} {size[0]}x{size[1]} b{batch} {variant}",
+            lambda v=variant: check_training(device, cfg, v, size, batch),
+        )
     if cuda or compile_on_cpu:
-        report.run(f"train {name} {size[0]}x{size[1]} b{batch} bf16+cl torch.compile",
-                   lambda: check_training(device, cfg, "bf16+cl", size, batch, compile=True))
+        report.run(
+            f"train {name} {size[0]}x{size[1]} b{batch} bf16+cl torch.compile",
+            lambda: check_training(device, cfg, "bf16+cl", size, batch, compile=True),
+        )
     else:
         report.rows.append(Row("train torch.compile", "skip", "CPU: pass --compile (a minute of compilation)"))
     report.run("SyncBatchNorm, one-process group", lambda: check_sync_batchnorm(device, cfg, (65, 65)))
     image, window, stride = ((1024, 2048), 769, 513) if cuda else ((96, 160), 64, 48)
     report.run("slide evaluation", lambda: check_slide_evaluation(device, cfg, image, window, stride))
     bench_shape = (2, 512, 97, 97) if cuda else (1, 64, 17, 13)
-    report.run("attention benchmark", lambda: check_attention_benchmark(
-        device, bench_shape, "bfloat16" if cuda else "float32", impls))
+    report.run(
+        "attention benchmark",
+        lambda: check_attention_benchmark(device, bench_shape, "bfloat16" if cuda else "float32", impls),
+    )
     if cuda:
         _targets(report)
     return report
@@ -240,19 +290,36 @@ def _targets(report: Report) -> None:
     if bench and bench.status == "pass":
         triton = next((r for r in bench.values["results"] if r["impl"] == "triton"), None)
         if triton:
-            met = triton["fwd_bwd_speedup"] >= TARGETS["triton_speedup"] and \
-                triton["fwd_bwd_memory_ratio"] <= TARGETS["triton_memory"]
-            report.rows.append(Row("target: Triton attention >= 3x faster, <= 0.3x memory", "met" if met else "missed",
-                                   f"{triton['fwd_bwd_speedup']:.2f}x, {triton['fwd_bwd_memory_ratio']:.2f}x memory"))
+            met = (
+                triton["fwd_bwd_speedup"] >= TARGETS["triton_speedup"]
+                and triton["fwd_bwd_memory_ratio"] <= TARGETS["triton_memory"]
+            )
+            report.rows.append(
+                Row(
+                    "target: Triton attention >= 3x faster, <= 0.3x memory",
+                    "met" if met else "missed",
+                    f"{triton['fwd_bwd_speedup']:.2f}x, {triton['fwd_bwd_memory_ratio']:.2f}x memory",
+                )
+            )
     fp32 = next((r for k, r in rows.items() if k.endswith(" fp32") and r.status == "pass"), None)
     bf16 = next((r for k, r in rows.items() if k.endswith(" bf16+cl") and r.status == "pass"), None)
     if fp32 and bf16:
         speedup = fp32.values["step_s"] / bf16.values["step_s"]
-        report.rows.append(Row("target: bf16 + channels-last step >= 1.8x fp32", "met" if speedup >= 1.8 else "missed",
-                               f"{speedup:.2f}x"))
+        report.rows.append(
+            Row(
+                "target: bf16 + channels-last step >= 1.8x fp32",
+                "met" if speedup >= 1.8 else "missed",
+                f"{speedup:.2f}x",
+            )
+        )
         gib = fp32.values["peak_gib"] * 2**30 / 1e9
-        report.rows.append(Row("target: fp32 peak < 10.7 GB (mmseg, R-101 769x769 batch 2)",
-                               "met" if gib < TARGETS["fp32_peak_gb"] else "missed", f"{gib:.2f} GB"))
+        report.rows.append(
+            Row(
+                "target: fp32 peak < 10.7 GB (mmseg, R-101 769x769 batch 2)",
+                "met" if gib < TARGETS["fp32_peak_gb"] else "missed",
+                f"{gib:.2f} GB",
+            )
+        )
 
 
 def report_output(path: Path) -> OutputFiles:
@@ -274,9 +341,12 @@ def write_report(report: Report, device: torch.device, path: Path) -> Dict[str, 
         OutputConflictError: see :func:`report_output` (check it before the checks run, too).
     """
     output = report_output(path)
-    payload = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine_info(device), "passed": not report.failed,
-               "rows": [asdict(r) for r in report.rows]}
+    payload = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "passed": not report.failed,
+        "rows": [asdict(r) for r in report.rows],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     output.record(path)
@@ -284,6 +354,7 @@ def write_report(report: Report, device: torch.device, path: Path) -> Dict[str, 
 
 
 def format_report(report: Report) -> str:
-    return format_table([asdict(r) for r in report.rows], [("check", "check", "{}"), ("status", "status", "{}"),
-                                                           ("seconds", "s", "{:.1f}"), ("detail", "detail", "{}")])
-
+    return format_table(
+        [asdict(r) for r in report.rows],
+        [("check", "check", "{}"), ("status", "status", "{}"), ("seconds", "s", "{:.1f}"), ("detail", "detail", "{}")],
+    )

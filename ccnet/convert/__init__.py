@@ -3,5 +3,13 @@
 from ccnet.convert.checkpoint import FORMATS, convert_checkpoint, convert_state_dict
 from ccnet.convert.core import ConversionError, ConversionReport, Rule, SourceFormat, remap_state_dict
 
-__all__ = ["FORMATS", "ConversionError", "ConversionReport", "Rule", "SourceFormat", "convert_checkpoint",
-           "convert_state_dict", "remap_state_dict"]
+__all__ = [
+    "FORMATS",
+    "ConversionError",
+    "ConversionReport",
+    "Rule",
+    "SourceFormat",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "remap_state_dict",
+]

@@ -50,8 +50,13 @@ def _load_yaml(configs_dir: Path, group: str, name: str) -> Dict[str, Any]:
     return cfg
 
 
-def model_config_for(name: str, num_classes: int, align_corners: Optional[bool] = None,
-                     recurrence: Optional[int] = None, configs_dir: Path = CONFIGS_DIR) -> Dict[str, Any]:
+def model_config_for(
+    name: str,
+    num_classes: int,
+    align_corners: Optional[bool] = None,
+    recurrence: Optional[int] = None,
+    configs_dir: Path = CONFIGS_DIR,
+) -> Dict[str, Any]:
     """``configs/model/<name>.yaml`` as a plain dict with ``num_classes`` (and ``align_corners``,
     ``recurrence`` when given) set and no ImageNet weights to load (the converted checkpoint holds
     every weight)."""
@@ -67,8 +72,9 @@ def model_config_for(name: str, num_classes: int, align_corners: Optional[bool] 
     return cfg
 
 
-def dataset_config_for(name: str, num_classes: int, fmt: SourceFormat,
-                       configs_dir: Path = CONFIGS_DIR) -> Dict[str, Any]:
+def dataset_config_for(
+    name: str, num_classes: int, fmt: SourceFormat, configs_dir: Path = CONFIGS_DIR
+) -> Dict[str, Any]:
     """``configs/dataset/<name>.yaml`` with the source model's input normalisation.
 
     Raises:
@@ -76,8 +82,10 @@ def dataset_config_for(name: str, num_classes: int, fmt: SourceFormat,
     """
     cfg = _load_yaml(configs_dir, "dataset", name)
     if cfg.get("num_classes") != num_classes:
-        raise ConfigError(f"dataset config {name!r} has num_classes={cfg.get('num_classes')}, the checkpoint's "
-                         f"classifier predicts {num_classes}; pass --dataset with a config of {num_classes} classes")
+        raise ConfigError(
+            f"dataset config {name!r} has num_classes={cfg.get('num_classes')}, the checkpoint's "
+            f"classifier predicts {num_classes}; pass --dataset with a config of {num_classes} classes"
+        )
     cfg["mean"] = [round(v, 8) for v in fmt.mean]
     cfg["std"] = [round(v, 8) for v in fmt.std]
     return cfg
@@ -87,9 +95,14 @@ def _guess_format(state: Mapping[str, Tensor]) -> Optional[str]:
     return next((f.name for f in FORMATS.values() if f.classifier_key in state), None)
 
 
-def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_classes: Optional[int] = None,
-                       align_corners: Optional[bool] = None, recurrence: Optional[int] = None,
-                       configs_dir: Path = CONFIGS_DIR) -> Tuple[Dict[str, Tensor], Dict[str, Any], ConversionReport]:
+def convert_state_dict(
+    state: Mapping[str, Tensor],
+    source_format: str,
+    num_classes: Optional[int] = None,
+    align_corners: Optional[bool] = None,
+    recurrence: Optional[int] = None,
+    configs_dir: Path = CONFIGS_DIR,
+) -> Tuple[Dict[str, Tensor], Dict[str, Any], ConversionReport]:
     """Convert a foreign state dict (``module.`` prefixes allowed) to our model.
 
     Args:
@@ -115,21 +128,32 @@ def convert_state_dict(state: Mapping[str, Tensor], source_format: str, num_clas
     if fmt.classifier_key not in state:
         guess = _guess_format(state)
         hint = f" It looks like a {guess!r} checkpoint: use --from {guess}." if guess else ""
-        raise ConversionError(f"no {fmt.classifier_key!r} in the checkpoint, so it is not in the {fmt.description} "
-                              f"layout.{hint} First keys: {sorted(state)[:5]}")
+        raise ConversionError(
+            f"no {fmt.classifier_key!r} in the checkpoint, so it is not in the {fmt.description} "
+            f"layout.{hint} First keys: {sorted(state)[:5]}"
+        )
     found = int(state[fmt.classifier_key].shape[0])
     if num_classes is not None and num_classes != found:
-        raise ConversionError(f"--num-classes {num_classes} given, but the checkpoint's classifier "
-                              f"{fmt.classifier_key} predicts {found} classes")
+        raise ConversionError(
+            f"--num-classes {num_classes} given, but the checkpoint's classifier "
+            f"{fmt.classifier_key} predicts {found} classes"
+        )
     model_cfg = model_config_for(fmt.model_config(state), found, align_corners, recurrence, configs_dir)
     target = build_model(model_cfg, pretrained=False).state_dict()
     converted, report = remap_state_dict(state, target, fmt.rules, fmt.drop)
     return converted, model_cfg, report
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_classes: Optional[int] = None,
-                       dataset: Optional[str] = None, align_corners: Optional[bool] = None,
-                       recurrence: Optional[int] = None, configs_dir: Path = CONFIGS_DIR) -> ConversionReport:
+def convert_checkpoint(
+    src: PathLike,
+    dst: PathLike,
+    source_format: str,
+    num_classes: Optional[int] = None,
+    dataset: Optional[str] = None,
+    align_corners: Optional[bool] = None,
+    recurrence: Optional[int] = None,
+    configs_dir: Path = CONFIGS_DIR,
+) -> ConversionReport:
     """Convert the checkpoint file ``src`` and write ours to ``dst``.
 
     ``dst`` may not be ``src`` and may replace only a file an earlier conversion wrote (recorded in
@@ -163,19 +187,38 @@ def convert_checkpoint(src: PathLike, dst: PathLike, source_format: str, num_cla
     state = model_state_from(load_checkpoint(src), src)
     if align_corners is None:
         align_corners = fmt.align_corners(str(src))
-    converted, model_cfg, report = convert_state_dict(state, source_format, num_classes, align_corners, recurrence,
-                                                      configs_dir)
+    converted, model_cfg, report = convert_state_dict(
+        state, source_format, num_classes, align_corners, recurrence, configs_dir
+    )
     k = model_cfg["num_classes"]
     if dataset is None:
         if k not in DATASET_BY_CLASSES:
-            raise ConfigError(f"the checkpoint predicts {k} classes; no default dataset config has that many. "
-                             "Pass --dataset NAME (a configs/dataset/NAME.yaml with that num_classes)")
+            raise ConfigError(
+                f"the checkpoint predicts {k} classes; no default dataset config has that many. "
+                "Pass --dataset NAME (a configs/dataset/NAME.yaml with that num_classes)"
+            )
         dataset = DATASET_BY_CLASSES[k]
     dataset_cfg = dataset_config_for(dataset, k, fmt, configs_dir)
-    save_checkpoint({"model": converted, "config": {"model": model_cfg, "dataset": dataset_cfg}, "iteration": 0,
-                     "converted_from": {"format": fmt.name, "path": str(src)}}, dst)
+    save_checkpoint(
+        {
+            "model": converted,
+            "config": {"model": model_cfg, "dataset": dataset_cfg},
+            "iteration": 0,
+            "converted_from": {"format": fmt.name, "path": str(src)},
+        },
+        dst,
+    )
     output.record(dst)
-    log.info("converted %s (%s) -> %s: model %s, %d classes, R=%s, align_corners=%s, dataset %s\n%s", src,
-             fmt.description, dst, model_cfg["name"], k, model_cfg.get("recurrence"), model_cfg.get("align_corners"),
-             dataset, report.format())
+    log.info(
+        "converted %s (%s) -> %s: model %s, %d classes, R=%s, align_corners=%s, dataset %s\n%s",
+        src,
+        fmt.description,
+        dst,
+        model_cfg["name"],
+        k,
+        model_cfg.get("recurrence"),
+        model_cfg.get("align_corners"),
+        dataset,
+        report.format(),
+    )
     return report

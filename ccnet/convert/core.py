@@ -10,8 +10,15 @@ from torch import Tensor
 
 from ccnet.utils.state_dict import ConversionError, ConversionReport, Rule, num_blocks, remap_state_dict, strip_prefix
 
-__all__ = ["ConversionError", "ConversionReport", "Rule", "SourceFormat", "num_blocks", "remap_state_dict",
-           "strip_prefix"]
+__all__ = [
+    "ConversionError",
+    "ConversionReport",
+    "Rule",
+    "SourceFormat",
+    "num_blocks",
+    "remap_state_dict",
+    "strip_prefix",
+]
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,10 @@ _DEPTH_BY_LAYER3 = {6: 50, 23: 101}
 def _model_config(state: Mapping[str, Tensor]) -> str:
     blocks = num_blocks(state, "backbone.layer3")
     if blocks not in _DEPTH_BY_LAYER3:
-        raise ConversionError(f"backbone.layer3 has {blocks} blocks; expected 6 (ResNet-50) or 23 (ResNet-101). "
-                              "Is it an mmsegmentation CCNet checkpoint?")
+        raise ConversionError(
+            f"backbone.layer3 has {blocks} blocks; expected 6 (ResNet-50) or 23 (ResNet-101). "
+            "Is it an mmsegmentation CCNet checkpoint?"
+        )
     return f"ccnet_r{_DEPTH_BY_LAYER3[blocks]}_mmseg"
 
 
@@ -46,7 +48,8 @@ _STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": 
 FORMAT = SourceFormat(
     name="mmseg",
     description="mmsegmentation CCNet (ResNetV1c-D8 + CCHead + FCNHead)",
-    rules=tuple(Rule(rf"backbone\.stem\.{i}\.(\w+)", rf"backbone.{name}.\1") for i, name in _STEM.items()) + (
+    rules=tuple(Rule(rf"backbone\.stem\.{i}\.(\w+)", rf"backbone.{name}.\1") for i, name in _STEM.items())
+    + (
         Rule(r"backbone\.(layer[1-4]\..+)", r"backbone.\1"),
         Rule(r"decode_head\.convs\.0\.conv\.weight", "head.conva.0.weight"),
         Rule(r"decode_head\.convs\.0\.bn\.(\w+)", r"head.conva.1.\1"),

@@ -56,8 +56,10 @@ def _abn(pattern: str, template: str) -> Rule:
 def _model_config(state: Mapping[str, Tensor]) -> str:
     blocks = num_blocks(state, "layer3")
     if blocks != 23:
-        raise ConversionError(f"the official release is a ResNet-101 (23 blocks in layer3); this checkpoint has "
-                              f"{blocks}. Is it an official CCNet checkpoint?")
+        raise ConversionError(
+            f"the official release is a ResNet-101 (23 blocks in layer3); this checkpoint has "
+            f"{blocks}. Is it an official CCNet checkpoint?"
+        )
     return "ccnet_r101_official"
 
 

@@ -8,5 +8,15 @@ from ccnet.data.base import DatasetError, SegmentationDataset, check_labelled_sp
 from ccnet.data.build import DATASETS, build_dataset, dataset_metainfo, reseed_dataset, seed_worker
 from ccnet.data.config import crop_cost_warning, train_input_size
 
-__all__ = ["DATASETS", "DatasetError", "SegmentationDataset", "build_dataset", "check_labelled_split",
-           "dataset_metainfo", "reseed_dataset", "seed_worker", "train_input_size", "crop_cost_warning"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "SegmentationDataset",
+    "build_dataset",
+    "check_labelled_split",
+    "dataset_metainfo",
+    "reseed_dataset",
+    "seed_worker",
+    "train_input_size",
+    "crop_cost_warning",
+]

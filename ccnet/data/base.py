@@ -64,8 +64,10 @@ def read_image(path: Path) -> np.ndarray:
                 return _wide_grey_to_rgb(np.asarray(img), img.mode, path)
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"Cannot decode image {path}: {exc}. The file is corrupt or not an image; "
-                           "re-copy or remove it from the dataset.") from exc
+        raise DatasetError(
+            f"Cannot decode image {path}: {exc}. The file is corrupt or not an image; "
+            "re-copy or remove it from the dataset."
+        ) from exc
     return np.asarray(rgb)
 
 
@@ -76,12 +78,16 @@ WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 def _wide_grey_to_rgb(arr: np.ndarray, mode: str, path: Path) -> np.ndarray:
     """16-bit grey (0..65535) to 8-bit RGB, rounding ``v / 257``; other wide data is rejected."""
     if mode == "F":
-        raise DatasetError(f"Image {path} holds floating-point pixels (mode F); convert it to an 8- or 16-bit "
-                           "image first, since its value range is not defined.")
+        raise DatasetError(
+            f"Image {path} holds floating-point pixels (mode F); convert it to an 8- or 16-bit "
+            "image first, since its value range is not defined."
+        )
     values = arr.astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise DatasetError(f"Image {path} is a 32-bit integer image with values in [{values.min()}, {values.max()}]; "
-                           "expected 8- or 16-bit data (0..65535). Convert it to an 8-bit RGB image first.")
+        raise DatasetError(
+            f"Image {path} is a 32-bit integer image with values in [{values.min()}, {values.max()}]; "
+            "expected 8- or 16-bit data (0..65535). Convert it to an 8-bit RGB image first."
+        )
     grey = ((values + 128) // 257).astype(np.uint8)  # 0 -> 0, 65535 -> 255, round to nearest
     return np.repeat(grey[..., None], 3, axis=2)
 
@@ -114,7 +120,8 @@ def read_label(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise DatasetError(
             f"Label {path} has mode {mode!r} with shape {arr.shape}; expected a single-channel image of "
-            "class indices (mode L, P or I;16). Convert colour-coded masks to index masks first.")
+            "class indices (mode L, P or I;16). Convert colour-coded masks to index masks first."
+        )
     return arr
 
 
@@ -153,8 +160,10 @@ def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int, ig
     else:
         if raw.min() < 0:
             bad = np.unique(raw[raw < 0])
-            raise DatasetError(f"Label {path} contains negative values {bad[:20].tolist()}; "
-                               f"expected values in [0, {num_classes}) or {ignore_index} (ignore).")
+            raise DatasetError(
+                f"Label {path} contains negative values {bad[:20].tolist()}; "
+                f"expected values in [0, {num_classes}) or {ignore_index} (ignore)."
+            )
         present = np.flatnonzero(np.bincount(raw.ravel().astype(np.int64, copy=False)))
     invalid = present[(present >= 256) | (lut[np.minimum(present, 255)] < 0)]
     if invalid.size:
@@ -163,7 +172,8 @@ def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int, ig
             f"Label {path} contains invalid values {invalid[:20].tolist()}"
             f"{' ...' if invalid.size > 20 else ''}; valid stored values are {_ranges(valid)} "
             f"(mapped to classes [0, {num_classes}) and ignore {ignore_index}). Check num_classes / "
-            "ignore_index in the dataset config, or fix the mask.")
+            "ignore_index in the dataset config, or fix the mask."
+        )
     # All values are now < 256 and valid, so the uint8 table is exact.
     return cv2.LUT(np.ascontiguousarray(raw.astype(np.uint8, copy=False)), lut.astype(np.uint8))
 
@@ -204,10 +214,18 @@ class SegmentationDataset(Dataset):
         image: (3, H, W) float32, ``(x / 255 - mean) / std``. label: (H, W) int64.
     """
 
-    def __init__(self, image_paths: Sequence[Path], label_paths: Optional[Sequence[Path]],
-                 classes: Sequence[str], palette: Sequence[Sequence[int]], ignore_index: int,
-                 label_lut: np.ndarray, transform: Callable[..., Dict[str, torch.Tensor]],
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        image_paths: Sequence[Path],
+        label_paths: Optional[Sequence[Path]],
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        ignore_index: int,
+        label_lut: np.ndarray,
+        transform: Callable[..., Dict[str, torch.Tensor]],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         assert label_paths is None or len(label_paths) == len(image_paths)
         assert label_lut.shape == (256,)
         self.image_paths: List[Path] = [Path(p) for p in image_paths]
@@ -246,7 +264,8 @@ class SegmentationDataset(Dataset):
         if raw.shape != image.shape[:2]:
             raise DatasetError(
                 f"Size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but label "
-                f"{label_path} is {raw.shape[1]}x{raw.shape[0]} (WxH); a label must have its image's size.")
+                f"{label_path} is {raw.shape[1]}x{raw.shape[0]} (WxH); a label must have its image's size."
+            )
         return image, map_label(raw, self.label_lut, label_path, self.num_classes, self.ignore_index)
 
     def label(self, index: int) -> np.ndarray:
@@ -267,8 +286,9 @@ class SegmentationDataset(Dataset):
         set_transform_seed(self.transform, seed)
 
 
-def check_labelled_split(dataset: Dataset, split: str, role: str = "validation",
-                         key: str = "dataset.val_split") -> None:
+def check_labelled_split(
+    dataset: Dataset, split: str, role: str = "validation", key: str = "dataset.val_split"
+) -> None:
     """Fail before inference, not with a NaN score after it, when no pixel of a split is labelled.
 
     Reads labels until the first labelled pixel: one file for any real split. Datasets without a
@@ -286,12 +306,15 @@ def check_labelled_split(dataset: Dataset, split: str, role: str = "validation",
     label = getattr(dataset, "label", None)
     if label is None:
         return
-    if getattr(dataset, "has_labels", True) and any((label(i) != dataset.ignore_index).any()
-                                                   for i in range(len(dataset))):
+    if getattr(dataset, "has_labels", True) and any(
+        (label(i) != dataset.ignore_index).any() for i in range(len(dataset))
+    ):
         return
-    raise DatasetError(f"the {role} split {split!r} ({len(dataset)} images) has no labelled pixel: every label "
-                       f"is {dataset.ignore_index} (ignore) or missing, so nothing could be scored. Check {key}, "
-                       "the mask files and dataset.ignore_index")
+    raise DatasetError(
+        f"the {role} split {split!r} ({len(dataset)} images) has no labelled pixel: every label "
+        f"is {dataset.ignore_index} (ignore) or missing, so nothing could be scored. Check {key}, "
+        "the mask files and dataset.ignore_index"
+    )
 
 
 def set_transform_seed(transform: object, seed: int) -> None:

@@ -26,8 +26,9 @@ DATASETS: Dict[str, DatasetSpec] = {
 def _spec(dataset_cfg: Mapping[str, Any]) -> DatasetSpec:
     name = dataset_cfg.get("name")
     if name not in DATASETS:
-        raise ConfigError(f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(DATASETS))} "
-                          "(configs/dataset/<name>.yaml)")
+        raise ConfigError(
+            f"Unknown dataset.name {name!r}; valid names: {', '.join(sorted(DATASETS))} (configs/dataset/<name>.yaml)"
+        )
     return DATASETS[name]
 
 
@@ -93,4 +94,3 @@ def reseed_dataset(dataset: Dataset, seed: int) -> None:
     for i, child in enumerate(getattr(dataset, "datasets", ()) or ()):
         # Distinct streams per member so that two members never repeat each other's augmentation.
         reseed_dataset(child, (seed + 7919 * (i + 1)) % 2**32)
-

@@ -148,8 +148,7 @@ def find_pairs(root: Path, split: str, label_type: str, labelled: bool) -> Tuple
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
         have = sorted(p.name for p in (root / "leftImg8bit").iterdir()) if (root / "leftImg8bit").is_dir() else []
-        raise FileNotFoundError(f"Cityscapes split directory {image_dir} not found (splits present: {have}); "
-                                f"{LAYOUT}")
+        raise FileNotFoundError(f"Cityscapes split directory {image_dir} not found (splits present: {have}); {LAYOUT}")
     images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
     if not images:
         raise FileNotFoundError(f"No *_leftImg8bit.png images under {image_dir}/<city>/; {LAYOUT}")
@@ -166,13 +165,16 @@ def find_pairs(root: Path, split: str, label_type: str, labelled: bool) -> Tuple
     orphans = sorted(set(label_dir.glob(f"*/*{suffix}")) - set(labels))
     if orphans:
         expected = image_dir / orphans[0].parent.name / (orphans[0].name[: -len(suffix)] + "_leftImg8bit.png")
-        raise FileNotFoundError(f"Label {orphans[0]} has no image: expected {expected} ({len(orphans)} label "
-                                f"file(s) without image); {LAYOUT}")
+        raise FileNotFoundError(
+            f"Label {orphans[0]} has no image: expected {expected} ({len(orphans)} label "
+            f"file(s) without image); {LAYOUT}"
+        )
     return images, labels
 
 
-def build_cityscapes(dataset_cfg: Mapping[str, Any], split: str,
-                     crop_size: Optional[SizeLike] = None) -> SegmentationDataset:
+def build_cityscapes(
+    dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[SizeLike] = None
+) -> SegmentationDataset:
     """Cityscapes dataset for ``split`` from ``configs/dataset/cityscapes.yaml``.
 
     Args:
@@ -184,12 +186,15 @@ def build_cityscapes(dataset_cfg: Mapping[str, Any], split: str,
     Returns:
         The dataset; the test split is unlabelled.
     """
-    num_classes, ignore = check_label_spec(dataset_cfg.get("num_classes", NUM_CLASSES),
-                                           dataset_cfg.get("ignore_index", IGNORE_INDEX), "cityscapes")
+    num_classes, ignore = check_label_spec(
+        dataset_cfg.get("num_classes", NUM_CLASSES), dataset_cfg.get("ignore_index", IGNORE_INDEX), "cityscapes"
+    )
     if (num_classes, ignore) != (NUM_CLASSES, IGNORE_INDEX):
-        raise ConfigError(f"cityscapes: num_classes={num_classes}, ignore_index={ignore} do not match the "
-                          f"official {NUM_CLASSES} train ids and ignore {IGNORE_INDEX}; use dataset=folder for "
-                          "other label sets")
+        raise ConfigError(
+            f"cityscapes: num_classes={num_classes}, ignore_index={ignore} do not match the "
+            f"official {NUM_CLASSES} train ids and ignore {IGNORE_INDEX}; use dataset=folder for "
+            "other label sets"
+        )
     label_type = str(dataset_cfg.get("label_type", "labelIds"))
     if label_type not in ("labelIds", "labelTrainIds"):
         raise ConfigError(f"cityscapes: label_type must be 'labelIds' or 'labelTrainIds', got {label_type!r}")
@@ -197,8 +202,16 @@ def build_cityscapes(dataset_cfg: Mapping[str, Any], split: str,
     labelled = name != str(dataset_cfg.get("test_split", "test"))
     images, labels = find_pairs(root_from_cfg(dataset_cfg, LAYOUT), name, label_type, labelled)
     log.info("cityscapes %s: %d images (%s)", name, len(images), label_type if labelled else "unlabelled")
-    return SegmentationDataset(images, labels, CLASSES, PALETTE, IGNORE_INDEX, _raw_label_lut(label_type),
-                               transform_from_cfg(dataset_cfg, is_train, crop_size), *mean_std(dataset_cfg))
+    return SegmentationDataset(
+        images,
+        labels,
+        CLASSES,
+        PALETTE,
+        IGNORE_INDEX,
+        _raw_label_lut(label_type),
+        transform_from_cfg(dataset_cfg, is_train, crop_size),
+        *mean_std(dataset_cfg),
+    )
 
 
 def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:

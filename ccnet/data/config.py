@@ -56,13 +56,15 @@ def check_label_spec(num_classes: Any, ignore_index: Any, where: str) -> Tuple[i
     try:
         k, ignore = int(num_classes), int(ignore_index)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: num_classes and ignore_index must be integers, got "
-                          f"{num_classes!r} and {ignore_index!r}") from None
+        raise ConfigError(
+            f"{where}: num_classes and ignore_index must be integers, got {num_classes!r} and {ignore_index!r}"
+        ) from None
     if not 1 <= k <= 255:
         raise ConfigError(f"{where}: num_classes must be in [1, 255] (8-bit label maps), got {k}")
     if not k <= ignore <= 255:
-        raise ConfigError(f"{where}: ignore_index must be in [num_classes, 255] = [{k}, 255] so it cannot be "
-                          f"a class, got {ignore}")
+        raise ConfigError(
+            f"{where}: ignore_index must be in [num_classes, 255] = [{k}, 255] so it cannot be a class, got {ignore}"
+        )
     return k, ignore
 
 
@@ -150,7 +152,9 @@ def crop_cost_warning(image_paths: Sequence[Path], crop: Optional[Tuple[int, int
     if ratio <= 2.0:
         return None
     h, w = sizes[areas.index(median)]
-    return (f"the training crop {crop[0]}x{crop[1]} is {ratio:.1f}x the median image area ({h}x{w}): every sample is "
-            f"padded up to the crop, so a step costs about {ratio:.0f}x what the images need (images/s drop by as "
-            f"much). Set train.crop_size (or dataset.crop_size) to at most the image size, e.g. "
-            f"train.crop_size=[{h},{w}]")
+    return (
+        f"the training crop {crop[0]}x{crop[1]} is {ratio:.1f}x the median image area ({h}x{w}): every sample is "
+        f"padded up to the crop, so a step costs about {ratio:.0f}x what the images need (images/s drop by as "
+        f"much). Set train.crop_size (or dataset.crop_size) to at most the image size, e.g. "
+        f"train.crop_size=[{h},{w}]"
+    )

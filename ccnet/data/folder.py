@@ -56,8 +56,9 @@ def _index_files(directory: Path) -> Dict[str, Path]:
             continue
         key = path.relative_to(directory).with_suffix("").as_posix()
         if key in index:
-            raise DatasetError(f"Ambiguous files {index[key]} and {path}: the same name with two extensions; "
-                                  "keep one of them.")
+            raise DatasetError(
+                f"Ambiguous files {index[key]} and {path}: the same name with two extensions; keep one of them."
+            )
         index[key] = path
     return index
 
@@ -74,25 +75,37 @@ def _read_split_list(list_file: Path) -> List[str]:
     return keys
 
 
-def _pair(images: Dict[str, Path], masks: Dict[str, Path], keys: Sequence[str], image_dir: Path,
-          mask_dir: Path, source: str) -> Tuple[List[Path], List[Path]]:
+def _pair(
+    images: Dict[str, Path], masks: Dict[str, Path], keys: Sequence[str], image_dir: Path, mask_dir: Path, source: str
+) -> Tuple[List[Path], List[Path]]:
     """Images and masks for ``keys``, checking both directions of the pairing."""
     for key in keys:
         if key not in images:
-            raise FileNotFoundError(f"{source} lists {key!r} but there is no image {image_dir / key}.<ext> "
-                                    f"(extensions {', '.join(IMAGE_EXTENSIONS)}); {LAYOUT}")
+            raise FileNotFoundError(
+                f"{source} lists {key!r} but there is no image {image_dir / key}.<ext> "
+                f"(extensions {', '.join(IMAGE_EXTENSIONS)}); {LAYOUT}"
+            )
         if key not in masks:
-            raise FileNotFoundError(f"Image {images[key]} has no mask: expected {mask_dir / key}.png "
-                                    f"(or another image extension); {LAYOUT}")
+            raise FileNotFoundError(
+                f"Image {images[key]} has no mask: expected {mask_dir / key}.png (or another image extension); {LAYOUT}"
+            )
     orphans = sorted(set(masks) - set(images))
     if orphans:
-        raise FileNotFoundError(f"Mask {masks[orphans[0]]} has no image: expected {image_dir / orphans[0]}.<ext> "
-                                f"({len(orphans)} mask(s) without image); {LAYOUT}")
+        raise FileNotFoundError(
+            f"Mask {masks[orphans[0]]} has no image: expected {image_dir / orphans[0]}.<ext> "
+            f"({len(orphans)} mask(s) without image); {LAYOUT}"
+        )
     return [images[k] for k in keys], [masks[k] for k in keys]
 
 
-def find_pairs(root: Path, split: str, img_dir: str = "images", mask_dir: str = "masks",
-               split_dir: str = "splits", known_splits: Sequence[str] = ()) -> Tuple[List[Path], List[Path]]:
+def find_pairs(
+    root: Path,
+    split: str,
+    img_dir: str = "images",
+    mask_dir: str = "masks",
+    split_dir: str = "splits",
+    known_splits: Sequence[str] = (),
+) -> Tuple[List[Path], List[Path]]:
     """Locate the image/mask pairs of ``split`` (see the module docstring for the lookup order).
 
     Args:
@@ -121,22 +134,27 @@ def find_pairs(root: Path, split: str, img_dir: str = "images", mask_dir: str = 
     if (images_root / split).is_dir():
         image_dir, split_mask_dir = images_root / split, masks_root / split
         if not split_mask_dir.is_dir():
-            raise FileNotFoundError(f"Images of split {split!r} are in {image_dir} but {split_mask_dir} is "
-                                    f"missing; {LAYOUT}")
+            raise FileNotFoundError(
+                f"Images of split {split!r} are in {image_dir} but {split_mask_dir} is missing; {LAYOUT}"
+            )
         images, masks = _index_files(image_dir), _index_files(split_mask_dir)
         if not images:
             raise FileNotFoundError(f"No images in {image_dir}; {LAYOUT}")
         return _pair(images, masks, sorted(images), image_dir, split_mask_dir, f"Directory {image_dir}")
     split_dirs = [s for s in known_splits if (images_root / s).is_dir()]
     if (root / split_dir).is_dir() or split_dirs:
-        raise FileNotFoundError(f"Split {split!r} not found: expected {list_file} or {images_root / split}/; "
-                                f"{LAYOUT}")
+        raise FileNotFoundError(f"Split {split!r} not found: expected {list_file} or {images_root / split}/; {LAYOUT}")
     images, masks = _index_files(images_root), _index_files(masks_root)
     if not images:
         raise FileNotFoundError(f"No images in {images_root}; {LAYOUT}")
-    log.warning("Folder dataset %s has no split lists (%s/<split>.txt) or split folders: split %r uses all "
-                "%d images, so training and validation images are the same.", root, root / split_dir,
-                split, len(images))
+    log.warning(
+        "Folder dataset %s has no split lists (%s/<split>.txt) or split folders: split %r uses all "
+        "%d images, so training and validation images are the same.",
+        root,
+        root / split_dir,
+        split,
+        len(images),
+    )
     return _pair(images, masks, sorted(images), images_root, masks_root, f"Directory {images_root}")
 
 
@@ -152,22 +170,27 @@ def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int,
     if classes_cfg:
         classes = [str(c) for c in classes_cfg]
         if len(classes) != num_classes:
-            raise ConfigError(f"folder dataset: dataset.classes has {len(classes)} names but "
-                              f"dataset.num_classes is {num_classes}; make them agree")
+            raise ConfigError(
+                f"folder dataset: dataset.classes has {len(classes)} names but "
+                f"dataset.num_classes is {num_classes}; make them agree"
+            )
     else:
         classes = [f"class_{i}" for i in range(num_classes)]
     if palette_cfg:
         palette = [tuple(int(v) for v in rgb) for rgb in palette_cfg]
         if len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
-            raise ConfigError(f"folder dataset: dataset.palette must hold {num_classes} [r, g, b] colours with "
-                              f"values 0..255, got {palette_cfg}")
+            raise ConfigError(
+                f"folder dataset: dataset.palette must hold {num_classes} [r, g, b] colours with "
+                f"values 0..255, got {palette_cfg}"
+            )
     else:
         palette = generate_palette(num_classes)
     return classes, palette, ignore
 
 
-def build_folder(dataset_cfg: Mapping[str, Any], split: str,
-                 crop_size: Optional[SizeLike] = None) -> SegmentationDataset:
+def build_folder(
+    dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[SizeLike] = None
+) -> SegmentationDataset:
     """Folder dataset for ``split`` from ``configs/dataset/folder.yaml``.
 
     Args:
@@ -182,13 +205,25 @@ def build_folder(dataset_cfg: Mapping[str, Any], split: str,
     classes, palette, ignore = metainfo(dataset_cfg)
     name, is_train = resolve_split(dataset_cfg, split)
     known = [str(dataset_cfg[k]) for k in ("train_split", "val_split", "test_split") if dataset_cfg.get(k)]
-    images, masks = find_pairs(root_from_cfg(dataset_cfg, LAYOUT), name,
-                               img_dir=str(dataset_cfg.get("img_dir", "images")),
-                               mask_dir=str(dataset_cfg.get("mask_dir", "masks")),
-                               split_dir=str(dataset_cfg.get("split_dir", "splits")), known_splits=known)
+    images, masks = find_pairs(
+        root_from_cfg(dataset_cfg, LAYOUT),
+        name,
+        img_dir=str(dataset_cfg.get("img_dir", "images")),
+        mask_dir=str(dataset_cfg.get("mask_dir", "masks")),
+        split_dir=str(dataset_cfg.get("split_dir", "splits")),
+        known_splits=known,
+    )
     log.info("folder dataset %s: %d images, %d classes", name, len(images), len(classes))
-    return SegmentationDataset(images, masks, classes, palette, ignore, make_label_lut(len(classes), ignore),
-                               transform_from_cfg(dataset_cfg, is_train, crop_size), *mean_std(dataset_cfg))
+    return SegmentationDataset(
+        images,
+        masks,
+        classes,
+        palette,
+        ignore,
+        make_label_lut(len(classes), ignore),
+        transform_from_cfg(dataset_cfg, is_train, crop_size),
+        *mean_std(dataset_cfg),
+    )
 
 
 DATASET = DatasetSpec(build_folder, metainfo)

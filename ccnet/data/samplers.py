@@ -43,8 +43,16 @@ class InfiniteSampler(Sampler[int]):
         yield_seeds: yield ``(index, sample_seed)`` pairs for :class:`SeededDataset`.
     """
 
-    def __init__(self, dataset_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, start: int = 0, yield_seeds: bool = False) -> None:
+    def __init__(
+        self,
+        dataset_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        start: int = 0,
+        yield_seeds: bool = False,
+    ) -> None:
         if dataset_size <= 0:
             raise ValueError(f"InfiniteSampler needs a non-empty dataset, got {dataset_size} samples")
         if not 0 <= rank < world_size:

@@ -103,23 +103,30 @@ class SyntheticConfig:
         """Raise a ``ValueError`` naming the ``dataset.*`` key to change when the settings cannot work."""
         n_colors = self.num_classes - 1
         if not 2 <= n_colors <= len(KEY_COLORS):
-            raise ConfigError(f"dataset.num_classes={self.num_classes} for the synthetic set: expected 3..."
-                              f"{len(KEY_COLORS) + 1} (background + 2..{len(KEY_COLORS)} key colours)")
+            raise ConfigError(
+                f"dataset.num_classes={self.num_classes} for the synthetic set: expected 3..."
+                f"{len(KEY_COLORS) + 1} (background + 2..{len(KEY_COLORS)} key colours)"
+            )
         if self.image_size % self.feature_stride:
-            raise ConfigError(f"dataset.image_size={self.image_size} must be a multiple of dataset.feature_stride="
-                              f"{self.feature_stride} (shapes are aligned to the feature grid)")
+            raise ConfigError(
+                f"dataset.image_size={self.image_size} must be a multiple of dataset.feature_stride="
+                f"{self.feature_stride} (shapes are aligned to the feature grid)"
+            )
         lo, hi = self.shape_cells
         if not 1 <= lo <= hi:
             raise ConfigError(f"dataset.shape_cells={list(self.shape_cells)}: expected [min, max] with 1 <= min <= max")
         if self.key_cells < 1 or self.num_shapes < 1 or self.min_gap < 0:
-            raise ConfigError(f"dataset.key_cells={self.key_cells}, num_shapes={self.num_shapes} must be >= 1 and "
-                              f"min_gap={self.min_gap} >= 0")
+            raise ConfigError(
+                f"dataset.key_cells={self.key_cells}, num_shapes={self.num_shapes} must be >= 1 and "
+                f"min_gap={self.min_gap} >= 0"
+            )
         if not self.feasible_key_positions():
             raise ConfigError(
                 f"synthetic geometry does not fit: image_size={self.image_size} px is {self.grid} cells of "
                 f"{self.feature_stride} px; a diagonal shape needs key_cells={self.key_cells} + gap "
                 f"{self.gap_cells} cells (min_gap={self.min_gap} px) + {lo} cells on one side of the key in both "
-                f"axes. Increase dataset.image_size or decrease dataset.min_gap / key_cells / shape_cells")
+                f"axes. Increase dataset.image_size or decrease dataset.min_gap / key_cells / shape_cells"
+            )
         if self.num_train < 1 or self.num_val < 1:
             raise ConfigError(f"dataset.num_train={self.num_train} and num_val={self.num_val} must be >= 1")
 
@@ -131,8 +138,7 @@ class SyntheticConfig:
         symmetry, columns) and an aligned shape along either axis.
         """
         need = self.gap_cells + self.shape_cells[0]
-        return [r for r in range(self.grid - self.key_cells + 1)
-                if max(r, self.grid - r - self.key_cells) >= need]
+        return [r for r in range(self.grid - self.key_cells + 1) if max(r, self.grid - r - self.key_cells) >= need]
 
 
 @dataclass
@@ -220,11 +226,11 @@ def generate_sample(cfg: SyntheticConfig, split: str, index: int) -> SyntheticSa
     for (r0, c0, r1, c1), _ in shapes:
         label_cells[r0:r1, c0:c1] = color
         # Grey with a per-shape brightness: the same distribution for every class, so carries no class.
-        image[r0 * stride:r1 * stride, c0 * stride:c1 * stride] = rng.uniform(110, 190)
+        image[r0 * stride : r1 * stride, c0 * stride : c1 * stride] = rng.uniform(110, 190)
     r0, c0, r1, c1 = key
     label_cells[r0:r1, c0:c1] = color
     rgb = np.asarray(KEY_COLORS[color - 1][1], dtype=np.float32)
-    image[r0 * stride:r1 * stride, c0 * stride:c1 * stride] = rgb + rng.uniform(-20, 20, size=3)
+    image[r0 * stride : r1 * stride, c0 * stride : c1 * stride] = rgb + rng.uniform(-20, 20, size=3)
     image += rng.normal(0.0, cfg.noise_std, size=image.shape)
     label = _cells_to_pixels(label_cells, stride)
     return SyntheticSample(np.clip(image + 0.5, 0, 255).astype(np.uint8), label, color, key, shapes)
@@ -321,8 +327,9 @@ def _size_pair(crop_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return values[0], values[1]
 
 
-def build_synthetic(dataset_cfg: Mapping[str, Any], split: str,
-                    crop_size: Optional[Union[int, Sequence[int]]] = None) -> SyntheticDataset:
+def build_synthetic(
+    dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[Union[int, Sequence[int]]] = None
+) -> SyntheticDataset:
     """Build the synthetic dataset for ``split`` from ``cfg.dataset`` (``configs/dataset/synthetic.yaml``).
 
     Args:
@@ -338,9 +345,11 @@ def build_synthetic(dataset_cfg: Mapping[str, Any], split: str,
     aliases = {dataset_cfg.get("train_split", "train"): "train", dataset_cfg.get("val_split", "val"): "val"}
     stream = aliases.get(split, split)
     if crop_size is not None and _size_pair(crop_size) != (cfg.image_size, cfg.image_size):
-        raise ConfigError(f"train.crop_size={crop_size} for the synthetic dataset: crops would cut the key off "
-                          f"and make labels undecidable; use train.crop_size=null (or {cfg.image_size}, the "
-                          f"dataset.image_size)")
+        raise ConfigError(
+            f"train.crop_size={crop_size} for the synthetic dataset: crops would cut the key off "
+            f"and make labels undecidable; use train.crop_size=null (or {cfg.image_size}, the "
+            f"dataset.image_size)"
+        )
     mean = dataset_cfg.get("mean", (0.485, 0.456, 0.406))
     std = dataset_cfg.get("std", (0.229, 0.224, 0.225))
     return SyntheticDataset(cfg, stream, mean, std)
@@ -349,8 +358,9 @@ def build_synthetic(dataset_cfg: Mapping[str, Any], split: str,
 WRITER = "write_synthetic"  # the name its files are recorded under in out/manifest.txt
 
 
-def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("train", "val"),
-                  limit: Optional[int] = None) -> int:
+def write_to_disk(
+    cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("train", "val"), limit: Optional[int] = None
+) -> int:
     """Write the generated samples as PNG files: ``out/images/<split>/NNNNNN.png`` (RGB) and
     ``out/masks/<split>/NNNNNN.png`` (class indices), the same pixels the in-memory dataset yields.
 
@@ -377,8 +387,10 @@ def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("tra
     counts = {split: count if limit is None else min(count, limit) for split, count in counts.items()}
     names = {split: [f"{index:06d}.png" for index in range(count)] for split, count in counts.items()}
     manifest = OutputManifest(out, WRITER)
-    manifest.claim((out / kind / split / name for split in splits for name in names[split]
-                    for kind in ("images", "masks")), key="--out")
+    manifest.claim(
+        (out / kind / split / name for split in splits for name in names[split] for kind in ("images", "masks")),
+        key="--out",
+    )
     written = 0
     for split in splits:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -396,8 +408,11 @@ def write_to_disk(cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("tra
 def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
     """Class names, palette and ignore index (nothing is generated)."""
     keys = KEY_COLORS[: int(dataset_cfg.get("num_classes", 5)) - 1]
-    return [BACKGROUND] + [n for n, _ in keys], [(0, 0, 0)] + [rgb for _, rgb in keys], \
-        int(dataset_cfg.get("ignore_index", 255))
+    return (
+        [BACKGROUND] + [n for n, _ in keys],
+        [(0, 0, 0)] + [rgb for _, rgb in keys],
+        int(dataset_cfg.get("ignore_index", 255)),
+    )
 
 
 DATASET = DatasetSpec(build_synthetic, metainfo)

@@ -76,8 +76,7 @@ class RandomRescale(A.DualTransform):
         p: Probability of applying.
     """
 
-    def __init__(self, base_size: Optional[Tuple[int, int]], ratio_range: Tuple[float, float],
-                 p: float = 1.0) -> None:
+    def __init__(self, base_size: Optional[Tuple[int, int]], ratio_range: Tuple[float, float], p: float = 1.0) -> None:
         super().__init__(p=p)
         self.base_size = None if base_size is None else tuple(base_size)
         self.ratio_range = tuple(ratio_range)
@@ -134,8 +133,9 @@ class CatMaxRatioCrop(A.DualTransform):
 
     max_tries = 10
 
-    def __init__(self, crop_size: Tuple[int, int], cat_max_ratio: float = 1.0, ignore_index: int = 255,
-                 p: float = 1.0) -> None:
+    def __init__(
+        self, crop_size: Tuple[int, int], cat_max_ratio: float = 1.0, ignore_index: int = 255, p: float = 1.0
+    ) -> None:
         super().__init__(p=p)
         self.crop_size = tuple(crop_size)
         self.cat_max_ratio = float(cat_max_ratio)
@@ -150,7 +150,7 @@ class CatMaxRatioCrop(A.DualTransform):
             x0 = self.py_random.randint(0, w - cw)
             if self.cat_max_ratio >= 1.0 or mask is None:
                 break
-            counts = np.bincount(mask[y0:y0 + ch, x0:x0 + cw].ravel(), minlength=self.ignore_index + 1)
+            counts = np.bincount(mask[y0 : y0 + ch, x0 : x0 + cw].ravel(), minlength=self.ignore_index + 1)
             counts[self.ignore_index] = 0
             counts = counts[counts > 0]
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
@@ -159,12 +159,13 @@ class CatMaxRatioCrop(A.DualTransform):
 
     def apply(self, img: np.ndarray, box: Tuple[int, int, int, int] = (0, 0, 0, 0), **params: Any) -> np.ndarray:
         y0, x0, ch, cw = box
-        return img[y0:y0 + ch, x0:x0 + cw]
+        return img[y0 : y0 + ch, x0 : x0 + cw]
 
-    def apply_to_mask(self, mask: np.ndarray, box: Tuple[int, int, int, int] = (0, 0, 0, 0),
-                      **params: Any) -> np.ndarray:
+    def apply_to_mask(
+        self, mask: np.ndarray, box: Tuple[int, int, int, int] = (0, 0, 0, 0), **params: Any
+    ) -> np.ndarray:
         y0, x0, ch, cw = box
-        return mask[y0:y0 + ch, x0:x0 + cw]
+        return mask[y0 : y0 + ch, x0 : x0 + cw]
 
     def get_transform_init_args_names(self) -> Tuple[str, ...]:
         return ("crop_size", "cat_max_ratio", "ignore_index")
@@ -199,12 +200,18 @@ def photometric_distortion(cfg: Optional[Mapping[str, Any]]) -> list:
     ]
 
 
-def build_train_transform(crop_size: SizeLike, base_size: Optional[SizeLike],
-                          ratio_range: Sequence[float] = (0.5, 2.0), cat_max_ratio: float = 1.0,
-                          flip_prob: float = 0.5, photometric: Optional[Mapping[str, Any]] = None,
-                          mean: Sequence[float] = IMAGENET_MEAN,
-                          std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255,
-                          seed: Optional[int] = None) -> A.Compose:
+def build_train_transform(
+    crop_size: SizeLike,
+    base_size: Optional[SizeLike],
+    ratio_range: Sequence[float] = (0.5, 2.0),
+    cat_max_ratio: float = 1.0,
+    flip_prob: float = 0.5,
+    photometric: Optional[Mapping[str, Any]] = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    ignore_index: int = 255,
+    seed: Optional[int] = None,
+) -> A.Compose:
     """Training pipeline: rescale, crop, flip, photometric distortion, normalise, pad, to tensor.
 
     Args:
@@ -235,15 +242,22 @@ def build_train_transform(crop_size: SizeLike, base_size: Optional[SizeLike],
         *photometric_distortion(photometric),
         A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
         # Padded after normalisation, as mmseg does: the image border is then the mean colour.
-        A.PadIfNeeded(min_height=crop_h, min_width=crop_w, position="top_left",
-                      border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+        A.PadIfNeeded(
+            min_height=crop_h,
+            min_width=crop_w,
+            position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=ignore_index,
+        ),
         ToTensorV2(),
     ]
     return A.Compose(transforms, mask_interpolation=cv2.INTER_NEAREST, seed=seed)
 
 
-def build_val_transform(base_size: Optional[SizeLike] = None, mean: Sequence[float] = IMAGENET_MEAN,
-                        std: Sequence[float] = IMAGENET_STD) -> A.Compose:
+def build_val_transform(
+    base_size: Optional[SizeLike] = None, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> A.Compose:
     """Validation pipeline: optional keep-ratio resize to fit ``base_size``, normalise, to tensor.
 
     Args:

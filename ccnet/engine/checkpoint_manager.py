@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 _ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
 
 
-def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, os.PathLike],
-                 partial: bool = False) -> None:
+def load_weights(
+    model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, os.PathLike], partial: bool = False
+) -> None:
     """Initialise ``model`` from ``state`` for fine-tuning (``load_from``): tensors whose name and shape
     match are copied; the rest (e.g. a classifier for another class count) keep their initial values
     and are listed in a warning.
@@ -43,21 +44,31 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: Union[s
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
-        raise CheckpointError(f"load_from={path}: none of its {len(state)} tensors matches the model "
-                              f"(first keys: {sorted(state)[:5]}); is it a checkpoint of another architecture?")
+        raise CheckpointError(
+            f"load_from={path}: none of its {len(state)} tensors matches the model "
+            f"(first keys: {sorted(state)[:5]}); is it a checkpoint of another architecture?"
+        )
     if 2 * len(matched) < len(own) and not partial:
         unfilled = sorted(set(own) - set(matched))
-        raise CheckpointError(f"load_from={path} fills only {len(matched)} of the model's {len(own)} tensors "
-                              f"(e.g. not {unfilled[:3]}): probably a checkpoint of another architecture. If a "
-                              "partial initialisation is what you want, set load_from_partial=true")
+        raise CheckpointError(
+            f"load_from={path} fills only {len(matched)} of the model's {len(own)} tensors "
+            f"(e.g. not {unfilled[:3]}): probably a checkpoint of another architecture. If a "
+            "partial initialisation is what you want, set load_from_partial=true"
+        )
     model.load_state_dict(matched, strict=False)
     skipped = sorted(set(state) - set(matched))
     missing = sorted(set(own) - set(matched))
     log.info("load_from=%s: initialised %d of %d tensors", path, len(matched), len(own))
     if skipped or missing:
-        log.warning("load_from=%s: %d checkpoint tensors unused (name or shape differs, e.g. %s); %d model "
-                    "tensors keep their initialisation (e.g. %s)", path, len(skipped), skipped[:3],
-                    len(missing), missing[:3])
+        log.warning(
+            "load_from=%s: %d checkpoint tensors unused (name or shape differs, e.g. %s); %d model "
+            "tensors keep their initialisation (e.g. %s)",
+            path,
+            len(skipped),
+            skipped[:3],
+            len(missing),
+            missing[:3],
+        )
 
 
 class CheckpointManager:
@@ -112,7 +123,7 @@ class CheckpointManager:
         path = save_checkpoint(state, self.directory / f"iter_{iteration}.pth")
         _replace_with_link(path, self.last, state)
         if self.keep > 0:
-            for old in self.periodic()[:-self.keep]:
+            for old in self.periodic()[: -self.keep]:
                 old.unlink()
         log.info("saved checkpoint %s", path)
 

@@ -56,8 +56,7 @@ from torch import Tensor
 from ccnet.errors import ConfigError
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
-                  weight: Optional[Tensor] = None) -> Tensor:
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255, weight: Optional[Tensor] = None) -> Tensor:
     """Mean cross-entropy over the non-ignored pixels (class-weighted mean when ``weight`` is given).
 
     Unlike ``F.cross_entropy``'s mean, a batch whose pixels are all ignored gives 0 (with a graph),
@@ -124,14 +123,23 @@ class CategoryConsistentLoss(nn.Module):
         the weighted sum, the terms are unweighted.
     """
 
-    def __init__(self, delta_v: float = 0.5, delta_d: float = 1.5, alpha: float = 1.0, beta: float = 1.0,
-                 gamma: float = 0.001, weight: float = 1.0, ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        delta_v: float = 0.5,
+        delta_d: float = 1.5,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 0.001,
+        weight: float = 1.0,
+        ignore_index: int = 255,
+    ) -> None:
         super().__init__()
         if not 0 <= delta_v < delta_d:
             raise ConfigError(f"CCL margins need 0 <= delta_v < delta_d, got delta_v={delta_v}, delta_d={delta_d}")
         if min(alpha, beta, gamma, weight) < 0:
-            raise ConfigError(f"CCL weights must be >= 0, got alpha={alpha}, beta={beta}, gamma={gamma}, "
-                              f"weight={weight}")
+            raise ConfigError(
+                f"CCL weights must be >= 0, got alpha={alpha}, beta={beta}, gamma={gamma}, weight={weight}"
+            )
         self.delta_v, self.delta_d = float(delta_v), float(delta_d)
         self.alpha, self.beta, self.gamma, self.weight = float(alpha), float(beta), float(gamma), float(weight)
         self.ignore_index = ignore_index
@@ -205,9 +213,15 @@ class SegmentationLoss(nn.Module):
             γ inside) whenever the model returns ``"ccl_features"`` (``model.ccl=true``).
     """
 
-    def __init__(self, ignore_index: int = 255, aux_weight: float = 0.4,
-                 class_weights: Optional[Sequence[float]] = None, ohem_thresh: Optional[float] = None,
-                 ohem_min_kept: int = 100_000, ccl: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        aux_weight: float = 0.4,
+        class_weights: Optional[Sequence[float]] = None,
+        ohem_thresh: Optional[float] = None,
+        ohem_min_kept: int = 100_000,
+        ccl: Optional[nn.Module] = None,
+    ) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
@@ -265,15 +279,21 @@ def build_criterion(train_cfg: Mapping[str, Any], num_classes: int, ignore_index
     if class_weights is not None:
         class_weights = [float(w) for w in class_weights]
         if len(class_weights) != num_classes:
-            raise ConfigError(f"train.class_weights has {len(class_weights)} entries, the dataset has "
-                              f"{num_classes} classes: give one weight per class or null")
+            raise ConfigError(
+                f"train.class_weights has {len(class_weights)} entries, the dataset has "
+                f"{num_classes} classes: give one weight per class or null"
+            )
     ohem = train_cfg.get("ohem") or {}
     thresh = None
     if ohem.get("enabled", False):
         thresh = float(ohem.get("thresh", 0.7))
         if not 0.0 < thresh <= 1.0:
             raise ConfigError(f"train.ohem.thresh must be in (0, 1], got {thresh}")
-    return SegmentationLoss(ignore_index=ignore_index, aux_weight=float(train_cfg.get("aux_weight", 0.4)),
-                            class_weights=class_weights, ohem_thresh=thresh,
-                            ohem_min_kept=int(ohem.get("min_kept", 100_000)),
-                            ccl=ccl_from_config(train_cfg.get("ccl"), ignore_index))
+    return SegmentationLoss(
+        ignore_index=ignore_index,
+        aux_weight=float(train_cfg.get("aux_weight", 0.4)),
+        class_weights=class_weights,
+        ohem_thresh=thresh,
+        ohem_min_kept=int(ohem.get("min_kept", 100_000)),
+        ccl=ccl_from_config(train_cfg.get("ccl"), ignore_index),
+    )

@@ -21,8 +21,9 @@ from ccnet.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, no_decay_norm_bias: bool = False,
-                 head_lr_mult: float = 1.0) -> List[Dict[str, Any]]:
+def param_groups(
+    model: nn.Module, lr: float, weight_decay: float, no_decay_norm_bias: bool = False, head_lr_mult: float = 1.0
+) -> List[Dict[str, Any]]:
     """Split trainable parameters into SGD parameter groups.
 
     Parameters under ``model.backbone`` keep ``lr``; all others (context head, auxiliary head)
@@ -41,8 +42,12 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, no_decay_norm
         no_decay = no_decay_norm_bias and param.ndim <= 1
         key = f"{part}{'_no_decay' if no_decay else ''}"
         if key not in groups:
-            groups[key] = {"name": key, "params": [], "lr": lr * (head_lr_mult if part == "head" else 1.0),
-                           "weight_decay": 0.0 if no_decay else weight_decay}
+            groups[key] = {
+                "name": key,
+                "params": [],
+                "lr": lr * (head_lr_mult if part == "head" else 1.0),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            }
         groups[key]["params"].append(param)
     order = ("backbone", "backbone_no_decay", "head", "head_no_decay")  # backbone first: its lr is logged
     return [groups[k] for k in order if k in groups]
@@ -54,9 +59,13 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
     lr = float(train_cfg["lr"])
     if lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {lr}")
-    groups = param_groups(model, lr, float(train_cfg.get("weight_decay", 0.0)),
-                          bool(train_cfg.get("no_decay_norm_bias", False)),
-                          float(train_cfg.get("head_lr_mult", 1.0)))
+    groups = param_groups(
+        model,
+        lr,
+        float(train_cfg.get("weight_decay", 0.0)),
+        bool(train_cfg.get("no_decay_norm_bias", False)),
+        float(train_cfg.get("head_lr_mult", 1.0)),
+    )
     return torch.optim.SGD(groups, lr=lr, momentum=float(train_cfg.get("momentum", 0.9)))
 
 
@@ -71,8 +80,14 @@ def warmup_factor(step: int, warmup_iters: int, warmup_ratio: float) -> float:
     return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters if step < warmup_iters else 1.0
 
 
-def lr_factor(step: int, max_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 0.1,
-              min_ratio: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    max_iters: int,
+    power: float = 0.9,
+    warmup_iters: int = 0,
+    warmup_ratio: float = 0.1,
+    min_ratio: float = 0.0,
+) -> float:
     """Multiplier of a group's base lr after ``step`` optimisation steps of the ``poly`` schedule: the
     warm-up applied on top of the decayed value, like a chained ``LinearLR`` + ``PolynomialLR``.
 
@@ -95,11 +110,16 @@ def poly_schedule(train_cfg: Mapping[str, Any], base_lr: float) -> Callable[[int
     """
     min_lr = float(train_cfg.get("min_lr", 0.0))
     if min_lr > base_lr:
-        raise ConfigError(f"train.min_lr={min_lr} exceeds the base lr {base_lr} of a parameter group; lower "
-                          "train.min_lr")
+        raise ConfigError(
+            f"train.min_lr={min_lr} exceeds the base lr {base_lr} of a parameter group; lower train.min_lr"
+        )
     # partial binds this group's floor now; a lambda in the caller's loop would see the last group's.
-    return functools.partial(poly_factor, max_iters=int(train_cfg["max_iters"]),
-                             power=float(train_cfg.get("poly_power", 0.9)), min_ratio=min_lr / base_lr)
+    return functools.partial(
+        poly_factor,
+        max_iters=int(train_cfg["max_iters"]),
+        power=float(train_cfg.get("poly_power", 0.9)),
+        min_ratio=min_lr / base_lr,
+    )
 
 
 ScheduleFactory = Callable[[Mapping[str, Any], float], Callable[[int], float]]
@@ -126,10 +146,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping[str, An
     if warmup_iters < 0:
         raise ConfigError(f"train.warmup_iters must be >= 0, got {warmup_iters}")
     if warmup_iters >= max_iters > 0:  # e.g. a short trial run with the quickstart's 100-step warm-up
-        log.warning("train.warmup_iters=%d >= train.max_iters=%d: the lr warms up during the whole run "
-                    "(set train.warmup_iters=0 for none)", warmup_iters, max_iters)
-    warmup = functools.partial(warmup_factor, warmup_iters=warmup_iters,
-                               warmup_ratio=float(train_cfg.get("warmup_ratio", 0.1)))
+        log.warning(
+            "train.warmup_iters=%d >= train.max_iters=%d: the lr warms up during the whole run "
+            "(set train.warmup_iters=0 for none)",
+            warmup_iters,
+            max_iters,
+        )
+    warmup = functools.partial(
+        warmup_factor, warmup_iters=warmup_iters, warmup_ratio=float(train_cfg.get("warmup_ratio", 0.1))
+    )
     factors = [_product(SCHEDULES[name](train_cfg, group["lr"]), warmup) for group in optimizer.param_groups]
     return LambdaLR(optimizer, factors)
 

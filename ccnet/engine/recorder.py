@@ -30,9 +30,14 @@ from torch.utils.tensorboard import SummaryWriter
 log = logging.getLogger(__name__)
 
 
-def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: Sequence[str],
-                      train_time_s: float, skipped_nonfinite: int = 0,
-                      val_time_s: Optional[float] = None) -> Dict[str, Any]:
+def validation_record(
+    iteration: int,
+    metrics: Mapping[str, Any],
+    class_names: Sequence[str],
+    train_time_s: float,
+    skipped_nonfinite: int = 0,
+    val_time_s: Optional[float] = None,
+) -> Dict[str, Any]:
     """The ``metrics.jsonl`` line for one validation (see the module docstring).
 
     Args:
@@ -43,6 +48,7 @@ def validation_record(iteration: int, metrics: Mapping[str, Any], class_names: S
         skipped_nonfinite: steps skipped so far for a non-finite loss.
         val_time_s: wall time of this validation; omitted from the record when None.
     """
+
     def clean(v: float) -> Optional[float]:
         v = float(v)
         return None if math.isnan(v) else v
@@ -80,8 +86,12 @@ class Recorder:
                 try:
                     iteration = json.loads(line)["iteration"]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s line %d is not a complete record (cut short by a crash or a full disk?); "
-                                "dropped: %.80s", self.metrics_path, number, line)
+                    log.warning(
+                        "%s line %d is not a complete record (cut short by a crash or a full disk?); dropped: %.80s",
+                        self.metrics_path,
+                        number,
+                        line,
+                    )
                     continue
                 if iteration <= start_iteration:
                     kept.append(line)
@@ -98,9 +108,12 @@ class Recorder:
             write()
         except OSError as exc:
             self.failed.add(target)
-            log.warning("writing %s failed (%s); training continues without it. Free space or fix the folder; "
-                        "checkpoints are still written (and fail loudly if the disk is full)", target,
-                        exc.strerror or exc)
+            log.warning(
+                "writing %s failed (%s); training continues without it. Free space or fix the folder; "
+                "checkpoints are still written (and fail loudly if the disk is full)",
+                target,
+                exc.strerror or exc,
+            )
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Log ``{tag: value}`` to TensorBoard at ``step``."""
@@ -112,13 +125,15 @@ class Recorder:
 
     def validation(self, record: Mapping[str, Any]) -> None:
         """Append a :func:`validation_record` to ``metrics.jsonl`` and its numbers to TensorBoard."""
+
         def append() -> None:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
         self._write(self.metrics_path, append)
-        self.scalars({k: v for k, v in record.items() if k.startswith("val/") and v is not None},
-                     int(record["iteration"]))
+        self.scalars(
+            {k: v for k, v in record.items() if k.startswith("val/") and v is not None}, int(record["iteration"])
+        )
         self._write(self.tb_dir, self.writer.flush)
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng", "sampler", "iteration")
 
+
 class ResumeError(UserError, ValueError):
     """The new settings cannot continue the checkpoint's run."""
 
@@ -68,11 +69,14 @@ def resume_path(resume: Union[bool, str, None], work_dir: Path) -> Optional[Path
         raise CheckpointError(
             f"resume=true but there is no checkpoint to resume: {Path(work_dir) / 'checkpoints' / 'last.pth'} does "
             "not exist. Pass the work_dir of the run to continue (work_dir=...), resume=PATH for a specific file, "
-            "resume=auto to start when there is nothing to continue, or drop resume to start a new run")
+            "resume=auto to start when there is nothing to continue, or drop resume to start a new run"
+        )
     path = Path(str(resume))
     if not path.is_file():
-        raise CheckpointError(f"resume={resume}: no such checkpoint file; expected a .pth written by the "
-                              "trainer, e.g. WORK_DIR/checkpoints/last.pth")
+        raise CheckpointError(
+            f"resume={resume}: no such checkpoint file; expected a .pth written by the "
+            "trainer, e.g. WORK_DIR/checkpoints/last.pth"
+        )
     return path
 
 
@@ -102,12 +106,18 @@ def load_resume_checkpoint(path: Path, resume: Union[bool, str], work_dir: Path)
             failed_files.add(identity)
             continue
         if failures:
-            log.warning("could not load %s (%s); resuming from %s, the newest checkpoint that loads",
-                        candidates[0], failures[0], candidate)
+            log.warning(
+                "could not load %s (%s); resuming from %s, the newest checkpoint that loads",
+                candidates[0],
+                failures[0],
+                candidate,
+            )
         missing = [k for k in TRAINING_STATE if k not in checkpoint]
         if missing:
-            raise CheckpointError(f"checkpoint {candidate} lacks training state {missing} (has {sorted(checkpoint)}); "
-                                  f"use load_from={candidate} to start a new run from its weights")
+            raise CheckpointError(
+                f"checkpoint {candidate} lacks training state {missing} (has {sorted(checkpoint)}); "
+                f"use load_from={candidate} to start a new run from its weights"
+            )
         return checkpoint, candidate
     raise CheckpointError("no checkpoint to resume can be read:\n  " + "\n  ".join(failures))
 
@@ -150,11 +160,15 @@ def check_resume_config(checkpoint: Mapping[str, Any], path: Path, new: Mapping[
     changes = compare_configs(saved, new)
     if changes["blocking"]:
         keys = "\n  ".join(changes["blocking"])
-        raise ResumeError(f"cannot resume {path}: it was trained with another model or dataset:\n  {keys}\nStart a "
-                          "new run instead (another work_dir; load_from=PATH initialises it from these weights)")
+        raise ResumeError(
+            f"cannot resume {path}: it was trained with another model or dataset:\n  {keys}\nStart a "
+            "new run instead (another work_dir; load_from=PATH initialises it from these weights)"
+        )
     if changes["applied"]:
-        log.warning("resuming with changed optimisation settings, applied to the restored optimiser and "
-                    "schedule:\n  %s", "\n  ".join(changes["applied"]))
+        log.warning(
+            "resuming with changed optimisation settings, applied to the restored optimiser and schedule:\n  %s",
+            "\n  ".join(changes["applied"]),
+        )
     if changes["other"]:
         log.warning("resuming with changed settings, in effect from now on:\n  %s", "\n  ".join(changes["other"]))
 
@@ -171,9 +185,16 @@ class Progress:
     stream_start: int = 0
 
 
-def restore(checkpoint: Mapping[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: LambdaLR, scaler: torch.amp.GradScaler, cfg: Mapping[str, Any],
-            dataset_size: int) -> Progress:
+def restore(
+    checkpoint: Mapping[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    scaler: torch.amp.GradScaler,
+    cfg: Mapping[str, Any],
+    dataset_size: int,
+) -> Progress:
     """Load the checkpoint's model, optimiser, schedule and scaler states into those objects, keeping
     the new config's hyper-parameters in the optimiser and schedule; returns the run's progress.
 
@@ -196,14 +217,18 @@ def restore(checkpoint: Mapping[str, Any], path: Path, model: nn.Module, optimiz
     if iteration >= max_iters:
         if cfg.get("resume") == AUTO:
             raise RunFinished(path, iteration)
-        raise ResumeError(f"checkpoint {path} is at iteration {iteration}, train.max_iters={max_iters}: "
-                          "nothing left to train; raise train.max_iters to train longer")
+        raise ResumeError(
+            f"checkpoint {path} is at iteration {iteration}, train.max_iters={max_iters}: "
+            "nothing left to train; raise train.max_iters to train longer"
+        )
     log.info("resumed from %s at iteration %d", path, iteration)
-    return Progress(iteration=iteration, best_miou=float(checkpoint.get("best_miou", float("-inf"))),
-                    train_time=float(checkpoint.get("train_time_s", 0.0)),
-                    skipped=int(checkpoint.get("skipped_nonfinite", 0)),
-                    stream_start=InfiniteSampler.start_from_state(checkpoint["sampler"], dataset_size,
-                                                                  int(cfg["train"]["seed"])))
+    return Progress(
+        iteration=iteration,
+        best_miou=float(checkpoint.get("best_miou", float("-inf"))),
+        train_time=float(checkpoint.get("train_time_s", 0.0)),
+        skipped=int(checkpoint.get("skipped_nonfinite", 0)),
+        stream_start=InfiniteSampler.start_from_state(checkpoint["sampler"], dataset_size, int(cfg["train"]["seed"])),
+    )
 
 
 def restore_rng(states: List[Dict[str, Any]], seed: int, iteration: int) -> None:
@@ -211,6 +236,10 @@ def restore_rng(states: List[Dict[str, Any]], seed: int, iteration: int) -> None
     if len(states) == dist.get_world_size():
         set_rng_state(states[dist.get_rank()])
         return
-    log.warning("checkpoint saved by %d processes, resuming on %d: random streams (dropout) are "
-                "re-seeded; the sample order continues exactly", len(states), dist.get_world_size())
+    log.warning(
+        "checkpoint saved by %d processes, resuming on %d: random streams (dropout) are "
+        "re-seeded; the sample order continues exactly",
+        len(states),
+        dist.get_world_size(),
+    )
     seed_everything(seed + dist.get_rank() + 1_000_003 * iteration)

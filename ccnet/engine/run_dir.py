@@ -57,7 +57,8 @@ def check_new_run_dir(work_dir: Path, lock: Optional[FolderLock]) -> None:
             lock.restore()  # another run's folder: its lock file keeps naming that run
         raise RunDirError(
             f"{work_dir} holds an earlier run (its checkpoints/); a new run would overwrite it. Continue it with "
-            "resume=auto (or resume=true), or give this run its own work_dir=...")
+            "resume=auto (or resume=true), or give this run its own work_dir=..."
+        )
     foreign = foreign_entries(work_dir, lock.previous if lock is not None else None)
     if foreign:
         if lock is not None:
@@ -66,5 +67,5 @@ def check_new_run_dir(work_dir: Path, lock: Optional[FolderLock]) -> None:
         raise RunDirError(
             f"{work_dir} holds files that no training run wrote there ({shown}); a run writes config.yaml, "
             "metrics.jsonl, tb/ and checkpoints/ into its work_dir and could replace them. Give this run a new or "
-            "empty work_dir=..., or move those files away")
-
+            "empty work_dir=..., or move those files away"
+        )

@@ -30,17 +30,18 @@ Rule = Tuple[Callable[[Any], bool], str]  # (check, what is expected)
 def _int(minimum: Optional[int] = None) -> Rule:
     def ok(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and (minimum is None or v >= minimum)
+
     return ok, "an integer" + (f" >= {minimum}" if minimum is not None else "")
 
 
-def _number(low: float = 0.0, high: Optional[float] = None, low_open: bool = False,
-            high_open: bool = False) -> Rule:
+def _number(low: float = 0.0, high: Optional[float] = None, low_open: bool = False, high_open: bool = False) -> Rule:
     def ok(v: Any) -> bool:
         if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
             return False
         above = v > low if low_open else v >= low
         below = high is None or (v < high if high_open else v <= high)
         return above and below
+
     upper = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
     return ok, f"a finite number {'>' if low_open else '>='} {low:g}{upper}"
 
@@ -61,6 +62,7 @@ def _size() -> Rule:
         if positive(v):
             return True
         return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(positive(x) for x in v)
+
     return ok, "a positive integer or [height, width] of positive integers"
 
 
@@ -69,15 +71,23 @@ def _choice(*values: str) -> Rule:
 
 
 def _device() -> Rule:
-    return (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
-            "auto, cpu, cuda or cuda:N")
+    return (
+        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+        "auto, cpu, cuda or cuda:N",
+    )
 
 
 def _weights() -> Rule:
     number = _number(0)[0]
-    return ((lambda v: v is None or (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
-                                     and all(number(x) for x in v))),
-            "null or a list of finite numbers >= 0 (one per class)")
+    return (
+        (
+            lambda v: (
+                v is None
+                or (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0 and all(number(x) for x in v))
+            )
+        ),
+        "null or a list of finite numbers >= 0 (one per class)",
+    )
 
 
 def _schedule() -> Rule:
@@ -98,8 +108,11 @@ class Setting:
 
 SETTINGS: Tuple[Setting, ...] = (
     Setting("work_dir", None, IGNORED),
-    Setting("resume", ((lambda v: v is None or isinstance(v, (bool, str))), "false, true, auto or a checkpoint path"),
-            IGNORED),
+    Setting(
+        "resume",
+        ((lambda v: v is None or isinstance(v, (bool, str))), "false, true, auto or a checkpoint path"),
+        IGNORED,
+    ),
     Setting("load_from", _optional(((lambda v: isinstance(v, str)), "a checkpoint path")), IGNORED),
     Setting("load_from_partial", _bool(), IGNORED),
     Setting("train.max_iters", _int(1), APPLIED),
@@ -200,13 +213,17 @@ def flatten_config(value: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix: value}
 
 
-def config_changes(cfg: Mapping[str, Any], baseline: Mapping[str, Any],
-                   skip: Sequence[str] = ("work_dir",)) -> List[str]:
+def config_changes(
+    cfg: Mapping[str, Any], baseline: Mapping[str, Any], skip: Sequence[str] = ("work_dir",)
+) -> List[str]:
     """``key: value`` for every setting of ``cfg`` that differs from ``baseline`` (both resolved plain
     mappings), sorted; keys only in one of them are listed too."""
     now, before = flatten_config(cfg), flatten_config(baseline)
-    return [f"{key}: {now.get(key, '(absent)')!r}" for key in sorted(set(now) | set(before))
-            if key not in skip and now.get(key, "(absent)") != before.get(key, "(absent)")]
+    return [
+        f"{key}: {now.get(key, '(absent)')!r}"
+        for key in sorted(set(now) | set(before))
+        if key not in skip and now.get(key, "(absent)") != before.get(key, "(absent)")
+    ]
 
 
 def settings_table(defaults: Mapping[str, Any], meanings: Mapping[str, str]) -> str:
@@ -223,8 +240,9 @@ def settings_table(defaults: Mapping[str, Any], meanings: Mapping[str, str]) -> 
         rule = _schedule() if setting.key == "train.lr_schedule" else setting.rule
         expected = rule[1] if rule is not None else "see meaning"
         meaning = meanings.get(setting.key, "").replace("|", "\\|")
-        rows.append(f"| `{setting.key}` | {expected} | `{_yaml(defaults.get(setting.key))}` | {setting.resume} | "
-                    f"{meaning} |")
+        rows.append(
+            f"| `{setting.key}` | {expected} | `{_yaml(defaults.get(setting.key))}` | {setting.resume} | {meaning} |"
+        )
     return "\n".join(rows)
 
 

@@ -41,8 +41,10 @@ class TrainingStopped(Exception):
     exit_code = EXIT_STOPPED
 
     def __init__(self, reason: str, iteration: int, checkpoint: str) -> None:
-        super().__init__(f"stopped by {reason} after iteration {iteration}; saved {checkpoint}. The same command "
-                         "with resume=auto (or resume=true) continues the run")
+        super().__init__(
+            f"stopped by {reason} after iteration {iteration}; saved {checkpoint}. The same command "
+            "with resume=auto (or resume=true) continues the run"
+        )
         self.reason, self.iteration, self.checkpoint = reason, iteration, checkpoint
 
 
@@ -76,8 +78,11 @@ class StopRequest:
         name = signal.Signals(signum).name
         if self.signal_name is None:
             self.signal_name, self._first_at = name, time.monotonic()
-            log.warning("%s received: finishing this step, then writing last.pth and stopping (send it again to "
-                        "abort at once without saving)", name)
+            log.warning(
+                "%s received: finishing this step, then writing last.pth and stopping (send it again to "
+                "abort at once without saving)",
+                name,
+            )
             return
         if time.monotonic() - self._first_at < DUPLICATE_WINDOW_S:
             return  # the same request delivered twice (torchrun forwarding it, a signal to the process group)

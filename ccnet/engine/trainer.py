@@ -88,7 +88,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     check_train_config(cfg)
     device = dist.resolve_device(str(cfg.train.device), key="train.device")
     created_group = not dist.is_distributed() and dist.init_distributed(
-        device.type, float(cfg.train.get("dist_timeout_s", 600)))
+        device.type, float(cfg.train.get("dist_timeout_s", 600))
+    )
     package_log = logging.getLogger("ccnet")
     level, threads = package_log.level, torch.get_num_threads()
     if not dist.is_main_process():
@@ -113,7 +114,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         raise DistributedTimeout(
             f"rank {dist.get_rank()} of {dist.get_world_size()}: a collective waited more than "
             f"train.dist_timeout_s={cfg.train.get('dist_timeout_s')} s for the other processes (one of them stopped, "
-            f"hung or died; its own log says which). Underlying error: {str(exc).splitlines()[0][:300]}") from exc
+            f"hung or died; its own log says which). Underlying error: {str(exc).splitlines()[0][:300]}"
+        ) from exc
     finally:
         package_log.setLevel(level)
         torch.set_num_threads(threads)
@@ -200,9 +202,16 @@ def setup(cfg: DictConfig, device: torch.device, lock: Optional[FolderLock] = No
         raise
 
 
-def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set: Dataset, val_set: Dataset,
-               resumed: Optional[Dict[str, Any]], resume_path: Optional[Path],
-               file_log: Optional[logging.Handler]) -> Run:
+def _build_run(
+    cfg: DictConfig,
+    device: torch.device,
+    work_dir: Path,
+    train_set: Dataset,
+    val_set: Dataset,
+    resumed: Optional[Dict[str, Any]],
+    resume_path: Optional[Path],
+    file_log: Optional[logging.Handler],
+) -> Run:
     tcfg = cfg.train
     rank, world, main = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
     seed, batch_size, max_iters = int(tcfg.seed), int(tcfg.batch_size), int(tcfg.max_iters)
@@ -212,16 +221,29 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
     model = _build_model(cfg, device, from_checkpoint=resumed is not None)
     optimizer = build_optimizer(model, tcfg)
     amp = str(tcfg.amp)
-    run = Run(cfg=cfg, device=device, work_dir=work_dir, model=model, train_model=model,
-              criterion=build_criterion(tcfg, model.num_classes, int(cfg.dataset.ignore_index)).to(device),
-              optimizer=optimizer, scheduler=build_scheduler(optimizer, tcfg),
-              scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
-              autocast=torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "none" else nullcontext(),
-              val_set=val_set, sampler=None, batches=None, ckpts=ckpts, recorder=None, file_log=file_log)
+    run = Run(
+        cfg=cfg,
+        device=device,
+        work_dir=work_dir,
+        model=model,
+        train_model=model,
+        criterion=build_criterion(tcfg, model.num_classes, int(cfg.dataset.ignore_index)).to(device),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, tcfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
+        autocast=torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "none" else nullcontext(),
+        val_set=val_set,
+        sampler=None,
+        batches=None,
+        ckpts=ckpts,
+        recorder=None,
+        file_log=file_log,
+    )
     progress = resume.Progress()
     if resumed is not None:
-        progress = resume.restore(resumed, resume_path, model, optimizer, run.scheduler, run.scaler, cfg,
-                                  len(train_set))
+        progress = resume.restore(
+            resumed, resume_path, model, optimizer, run.scheduler, run.scaler, cfg, len(train_set)
+        )
     run.start_iter, run.best_miou = progress.iteration, progress.best_miou
     run.train_time, run.skipped = progress.train_time, progress.skipped
     if world > 1:
@@ -229,26 +251,42 @@ def _build_run(cfg: DictConfig, device: torch.device, work_dir: Path, train_set:
     if tcfg.compile:
         run.train_model = torch.compile(run.train_model)
 
-    run.sampler = InfiniteSampler(len(train_set), rank, world, seed=seed, start=progress.stream_start,
-                                  yield_seeds=True)
+    run.sampler = InfiniteSampler(len(train_set), rank, world, seed=seed, start=progress.stream_start, yield_seeds=True)
     num_workers = int(tcfg.num_workers)
-    loader = DataLoader(SeededDataset(train_set), batch_size=batch_size, sampler=run.sampler, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=seed_worker,
-                        # Own generator: creating the loader must not consume the global torch stream.
-                        generator=torch.Generator().manual_seed(seed + rank), persistent_workers=num_workers > 0)
+    loader = DataLoader(
+        SeededDataset(train_set),
+        batch_size=batch_size,
+        sampler=run.sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        worker_init_fn=seed_worker,
+        # Own generator: creating the loader must not consume the global torch stream.
+        generator=torch.Generator().manual_seed(seed + rank),
+        persistent_workers=num_workers > 0,
+    )
     run.batches = iter(loader)
     if resumed is not None:
         resume.restore_rng(resumed["rng"], seed, run.start_iter)
     else:
         seed_everything(seed + rank)  # per-rank dropout streams
     run.recorder = Recorder(work_dir, run.start_iter) if main else None
-    log.info("training %s on %s: %d iterations, batch %d per process x %d processes, device %s, amp %s",
-             cfg.model.get("name"), cfg.dataset.get("name"), max_iters, batch_size, world, device, amp)
+    log.info(
+        "training %s on %s: %d iterations, batch %d per process x %d processes, device %s, amp %s",
+        cfg.model.get("name"),
+        cfg.dataset.get("name"),
+        max_iters,
+        batch_size,
+        world,
+        device,
+        amp,
+    )
     return run
 
 
-def _choose_resume(cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any],
-                   lock: Optional[FolderLock]) -> Optional[Path]:
+def _choose_resume(
+    cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any], lock: Optional[FolderLock]
+) -> Optional[Path]:
     """The checkpoint this run continues (None: a new run), also stored in ``loaded["checkpoint"]``
     (read once); refuses to start over another run or files no run wrote."""
     setting = cfg.get("resume")
@@ -269,8 +307,12 @@ def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -
     # A resumed or fine-tuned run takes every weight from its checkpoint: no ImageNet file is read.
     model = build_model(cfg.model, pretrained=not from_checkpoint and not cfg.get("load_from"))
     if cfg.get("load_from"):
-        load_weights(model, model_state_from(load_checkpoint(cfg.load_from), cfg.load_from), cfg.load_from,
-                     partial=bool(cfg.get("load_from_partial", False)))
+        load_weights(
+            model,
+            model_state_from(load_checkpoint(cfg.load_from), cfg.load_from),
+            cfg.load_from,
+            partial=bool(cfg.get("load_from_partial", False)),
+        )
     if dist.get_world_size() > 1 and (tcfg.sync_bn or cfg.model.get("norm") == "syncbn"):
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -308,8 +350,11 @@ def loop(run: Run, stop: StopRequest) -> Dict[str, Any]:
             bar.update(1)
             if it % log_interval == 0 or it == run.max_iters:
                 scalars = window.flush(run, it)
-                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['train/lr']:.2e}",
-                                img_s=f"{scalars['train/img_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{scalars['train/loss']:.4f}",
+                    lr=f"{scalars['train/lr']:.2e}",
+                    img_s=f"{scalars['train/img_per_s']:.1f}",
+                )
             if (eval_interval > 0 and it % eval_interval == 0) or it == run.max_iters:
                 try:
                     metrics = validate(run, it, progress=show_bar)
@@ -347,8 +392,14 @@ def train_step(run: Run, it: int, stop_requested: bool = False) -> Tuple[Optiona
     # One all-reduce per step: the loss terms for logging, whether any rank's loss was non-finite (so
     # that all ranks skip or stop together) and whether any rank was asked to stop.
     total = losses["loss"].detach().float()
-    stats = torch.stack([total, *(losses[k].detach().float() for k in run.terms), (~torch.isfinite(total)).float(),
-                         torch.tensor(float(stop_requested), device=total.device)])
+    stats = torch.stack(
+        [
+            total,
+            *(losses[k].detach().float() for k in run.terms),
+            (~torch.isfinite(total)).float(),
+            torch.tensor(float(stop_requested), device=total.device),
+        ]
+    )
     *values, nonfinite, stop_any = (dist.all_reduce_sum(stats) / dist.get_world_size()).tolist()
     if nonfinite > 0:
         run.optimizer.zero_grad(set_to_none=True)
@@ -357,7 +408,8 @@ def train_step(run: Run, it: int, stop_requested: bool = False) -> Tuple[Optiona
             raise NonFiniteLossError(
                 f"non-finite loss ({values[0]}) at iteration {it}; weights were not updated. Last checkpoint: "
                 f"{last}. Lower train.lr, set train.grad_clip, use train.amp=bf16 instead of fp16, or set "
-                "train.skip_nonfinite=true")
+                "train.skip_nonfinite=true"
+            )
         with torch.no_grad():
             for buffer, before in zip(run.model.buffers(), buffers):
                 buffer.copy_(before)
@@ -391,17 +443,29 @@ class LogWindow:
         means = np.mean(self.values, axis=0) if self.values else np.full(len(run.terms) + 1, np.nan)
         self.last_loss = float(means[0])
         lr = run.optimizer.param_groups[0]["lr"]
-        scalars = {"train/loss": self.last_loss, **{f"train/loss_{k}": float(v) for k, v in zip(run.terms, means[1:])},
-                   "train/lr": lr, "train/img_per_s": self.steps * run.images_per_step / max(self.seconds, 1e-9),
-                   "train/skipped_nonfinite": run.skipped}
+        scalars = {
+            "train/loss": self.last_loss,
+            **{f"train/loss_{k}": float(v) for k, v in zip(run.terms, means[1:])},
+            "train/lr": lr,
+            "train/img_per_s": self.steps * run.images_per_step / max(self.seconds, 1e-9),
+            "train/skipped_nonfinite": run.skipped,
+        }
         if run.device.type == "cuda":
             scalars["train/peak_mem_mib"] = torch.cuda.max_memory_allocated(run.device) / 2**20
         # training steps only: validations and checkpoints come on top
         eta = (run.max_iters - it) * self.seconds / max(self.steps, 1)
-        log.info("iter %d/%d  loss %.4f (%s)  lr %.3e  %.3g img/s  %.3g s/iter  eta %s%s", it, run.max_iters,
-                 self.last_loss, " ".join(f"{k} {v:.4f}" for k, v in zip(run.terms, means[1:])), lr,
-                 scalars["train/img_per_s"], self.seconds / max(self.steps, 1), format_duration(eta),
-                 f"  skipped {run.skipped}" if run.skipped else "")
+        log.info(
+            "iter %d/%d  loss %.4f (%s)  lr %.3e  %.3g img/s  %.3g s/iter  eta %s%s",
+            it,
+            run.max_iters,
+            self.last_loss,
+            " ".join(f"{k} {v:.4f}" for k, v in zip(run.terms, means[1:])),
+            lr,
+            scalars["train/img_per_s"],
+            self.seconds / max(self.steps, 1),
+            format_duration(eta),
+            f"  skipped {run.skipped}" if run.skipped else "",
+        )
         if run.recorder is not None:
             run.recorder.scalars(scalars, it)
         self.values, self.steps, self.seconds = [], 0, 0.0
@@ -421,17 +485,31 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
     panels: List[Any] = []
     keep = int(tcfg.get("vis_images", 0))
     started = time.perf_counter()
-    result = evaluate(run.model, val_set, run.cfg.eval, run.device, amp=str(tcfg.amp), progress=progress,
-                      desc=f"val@{it}",
-                      on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if len(panels) < keep else None)
+    result = evaluate(
+        run.model,
+        val_set,
+        run.cfg.eval,
+        run.device,
+        amp=str(tcfg.amp),
+        progress=progress,
+        desc=f"val@{it}",
+        on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if len(panels) < keep else None,
+    )
     class_names = list(getattr(val_set, "classes", [str(i) for i in range(run.model.num_classes)]))
-    record = validation_record(it, result, class_names, run.train_time, run.skipped,
-                               val_time_s=time.perf_counter() - started)
+    record = validation_record(
+        it, result, class_names, run.train_time, run.skipped, val_time_s=time.perf_counter() - started
+    )
     per_class = "  ".join(f"{n} {'—' if math.isnan(v) else f'{v:.3f}'}" for n, v in zip(class_names, result["IoU"]))
     if any(math.isnan(v) for v in result["IoU"]):
         per_class += "  (—: the class is in neither the ground truth nor the predictions; null in metrics.jsonl)"
-    log.info("val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f%s", it, result["mIoU"], result["mAcc"], result["aAcc"],
-             f" | {per_class}" if len(class_names) <= 40 else " (per class: metrics.jsonl)")
+    log.info(
+        "val @ %d: mIoU %.4f  mAcc %.4f  aAcc %.4f%s",
+        it,
+        result["mIoU"],
+        result["mAcc"],
+        result["aAcc"],
+        f" | {per_class}" if len(class_names) <= 40 else " (per class: metrics.jsonl)",
+    )
     if run.recorder is not None:
         run.recorder.validation(record)
         _record_panels(run, panels, it)
@@ -441,8 +519,14 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
         run.recorder.image("val/confusion_matrix", plot_confusion_matrix(result["confusion"], class_names), it)
     if result["mIoU"] > run.best_miou:
         run.best_miou = float(result["mIoU"])
-        run.ckpts.save_best({"model": _finite_model_state(run, it), "config": _plain(run.cfg), "iteration": it,
-                             "best_miou": run.best_miou})
+        run.ckpts.save_best(
+            {
+                "model": _finite_model_state(run, it),
+                "config": _plain(run.cfg),
+                "iteration": it,
+                "best_miou": run.best_miou,
+            }
+        )
     return record
 
 
@@ -462,10 +546,15 @@ def validation_failed(run: Run, it: int, exc: Exception) -> Exception:
     if dist.is_timeout(exc):
         return exc
     save(run, it)
-    then = (f"evaluate it with tools/eval.py checkpoint={run.ckpts.last}" if it == run.max_iters else
-            "continue with resume=true (the next validation runs at the next eval_interval)")
-    note = (f"validation at iteration {it} failed; the training state was saved first ({run.ckpts.last}): fix "
-            f"the cause and {then}")
+    then = (
+        f"evaluate it with tools/eval.py checkpoint={run.ckpts.last}"
+        if it == run.max_iters
+        else "continue with resume=true (the next validation runs at the next eval_interval)"
+    )
+    note = (
+        f"validation at iteration {it} failed; the training state was saved first ({run.ckpts.last}): fix "
+        f"the cause and {then}"
+    )
     if isinstance(exc, UserError):
         return ValidationFailed(f"{user_message(exc)}\n{note}")
     log.error("%s", note)
@@ -480,23 +569,43 @@ def _record_panels(run: Run, panels: List[Any], it: int) -> None:
     show_attention = bool(run.cfg.train.get("vis_attention", True)) and getattr(head, "shows_attention", False)
     for j, (image, label, pred) in enumerate(panels):
         maps = [label.numpy(), pred.numpy()]
-        panel = np.concatenate([denormalize(image, val_set.mean, val_set.std),
-                                *(colorize(m, val_set.palette, val_set.ignore_index) for m in maps)], axis=1)
+        panel = np.concatenate(
+            [
+                denormalize(image, val_set.mean, val_set.std),
+                *(colorize(m, val_set.palette, val_set.ignore_index) for m in maps),
+            ],
+            axis=1,
+        )
         panel = add_legend(panel, val_set.palette, val_set.classes, maps, val_set.ignore_index)
         run.recorder.image(f"val/panel_{j}", panel, it)
         if show_attention:
-            run.recorder.image(f"val/attention_{j}", attention_panel(run.model, image.to(run.device), mean=val_set.mean,
-                                                                     std=val_set.std), it)
+            run.recorder.image(
+                f"val/attention_{j}",
+                attention_panel(run.model, image.to(run.device), mean=val_set.mean, std=val_set.std),
+                it,
+            )
 
 
 def save(run: Run, it: int) -> None:
     """Write ``iter_<it>.pth`` and ``last.pth``: everything an exact resume needs."""
     rng_states = dist.all_gather_object(get_rng_state())
     consumed = (it - run.start_iter) * run.images_per_step
-    run.ckpts.save({"model": _finite_model_state(run, it), "optimizer": run.optimizer.state_dict(),
-                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_states,
-                    "sampler": run.sampler.state_at(consumed), "iteration": it, "best_miou": run.best_miou,
-                    "train_time_s": run.train_time, "skipped_nonfinite": run.skipped, "config": _plain(run.cfg)}, it)
+    run.ckpts.save(
+        {
+            "model": _finite_model_state(run, it),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng_states,
+            "sampler": run.sampler.state_at(consumed),
+            "iteration": it,
+            "best_miou": run.best_miou,
+            "train_time_s": run.train_time,
+            "skipped_nonfinite": run.skipped,
+            "config": _plain(run.cfg),
+        },
+        it,
+    )
 
 
 def _finite_model_state(run: Run, it: int) -> Dict[str, torch.Tensor]:
@@ -509,23 +618,43 @@ def _finite_model_state(run: Run, it: int) -> Dict[str, torch.Tensor]:
     bad = non_finite_tensors(state)
     if bad:
         last = run.ckpts.last if run.ckpts.last.is_file() else "none"
-        raise NonFiniteLossError(f"the model holds non-finite values at iteration {it} ({len(bad)} tensors, e.g. "
-                                 f"{bad[:3]}); nothing was saved. Last good checkpoint: {last}")
+        raise NonFiniteLossError(
+            f"the model holds non-finite values at iteration {it} ({len(bad)} tensors, e.g. "
+            f"{bad[:3]}); nothing was saved. Last good checkpoint: {last}"
+        )
     return state
 
 
 def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, Any]:
     """The final metrics and file paths; rank 0 logs where everything is."""
-    result = {**metrics, "best/mIoU": run.best_miou, "train/loss": last_loss, "skipped_nonfinite": run.skipped,
-              "train_time_s": run.train_time, "work_dir": str(run.work_dir), "checkpoint": str(run.ckpts.last),
-              "best_checkpoint": str(run.ckpts.best)}
+    result = {
+        **metrics,
+        "best/mIoU": run.best_miou,
+        "train/loss": last_loss,
+        "skipped_nonfinite": run.skipped,
+        "train_time_s": run.train_time,
+        "work_dir": str(run.work_dir),
+        "checkpoint": str(run.ckpts.last),
+        "best_checkpoint": str(run.ckpts.best),
+    }
     if dist.is_main_process() and metrics:
         work_dir = run.work_dir
         skipped = f"; {run.skipped} steps skipped (non-finite loss)" if run.skipped else ""
-        log.info("done: %d iterations in %.0f s of training; val mIoU %.4f (best %.4f)%s\n"
-                 "  checkpoints: %s (last), %s (best)\n  log: %s\n  metrics: %s\n  TensorBoard: tensorboard "
-                 "--logdir %s", run.max_iters, run.train_time, metrics["val/mIoU"], run.best_miou, skipped,
-                 run.ckpts.last, run.ckpts.best, work_dir / "train.log", work_dir / "metrics.jsonl", work_dir / "tb")
+        log.info(
+            "done: %d iterations in %.0f s of training; val mIoU %.4f (best %.4f)%s\n"
+            "  checkpoints: %s (last), %s (best)\n  log: %s\n  metrics: %s\n  TensorBoard: tensorboard "
+            "--logdir %s",
+            run.max_iters,
+            run.train_time,
+            metrics["val/mIoU"],
+            run.best_miou,
+            skipped,
+            run.ckpts.last,
+            run.ckpts.best,
+            work_dir / "train.log",
+            work_dir / "metrics.jsonl",
+            work_dir / "tb",
+        )
     return result
 
 
@@ -539,8 +668,13 @@ def finished_summary(work_dir: Path, finished: "resume.RunFinished") -> Dict[str
         if lines:
             metrics = json.loads(lines[-1])
     checkpoints = work_dir / "checkpoints"
-    return {**metrics, "iteration": finished.iteration, "checkpoint": str(finished.path),
-            "best_checkpoint": str(checkpoints / "best.pth"), "work_dir": str(work_dir)}
+    return {
+        **metrics,
+        "iteration": finished.iteration,
+        "checkpoint": str(finished.path),
+        "best_checkpoint": str(checkpoints / "best.pth"),
+        "work_dir": str(work_dir),
+    }
 
 
 def _attach_file_log(path: Path) -> Optional[logging.Handler]:

@@ -5,5 +5,12 @@ from ccnet.evaluation.inference import InferenceSettings, predict_logits
 from ccnet.evaluation.metrics import SegMetric
 from ccnet.evaluation.writers import FORMATS, PredictionWriter
 
-__all__ = ["FORMATS", "InferenceSettings", "PredictionWriter", "SegMetric", "evaluate", "predict_logits",
-           "shard_indices"]
+__all__ = [
+    "FORMATS",
+    "InferenceSettings",
+    "PredictionWriter",
+    "SegMetric",
+    "evaluate",
+    "predict_logits",
+    "shard_indices",
+]

@@ -80,14 +80,19 @@ def read_label_png(path: Path) -> np.ndarray:
     if arr is None:
         raise ValueError(f"cannot read label image {path}: missing, corrupt or not an image")
     if arr.ndim != 2 or arr.dtype != np.uint8:
-        raise ValueError(f"{path} has shape {arr.shape} and dtype {arr.dtype}; expected a single-channel 8-bit "
-                         "PNG of Cityscapes label ids")
+        raise ValueError(
+            f"{path} has shape {arr.shape} and dtype {arr.dtype}; expected a single-channel 8-bit "
+            "PNG of Cityscapes label ids"
+        )
     return arr
 
 
-def evaluate_label_id_folders(pred_root: Union[str, Path], gt_root: Union[str, Path],
-                              threads: Optional[int] = None,
-                              device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+def evaluate_label_id_folders(
+    pred_root: Union[str, Path],
+    gt_root: Union[str, Path],
+    threads: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> Dict[str, Any]:
     """Class-level Cityscapes metrics of label-id predictions.
 
     Args:
@@ -118,9 +123,11 @@ def evaluate_label_id_folders(pred_root: Union[str, Path], gt_root: Union[str, P
         for pred_path, gt_path in share:
             pred, gt = read_label_png(pred_path), read_label_png(gt_path)
             if pred.shape != gt.shape:
-                raise ValueError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
-                                 f"{gt_path} is {gt.shape[1]}x{gt.shape[0]} (WxH); predictions must be at full "
-                                 "resolution")
+                raise ValueError(
+                    f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
+                    f"{gt_path} is {gt.shape[1]}x{gt.shape[0]} (WxH); predictions must be at full "
+                    "resolution"
+                )
             # float32 bins are exact up to 2**24 pixels per (gt, pred) pair, i.e. for any one image
             hist = cv2.calcHist([gt, pred], [0, 1], None, [256, 256], [0, 256, 0, 256])
             raw += hist

@@ -119,8 +119,13 @@ def evaluate(
     count = 0
     failure: Optional[Exception] = None
     try:
-        bar = tqdm(loader, desc=desc, total=len(indices), dynamic_ncols=True,
-                   disable=not (progress and dist.is_main_process() and sys.stderr.isatty()))
+        bar = tqdm(
+            loader,
+            desc=desc,
+            total=len(indices),
+            dynamic_ncols=True,
+            disable=not (progress and dist.is_main_process() and sys.stderr.isatty()),
+        )
         for (image, label), index in zip(bar, indices):
             logits = predict_logits(model, image.to(device, non_blocking=True), settings)  # (1, K, H, W)
             pred = logits.argmax(dim=1)  # (1, H, W)
@@ -134,8 +139,9 @@ def evaluate(
     finally:
         model.train(was_training)
     if dist.get_world_size() > 1 and _sum_over_ranks(int(failure is not None), device) and failure is None:
-        raise EvaluationFailedElsewhere(f"rank {dist.get_rank()}: the evaluation failed on another process; "
-                                        "that process's log names the cause")
+        raise EvaluationFailedElsewhere(
+            f"rank {dist.get_rank()}: the evaluation failed on another process; that process's log names the cause"
+        )
     if failure is not None:
         raise failure
 

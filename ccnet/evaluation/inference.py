@@ -52,8 +52,10 @@ def _pair(value: SizeLike, key: str) -> Tuple[int, int]:
     sequence = isinstance(value, abc.Sequence) and not isinstance(value, str)  # list, tuple, ListConfig
     items = [value, value] if _is_int(value) else list(value) if sequence else None
     if items is None or len(items) != 2 or not all(_is_int(v) and v >= 1 for v in items):
-        raise ConfigError(f"eval.{key} must be a positive integer or [height, width] of positive integers, got "
-                          f"{value!r}; e.g. eval.{key}=769 or eval.{key}=[512,1024]")
+        raise ConfigError(
+            f"eval.{key} must be a positive integer or [height, width] of positive integers, got "
+            f"{value!r}; e.g. eval.{key}=769 or eval.{key}=[512,1024]"
+        )
     return int(items[0]), int(items[1])
 
 
@@ -103,10 +105,13 @@ class InferenceSettings:
                     f"eval.stride {list(self.stride)} exceeds eval.crop_size {list(self.crop_size)}: windows "
                     "would leave gaps; use a stride <= crop size"
                 )
-        if not self.scales or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) and s > 0
-                                      and math.isfinite(s) for s in self.scales):
-            raise ConfigError(f"eval.scales must be a non-empty list of positive factors, got {list(self.scales)}; "
-                              "e.g. eval.scales=[1.0] or eval.scales=[0.75,1.0,1.25]")
+        if not self.scales or not all(
+            isinstance(s, numbers.Real) and not isinstance(s, bool) and s > 0 and math.isfinite(s) for s in self.scales
+        ):
+            raise ConfigError(
+                f"eval.scales must be a non-empty list of positive factors, got {list(self.scales)}; "
+                "e.g. eval.scales=[1.0] or eval.scales=[0.75,1.0,1.25]"
+            )
         if self.amp not in AMP_DTYPES:
             raise ConfigError(f"eval.amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         for key in ("flip", "channels_last"):
@@ -161,12 +166,15 @@ def check_eval_config(eval_cfg: Mapping[str, Any]) -> InferenceSettings:
     """
     unknown = sorted(set(eval_cfg) - set(EVAL_KEYS))
     if unknown:
-        raise ConfigError(f"unknown eval setting(s) {['eval.' + k for k in unknown]}: the eval section takes "
-                          f"{', '.join(EVAL_KEYS)}")
+        raise ConfigError(
+            f"unknown eval setting(s) {['eval.' + k for k in unknown]}: the eval section takes {', '.join(EVAL_KEYS)}"
+        )
     workers = eval_cfg.get("num_workers", 0)
     if not _is_int(workers) or workers < 0:
-        raise ConfigError(f"eval.num_workers must be an integer >= 0 (DataLoader workers per process), got "
-                          f"{workers!r}; e.g. eval.num_workers=2")
+        raise ConfigError(
+            f"eval.num_workers must be an integer >= 0 (DataLoader workers per process), got "
+            f"{workers!r}; e.g. eval.num_workers=2"
+        )
     return InferenceSettings.from_config(eval_cfg)
 
 
@@ -213,20 +221,19 @@ def slide_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSett
     assert settings.crop_size is not None and settings.stride is not None
     b, _, h, w = images.shape
     ch, cw = min(settings.crop_size[0], h), min(settings.crop_size[1], w)
-    boxes = [(y, x) for y in window_starts(h, ch, settings.stride[0])
-             for x in window_starts(w, cw, settings.stride[1])]
+    boxes = [(y, x) for y in window_starts(h, ch, settings.stride[0]) for x in window_starts(w, cw, settings.stride[1])]
     logit_sum: Optional[torch.Tensor] = None
     count = torch.zeros(1, 1, h, w, device=images.device, dtype=torch.float32)
     per_batch = max(1, settings.crop_batch // b)
     for i in range(0, len(boxes), per_batch):
-        chunk = boxes[i:i + per_batch]
-        crops = torch.cat([images[:, :, y:y + ch, x:x + cw] for y, x in chunk])  # (len(chunk)*B, 3, ch, cw)
+        chunk = boxes[i : i + per_batch]
+        crops = torch.cat([images[:, :, y : y + ch, x : x + cw] for y, x in chunk])  # (len(chunk)*B, 3, ch, cw)
         out = _forward(model, crops, settings)
         if logit_sum is None:
             logit_sum = images.new_zeros((b, out.shape[1], h, w), dtype=torch.float32)
         for j, (y, x) in enumerate(chunk):
-            logit_sum[:, :, y:y + ch, x:x + cw] += out[j * b:(j + 1) * b]
-            count[:, :, y:y + ch, x:x + cw] += 1
+            logit_sum[:, :, y : y + ch, x : x + cw] += out[j * b : (j + 1) * b]
+            count[:, :, y : y + ch, x : x + cw] += 1
     assert logit_sum is not None and bool((count > 0).all())
     return logit_sum / count
 
@@ -250,8 +257,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSe
     with torch.no_grad():
         for scale in settings.scales:
             size = (max(1, round(h * base * scale)), max(1, round(w * base * scale)))
-            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear",
-                                                            align_corners=False)
+            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             if settings.flip:
                 x = torch.cat([x, x.flip(-1)])  # (2B, 3, h', w'): both views in one batch
             logits = slide_logits(model, x, settings) if settings.mode == "slide" else _forward(model, x, settings)

@@ -28,8 +28,9 @@ class CheckpointMismatchError(UserError, ValueError):
     count and the dataset's, or it stores no model/dataset config and none was given."""
 
 
-def merge_section(stored: Optional[Mapping[str, Any]], given: Optional[Mapping[str, Any]],
-                  whole_group: bool) -> Dict[str, Any]:
+def merge_section(
+    stored: Optional[Mapping[str, Any]], given: Optional[Mapping[str, Any]], whole_group: bool
+) -> Dict[str, Any]:
     """Merge a command-line config section over the one stored in a checkpoint.
 
     Args:
@@ -49,9 +50,14 @@ def merge_section(stored: Optional[Mapping[str, Any]], given: Optional[Mapping[s
     return merged
 
 
-def resolve_model_and_dataset(checkpoint_config: Optional[Mapping[str, Any]], model_given: Mapping[str, Any],
-                              dataset_given: Mapping[str, Any], model_group: bool, dataset_group: bool,
-                              checkpoint_path: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def resolve_model_and_dataset(
+    checkpoint_config: Optional[Mapping[str, Any]],
+    model_given: Mapping[str, Any],
+    dataset_given: Mapping[str, Any],
+    model_group: bool,
+    dataset_group: bool,
+    checkpoint_path: Union[str, Path],
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The ``model`` and ``dataset`` configs to use: the checkpoint's, with command-line overrides.
 
     Interpolations such as ``num_classes: ${dataset.num_classes}`` are resolved against the merged
@@ -67,22 +73,32 @@ def resolve_model_and_dataset(checkpoint_config: Optional[Mapping[str, Any]], mo
         if not values.get("name"):
             raise CheckpointMismatchError(
                 f"checkpoint {checkpoint_path} stores no '{section}' config (it was not written by tools/train.py, "
-                f"or was converted); choose one on the command line, e.g. {example}")
+                f"or was converted); choose one on the command line, e.g. {example}"
+            )
     resolved = OmegaConf.to_container(OmegaConf.create({"model": model, "dataset": dataset}), resolve=True)
     assert isinstance(resolved, dict)
     trained = stored.get("dataset") or {}
     for key in ("mean", "std"):
         before, now = trained.get(key), resolved["dataset"].get(key)
         if before is not None and now is not None and [float(v) for v in before] != [float(v) for v in now]:
-            log.warning("checkpoint %s was trained with dataset.%s=%s, the evaluation uses %s (dataset=%s); "
-                        "inputs normalised differently from training usually lower the scores. Pass "
-                        "dataset.%s=%s to keep the training normalisation", checkpoint_path, key, list(before),
-                        list(now), resolved["dataset"].get("name"), key, list(before))
+            log.warning(
+                "checkpoint %s was trained with dataset.%s=%s, the evaluation uses %s (dataset=%s); "
+                "inputs normalised differently from training usually lower the scores. Pass "
+                "dataset.%s=%s to keep the training normalisation",
+                checkpoint_path,
+                key,
+                list(before),
+                list(now),
+                resolved["dataset"].get("name"),
+                key,
+                list(before),
+            )
     return resolved["model"], resolved["dataset"]
 
 
-def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], checkpoint_path: Union[str, Path],
-               device: torch.device) -> nn.Module:
+def load_model(
+    model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], checkpoint_path: Union[str, Path], device: torch.device
+) -> nn.Module:
     """Build the model of ``model_cfg``, load the checkpoint's weights strictly, move it to ``device``.
 
     Pretrained backbone weights are not loaded: the checkpoint overwrites every parameter anyway,
@@ -102,12 +118,16 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
         raise CheckpointError(
             f"checkpoint {checkpoint_path} holds NaN or inf in {len(bad)} tensor(s), e.g. {bad[:3]}: a model with "
             "such weights predicts nonsense. The file is damaged or was saved after training diverged; use another "
-            "checkpoint (e.g. an earlier one of the same run)")
+            "checkpoint (e.g. an earlier one of the same run)"
+        )
     cfg = dict(model_cfg)
     model = build_model(cfg, pretrained=False)
     expected = model.state_dict()
-    mismatched = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
-                  if k in expected and v.shape != expected[k].shape}
+    mismatched = {
+        k: (tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    }
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if mismatched or missing or unexpected:
@@ -117,7 +137,8 @@ def load_model(model_cfg: Mapping[str, Any], checkpoint: Mapping[str, Any], chec
             f"{cfg.get('num_classes')}: {len(mismatched)} shape mismatches ({details or 'none'}), "
             f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}. "
             "A different class count usually means the dataset (or palette) does not match the one the "
-            "checkpoint was trained on; check the model=/dataset= overrides against its training config.")
+            "checkpoint was trained on; check the model=/dataset= overrides against its training config."
+        )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 

@@ -127,8 +127,10 @@ class SegMetric:
             joint: (T, P) counts with T, P >= K; float counts (``cv2.calcHist``) are rounded.
         """
         if joint.dim() != 2 or min(joint.shape) < self.num_classes:
-            raise ValueError(f"joint histogram must be 2-D (target value, predicted value) with both sizes >= "
-                             f"num_classes={self.num_classes}, got shape {tuple(joint.shape)}")
+            raise ValueError(
+                f"joint histogram must be 2-D (target value, predicted value) with both sizes >= "
+                f"num_classes={self.num_classes}, got shape {tuple(joint.shape)}"
+            )
         if joint.dtype.is_floating_point:
             joint = joint.round()
         joint = joint.to(device=self.matrix.device, dtype=torch.int64)

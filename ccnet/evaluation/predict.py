@@ -74,17 +74,24 @@ def as_rgb(image: ImageLike) -> np.ndarray:
         return read_rgb(Path(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 3 and image.shape[2] == 3 or image.ndim == 2):
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB array (or (H, W) uint8 grey), got shape "
-                             f"{image.shape} dtype {image.dtype}; convert with np.asarray(pil_image.convert('RGB'))")
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB array (or (H, W) uint8 grey), got shape "
+                f"{image.shape} dtype {image.dtype}; convert with np.asarray(pil_image.convert('RGB'))"
+            )
         return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     raise ValueError(f"expected an image path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
 
 
-def load_for_inference(ckpt_path: Path, device: torch.device, model_given: Optional[Mapping[str, Any]] = None,
-                       dataset_given: Optional[Mapping[str, Any]] = None, model_group: bool = False,
-                       dataset_group: bool = False) -> nn.Module:
+def load_for_inference(
+    ckpt_path: Path,
+    device: torch.device,
+    model_given: Optional[Mapping[str, Any]] = None,
+    dataset_given: Optional[Mapping[str, Any]] = None,
+    model_group: bool = False,
+    dataset_group: bool = False,
+) -> nn.Module:
     """The checkpoint's model on ``device`` with ``dataset_meta`` and ``inference_settings`` attached
     (see :func:`ccnet.init_model`); command-line groups/keys may override the stored configs.
 
@@ -95,25 +102,33 @@ def load_for_inference(ckpt_path: Path, device: torch.device, model_given: Optio
         ConfigError: bad ``eval`` settings stored in the checkpoint.
     """
     ckpt, stored = load_checkpoint_for_eval(ckpt_path)
-    model_cfg, dataset_cfg = resolve_model_and_dataset(stored, model_given or {}, dataset_given or {}, model_group,
-                                                       dataset_group, ckpt_path)
+    model_cfg, dataset_cfg = resolve_model_and_dataset(
+        stored, model_given or {}, dataset_given or {}, model_group, dataset_group, ckpt_path
+    )
     classes, palette, ignore = dataset_metainfo(dataset_cfg)
     if model_cfg["num_classes"] != len(palette):
         raise CheckpointMismatchError(
             f"checkpoint {ckpt_path} predicts {model_cfg['num_classes']} classes but the {dataset_cfg['name']!r} "
             f"palette has {len(palette)} colours ({len(classes)} classes); choose the dataset the checkpoint was "
-            "trained on (dataset=<name>) or give a folder dataset with matching dataset.num_classes/palette")
+            "trained on (dataset=<name>) or give a folder dataset with matching dataset.num_classes/palette"
+        )
     model = load_model(model_cfg, ckpt, ckpt_path, device)
-    model.dataset_meta = {"classes": list(classes), "palette": [tuple(c) for c in palette], "ignore_index": ignore,
-                          "mean": tuple(dataset_cfg.get("mean") or IMAGENET_MEAN),
-                          "std": tuple(dataset_cfg.get("std") or IMAGENET_STD), "name": dataset_cfg.get("name")}
+    model.dataset_meta = {
+        "classes": list(classes),
+        "palette": [tuple(c) for c in palette],
+        "ignore_index": ignore,
+        "mean": tuple(dataset_cfg.get("mean") or IMAGENET_MEAN),
+        "std": tuple(dataset_cfg.get("std") or IMAGENET_STD),
+        "name": dataset_cfg.get("name"),
+    }
     model.inference_settings = InferenceSettings.from_config((stored or {}).get("eval") or {})
     return model
 
 
 @torch.no_grad()
-def predict_image(model: nn.Module, image: ImageLike, settings: InferenceSettings,
-                  probabilities: bool = False) -> np.ndarray:
+def predict_image(
+    model: nn.Module, image: ImageLike, settings: InferenceSettings, probabilities: bool = False
+) -> np.ndarray:
     """Class map (or softmax) of one image at its own size, normalised as ``model.dataset_meta`` says.
 
     Shape:
@@ -128,5 +143,3 @@ def predict_image(model: nn.Module, image: ImageLike, settings: InferenceSetting
     if probabilities:
         return logits[0].float().softmax(0).cpu().numpy()
     return logits.argmax(dim=1)[0].cpu().numpy().astype(np.int64)
-
-

@@ -47,8 +47,10 @@ def parse_formats(formats: Union[str, Sequence[str]], key: str = "formats") -> T
     names = (formats,) if isinstance(formats, str) else tuple(str(f) for f in formats)
     unknown = [f for f in names if f not in FORMATS]
     if not names or unknown or len(set(names)) != len(names):
-        raise ConfigError(f"{key}={list(names) if not isinstance(formats, str) else formats!r}: expected one "
-                          f"or more distinct formats from {FORMATS}, e.g. {key}=color or {key}=[color,overlay]")
+        raise ConfigError(
+            f"{key}={list(names) if not isinstance(formats, str) else formats!r}: expected one "
+            f"or more distinct formats from {FORMATS}, e.g. {key}=color or {key}=[color,overlay]"
+        )
     return names
 
 
@@ -83,11 +85,20 @@ class PredictionWriter:
         ValueError: a palette with fewer colours than classes, or ``legend`` without enough class names.
     """
 
-    def __init__(self, save_dir: Union[str, Path], formats: Union[str, Sequence[str]],
-                 palette: Sequence[Sequence[int]], ignore_index: int = 255, alpha: float = 0.5,
-                 num_classes: Optional[int] = None, key: str = "formats",
-                 input_root: Optional[Union[str, Path]] = None, legend: bool = False,
-                 classes: Optional[Sequence[str]] = None, manifest: Optional[OutputManifest] = None) -> None:
+    def __init__(
+        self,
+        save_dir: Union[str, Path],
+        formats: Union[str, Sequence[str]],
+        palette: Sequence[Sequence[int]],
+        ignore_index: int = 255,
+        alpha: float = 0.5,
+        num_classes: Optional[int] = None,
+        key: str = "formats",
+        input_root: Optional[Union[str, Path]] = None,
+        legend: bool = False,
+        classes: Optional[Sequence[str]] = None,
+        manifest: Optional[OutputManifest] = None,
+    ) -> None:
         self.save_dir = Path(save_dir)
         self.manifest = manifest
         self.input_root = None if input_root is None else Path(input_root)
@@ -101,13 +112,17 @@ class PredictionWriter:
         self.legend = bool(legend)
         self.classes = None if classes is None else [str(c) for c in classes]
         if self.legend and (self.classes is None or len(self.classes) < k):
-            raise ValueError(f"legend=true names the classes, but {0 if classes is None else len(classes)} class "
-                             f"names were given for {k} classes; pass the dataset's classes")
+            raise ValueError(
+                f"legend=true names the classes, but {0 if classes is None else len(classes)} class "
+                f"names were given for {k} classes; pass the dataset's classes"
+            )
         self._label_ids: Optional[Callable[[np.ndarray], np.ndarray]] = None
         if "cityscapes" in self.formats:
             if k != CITYSCAPES_NUM_CLASSES:
-                raise ConfigError(f"{key}=cityscapes writes Cityscapes label ids from the 19 train ids, but the "
-                                  f"model predicts {k} classes; use {key}=trainid or color for other datasets")
+                raise ConfigError(
+                    f"{key}=cityscapes writes Cityscapes label ids from the 19 train ids, but the "
+                    f"model predicts {k} classes; use {key}=trainid or color for other datasets"
+                )
             self._label_ids = _cityscapes_label_ids()
 
     def path_for(self, image_path: Union[str, Path], fmt: str) -> Path:
@@ -122,8 +137,9 @@ class PredictionWriter:
         """Every file :meth:`write` would write for ``image_paths``, in every format."""
         return [self.path_for(p, fmt) for p in image_paths for fmt in self.formats]
 
-    def write(self, pred: np.ndarray, image_path: Union[str, Path],
-              image: Optional[np.ndarray] = None) -> Dict[str, Path]:
+    def write(
+        self, pred: np.ndarray, image_path: Union[str, Path], image: Optional[np.ndarray] = None
+    ) -> Dict[str, Path]:
         """Write ``pred`` in every format.
 
         Args:
@@ -177,6 +193,8 @@ def check_unique_outputs(writer: PredictionWriter, image_paths: Sequence[Union[s
     for p in image_paths:
         out = writer.path_for(p, writer.formats[0])
         if out in seen:
-            raise OutputConflictError(f"inputs {seen[out]} and {p} would both be written to {out}; rename one of "
-                                      "them or segment them in separate runs")
+            raise OutputConflictError(
+                f"inputs {seen[out]} and {p} would both be written to {out}; rename one of "
+                "them or segment them in separate runs"
+            )
         seen[out] = Path(p)

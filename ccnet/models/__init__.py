@@ -4,5 +4,13 @@ from ccnet.models.cca import CrissCrossAttention, criss_cross_attention, use_imp
 from ccnet.models.heads import FCNHead, NonLocalHead, RCCAHead
 from ccnet.models.segmentor import CCNet, build_model
 
-__all__ = ["CCNet", "CrissCrossAttention", "FCNHead", "NonLocalHead", "RCCAHead", "build_model",
-           "criss_cross_attention", "use_implementation"]
+__all__ = [
+    "CCNet",
+    "CrissCrossAttention",
+    "FCNHead",
+    "NonLocalHead",
+    "RCCAHead",
+    "build_model",
+    "criss_cross_attention",
+    "use_implementation",
+]

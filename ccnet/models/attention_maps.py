@@ -53,9 +53,11 @@ def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int,
     head = getattr(model, "head", None)
     if not getattr(head, "shows_attention", False):
         context = type(head).__name__ if head is not None else "none"
-        raise ConfigError(f"model has no criss-cross attention to show (head {context}, recurrence "
-                         f"{getattr(head, 'recurrence', None)}): use a checkpoint trained with model.context=rcca "
-                         f"and model.recurrence >= 1")
+        raise ConfigError(
+            f"model has no criss-cross attention to show (head {context}, recurrence "
+            f"{getattr(head, 'recurrence', None)}): use a checkpoint trained with model.context=rcca "
+            f"and model.recurrence >= 1"
+        )
     was_training = model.training
     model.eval()
     try:
@@ -81,8 +83,13 @@ def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int,
     return maps
 
 
-def attention_panel(model: torch.nn.Module, image: Tensor, pixel: Optional[Tuple[int, int]] = None,
-                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def attention_panel(
+    model: torch.nn.Module,
+    image: Tensor,
+    pixel: Optional[Tuple[int, int]] = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
     """Side-by-side ``input | loop 1 | loop 2 | ...`` attention overlays for one pixel, for TensorBoard.
 
     Args:

@@ -40,9 +40,16 @@ class ResNetBackbone(nn.Module):
         x: (B, 3, H, W) -> {"layer3": (B, 1024, H/8, W/8), "layer4": (B, 2048, H/8, W/8)}.
     """
 
-    def __init__(self, depth: int = 101, norm_layer: NormLayer = nn.BatchNorm2d, deep_stem: bool = False,
-                 ceil_mode: bool = False, contract_dilation: bool = True,
-                 multi_grid: Sequence[int] = (1,), stem_channels: int = 128) -> None:
+    def __init__(
+        self,
+        depth: int = 101,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        deep_stem: bool = False,
+        ceil_mode: bool = False,
+        contract_dilation: bool = True,
+        multi_grid: Sequence[int] = (1,),
+        stem_channels: int = 128,
+    ) -> None:
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ConfigError(f"unsupported ResNet depth {depth}: expected one of {sorted(RESNET_LAYERS)}")
@@ -66,10 +73,12 @@ class ResNetBackbone(nn.Module):
         self.inplanes = inplanes
         self.layer1 = self._make_layer(64, blocks[0], 1, [1] * blocks[0], norm_layer)
         self.layer2 = self._make_layer(128, blocks[1], 2, [1] * blocks[1], norm_layer)
-        self.layer3 = self._make_layer(256, blocks[2], 1, self._dilations(2, blocks[2], contract_dilation, (1,)),
-                                       norm_layer)
-        self.layer4 = self._make_layer(512, blocks[3], 1, self._dilations(4, blocks[3], contract_dilation,
-                                                                          multi_grid), norm_layer)
+        self.layer3 = self._make_layer(
+            256, blocks[2], 1, self._dilations(2, blocks[2], contract_dilation, (1,)), norm_layer
+        )
+        self.layer4 = self._make_layer(
+            512, blocks[3], 1, self._dilations(4, blocks[3], contract_dilation, multi_grid), norm_layer
+        )
         del self.inplanes
         self.out_channels = {"layer3": 1024, "layer4": 2048}
         self.torchvision_depth = None if deep_stem else depth  # torchvision's weight names fit this layout
@@ -81,16 +90,16 @@ class ResNetBackbone(nn.Module):
             rates[0] = dilation // 2
         return rates
 
-    def _make_layer(self, planes: int, blocks: int, stride: int, dilations: Sequence[int],
-                    norm_layer: NormLayer) -> nn.Sequential:
+    def _make_layer(
+        self, planes: int, blocks: int, stride: int, dilations: Sequence[int], norm_layer: NormLayer
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
                 norm_layer(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample, dilation=dilations[0],
-                             norm_layer=norm_layer)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, dilation=dilations[0], norm_layer=norm_layer)]
         self.inplanes = planes * Bottleneck.expansion
         layers += [Bottleneck(self.inplanes, planes, dilation=d, norm_layer=norm_layer) for d in dilations[1:]]
         return nn.Sequential(*layers)
@@ -122,13 +131,15 @@ class TinyBackbone(nn.Module):
         x: (B, 3, H, W) -> {"layer3": (B, widths[2], H/8, W/8), "layer4": (B, widths[2], H/8, W/8)}.
     """
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128), layer4_convs: int = 1,
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, widths: Sequence[int] = (32, 64, 128), layer4_convs: int = 1, norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
 
         def block(cin: int, cout: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                                 norm_layer(cout), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), norm_layer(cout), nn.ReLU(inplace=True)
+            )
 
         c1, c2, c3 = widths
         self.layer1 = block(3, c1, 2)
@@ -156,12 +167,20 @@ BACKBONES: Dict[str, BackboneFactory] = {
     "resnet50": lambda cfg, norm: ResNetBackbone(50, norm_layer=norm),
     "resnet101": lambda cfg, norm: ResNetBackbone(101, norm_layer=norm),
     "resnet101_official": lambda cfg, norm: ResNetBackbone(
-        101, norm_layer=norm, deep_stem=True, ceil_mode=True, contract_dilation=False,
-        multi_grid=tuple(_get(cfg, "multi_grid", (1, 1, 1)))),
+        101,
+        norm_layer=norm,
+        deep_stem=True,
+        ceil_mode=True,
+        contract_dilation=False,
+        multi_grid=tuple(_get(cfg, "multi_grid", (1, 1, 1))),
+    ),
     "resnet50_v1c": lambda cfg, norm: ResNetBackbone(50, norm_layer=norm, deep_stem=True, stem_channels=64),
     "resnet101_v1c": lambda cfg, norm: ResNetBackbone(101, norm_layer=norm, deep_stem=True, stem_channels=64),
-    "tiny": lambda cfg, norm: TinyBackbone(widths=tuple(_get(cfg, "tiny_widths", (32, 64, 128))),
-                                           layer4_convs=int(_get(cfg, "tiny_layer4_convs", 1)), norm_layer=norm),
+    "tiny": lambda cfg, norm: TinyBackbone(
+        widths=tuple(_get(cfg, "tiny_widths", (32, 64, 128))),
+        layer4_convs=int(_get(cfg, "tiny_layer4_convs", 1)),
+        norm_layer=norm,
+    ),
 }
 
 

@@ -33,8 +33,14 @@ def make_activation(name: str) -> nn.Module:
     raise ConfigError(f"unknown activation {name!r}: expected 'relu' or 'leaky_relu'")
 
 
-def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
-                  activation: str = "relu", bias: bool = False) -> nn.Sequential:
+def conv_norm_act(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    norm_layer: NormLayer,
+    activation: str = "relu",
+    bias: bool = False,
+) -> nn.Sequential:
     """``Conv2d`` (same padding) → norm → activation, indexed 0, 1, 2 like the official release."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
@@ -66,19 +72,30 @@ class RCCAHead(nn.Module):
         x: (B, in_channels, h, w) -> logits (B, num_classes, h, w).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, recurrence: int = 2,
-                 inter_channels: Optional[int] = None, bottleneck_channels: int = 512,
-                 dropout: float = 0.1, norm_layer: NormLayer = nn.BatchNorm2d,
-                 activation: str = "relu", context_init: float = 0.0,
-                 cca_implementation: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        recurrence: int = 2,
+        inter_channels: Optional[int] = None,
+        bottleneck_channels: int = 512,
+        dropout: float = 0.1,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        activation: str = "relu",
+        context_init: float = 0.0,
+        cca_implementation: Optional[str] = None,
+    ) -> None:
         super().__init__()
         if recurrence < 0:
             raise ConfigError(f"recurrence must be >= 0, got {recurrence}")
         inter_channels = inter_channels or in_channels // 4
         self.recurrence = recurrence
         self.conva = conv_norm_act(in_channels, inter_channels, 3, norm_layer, activation)
-        self.cca = (CrissCrossAttention(inter_channels, gamma_init=context_init, implementation=cca_implementation)
-                    if recurrence > 0 else None)
+        self.cca = (
+            CrissCrossAttention(inter_channels, gamma_init=context_init, implementation=cca_implementation)
+            if recurrence > 0
+            else None
+        )
         self.convb = conv_norm_act(inter_channels, inter_channels, 3, norm_layer, activation)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_channels + inter_channels, bottleneck_channels, 3, padding=1, bias=False),
@@ -96,8 +113,9 @@ class RCCAHead(nn.Module):
             out = self.cca(out)
         # the lean criss-cross path returns channels_last memory (its positions-last layout), so
         # recurrences after the first read it without conversion; convb gets conva's layout back
-        return self.convb(out.contiguous(memory_format=torch.channels_last if channels_last else
-                                         torch.contiguous_format))
+        return self.convb(
+            out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        )
 
     def features(self, x: Tensor) -> Tensor:
         """Fused features after the bottleneck's activation (input to dropout and classifier)."""
@@ -128,8 +146,13 @@ class NonLocalBlock(nn.Module):
         x: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, in_channels: int, inter_channels: Optional[int] = None,
-                 norm_layer: NormLayer = nn.BatchNorm2d, out_scale_init: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        inter_channels: Optional[int] = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        out_scale_init: float = 0.0,
+    ) -> None:
         super().__init__()
         inter_channels = inter_channels or max(in_channels // 2, 1)
         self.theta = nn.Conv2d(in_channels, inter_channels, 1)
@@ -158,15 +181,30 @@ class NonLocalHead(RCCAHead):
         context_init: initial scale of the block's ``W_z`` norm (0 = identity at the start).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, inter_channels: Optional[int] = None,
-                 bottleneck_channels: int = 512, dropout: float = 0.1,
-                 norm_layer: NormLayer = nn.BatchNorm2d, activation: str = "relu",
-                 context_init: float = 0.0) -> None:
-        super().__init__(in_channels, num_classes, recurrence=0, inter_channels=inter_channels,
-                         bottleneck_channels=bottleneck_channels, dropout=dropout,
-                         norm_layer=norm_layer, activation=activation)
-        self.nonlocal_block = NonLocalBlock(self.conva[0].out_channels, norm_layer=norm_layer,
-                                            out_scale_init=context_init)
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        inter_channels: Optional[int] = None,
+        bottleneck_channels: int = 512,
+        dropout: float = 0.1,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        activation: str = "relu",
+        context_init: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            num_classes,
+            recurrence=0,
+            inter_channels=inter_channels,
+            bottleneck_channels=bottleneck_channels,
+            dropout=dropout,
+            norm_layer=norm_layer,
+            activation=activation,
+        )
+        self.nonlocal_block = NonLocalBlock(
+            self.conva[0].out_channels, norm_layer=norm_layer, out_scale_init=context_init
+        )
 
     def context(self, x: Tensor) -> Tensor:
         return self.convb(self.nonlocal_block(self.conva(x)))
@@ -187,9 +225,16 @@ class FCNHead(nn.Module):
         x: (B, in_channels, h, w) -> logits (B, num_classes, h, w).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1,
-                 conv_bias: bool = False, norm_layer: NormLayer = nn.BatchNorm2d,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 256,
+        dropout: float = 0.1,
+        conv_bias: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, padding=1, bias=conv_bias),
@@ -205,23 +250,36 @@ class FCNHead(nn.Module):
 
 def _common(cfg: Mapping[str, Any], norm_layer: NormLayer) -> Dict[str, Any]:
     """The keyword arguments every context head takes, from the model config."""
+
     def get(key: str, default: Any) -> Any:
         value = cfg.get(key)
         return default if value is None else value
 
-    return dict(inter_channels=cfg.get("head_channels"), bottleneck_channels=int(get("bottleneck_channels", 512)),
-                dropout=float(get("dropout", 0.1)), norm_layer=norm_layer, activation=get("activation", "relu"))
+    return dict(
+        inter_channels=cfg.get("head_channels"),
+        bottleneck_channels=int(get("bottleneck_channels", 512)),
+        dropout=float(get("dropout", 0.1)),
+        norm_layer=norm_layer,
+        activation=get("activation", "relu"),
+    )
 
 
 def _rcca(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
     implementation = cfg.get("cca_impl")
     if implementation is not None and implementation not in cca_choices():
-        raise ConfigError(f"unknown model.cca_impl {implementation!r}: expected one of {', '.join(cca_choices())}, "
-                          "or null for the CCNET_CCA_IMPL environment variable (else auto)")
+        raise ConfigError(
+            f"unknown model.cca_impl {implementation!r}: expected one of {', '.join(cca_choices())}, "
+            "or null for the CCNET_CCA_IMPL environment variable (else auto)"
+        )
     recurrence = cfg.get("recurrence")
-    return RCCAHead(in_channels, num_classes, recurrence=2 if recurrence is None else int(recurrence),
-                    context_init=float(cfg.get("context_init") or 0.0), cca_implementation=implementation,
-                    **_common(cfg, norm_layer))
+    return RCCAHead(
+        in_channels,
+        num_classes,
+        recurrence=2 if recurrence is None else int(recurrence),
+        context_init=float(cfg.get("context_init") or 0.0),
+        cca_implementation=implementation,
+        **_common(cfg, norm_layer),
+    )
 
 
 HeadFactory = Callable[[int, int, Mapping[str, Any], NormLayer], nn.Module]
@@ -231,8 +289,9 @@ HeadFactory = Callable[[int, int, Mapping[str, Any], NormLayer], nn.Module]
 HEADS: Dict[str, HeadFactory] = {
     "rcca": _rcca,
     "none": lambda c, k, cfg, norm: RCCAHead(c, k, recurrence=0, **_common(cfg, norm)),  # the baseline, R = 0
-    "nonlocal": lambda c, k, cfg, norm: NonLocalHead(c, k, context_init=float(cfg.get("context_init") or 0.0),
-                                                     **_common(cfg, norm)),
+    "nonlocal": lambda c, k, cfg, norm: NonLocalHead(
+        c, k, context_init=float(cfg.get("context_init") or 0.0), **_common(cfg, norm)
+    ),
 }
 
 

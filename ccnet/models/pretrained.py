@@ -53,22 +53,30 @@ _SAME = (Rule(r"(.+)", r"\1"),)
 LAYOUTS: Dict[str, Tuple[str, Tuple[Rule, ...]]] = {
     "torchvision": ("torchvision ResNet (7x7 stem conv1/bn1)", _SAME),
     "ccnet": ("deep stem named conv1/bn1 ... conv3/bn3 (the official CCNet release, this framework)", _SAME),
-    "timm": ("timm deep-stem ResNet (conv1.0/1/3/4/6, bn1 = the stem's last norm)", (
-        Rule(r"conv1\.0\.weight", "conv1.weight"),
-        Rule(r"conv1\.1\.(\w+)", r"bn1.\1"),
-        Rule(r"conv1\.3\.weight", "conv2.weight"),
-        Rule(r"conv1\.4\.(\w+)", r"bn2.\1"),
-        Rule(r"conv1\.6\.weight", "conv3.weight"),
-        Rule(r"bn1\.(\w+)", r"bn3.\1"),
-    ) + _SAME),
-    "mmseg": ("mmsegmentation / open-mmlab ResNetV1c (stem.0/1/3/4/6/7)", (
-        Rule(r"stem\.0\.weight", "conv1.weight"),
-        Rule(r"stem\.1\.(\w+)", r"bn1.\1"),
-        Rule(r"stem\.3\.weight", "conv2.weight"),
-        Rule(r"stem\.4\.(\w+)", r"bn2.\1"),
-        Rule(r"stem\.6\.weight", "conv3.weight"),
-        Rule(r"stem\.7\.(\w+)", r"bn3.\1"),
-    ) + _SAME),
+    "timm": (
+        "timm deep-stem ResNet (conv1.0/1/3/4/6, bn1 = the stem's last norm)",
+        (
+            Rule(r"conv1\.0\.weight", "conv1.weight"),
+            Rule(r"conv1\.1\.(\w+)", r"bn1.\1"),
+            Rule(r"conv1\.3\.weight", "conv2.weight"),
+            Rule(r"conv1\.4\.(\w+)", r"bn2.\1"),
+            Rule(r"conv1\.6\.weight", "conv3.weight"),
+            Rule(r"bn1\.(\w+)", r"bn3.\1"),
+        )
+        + _SAME,
+    ),
+    "mmseg": (
+        "mmsegmentation / open-mmlab ResNetV1c (stem.0/1/3/4/6/7)",
+        (
+            Rule(r"stem\.0\.weight", "conv1.weight"),
+            Rule(r"stem\.1\.(\w+)", r"bn1.\1"),
+            Rule(r"stem\.3\.weight", "conv2.weight"),
+            Rule(r"stem\.4\.(\w+)", r"bn2.\1"),
+            Rule(r"stem\.6\.weight", "conv3.weight"),
+            Rule(r"stem\.7\.(\w+)", r"bn3.\1"),
+        )
+        + _SAME,
+    ),
 }
 CLASSIFIER = (r"fc\..+",)  # an ImageNet classifier: the only thing a backbone may leave over
 
@@ -90,9 +98,11 @@ def detect_layout(state: Mapping[str, Tensor]) -> str:
 
 def _offline_help(file_name: str) -> str:
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    return (f"Without network access, put {file_name} into {checkpoints}/ (torch.hub's cache, "
-            f"$TORCH_HOME/hub/checkpoints), or give a local file with model.weights=PATH, or start from random "
-            "weights with model.weights=null")
+    return (
+        f"Without network access, put {file_name} into {checkpoints}/ (torch.hub's cache, "
+        f"$TORCH_HOME/hub/checkpoints), or give a local file with model.weights=PATH, or start from random "
+        "weights with model.weights=null"
+    )
 
 
 def _torchvision_state_dict(weights: str, depth: int) -> Tuple[Dict[str, Tensor], str]:
@@ -103,26 +113,31 @@ def _torchvision_state_dict(weights: str, depth: int) -> Tuple[Dict[str, Tensor]
         valid = ", ".join(enum.__members__)
         raise PretrainedWeightsError(
             f"model.weights={weights!r} is neither an existing file nor a torchvision weight of resnet{depth}: "
-            f"expected a path to a .pth file, timm:NAME, or one of {valid}")
+            f"expected a path to a .pth file, timm:NAME, or one of {valid}"
+        )
     w = enum[member]
     source = f"torchvision {enum_name}.{member}"
     try:
         return w.get_state_dict(progress=False), source
     except (OSError, http.client.HTTPException) as exc:  # URLError, socket, SSL and proxy errors are OSErrors
         file_name = os.path.basename(w.url)
-        raise PretrainedWeightsError(f"could not download {source} from {w.url} ({type(exc).__name__}: {exc}). "
-                                     + _offline_help(file_name)) from None
+        raise PretrainedWeightsError(
+            f"could not download {source} from {w.url} ({type(exc).__name__}: {exc}). " + _offline_help(file_name)
+        ) from None
 
 
 def _timm_state_dict(name: str) -> Tuple[Dict[str, Tensor], str]:
-    save = (f"python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True)"
-            f".state_dict(), '{name}.pth')\"")
+    save = (
+        f"python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True)"
+        f".state_dict(), '{name}.pth')\""
+    )
     try:
         import timm
     except ImportError:
         raise PretrainedWeightsError(
             f"model.weights=timm:{name} needs the timm package: pip install timm. Or, on a machine that has it, "
-            f"{save} and pass model.weights=PATH/{name}.pth") from None
+            f"{save} and pass model.weights=PATH/{name}.pth"
+        ) from None
     try:
         model = timm.create_model(name, pretrained=True)
     except RuntimeError as exc:
@@ -130,13 +145,15 @@ def _timm_state_dict(name: str) -> Tuple[Dict[str, Tensor], str]:
             raise PretrainedWeightsError(
                 f"timm has no model {name!r} (model.weights=timm:{name}); ResNet layouts that fit: "
                 "resnet101s.gluon_in1k (ccnet_r101_official), resnet101c.gluon_in1k (ccnet_r101_mmseg), "
-                "resnet50c.gluon_in1k (ccnet_r50_mmseg)") from None
+                "resnet50c.gluon_in1k (ccnet_r50_mmseg)"
+            ) from None
         raise
     except (OSError, http.client.HTTPException) as exc:  # also huggingface_hub's offline/connection errors
         raise PretrainedWeightsError(
             f"could not download timm weights {name!r} ({type(exc).__name__}: {exc}). On a machine with network "
             f"access: {save}, then copy the file here and pass model.weights=PATH/{name}.pth (or "
-            "model.weights=null for random weights)") from None
+            "model.weights=null for random weights)"
+        ) from None
     return model.state_dict(), f"timm {name}"
 
 
@@ -161,19 +178,19 @@ def read_backbone_state(weights: str, depth: Optional[int] = None) -> Tuple[Dict
         ccnet.checkpoint.CheckpointError: the file is missing or not loadable.
     """
     if weights.startswith(TIMM_PREFIX):
-        return _timm_state_dict(weights[len(TIMM_PREFIX):])
+        return _timm_state_dict(weights[len(TIMM_PREFIX) :])
     path = Path(weights).expanduser()
     if path.suffix in WEIGHT_FILE_SUFFIXES or path.exists():
         return _file_state_dict(path)
     if depth is None:
         raise PretrainedWeightsError(
             f"model.weights={weights!r} is neither an existing file nor timm:NAME; torchvision weight names "
-            "exist only for the torchvision-layout backbones (resnet50, resnet101)")
+            "exist only for the torchvision-layout backbones (resnet50, resnet101)"
+        )
     return _torchvision_state_dict(weights, depth)
 
 
-def load_backbone_weights(backbone: nn.Module, weights: str, depth: Optional[int] = None,
-                          strict: bool = True) -> None:
+def load_backbone_weights(backbone: nn.Module, weights: str, depth: Optional[int] = None, strict: bool = True) -> None:
     """Initialise ``backbone`` from ``weights`` (see :func:`read_backbone_state`), in any layout.
 
     Args:
@@ -192,11 +209,15 @@ def load_backbone_weights(backbone: nn.Module, weights: str, depth: Optional[int
     description, rules = LAYOUTS[layout]
     out, report = remap_state_dict(state, backbone.state_dict(), rules, drop=CLASSIFIER, strict=False)
     if not report.ok:
-        message = (f"backbone weights from {source} do not fit the {type(backbone).__name__} of this model "
-                   f"(read as the {layout} layout: {description}):\n{report.format(limit=8)}")
+        message = (
+            f"backbone weights from {source} do not fit the {type(backbone).__name__} of this model "
+            f"(read as the {layout} layout: {description}):\n{report.format(limit=8)}"
+        )
         if strict:
-            raise PretrainedWeightsError(message + "\nThe weights each model config takes: docs/models.md; "
-                                         "model.weights_strict=false loads the overlap anyway.")
+            raise PretrainedWeightsError(
+                message + "\nThe weights each model config takes: docs/models.md; "
+                "model.weights_strict=false loads the overlap anyway."
+            )
         log.warning(message)
     backbone.load_state_dict(out, strict=False)
     log.info("loaded backbone weights from %s (%s layout, %d tensors)", source, layout, len(report.mapped))

@@ -39,8 +39,15 @@ class CCNet(nn.Module):
         ccl_proj: optional 1×1 conv reducing the fused features for the category-consistent loss.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: Optional[nn.Module],
-                 num_classes: int, align_corners: bool = False, ccl_proj: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        aux_head: Optional[nn.Module],
+        num_classes: int,
+        align_corners: bool = False,
+        ccl_proj: Optional[nn.Module] = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -114,23 +121,36 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     backbone = build_backbone(cfg, norm_layer)
     weights = cfg.get("weights")
     if pretrained and weights:
-        load_backbone_weights(backbone, str(weights), depth=getattr(backbone, "torchvision_depth", None),
-                              strict=bool(_get(cfg, "weights_strict", True)))
+        load_backbone_weights(
+            backbone,
+            str(weights),
+            depth=getattr(backbone, "torchvision_depth", None),
+            strict=bool(_get(cfg, "weights_strict", True)),
+        )
     elif pretrained and not getattr(backbone, "trains_from_scratch", False):
-        log.warning("model.weights is null: the %s backbone starts from random weights, not ImageNet "
-                    "(docs/models.md lists the weights each model config takes)", cfg["backbone"])
+        log.warning(
+            "model.weights is null: the %s backbone starts from random weights, not ImageNet "
+            "(docs/models.md lists the weights each model config takes)",
+            cfg["backbone"],
+        )
     activation = _get(cfg, "activation", "relu")
     head = build_head(backbone.out_channels["layer4"], num_classes, cfg, norm_layer)
     aux_head = None
     if _get(cfg, "aux", True):
-        aux_head = FCNHead(backbone.out_channels["layer3"], num_classes,
-                           channels=int(_get(cfg, "aux_channels", 256)),
-                           dropout=float(_get(cfg, "dropout", 0.1)),
-                           conv_bias=bool(_get(cfg, "aux_conv_bias", False)),
-                           norm_layer=norm_layer, activation=activation)
+        aux_head = FCNHead(
+            backbone.out_channels["layer3"],
+            num_classes,
+            channels=int(_get(cfg, "aux_channels", 256)),
+            dropout=float(_get(cfg, "dropout", 0.1)),
+            conv_bias=bool(_get(cfg, "aux_conv_bias", False)),
+            norm_layer=norm_layer,
+            activation=activation,
+        )
     ccl_proj = None
     if _get(cfg, "ccl", False):
-        ccl_proj = nn.Conv2d(int(_get(cfg, "bottleneck_channels", 512)), int(_get(cfg, "ccl_channels", 16)),
-                             kernel_size=1)
-    return CCNet(backbone, head, aux_head, num_classes, align_corners=bool(_get(cfg, "align_corners", False)),
-                 ccl_proj=ccl_proj)
+        ccl_proj = nn.Conv2d(
+            int(_get(cfg, "bottleneck_channels", 512)), int(_get(cfg, "ccl_channels", 16)), kernel_size=1
+        )
+    return CCNet(
+        backbone, head, aux_head, num_classes, align_corners=bool(_get(cfg, "align_corners", False)), ccl_proj=ccl_proj
+    )

@@ -89,8 +89,13 @@ class OutputManifest:
             return False
         return os.path.realpath(path).startswith(os.path.join(real_folder, ""))  # not via a symlinked folder
 
-    def check(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
-              key: str = "output_dir", fix: Optional[str] = None) -> None:
+    def check(
+        self,
+        outputs: Iterable[Union[str, Path]],
+        inputs: Iterable[Union[str, Path]] = (),
+        key: str = "output_dir",
+        fix: Optional[str] = None,
+    ) -> None:
         """Check that this run may write every path of ``outputs``, writing nothing (not even the
         folder): for a run that must refuse before long work but may still fail before its first
         file, which then starts the manifest (:meth:`record`).
@@ -123,10 +128,12 @@ class OutputManifest:
             raise OutputConflictError(
                 f"refusing to write into {self.folder}: {len(conflicts)} file(s) this run would write are not its "
                 f"own to replace: {'; '.join(conflicts[:SHOWN])}{more}. Nothing was written. "
-                + (fix or f"Give the run a folder of its own ({key}=...) or move those files away"))
+                + (fix or f"Give the run a folder of its own ({key}=...) or move those files away")
+            )
 
-    def claim(self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (),
-              key: str = "output_dir") -> None:
+    def claim(
+        self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (), key: str = "output_dir"
+    ) -> None:
         """Check that this run may write every path of ``outputs`` (:meth:`check`), then start the
         manifest file (creating the folder).
 
@@ -191,8 +198,10 @@ class OutputFiles:
         for option, path in self.paths.items():
             same = seen.setdefault(path.resolve(), option)
             if same != option:
-                raise OutputConflictError(f"{same} and {option} both name {path}: each output needs a file of its "
-                                          "own. Nothing was written; give them different paths")
+                raise OutputConflictError(
+                    f"{same} and {option} both name {path}: each output needs a file of its "
+                    "own. Nothing was written; give them different paths"
+                )
         for option, path in self.paths.items():
             self.manifest(path).check([path], inputs, fix=f"Choose another {option} or move that file away")
 

@@ -36,8 +36,9 @@ def _sizes(directory: Path) -> Dict[str, int]:
 
 
 @contextlib.contextmanager
-def discard_if_empty_on_failure(directory: Union[str, Path],
-                                housekeeping: Sequence[str] = HOUSEKEEPING) -> Iterator[None]:
+def discard_if_empty_on_failure(
+    directory: Union[str, Path], housekeeping: Sequence[str] = HOUSEKEEPING
+) -> Iterator[None]:
     """On an exception (or exit) inside the block, remove what this run left and nobody needs: the
     housekeeping files that were empty or absent when the block started and the lock file this run
     created, and then ``directory`` itself when nothing else is in it (nothing of an earlier run, no
@@ -118,8 +119,10 @@ def _read_holder(path: Path) -> Optional[Dict[str, Any]]:
 def _describe_holder(info: Optional[Dict[str, Any]]) -> str:
     if not info:
         return "a process that has not written its name yet"
-    return (f"PID {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started', '?')}: "
-            f"{info.get('command', '?')}")
+    return (
+        f"PID {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started', '?')}: "
+        f"{info.get('command', '?')}"
+    )
 
 
 def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
@@ -137,7 +140,8 @@ def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
             raise FolderInUseError(
                 f"{folder} is in use by another run ({_describe_holder(_read_holder(path))}). Two runs in one folder "
                 f"would mix their files: wait for that run to end (or stop it), or give this one its own {key}=...",
-                folder) from None
+                folder,
+            ) from None
         try:  # a run that removed its folder may have unlinked the file between our open and flock
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -146,8 +150,13 @@ def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
             break
         os.close(fd)
     previous = _read_holder(path)
-    info = {"tool": tool, "pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    info = {
+        "tool": tool,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     return FolderLock(folder, fd, previous, created)

@@ -56,8 +56,9 @@ def most_confused(confusion: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argsort(-errors, kind="stable")[:k])
 
 
-def confusion_plot_data(confusion: np.ndarray, classes: Sequence[str],
-                        max_classes: int = MAX_CONFUSION_CLASSES) -> Tuple[np.ndarray, List[str], List[str]]:
+def confusion_plot_data(
+    confusion: np.ndarray, classes: Sequence[str], max_classes: int = MAX_CONFUSION_CLASSES
+) -> Tuple[np.ndarray, List[str], List[str]]:
     """The numbers :func:`plot_confusion_matrix` draws, with the row and column names.
 
     Up to ``max_classes`` classes: the full row-normalised matrix. Above (ADE20K's 150 classes would
@@ -114,8 +115,13 @@ def _save(pixels: np.ndarray, path: Optional[Union[str, Path]]) -> None:
         Image.fromarray(pixels).save(path, optimize=True)
 
 
-def plot_per_class_iou(iou: Sequence[float], classes: Sequence[str], miou: Optional[float] = None,
-                       path: Optional[Union[str, Path]] = None, title: str = "Per-class IoU") -> np.ndarray:
+def plot_per_class_iou(
+    iou: Sequence[float],
+    classes: Sequence[str],
+    miou: Optional[float] = None,
+    path: Optional[Union[str, Path]] = None,
+    title: str = "Per-class IoU",
+) -> np.ndarray:
     """Horizontal bar chart of per-class IoU in dataset order (top to bottom, as in the eval table),
     with a dashed line at the mIoU; classes absent from ground truth and prediction (NaN) say "n/a".
 
@@ -144,13 +150,27 @@ def plot_per_class_iou(iou: Sequence[float], classes: Sequence[str], miou: Optio
     rows = np.arange(k)
     ax.barh(rows, np.nan_to_num(values), color="#1f77b4", height=0.7)
     for row, value in zip(rows, values):
-        ax.text(1 if math.isnan(value) else value + 1, row, "n/a" if math.isnan(value) else f"{value:.1f}",
-                va="center", fontsize=7, color="#555555")
+        ax.text(
+            1 if math.isnan(value) else value + 1,
+            row,
+            "n/a" if math.isnan(value) else f"{value:.1f}",
+            va="center",
+            fontsize=7,
+            color="#555555",
+        )
     if not math.isnan(miou):
         ax.axvline(100 * miou, color="#d62728", linestyle="--", linewidth=1.2)
         # named above the axes: a legend box inside would cover bars, which fill the width when IoUs are high
-        ax.text(100 * miou, 1.0, "mIoU", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=8, color="#d62728")
+        ax.text(
+            100 * miou,
+            1.0,
+            "mIoU",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="#d62728",
+        )
     ax.set_yticks(rows)
     ax.set_yticklabels(classes, fontsize=8)
     ax.invert_yaxis()  # class 0 at the top
@@ -164,8 +184,12 @@ def plot_per_class_iou(iou: Sequence[float], classes: Sequence[str], miou: Optio
     return pixels
 
 
-def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: Optional[Union[str, Path]] = None,
-                          max_classes: int = MAX_CONFUSION_CLASSES) -> np.ndarray:
+def plot_confusion_matrix(
+    confusion: np.ndarray,
+    classes: Sequence[str],
+    path: Optional[Union[str, Path]] = None,
+    max_classes: int = MAX_CONFUSION_CLASSES,
+) -> np.ndarray:
     """Heat map of the row-normalised confusion matrix (:func:`confusion_plot_data`): rows = ground
     truth, columns = prediction, class names on both axes, percentages in the cells up to 20 classes;
     rows of classes absent from the ground truth are grey.
@@ -194,8 +218,15 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: O
     if cols <= MAX_ANNOTATED_CLASSES:
         for (t, p), value in np.ndenumerate(fractions):
             if not math.isnan(value) and value >= 0.005:
-                ax.text(p, t, f"{100 * value:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if value > 0.5 else "black")
+                ax.text(
+                    p,
+                    t,
+                    f"{100 * value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if value > 0.5 else "black",
+                )
     ax.set_xticks(np.arange(cols))
     ax.set_xticklabels(col_names, rotation=90, fontsize=7)
     ax.set_yticks(np.arange(rows))

@@ -76,13 +76,17 @@ class ConversionReport:
             more = f" (first {limit})" if len(items) > limit else ""
             return [f"{title}: {len(items)}{more}"] + [f"  {item}" for item in items[:limit]]
 
-        lines = [f"mapped {len(self.mapped)} keys, dropped {len(self.dropped)}, "
-                 f"defaulted {len(self.defaulted)} num_batches_tracked buffers"]
+        lines = [
+            f"mapped {len(self.mapped)} keys, dropped {len(self.dropped)}, "
+            f"defaulted {len(self.defaulted)} num_batches_tracked buffers"
+        ]
         lines += [f"transformed {len(keys)} values: {note}" for note, keys in self.transformed.items()]
         lines += listing("source keys not consumed", self.unconsumed)
         lines += listing("target keys not filled", self.missing)
-        lines += listing("shape mismatches (source -> target)",
-                         [f"{s} {tuple(a)} -> {t} {tuple(b)}" for s, t, a, b in self.mismatched])
+        lines += listing(
+            "shape mismatches (source -> target)",
+            [f"{s} {tuple(a)} -> {t} {tuple(b)}" for s, t, a, b in self.mismatched],
+        )
         lines += listing("dropped source keys", self.dropped)
         return "\n".join(lines)
 
@@ -101,12 +105,17 @@ def strip_prefix(state: Mapping[str, Tensor], prefix: str = "module.") -> Dict[s
     ``DataParallel``/``DistributedDataParallel`` checkpoints do."""
     out = dict(state)
     while out and all(k.startswith(prefix) for k in out):
-        out = {k[len(prefix):]: v for k, v in out.items()}
+        out = {k[len(prefix) :]: v for k, v in out.items()}
     return out
 
 
-def remap_state_dict(source: Mapping[str, Tensor], target: Mapping[str, Tensor], rules: Sequence[Rule],
-                     drop: Sequence[str] = (), strict: bool = True) -> Tuple[Dict[str, Tensor], ConversionReport]:
+def remap_state_dict(
+    source: Mapping[str, Tensor],
+    target: Mapping[str, Tensor],
+    rules: Sequence[Rule],
+    drop: Sequence[str] = (),
+    strict: bool = True,
+) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Rename ``source`` onto the keys of ``target`` (a model's ``state_dict()``), strictly.
 
     Each source key is matched against ``drop`` (full-match regexes) and then against ``rules`` in

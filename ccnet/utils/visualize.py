@@ -29,11 +29,37 @@ IGNORE_COLOR: RGB = (0, 0, 0)
 #: (chroma >= 20), so neighbouring classes never look alike.
 DEFAULT_PALETTE: Tuple[RGB, ...] = (
     (64, 64, 64),
-    (215, 0, 0), (140, 60, 255), (2, 136, 0), (0, 172, 199), (152, 255, 0), (255, 127, 209), (108, 0, 79),
-    (255, 165, 48), (88, 59, 0), (0, 87, 89), (0, 0, 221), (0, 253, 207), (161, 117, 106), (188, 183, 255),
-    (149, 181, 120), (192, 4, 185), (100, 84, 116), (121, 0, 0), (7, 116, 216), (254, 245, 144), (0, 75, 0),
-    (143, 122, 0), (255, 114, 102), (238, 185, 185), (94, 126, 102), (155, 228, 255), (236, 0, 119),
-    (166, 123, 185), (90, 0, 164), (4, 198, 0), (158, 75, 0),
+    (215, 0, 0),
+    (140, 60, 255),
+    (2, 136, 0),
+    (0, 172, 199),
+    (152, 255, 0),
+    (255, 127, 209),
+    (108, 0, 79),
+    (255, 165, 48),
+    (88, 59, 0),
+    (0, 87, 89),
+    (0, 0, 221),
+    (0, 253, 207),
+    (161, 117, 106),
+    (188, 183, 255),
+    (149, 181, 120),
+    (192, 4, 185),
+    (100, 84, 116),
+    (121, 0, 0),
+    (7, 116, 216),
+    (254, 245, 144),
+    (0, 75, 0),
+    (143, 122, 0),
+    (255, 114, 102),
+    (238, 185, 185),
+    (94, 126, 102),
+    (155, 228, 255),
+    (236, 0, 119),
+    (166, 123, 185),
+    (90, 0, 164),
+    (4, 198, 0),
+    (158, 75, 0),
 )
 
 
@@ -51,7 +77,7 @@ def distinct_palette(num_colors: int) -> List[RGB]:
     Returns:
         ``num_colors`` distinct (r, g, b) tuples, never black.
     """
-    if not 0 <= num_colors <= 16 ** 3:
+    if not 0 <= num_colors <= 16**3:
         raise ValueError(f"distinct_palette: num_colors must be in [0, 4096], got {num_colors}")
     palette = list(DEFAULT_PALETTE[:num_colors])
     if num_colors <= len(palette):
@@ -91,8 +117,9 @@ def overlay(image: np.ndarray, color_mask: np.ndarray, alpha: float = 0.5) -> np
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def denormalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def denormalize(
+    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
     """Undo ``(x/255 - mean)/std`` normalisation.
 
     Shape:
@@ -104,8 +131,9 @@ def denormalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def heat_overlay(image: np.ndarray, heat: Tensor, pixel: Optional[Tuple[int, int]] = None,
-                 alpha: float = 0.6) -> np.ndarray:
+def heat_overlay(
+    image: np.ndarray, heat: Tensor, pixel: Optional[Tuple[int, int]] = None, alpha: float = 0.6
+) -> np.ndarray:
     """Blend a heat map (upsampled to the image size, scaled to its maximum) over an RGB image.
 
     Args:
@@ -136,9 +164,13 @@ def mark_pixel(image: np.ndarray, pixel: Tuple[int, int]) -> np.ndarray:
     return out
 
 
-def legend_entries(palette: Sequence[Sequence[int]], classes: Sequence[str],
-                   maps: Optional[Sequence[np.ndarray]] = None, ignore_index: int = 255,
-                   max_entries: int = 40) -> Tuple[List[Tuple[str, RGB]], Optional[str]]:
+def legend_entries(
+    palette: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    maps: Optional[Sequence[np.ndarray]] = None,
+    ignore_index: int = 255,
+    max_entries: int = 40,
+) -> Tuple[List[Tuple[str, RGB]], Optional[str]]:
     """What a legend lists: (name, colour) per class shown, and a note on the classes left out.
 
     Args:
@@ -158,8 +190,9 @@ def legend_entries(palette: Sequence[Sequence[int]], classes: Sequence[str],
         maps: each (H, W) integer, any sizes.
     """
     if len(palette) < len(classes):
-        raise ConfigError(f"legend: the palette has {len(palette)} colours for {len(classes)} classes; "
-                          "give one colour per class")
+        raise ConfigError(
+            f"legend: the palette has {len(palette)} colours for {len(classes)} classes; give one colour per class"
+        )
     k = len(classes)
     counts = np.zeros(k, dtype=np.int64)
     has_ignore = False
@@ -201,9 +234,16 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width:
     return text + "…"
 
 
-def add_legend(image: np.ndarray, palette: Sequence[Sequence[int]], classes: Sequence[str],
-               maps: Optional[Sequence[np.ndarray]] = None, ignore_index: int = 255, max_entries: int = 40,
-               dark: bool = False, font_size: Optional[int] = None) -> np.ndarray:
+def add_legend(
+    image: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    maps: Optional[Sequence[np.ndarray]] = None,
+    ignore_index: int = 255,
+    max_entries: int = 40,
+    dark: bool = False,
+    font_size: Optional[int] = None,
+) -> np.ndarray:
     """The picture with a legend band below it: a colour square and the class name per class.
 
     Entries flow left to right and wrap onto as many rows as the picture's width needs; each square

@@ -24,8 +24,17 @@ def _compose(configs_dir: Path, overrides):
 
 
 def test_val_samples_show_the_files_side_by_side(configs_dir: Path, folder_root: Path, tmp_path: Path) -> None:
-    cfg = _compose(configs_dir, ["dataset=folder", f"dataset.root={folder_root}", "dataset.num_classes=3",
-                                 "split=val", "num_samples=3", f"output_dir={tmp_path / 'out'}"])
+    cfg = _compose(
+        configs_dir,
+        [
+            "dataset=folder",
+            f"dataset.root={folder_root}",
+            "dataset.num_classes=3",
+            "split=val",
+            "num_samples=3",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+    )
     written = browse(cfg)
     assert len(written) == 3 and all(p.parent == tmp_path / "out" for p in written)
     palette = np.array(generate_palette(3) + [(0, 0, 0)], dtype=np.uint8)  # index 3 stands for ignore
@@ -49,8 +58,17 @@ def test_val_samples_show_the_files_side_by_side(configs_dir: Path, folder_root:
 
 
 def test_train_samples_are_augmented_crops(configs_dir: Path, folder_root: Path, tmp_path: Path) -> None:
-    cfg = _compose(configs_dir, ["dataset=folder", f"dataset.root={folder_root}", "dataset.num_classes=3",
-                                 "num_samples=6", "crop_size=[16,20]", f"output_dir={tmp_path}"])
+    cfg = _compose(
+        configs_dir,
+        [
+            "dataset=folder",
+            f"dataset.root={folder_root}",
+            "dataset.num_classes=3",
+            "num_samples=6",
+            "crop_size=[16,20]",
+            f"output_dir={tmp_path}",
+        ],
+    )
     written = browse(cfg)
     assert len(written) == 6  # more samples than the 4 training images: some are re-augmented
     allowed = {tuple(c) for c in generate_palette(3)} | {(0, 0, 0)}
@@ -69,16 +87,29 @@ def test_default_config_browses_the_synthetic_set(configs_dir: Path, tmp_path: P
 
 def test_cli(repo_root: Path, folder_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "browse"
-    result = subprocess.run([sys.executable, str(repo_root / "tools" / "browse_dataset.py"), "dataset=folder",
-                             f"dataset.root={folder_root}", "dataset.num_classes=3", "num_samples=2",
-                             f"output_dir={out}"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "tools" / "browse_dataset.py"),
+            "dataset=folder",
+            f"dataset.root={folder_root}",
+            "dataset.num_classes=3",
+            "num_samples=2",
+            f"output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.png"))) == 2
     assert not (out / ".hydra").exists()
 
 
-def test_a_rerun_replaces_its_own_pictures_but_never_a_file_it_did_not_write(configs_dir: Path, tmp_path: Path,
-                                                                             repo_root: Path) -> None:
+def test_a_rerun_replaces_its_own_pictures_but_never_a_file_it_did_not_write(
+    configs_dir: Path, tmp_path: Path, repo_root: Path
+) -> None:
     cfg = _compose(configs_dir, ["num_samples=2", f"output_dir={tmp_path}"])
     first = browse(cfg)
     assert browse(cfg) == first  # the same run again: its own files
@@ -90,8 +121,12 @@ def test_a_rerun_replaces_its_own_pictures_but_never_a_file_it_did_not_write(con
     assert (other / first[0].name).read_bytes() == b"a user's file of the same name"
     assert sorted(p.name for p in other.iterdir()) == [first[0].name]  # nothing else written
 
-    proc = subprocess.run([sys.executable, str(repo_root / "tools" / "browse_dataset.py"), "num_samples=2",
-                           f"output_dir={other}"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "browse_dataset.py"), "num_samples=2", f"output_dir={other}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "refusing to write into" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
     assert (other / first[0].name).read_bytes() == b"a user's file of the same name"

@@ -12,8 +12,7 @@ NAN = math.nan
 
 
 def test_a_table_without_missing_values_has_no_notes():
-    results = {"IoU": [0.5, 0.25], "Acc": [1.0, 0.125], "mIoU": 0.375, "mAcc": 0.5625, "aAcc": 0.75,
-               "num_images": 3}
+    results = {"IoU": [0.5, 0.25], "Acc": [1.0, 0.125], "mIoU": 0.375, "mAcc": 0.5625, "aAcc": 0.75, "num_images": 3}
     assert format_table(["road", "sky"], results).splitlines() == [
         "class    IoU    Acc",
         "--------------------",
@@ -26,12 +25,20 @@ def test_a_table_without_missing_values_has_no_notes():
 
 def test_undefined_metrics_are_dashes_with_their_reason():
     # car: absent from ground truth and prediction; bus: predicted but absent from the ground truth
-    results = {"IoU": [0.5, NAN, 0.0], "Acc": [0.75, NAN, NAN], "mIoU": 0.25, "mAcc": 0.75, "aAcc": 0.75,
-               "num_images": 2}
+    results = {
+        "IoU": [0.5, NAN, 0.0],
+        "Acc": [0.75, NAN, NAN],
+        "mIoU": 0.25,
+        "mAcc": 0.75,
+        "aAcc": 0.75,
+        "num_images": 2,
+    }
     lines = format_table(["road", "car", "bus"], results).splitlines()
     assert lines[2:5] == ["road   50.00  75.00", "car        —      —", "bus     0.00      —"]
-    assert lines[-2:] == ["— IoU: class absent from ground truth and prediction, left out of mIoU",
-                          "— Acc: class absent from ground truth, left out of mAcc"]
+    assert lines[-2:] == [
+        "— IoU: class absent from ground truth and prediction, left out of mIoU",
+        "— Acc: class absent from ground truth, left out of mAcc",
+    ]
     assert "nan" not in "\n".join(lines).lower()
 
 

@@ -62,10 +62,16 @@ def test_tool_reports_a_killed_run_and_exits_1(tmp_path: Path, capsys) -> None:
     recorded = (out / "manifest.txt").read_text().splitlines()[1:]
     assert len(recorded) == len(set(recorded))  # each file once
     data = "ade20k_r101_512_80k/data/ADEChallengeData2016"
-    assert {"rehearse rehearsal.json", "rehearse ade20k_r101_512_80k/console.log",
-            *(f"rehearse {data}/{kind}/{split}/ADE_{split[:5]}_{n:08d}.{ext}"
-              for split, count in (("training", 2), ("validation", 1)) for n in range(1, count + 1)
-              for kind, ext in (("images", "jpg"), ("annotations", "png")))} <= set(recorded)
+    assert {
+        "rehearse rehearsal.json",
+        "rehearse ade20k_r101_512_80k/console.log",
+        *(
+            f"rehearse {data}/{kind}/{split}/ADE_{split[:5]}_{n:08d}.{ext}"
+            for split, count in (("training", 2), ("validation", 1))
+            for n in range(1, count + 1)
+            for kind, ext in (("images", "jpg"), ("annotations", "png"))
+        ),
+    } <= set(recorded)
 
 
 def test_tool_never_replaces_a_file_it_did_not_write(tmp_path: Path, caplog) -> None:
@@ -76,23 +82,31 @@ def test_tool_never_replaces_a_file_it_did_not_write(tmp_path: Path, caplog) -> 
     with caplog.at_level(logging.ERROR, logger="rehearse"), pytest.raises(SystemExit) as exit_:
         main(["ade20k_r101_512_80k", "--timeout", "1", "--out-dir", str(out)])
     assert exit_.value.code == 2
-    assert caplog.messages == [f"refusing to write into {out}: 1 file(s) this run would write are not its own to "
-                               f"replace: {mine} (exists, and no earlier rehearse run wrote it here). Nothing was "
-                               "written. Give the run a folder of its own (--out-dir=...) or move those files away"]
+    assert caplog.messages == [
+        f"refusing to write into {out}: 1 file(s) this run would write are not its own to "
+        f"replace: {mine} (exists, and no earlier rehearse run wrote it here). Nothing was "
+        "written. Give the run a folder of its own (--out-dir=...) or move those files away"
+    ]
     assert mine.read_text() == "the user's notes"
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "rehearsal", "rehearsal/ade20k_r101_512_80k", "rehearsal/ade20k_r101_512_80k/console.log"]
+        "rehearsal",
+        "rehearsal/ade20k_r101_512_80k",
+        "rehearsal/ade20k_r101_512_80k/console.log",
+    ]
 
 
-def test_a_rerun_removes_the_earlier_rehearsals_run_but_never_a_file_of_the_user(tmp_path: Path,
-                                                                                 monkeypatch) -> None:
+def test_a_rerun_removes_the_earlier_rehearsals_run_but_never_a_file_of_the_user(tmp_path: Path, monkeypatch) -> None:
     # a stand-in for tools/train.py: fills its work_dir like a run that saved a checkpoint, then fails
-    child = "import pathlib, sys; w = pathlib.Path(sys.argv[1]) / 'checkpoints'; w.mkdir(parents=True); " \
-            "(w / 'last.pth').write_text(sys.argv[2]); sys.exit(3)"
+    child = (
+        "import pathlib, sys; w = pathlib.Path(sys.argv[1]) / 'checkpoints'; w.mkdir(parents=True); "
+        "(w / 'last.pth').write_text(sys.argv[2]); sys.exit(3)"
+    )
     stamps = iter(["first", "second", "third"])
-    monkeypatch.setattr(ccnet.apps.rehearse, "train_command",
-                        lambda preset, data, work_dir, *args, **kwargs: [sys.executable, "-c", child, str(work_dir),
-                                                                         next(stamps)])
+    monkeypatch.setattr(
+        ccnet.apps.rehearse,
+        "train_command",
+        lambda preset, data, work_dir, *args, **kwargs: [sys.executable, "-c", child, str(work_dir), next(stamps)],
+    )
     last = tmp_path / "ade20k_r101_512_80k" / "run" / "checkpoints" / "last.pth"
     for stamp in ("first", "second"):
         result = rehearse("ade20k_r101_512_80k", tmp_path, timeout_s=60)

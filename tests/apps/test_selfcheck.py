@@ -39,8 +39,7 @@ def test_a_failing_check_sets_the_exit_status(tmp_path, monkeypatch, capsys):
     assert "FAILED: slide evaluation" in capsys.readouterr().out
 
 
-def test_the_report_replaces_its_own_file_but_never_a_file_no_selfcheck_wrote(tmp_path, monkeypatch, caplog,
-                                                                              capsys):
+def test_the_report_replaces_its_own_file_but_never_a_file_no_selfcheck_wrote(tmp_path, monkeypatch, caplog, capsys):
     runs = []
 
     def one_check(device, compile_on_cpu=False):  # the file handling is under test here, not the checks
@@ -61,11 +60,15 @@ def test_the_report_replaces_its_own_file_but_never_a_file_no_selfcheck_wrote(tm
     with caplog.at_level(logging.ERROR, logger="selfcheck"), pytest.raises(SystemExit) as exit_:
         main(["--device", "cpu", "--out", str(mine)])
     assert exit_.value.code == 2 and len(runs) == 2  # refused before any check ran
-    assert caplog.messages == [f"refusing to write into {tmp_path}: 1 file(s) this run would write are not its own "
-                               f"to replace: {mine} (exists, and no earlier selfcheck run wrote it here). Nothing was "
-                               "written. Choose another --out or move that file away"]
-    assert mine.read_text() == "the user's report" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.json",
-                                                                                                      "reports"]
+    assert caplog.messages == [
+        f"refusing to write into {tmp_path}: 1 file(s) this run would write are not its own "
+        f"to replace: {mine} (exists, and no earlier selfcheck run wrote it here). Nothing was "
+        "written. Choose another --out or move that file away"
+    ]
+    assert mine.read_text() == "the user's report" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "mine.json",
+        "reports",
+    ]
     with pytest.raises(SystemExit) as exit_:  # a bad option: one line, status 2
         main(["--device", "tpu", "--out", str(tmp_path / "x.json")])
     assert exit_.value.code == 2 and caplog.messages[-1].startswith("--device must be auto, cpu, cuda or cuda:N")

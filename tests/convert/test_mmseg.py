@@ -48,8 +48,10 @@ def test_outputs_match_encode_decode(mmseg_model, ours):
     ours.align_corners = mmseg_model.align_corners = True
     x = torch.randn(1, 3, 33, 49)
     feats, ref_feats = {}, []
-    hooks = [ours.backbone.register_forward_hook(lambda module, args, output: feats.update(output)),
-             mmseg_model.backbone.register_forward_hook(lambda module, args, output: ref_feats.extend(output))]
+    hooks = [
+        ours.backbone.register_forward_hook(lambda module, args, output: feats.update(output)),
+        mmseg_model.backbone.register_forward_hook(lambda module, args, output: ref_feats.extend(output)),
+    ]
     with torch.no_grad():
         out = ours(x)["out"]
         aux = ours.aux_head(feats["layer3"])  # eval mode skips the aux head; run it on the same features
@@ -62,9 +64,13 @@ def test_outputs_match_encode_decode(mmseg_model, ours):
     assert (aux - aux_ref).abs().max() <= 1e-5 * aux_ref.abs().max().clamp_min(1.0)
 
 
-@pytest.mark.parametrize("filename,expected", [
-    ("ccnet_r101-d8_769x769_80k_cityscapes_20200618_011502-ad3cd481.pth", True),
-    ("ccnet_r50-d8_512x1024_40k_cityscapes_20200616_142517-4123f401.pth", False)])
+@pytest.mark.parametrize(
+    "filename,expected",
+    [
+        ("ccnet_r101-d8_769x769_80k_cityscapes_20200618_011502-ad3cd481.pth", True),
+        ("ccnet_r50-d8_512x1024_40k_cityscapes_20200616_142517-4123f401.pth", False),
+    ],
+)
 def test_align_corners_follows_the_recipe_name(filename, expected):
     assert FORMAT.align_corners(f"/downloads/{filename}") is expected
 

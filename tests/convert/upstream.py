@@ -75,8 +75,9 @@ class OfficialCCA(nn.Module):
 
 
 class OfficialBottleneck(nn.Module):
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = ABN(planes, "identity")
@@ -116,16 +117,22 @@ class OfficialCCNet(nn.Module):
         self.head.conva = nn.Sequential(nn.Conv2d(2048, 512, 3, padding=1, bias=False), ABN(512))
         self.head.cca = OfficialCCA(512)
         self.head.convb = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1, bias=False), ABN(512))
-        self.head.bottleneck = nn.Sequential(nn.Conv2d(2048 + 512, 512, 3, padding=1, bias=False), ABN(512),
-                                             nn.Dropout2d(0.1), nn.Conv2d(512, num_classes, 1))
-        self.dsn = nn.Sequential(nn.Conv2d(1024, 512, 3, padding=1), ABN(512), nn.Dropout2d(0.1),
-                                 nn.Conv2d(512, num_classes, 1))
+        self.head.bottleneck = nn.Sequential(
+            nn.Conv2d(2048 + 512, 512, 3, padding=1, bias=False),
+            ABN(512),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(512, num_classes, 1),
+        )
+        self.dsn = nn.Sequential(
+            nn.Conv2d(1024, 512, 3, padding=1), ABN(512), nn.Dropout2d(0.1), nn.Conv2d(512, num_classes, 1)
+        )
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                                       ABN(planes * 4, "identity"))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False), ABN(planes * 4, "identity")
+            )
         layers = [OfficialBottleneck(self.inplanes, planes, stride, dilation, downsample)]
         self.inplanes = planes * 4
         layers += [OfficialBottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
@@ -170,8 +177,11 @@ class MMCVCrissCrossAttention(nn.Module):
 
 def conv_module(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
     """mmcv ``ConvModule`` (conv without bias, ``bn``, ReLU) with its child names."""
-    return nn.Sequential(OrderedDict(conv=nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
-                                     bn=nn.BatchNorm2d(cout), activate=nn.ReLU()))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), bn=nn.BatchNorm2d(cout), activate=nn.ReLU()
+        )
+    )
 
 
 class MMSegBottleneck(nn.Module):
@@ -201,17 +211,25 @@ class ResNetV1c(nn.Module):
         super().__init__()
         blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+            nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = 64
         for i, (n, stride, dilation) in enumerate(zip(blocks, (1, 2, 1, 1), (1, 1, 2, 4))):
-            planes = 64 * 2 ** i
+            planes = 64 * 2**i
             downsample = None
             if stride != 1 or inplanes != planes * 4:
-                downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                           nn.BatchNorm2d(planes * 4))
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+                )
             first = dilation // 2 if dilation > 1 else dilation
             layer = [MMSegBottleneck(inplanes, planes, stride, first, downsample)]
             inplanes = planes * 4
@@ -233,8 +251,9 @@ class CCHead(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 2048, channels: int = 512, recurrence: int = 2) -> None:
         super().__init__()
         self.recurrence = recurrence
-        self.convs = nn.Sequential(conv_module(in_channels, channels, 3, padding=1),
-                                   conv_module(channels, channels, 3, padding=1))
+        self.convs = nn.Sequential(
+            conv_module(in_channels, channels, 3, padding=1), conv_module(channels, channels, 3, padding=1)
+        )
         self.cca = MMCVCrissCrossAttention(channels)
         self.conv_cat = conv_module(in_channels + channels, channels, 3, padding=1)
         self.dropout = nn.Dropout2d(0.1)
@@ -290,8 +309,9 @@ def randomize_(model: nn.Module, seed: int = 0, negative: float = 0.1) -> nn.Mod
                 n = module.running_var.numel()
                 small = name.endswith("bn3") and ".layer" in f".{name}"
                 sign = torch.where(torch.rand(n, generator=gen) < negative, -1.0, 1.0)
-                module.weight.copy_(sign * (torch.rand(n, generator=gen) * (0.2 if small else 1.0)
-                                            + (0.05 if small else 0.5)))
+                module.weight.copy_(
+                    sign * (torch.rand(n, generator=gen) * (0.2 if small else 1.0) + (0.05 if small else 0.5))
+                )
                 module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
                 module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)

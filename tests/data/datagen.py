@@ -37,18 +37,35 @@ def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def block_label(h: int, w: int, values=(0, 1, 2, 255)) -> np.ndarray:
     """Quadrants of the given values: a label where every value covers a large region."""
     label = np.empty((h, w), dtype=np.uint8)
-    label[: h // 2, : w // 2], label[: h // 2, w // 2:] = values[0], values[1]
-    label[h // 2:, : w // 2], label[h // 2:, w // 2:] = values[2], values[3]
+    label[: h // 2, : w // 2], label[: h // 2, w // 2 :] = values[0], values[1]
+    label[h // 2 :, : w // 2], label[h // 2 :, w // 2 :] = values[2], values[3]
     return label
 
 
 def folder_cfg(root: Path, **overrides) -> Dict:
     """A folder-dataset config like configs/dataset/folder.yaml, small crop, no photometric."""
-    cfg = dict(name="folder", root=str(root), img_dir="images", mask_dir="masks", split_dir="splits",
-               num_classes=3, classes=None, palette=None, ignore_index=255, train_split="train",
-               val_split="val", base_size=None, ratio_range=[0.5, 2.0], crop_size=[32, 32], cat_max_ratio=1.0,
-               flip_prob=0.5, photometric=None, val_base_size=None, mean=list(IMAGENET_MEAN),
-               std=list(IMAGENET_STD))
+    cfg = dict(
+        name="folder",
+        root=str(root),
+        img_dir="images",
+        mask_dir="masks",
+        split_dir="splits",
+        num_classes=3,
+        classes=None,
+        palette=None,
+        ignore_index=255,
+        train_split="train",
+        val_split="val",
+        base_size=None,
+        ratio_range=[0.5, 2.0],
+        crop_size=[32, 32],
+        cat_max_ratio=1.0,
+        flip_prob=0.5,
+        photometric=None,
+        val_base_size=None,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+    )
     cfg.update(overrides)
     return cfg
 

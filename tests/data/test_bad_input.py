@@ -14,8 +14,15 @@ from torch.utils.data import DataLoader
 from ccnet.data import DatasetError, build_dataset
 from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 
-CITYSCAPES = dict(name="cityscapes", label_type="labelIds", train_split="train", val_split="val",
-                  test_split="test", base_size=[1024, 2048], crop_size=[8, 8])
+CITYSCAPES = dict(
+    name="cityscapes",
+    label_type="labelIds",
+    train_split="train",
+    val_split="val",
+    test_split="test",
+    base_size=[1024, 2048],
+    crop_size=[8, 8],
+)
 ADE20K = dict(name="ade20k", train_split="training", val_split="validation", base_size=[512, 2048], crop_size=8)
 
 
@@ -28,11 +35,14 @@ def _cityscapes(root: Path, stems=("a/a_000000_000001",), labels=True) -> dict:
     return dict(CITYSCAPES, root=str(root))
 
 
-@pytest.mark.parametrize("cfg, layout_hint", [
-    (CITYSCAPES, "leftImg8bit/<split>/<city>/<name>_leftImg8bit.png"),
-    (ADE20K, "ADEChallengeData2016/images/<split>/ADE_*.jpg"),
-    (folder_cfg("unused"), "ROOT/images/<name>.png|jpg|jpeg|bmp|tif"),
-])
+@pytest.mark.parametrize(
+    "cfg, layout_hint",
+    [
+        (CITYSCAPES, "leftImg8bit/<split>/<city>/<name>_leftImg8bit.png"),
+        (ADE20K, "ADEChallengeData2016/images/<split>/ADE_*.jpg"),
+        (folder_cfg("unused"), "ROOT/images/<name>.png|jpg|jpeg|bmp|tif"),
+    ],
+)
 def test_missing_root_names_path_and_layout(tmp_path: Path, cfg: dict, layout_hint: str) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError) as err:
@@ -43,8 +53,10 @@ def test_missing_root_names_path_and_layout(tmp_path: Path, cfg: dict, layout_hi
 
 def test_missing_split_names_path_and_present_splits(tmp_path: Path) -> None:
     cfg = _cityscapes(tmp_path)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "leftImg8bit" / "train")) +
-                       r".*splits present: \['val'\].*expected layout"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(str(tmp_path / "leftImg8bit" / "train")) + r".*splits present: \['val'\].*expected layout",
+    ):
         build_dataset(cfg, "train")
     (tmp_path / "ADEChallengeData2016" / "images" / "training").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "ADEChallengeData2016" / "annotations"))):
@@ -62,10 +74,14 @@ def test_folder_missing_split_with_split_lists(folder_root: Path) -> None:
 def test_image_without_label(tmp_path: Path, folder_root: Path) -> None:
     cfg = _cityscapes(tmp_path / "cs")
     stem = "a/a_000000_000002"
-    image = write_image(tmp_path / "cs" / "leftImg8bit" / "val" / f"{stem}_leftImg8bit.png",
-                        random_image(np.random.default_rng(0), 8, 8))
-    with pytest.raises(FileNotFoundError, match=f"Image {re.escape(str(image))} has no label: expected .*"
-                       f"{re.escape(stem)}_gtFine_labelIds.png"):
+    image = write_image(
+        tmp_path / "cs" / "leftImg8bit" / "val" / f"{stem}_leftImg8bit.png",
+        random_image(np.random.default_rng(0), 8, 8),
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match=f"Image {re.escape(str(image))} has no label: expected .*{re.escape(stem)}_gtFine_labelIds.png",
+    ):
         build_dataset(cfg, "val")
     (folder_root / "masks" / "img_5.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"img_5\.png has no mask: expected .*masks/img_5\.png"):
@@ -74,8 +90,9 @@ def test_image_without_label(tmp_path: Path, folder_root: Path) -> None:
 
 def test_label_without_image(tmp_path: Path, folder_root: Path) -> None:
     cfg = _cityscapes(tmp_path / "cs")
-    orphan = write_label(tmp_path / "cs" / "gtFine" / "val" / "a" / "a_000000_000009_gtFine_labelIds.png",
-                         np.zeros((8, 8), np.uint8))
+    orphan = write_label(
+        tmp_path / "cs" / "gtFine" / "val" / "a" / "a_000000_000009_gtFine_labelIds.png", np.zeros((8, 8), np.uint8)
+    )
     with pytest.raises(FileNotFoundError, match=f"Label {re.escape(str(orphan))} has no image"):
         build_dataset(cfg, "val")
     orphan = write_label(folder_root / "masks" / "stray.png", np.zeros((8, 8), np.uint8))
@@ -89,12 +106,16 @@ def _png_bytes(h: int = 16, w: int = 16, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is empty \\(0 bytes\\)"),
-    (b"this is not an image at all", "Cannot decode image"),
-    (_png_bytes(64, 64)[:300], "Cannot decode image"),  # truncated PNG
-    (_png_bytes(64, 64, "JPEG")[:400], "Cannot decode image"),  # truncated JPEG
-], ids=["zero-byte", "garbage", "truncated-png", "truncated-jpeg"])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty \\(0 bytes\\)"),
+        (b"this is not an image at all", "Cannot decode image"),
+        (_png_bytes(64, 64)[:300], "Cannot decode image"),  # truncated PNG
+        (_png_bytes(64, 64, "JPEG")[:400], "Cannot decode image"),  # truncated JPEG
+    ],
+    ids=["zero-byte", "garbage", "truncated-png", "truncated-jpeg"],
+)
 def test_unreadable_image_is_an_error_naming_the_file(folder_root: Path, content: bytes, message: str) -> None:
     bad = folder_root / "images" / "img_5.png"
     bad.write_bytes(content)
@@ -127,8 +148,11 @@ def test_label_values_out_of_range_are_listed(folder_root: Path) -> None:
     mask[0, :3] = [3, 7, 254]
     write_label(folder_root / "masks" / "img_5.png", mask)
     ds = build_dataset(folder_cfg(folder_root), "val")  # 3 classes, ignore 255
-    with pytest.raises(DatasetError, match=r"masks/img_5\.png contains invalid values \[3, 7, 254\]; valid "
-                                           r"stored values are \[0-2, 255\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"masks/img_5\.png contains invalid values \[3, 7, 254\]; valid "
+        r"stored values are \[0-2, 255\]",
+    ):
         ds[1]
     Image.fromarray(np.full((40, 48), 300, np.uint16)).save(folder_root / "masks" / "img_5.png")
     with pytest.raises(DatasetError, match=r"invalid values \[300\]"):

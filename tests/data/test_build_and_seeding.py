@@ -15,9 +15,12 @@ from ccnet.data.base import DatasetSpec
 from ccnet.errors import ConfigError
 from tests.data.datagen import folder_cfg, random_image, write_image, write_label
 
-AUGMENT = dict(ratio_range=[0.5, 2.0], crop_size=[24, 24], flip_prob=0.5,
-               photometric=dict(p=0.5, brightness_delta=32, contrast_range=[0.5, 1.5],
-                                saturation_range=[0.5, 1.5], hue_delta=18))
+AUGMENT = dict(
+    ratio_range=[0.5, 2.0],
+    crop_size=[24, 24],
+    flip_prob=0.5,
+    photometric=dict(p=0.5, brightness_delta=32, contrast_range=[0.5, 1.5], saturation_range=[0.5, 1.5], hue_delta=18),
+)
 
 
 def test_split_roles_and_crop_size(folder_root: Path) -> None:
@@ -35,8 +38,10 @@ def test_split_roles_and_crop_size(folder_root: Path) -> None:
 
 def test_build_dataset_dispatches_through_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    spec = DatasetSpec(build=lambda cfg, split, crop_size=None: calls.append((split, crop_size)) or "ds",
-                       metainfo=lambda cfg: (["a"], [(1, 2, 3)], 255))
+    spec = DatasetSpec(
+        build=lambda cfg, split, crop_size=None: calls.append((split, crop_size)) or "ds",
+        metainfo=lambda cfg: (["a"], [(1, 2, 3)], 255),
+    )
     monkeypatch.setitem(DATASETS, "toy", spec)
     assert build_dataset({"name": "toy"}, "val", crop_size=None) == "ds" and calls == [("val", None)]
     assert dataset_metainfo({"name": "toy"}) == (["a"], [(1, 2, 3)], 255)
@@ -45,8 +50,14 @@ def test_build_dataset_dispatches_through_the_registry(monkeypatch: pytest.Monke
 
 
 def _batches(dataset, generator_seed: int, epochs: int = 2):
-    loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=2, worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(generator_seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        shuffle=True,
+        num_workers=2,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(generator_seed),
+    )
     return [batch for _ in range(epochs) for batch in loader]
 
 
@@ -89,8 +100,9 @@ def test_main_process_augmentation_follows_torch_manual_seed(folder_root: Path) 
 
 
 @pytest.mark.parametrize("name", ["cityscapes", "ade20k", "folder"])
-def test_shipped_configs_meet_the_item_contract(name: str, configs_dir: Path, folder_root: Path,
-                                                cityscapes_sample: Path, tmp_path: Path) -> None:
+def test_shipped_configs_meet_the_item_contract(
+    name: str, configs_dir: Path, folder_root: Path, cityscapes_sample: Path, tmp_path: Path
+) -> None:
     cfg = OmegaConf.load(configs_dir / "dataset" / f"{name}.yaml")
     if name == "cityscapes":
         cfg.root, cfg.train_split = str(cityscapes_sample), "val"

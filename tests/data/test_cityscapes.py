@@ -57,15 +57,34 @@ def test_sample_label_ids_map_to_shipped_train_ids(cityscapes_sample: Path) -> N
     assert disagree.mean() < 0.003
     padded = np.pad(mapped, 2, mode="edge")
     h, w = mapped.shape
-    window = np.stack([padded[dy:dy + h, dx:dx + w] for dy in range(5) for dx in range(5)])
+    window = np.stack([padded[dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)])
     assert (window == shipped[None]).any(axis=0)[disagree].all()
     np.testing.assert_array_equal(mapped[~disagree], shipped[~disagree])
 
 
 def test_table_against_cityscapes_scripts_values() -> None:
     # Independent restatement of cityscapesScripts' labels.py: labelId -> trainId for the 19 classes.
-    expected = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    expected = {
+        7: 0,
+        8: 1,
+        11: 2,
+        12: 3,
+        13: 4,
+        17: 5,
+        19: 6,
+        20: 7,
+        21: 8,
+        22: 9,
+        23: 10,
+        24: 11,
+        25: 12,
+        26: 13,
+        27: 14,
+        28: 15,
+        31: 16,
+        32: 17,
+        33: 18,
+    }
     ids = np.arange(256, dtype=np.uint8)
     mapped = label_ids_to_train_ids(ids)
     for label_id in range(256):
@@ -124,8 +143,9 @@ def test_sample_through_symlinked_train_split(cityscapes_sample: Path, configs_d
 
 def test_test_split_is_unlabelled(configs_dir: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    write_image(tmp_path / "leftImg8bit" / "test" / "berlin" / "berlin_000000_000019_leftImg8bit.png",
-                random_image(rng, 16, 32))
+    write_image(
+        tmp_path / "leftImg8bit" / "test" / "berlin" / "berlin_000000_000019_leftImg8bit.png", random_image(rng, 16, 32)
+    )
     ds = build_dataset(_cfg(configs_dir, tmp_path), "test")
     assert not ds.has_labels
     image, label = ds[0]

@@ -38,9 +38,13 @@ def test_split_folders_with_nested_dirs_and_extensions(tmp_path: Path) -> None:
             write_label(tmp_path / "masks" / split / f"{name}.png", np.ones((10, 12), np.uint8))
     train = build_dataset(folder_cfg(tmp_path, num_classes=2), "train", crop_size=8)
     assert [p.relative_to(tmp_path).as_posix() for p in train.image_paths] == [
-        "images/train/a/x1.bmp", "images/train/b/x2.tif"]
+        "images/train/a/x1.bmp",
+        "images/train/b/x2.tif",
+    ]
     assert [p.relative_to(tmp_path).as_posix() for p in train.label_paths] == [
-        "masks/train/a/x1.png", "masks/train/b/x2.png"]
+        "masks/train/a/x1.png",
+        "masks/train/b/x2.png",
+    ]
     val = build_dataset(folder_cfg(tmp_path, num_classes=2), "val")
     assert len(val) == 1 and (val[0][1] == 1).all()
 
@@ -81,8 +85,7 @@ def test_classes_palette_and_ignore_from_config(folder_root: Path) -> None:
     root = folder_root.parent / "ignore200"
     write_image(root / "images" / "a.png", random_image(rng, 6, 6))
     write_label(root / "masks" / "a.png", block_label(6, 6, values=(0, 1, 200, 200)))
-    ds = build_dataset(folder_cfg(root, num_classes=2, ignore_index=200, ratio_range=[1, 1]), "train",
-                       crop_size=10)
+    ds = build_dataset(folder_cfg(root, num_classes=2, ignore_index=200, ratio_range=[1, 1]), "train", crop_size=10)
     _, label = ds[0]
     assert ds.ignore_index == 200 and set(label.unique().tolist()) == {0, 1, 200}
     assert (label[6:, :] == 200).all() and (label[:, 6:] == 200).all()
@@ -94,14 +97,17 @@ def test_generated_palette_is_distinct_and_never_black() -> None:
     assert palette[:3] == [(64, 64, 64), (215, 0, 0), (140, 60, 255)]  # dark grey, then glasbey
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(classes=["a", "b"]), "2 names but dataset.num_classes is 3"),
-    (dict(palette=[[0, 0, 0]]), "3 \\[r, g, b\\] colours"),
-    (dict(ignore_index=1), "ignore_index must be in \\[num_classes, 255\\]"),
-    (dict(num_classes=300), "num_classes must be in \\[1, 255\\]"),
-    (dict(root=None), "dataset.root is not set"),
-    (dict(name="pascal"), "Unknown dataset.name 'pascal'; valid names: ade20k, cityscapes, folder, synthetic"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(classes=["a", "b"]), "2 names but dataset.num_classes is 3"),
+        (dict(palette=[[0, 0, 0]]), "3 \\[r, g, b\\] colours"),
+        (dict(ignore_index=1), "ignore_index must be in \\[num_classes, 255\\]"),
+        (dict(num_classes=300), "num_classes must be in \\[1, 255\\]"),
+        (dict(root=None), "dataset.root is not set"),
+        (dict(name="pascal"), "Unknown dataset.name 'pascal'; valid names: ade20k, cityscapes, folder, synthetic"),
+    ],
+)
 def test_config_errors(folder_root: Path, overrides: dict, message: str) -> None:
     cfg = folder_cfg(folder_root)
     cfg.update(overrides)

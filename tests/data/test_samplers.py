@@ -18,11 +18,11 @@ def test_stream_is_concatenated_epoch_permutations():
     n = 7
     stream = take(InfiniteSampler(n, seed=3), 3 * n)
     for epoch in range(3):
-        chunk = stream[epoch * n:(epoch + 1) * n]
+        chunk = stream[epoch * n : (epoch + 1) * n]
         assert sorted(chunk) == list(range(n))  # every sample once per epoch
         g = torch.Generator().manual_seed(3 * 1_000_003 + epoch)
         assert chunk == torch.randperm(n, generator=g).tolist()
-    assert stream[:n] != stream[n:2 * n]  # reshuffled every epoch
+    assert stream[:n] != stream[n : 2 * n]  # reshuffled every epoch
 
 
 def test_unshuffled_order():
@@ -37,8 +37,8 @@ def test_ranks_partition_global_batches(world):
     single = take(InfiniteSampler(n, seed=1), steps * world * b)
     shards = [take(InfiniteSampler(n, rank=r, world_size=world, seed=1), steps * b) for r in range(world)]
     for t in range(steps):
-        union = sorted(i for shard in shards for i in shard[t * b:(t + 1) * b])
-        assert union == sorted(single[t * world * b:(t + 1) * world * b])
+        union = sorted(i for shard in shards for i in shard[t * b : (t + 1) * b])
+        assert union == sorted(single[t * world * b : (t + 1) * world * b])
 
 
 def test_resume_from_state_continues_the_stream():
@@ -119,8 +119,9 @@ def test_augmented_batches_do_not_depend_on_workers_or_interruption(configs_dir,
 
     def batches(num_workers, start=0, count=6):
         sampler = InfiniteSampler(len(dataset), seed=7, start=start, yield_seeds=True)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=num_workers,
-                                             generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=2, sampler=sampler, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
+        )
         return [b for b, _ in zip(loader, range(count))]
 
     plain = batches(0)

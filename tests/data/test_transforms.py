@@ -19,8 +19,7 @@ from ccnet.data.transforms import (
 )
 from tests.data.datagen import normalise
 
-PHOTOMETRIC = dict(p=1.0, brightness_delta=32, contrast_range=[0.5, 1.5], saturation_range=[0.5, 1.5],
-                   hue_delta=18)
+PHOTOMETRIC = dict(p=1.0, brightness_delta=32, contrast_range=[0.5, 1.5], saturation_range=[0.5, 1.5], hue_delta=18)
 
 
 def _pair(h: int = 40, w: int = 60, seed: int = 0):
@@ -32,8 +31,15 @@ def _pair(h: int = 40, w: int = 60, seed: int = 0):
 
 
 def _train(crop, ratio=(1.0, 1.0), flip=0.0, photometric=None, cat_max_ratio=1.0, seed=0, base=None):
-    return build_train_transform(crop_size=crop, base_size=base, ratio_range=ratio, cat_max_ratio=cat_max_ratio,
-                                 flip_prob=flip, photometric=photometric, seed=seed)
+    return build_train_transform(
+        crop_size=crop,
+        base_size=base,
+        ratio_range=ratio,
+        cat_max_ratio=cat_max_ratio,
+        flip_prob=flip,
+        photometric=photometric,
+        seed=seed,
+    )
 
 
 def test_keep_ratio_size_matches_mmseg_rule() -> None:
@@ -56,8 +62,11 @@ def test_rescale_by_half_is_nearest_subsampling_of_the_label() -> None:
 
 def _is_window_of(out: np.ndarray, label: np.ndarray) -> bool:
     h, w = out.shape
-    return any(np.array_equal(out, label[y:y + h, x:x + w])
-               for y in range(label.shape[0] - h + 1) for x in range(label.shape[1] - w + 1))
+    return any(
+        np.array_equal(out, label[y : y + h, x : x + w])
+        for y in range(label.shape[0] - h + 1)
+        for x in range(label.shape[1] - w + 1)
+    )
 
 
 def _padded_ok(out: np.ndarray, label: np.ndarray) -> bool:
@@ -65,16 +74,24 @@ def _padded_ok(out: np.ndarray, label: np.ndarray) -> bool:
     return np.array_equal(out[:h, :w], label) and (out[h:] == 255).all() and (out[:, w:] == 255).all()
 
 
-@pytest.mark.parametrize("transform, check", [
-    # Resizes: nearest sampling keeps the share of ignored pixels (a third of the rows and 1/5 of the rest).
-    (RandomRescale(None, (0.37, 1.9)), None),
-    (RandomRescale((100, 50), (0.5, 2.0)), None),
-    (KeepRatioResize((23, 71)), None),
-    (CatMaxRatioCrop((17, 23), cat_max_ratio=0.75), _is_window_of),
-    (A.HorizontalFlip(p=1.0), lambda out, label: np.array_equal(out, label[:, ::-1])),
-    (A.PadIfNeeded(min_height=50, min_width=70, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0,
-                   fill_mask=255), _padded_ok),
-], ids=lambda t: type(t).__name__)
+@pytest.mark.parametrize(
+    "transform, check",
+    [
+        # Resizes: nearest sampling keeps the share of ignored pixels (a third of the rows and 1/5 of the rest).
+        (RandomRescale(None, (0.37, 1.9)), None),
+        (RandomRescale((100, 50), (0.5, 2.0)), None),
+        (KeepRatioResize((23, 71)), None),
+        (CatMaxRatioCrop((17, 23), cat_max_ratio=0.75), _is_window_of),
+        (A.HorizontalFlip(p=1.0), lambda out, label: np.array_equal(out, label[:, ::-1])),
+        (
+            A.PadIfNeeded(
+                min_height=50, min_width=70, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255
+            ),
+            _padded_ok,
+        ),
+    ],
+    ids=lambda t: type(t).__name__,
+)
 def test_each_geometric_step_keeps_label_values_and_ignore(transform, check) -> None:
     image, label = _pair()
     compose = A.Compose([transform], mask_interpolation=cv2.INTER_NEAREST, seed=0)
@@ -93,8 +110,9 @@ def test_full_train_pipeline_geometry_and_ignore(seed: int) -> None:
     image, label = _pair(seed=seed)
     # Ratio 0.5 makes the image 20x30, smaller than the 24x40 crop: the crop is the whole image, the rest
     # is padding (image 0 after normalisation, label 255) at the bottom/right; flips are random.
-    out = _train(crop=(24, 40), ratio=(0.5, 0.5), flip=0.5, photometric=PHOTOMETRIC, cat_max_ratio=0.75,
-                 seed=seed)(image=image, mask=label)
+    out = _train(crop=(24, 40), ratio=(0.5, 0.5), flip=0.5, photometric=PHOTOMETRIC, cat_max_ratio=0.75, seed=seed)(
+        image=image, mask=label
+    )
     img, lab = out["image"], out["mask"].numpy()
     assert img.dtype == torch.float32 and img.shape == (3, 24, 40) and lab.shape == (24, 40)
     assert (lab[20:] == 255).all() and (lab[:, 30:] == 255).all()
@@ -154,9 +172,10 @@ def test_cat_max_ratio_rejects_crops_dominated_by_one_class() -> None:
 
 def test_same_seed_same_augmentation() -> None:
     image, label = _pair()
-    outs = [_train(crop=(16, 16), ratio=(0.5, 2.0), flip=0.5, photometric=PHOTOMETRIC, seed=s)(image=image,
-                                                                                                  mask=label)
-            for s in (3, 3, 4)]
+    outs = [
+        _train(crop=(16, 16), ratio=(0.5, 2.0), flip=0.5, photometric=PHOTOMETRIC, seed=s)(image=image, mask=label)
+        for s in (3, 3, 4)
+    ]
     torch.testing.assert_close(outs[0]["image"], outs[1]["image"])
     assert torch.equal(outs[0]["mask"], outs[1]["mask"])
     assert not torch.allclose(outs[0]["image"], outs[2]["image"])

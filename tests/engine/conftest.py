@@ -12,9 +12,17 @@ from omegaconf import DictConfig, open_dict
 
 TINY_SYNTHETIC = ["dataset.image_size=64", "dataset.min_gap=16", "dataset.num_train=512", "dataset.num_val=8"]
 TINY = TINY_SYNTHETIC + [
-    "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
-    "model.aux_channels=8", "train.batch_size=4", "train.num_workers=0", "eval.num_workers=0",
-    "train.device=cpu", "train.log_interval=5", "train.vis_images=1", "train.warmup_iters=0",
+    "model.tiny_widths=[8,16,32]",
+    "model.head_channels=16",
+    "model.bottleneck_channels=16",
+    "model.aux_channels=8",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "eval.num_workers=0",
+    "train.device=cpu",
+    "train.log_interval=5",
+    "train.vis_images=1",
+    "train.warmup_iters=0",
 ]
 
 
@@ -24,7 +32,7 @@ def tiny_cfg(configs_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     ``tmp_path``; ``synthetic=False`` leaves out the synthetic dataset's size overrides."""
 
     def make(*overrides: str, work_dir: str = "run", synthetic: bool = True) -> DictConfig:
-        base = TINY if synthetic else TINY[len(TINY_SYNTHETIC):]
+        base = TINY if synthetic else TINY[len(TINY_SYNTHETIC) :]
         with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
             cfg = compose("train", overrides=base + list(overrides))
         with open_dict(cfg):

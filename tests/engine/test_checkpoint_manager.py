@@ -25,8 +25,7 @@ def test_periodic_last_and_keep_k(tmp_path):
     assert load_checkpoint(manager.last)["iteration"] == 30
     manager.save_best({**state(20), "best_miou": 0.5})
     assert load_checkpoint(manager.best)["best_miou"] == 0.5
-    assert sorted(p.name for p in manager.directory.iterdir()) == ["best.pth", "iter_20.pth", "iter_30.pth",
-                                                                   "last.pth"]
+    assert sorted(p.name for p in manager.directory.iterdir()) == ["best.pth", "iter_20.pth", "iter_30.pth", "last.pth"]
 
 
 def test_keep_zero_keeps_all_and_disabled_writes_nothing(tmp_path):

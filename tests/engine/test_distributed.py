@@ -28,8 +28,14 @@ from ccnet.engine import train
 from ccnet.engine.rng import seed_everything
 from ccnet.models import build_model
 
-EXACT = ["model.norm=frozen_bn", "model.dropout=0", "train.max_iters=3", "train.lr=0.05",
-         "train.eval_interval=0", "train.log_interval=1"]
+EXACT = [
+    "model.norm=frozen_bn",
+    "model.dropout=0",
+    "train.max_iters=3",
+    "train.lr=0.05",
+    "train.eval_interval=0",
+    "train.log_interval=1",
+]
 
 
 @pytest.mark.slow  # child processes: 10-70 s on the shared 2-core development machine, by load
@@ -37,8 +43,20 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(repo_root, tiny_
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     proc = subprocess.run(
-        ["bash", str(repo_root / "scripts" / "dist_train.sh"), "2", *tiny_overrides, *EXACT, "train.batch_size=2",
-         f"work_dir={two}"], capture_output=True, text=True, env=env, timeout=300)
+        [
+            "bash",
+            str(repo_root / "scripts" / "dist_train.sh"),
+            "2",
+            *tiny_overrides,
+            *EXACT,
+            "train.batch_size=2",
+            f"work_dir={two}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     one = tiny_cfg(*EXACT, "train.batch_size=4", work_dir="one")
@@ -59,4 +77,3 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(repo_root, tiny_
     log = (two / "train.log").read_text()
     assert "batch 2 per process x 2 processes" in log
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pth", "iter_3.pth", "last.pth"]
-

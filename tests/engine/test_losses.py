@@ -36,7 +36,8 @@ def test_cross_entropy_matches_pixel_loop():
     weight = torch.tensor([0.5, 1.0, 2.0, 0.25])
     assert cross_entropy(logits, target).item() == pytest.approx(reference_ce(logits, target), rel=1e-5)
     assert cross_entropy(logits, target, weight=weight).item() == pytest.approx(
-        reference_ce(logits, target, weight=weight), rel=1e-5)
+        reference_ce(logits, target, weight=weight), rel=1e-5
+    )
 
 
 def test_all_ignored_batch_gives_zero_not_nan():
@@ -95,8 +96,10 @@ def test_total_is_main_plus_weighted_aux_and_ohem_only_on_main():
 
 
 def test_build_criterion_reads_config_and_rejects_bad_weights():
-    crit = build_criterion({"aux_weight": 0.3, "class_weights": [1, 2, 3],
-                            "ohem": {"enabled": True, "thresh": 0.6, "min_kept": 10}}, num_classes=3)
+    crit = build_criterion(
+        {"aux_weight": 0.3, "class_weights": [1, 2, 3], "ohem": {"enabled": True, "thresh": 0.6, "min_kept": 10}},
+        num_classes=3,
+    )
     assert crit.aux_weight == 0.3 and crit.ohem_thresh == 0.6 and crit.ohem_min_kept == 10
     assert crit.class_weights.tolist() == [1.0, 2.0, 3.0]
     assert build_criterion({"ohem": {"enabled": False}}, num_classes=3).ohem_thresh is None

@@ -189,11 +189,25 @@ def test_training_run_with_ccl(configs_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(CategoryConsistentLoss, "forward", spy)
 
-    overrides = ["model.ccl=true", "dataset.image_size=64", "dataset.min_gap=16", "dataset.num_train=16",
-                 "dataset.num_val=2", "model.tiny_widths=[8,16,32]", "model.head_channels=16",
-                 "model.bottleneck_channels=16", "model.aux_channels=8", "train.batch_size=2", "train.max_iters=2",
-                 "train.num_workers=0", "eval.num_workers=0", "train.device=cpu", "train.log_interval=1",
-                 "train.vis_images=0", "train.ccl.alpha=2.0"]
+    overrides = [
+        "model.ccl=true",
+        "dataset.image_size=64",
+        "dataset.min_gap=16",
+        "dataset.num_train=16",
+        "dataset.num_val=2",
+        "model.tiny_widths=[8,16,32]",
+        "model.head_channels=16",
+        "model.bottleneck_channels=16",
+        "model.aux_channels=8",
+        "train.batch_size=2",
+        "train.max_iters=2",
+        "train.num_workers=0",
+        "eval.num_workers=0",
+        "train.device=cpu",
+        "train.log_interval=1",
+        "train.vis_images=0",
+        "train.ccl.alpha=2.0",
+    ]
     with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
@@ -209,5 +223,6 @@ def test_training_run_with_ccl(configs_dir, tmp_path, monkeypatch):
     assert all(f"{term} " in log_line for term in ("ccl", "ccl_var", "ccl_dis", "ccl_reg"))
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
-    assert {"train/loss_ccl", "train/loss_ccl_var", "train/loss_ccl_dis", "train/loss_ccl_reg"} <= \
-        set(events.Tags()["scalars"])
+    assert {"train/loss_ccl", "train/loss_ccl_var", "train/loss_ccl_dis", "train/loss_ccl_reg"} <= set(
+        events.Tags()["scalars"]
+    )

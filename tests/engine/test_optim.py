@@ -54,8 +54,9 @@ def test_min_lr_is_mmseg_poly_floor_per_group():
 
 
 def test_param_groups_split_backbone_head_and_no_decay():
-    groups = {g["name"]: g for g in param_groups(Net(), lr=0.1, weight_decay=1e-4, no_decay_norm_bias=True,
-                                                     head_lr_mult=10.0)}
+    groups = {
+        g["name"]: g for g in param_groups(Net(), lr=0.1, weight_decay=1e-4, no_decay_norm_bias=True, head_lr_mult=10.0)
+    }
     net = Net()
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert [p.shape for p in groups["backbone"]["params"]] == [net.backbone[0].weight.shape]

@@ -65,13 +65,23 @@ def _env(repo_root: Path) -> dict:
 def _child(repo_root: Path, tmp_path: Path, action: str, at: int, overrides: list) -> subprocess.CompletedProcess:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    return subprocess.run([sys.executable, str(script), action, str(at), str(tmp_path / "marker"), "--", *overrides],
-                          capture_output=True, text=True, env=_env(repo_root), timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), action, str(at), str(tmp_path / "marker"), "--", *overrides],
+        capture_output=True,
+        text=True,
+        env=_env(repo_root),
+        timeout=300,
+    )
 
 
 def _train(repo_root: Path, overrides: list) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), *overrides], capture_output=True,
-                          text=True, env=_env(repo_root), timeout=300)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "train.py"), *overrides],
+        capture_output=True,
+        text=True,
+        env=_env(repo_root),
+        timeout=300,
+    )
 
 
 def _same_state(a: dict, b: dict) -> None:
@@ -84,9 +94,16 @@ def _same_state(a: dict, b: dict) -> None:
 
 @pytest.fixture
 def common(tiny_overrides):
-    return tiny_overrides + ["train.max_iters=6", "train.batch_size=2", "train.lr=0.05", "train.eval_interval=0",
-                             "train.checkpoint_interval=100", "train.log_interval=1", "model.dropout=0.2",
-                             "train.vis_images=0"]
+    return tiny_overrides + [
+        "train.max_iters=6",
+        "train.batch_size=2",
+        "train.lr=0.05",
+        "train.eval_interval=0",
+        "train.checkpoint_interval=100",
+        "train.log_interval=1",
+        "model.dropout=0.2",
+        "train.vis_images=0",
+    ]
 
 
 @pytest.mark.slow  # three child runs: 15-40 s on 2 cores
@@ -106,8 +123,10 @@ def test_stop_signal_saves_the_step_and_resume_auto_continues_exactly(repo_root,
 
     resumed = _train(repo_root, common + [f"work_dir={run_dir}", "resume=auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _same_state(load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pth"),
-                load_checkpoint(run_dir / "checkpoints" / "last.pth"))
+    _same_state(
+        load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pth"),
+        load_checkpoint(run_dir / "checkpoints" / "last.pth"),
+    )
 
 
 @pytest.mark.slow
@@ -131,17 +150,41 @@ def test_torchrun_restart_after_a_killed_worker_ends_with_the_same_weights(repo_
     # One restart must be enough: the restarted processes must not read the dead attempt's addresses from
     # torchrun's store (ccnet.dist.init_distributed prefixes the keys per attempt). Without that, 4 of 5
     # jobs here failed to connect ("Gloo connectFullMesh failed ... Connection refused") 6 to 20 times.
-    overrides = tiny_overrides + ["train.max_iters=6", "train.batch_size=2", "train.eval_interval=0",
-                                  "train.checkpoint_interval=2", "train.vis_images=0", "model.dropout=0.2",
-                                  "train.dist_timeout_s=15"]
+    overrides = tiny_overrides + [
+        "train.max_iters=6",
+        "train.batch_size=2",
+        "train.eval_interval=0",
+        "train.checkpoint_interval=2",
+        "train.vis_images=0",
+        "model.dropout=0.2",
+        "train.dist_timeout_s=15",
+    ]
     script = tmp_path / "child.py"
     script.write_text(CHILD)
 
     def job(action: str, work: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-             str(script), action, "5", str(tmp_path / "marker"), "--", "resume=auto", *overrides, f"work_dir={work}"],
-            capture_output=True, text=True, env=_env(repo_root), timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "--max-restarts=1",
+                str(script),
+                action,
+                "5",
+                str(tmp_path / "marker"),
+                "--",
+                "resume=auto",
+                *overrides,
+                f"work_dir={work}",
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(repo_root),
+            timeout=600,
+        )
 
     reference = job("none", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -151,21 +194,46 @@ def test_torchrun_restart_after_a_killed_worker_ends_with_the_same_weights(repo_
     assert "connectFullMesh failed" not in restarted.stdout + restarted.stderr
     log = (tmp_path / "restarted" / "train.log").read_text()
     assert "resumed from" in log and "at iteration 4" in log
-    _same_state(load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pth"),
-                load_checkpoint(tmp_path / "restarted" / "checkpoints" / "last.pth"))
+    _same_state(
+        load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pth"),
+        load_checkpoint(tmp_path / "restarted" / "checkpoints" / "last.pth"),
+    )
 
 
 @pytest.mark.slow  # waits for the timeout, then for torchrun to stop the hung process: about 15 s
 def test_a_stalled_process_ends_the_job_with_a_message_naming_the_rank(repo_root, tmp_path, tiny_overrides):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    overrides = tiny_overrides + ["train.max_iters=6", "train.batch_size=2", "train.eval_interval=0",
-                                  "train.vis_images=0", "train.dist_timeout_s=5"]
+    overrides = tiny_overrides + [
+        "train.max_iters=6",
+        "train.batch_size=2",
+        "train.eval_interval=0",
+        "train.vis_images=0",
+        "train.dist_timeout_s=5",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=0",
-         str(script), "stop", "3", str(tmp_path / "marker"), "--", *overrides, f"work_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, env=_env(repo_root), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--max-restarts=0",
+            str(script),
+            "stop",
+            "3",
+            str(tmp_path / "marker"),
+            "--",
+            *overrides,
+            f"work_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(repo_root),
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "rank 0 of 2: a collective waited more than train.dist_timeout_s=5 s for the other processes" in output, \
+    assert "rank 0 of 2: a collective waited more than train.dist_timeout_s=5 s for the other processes" in output, (
         output[-4000:]
+    )

@@ -61,8 +61,9 @@ def test_skipped_step_leaves_weights_optimizer_and_batchnorm_untouched(tiny_cfg,
     """A NaN input pixel makes the loss NaN *and* writes NaN into BatchNorm's running statistics
     during the forward pass; the skipped step must undo both, so that the state after it equals the
     state of a run that stopped just before it."""
-    before = tiny_cfg("train.max_iters=3", "train.checkpoint_interval=1", "train.keep_checkpoints=0", *FAST,
-                      work_dir="clean")
+    before = tiny_cfg(
+        "train.max_iters=3", "train.checkpoint_interval=1", "train.keep_checkpoints=0", *FAST, work_dir="clean"
+    )
     train(before)  # the same schedule without the NaN; its iter_2.pth is the state before step 3
     build = trainer.build_dataset
 
@@ -151,8 +152,18 @@ def test_new_run_never_overwrites_an_earlier_one(tiny_cfg):
 def test_damaged_files_are_recovered(tmp_path, caplog):
     manager = CheckpointManager(tmp_path / "checkpoints", keep=3)
     for it in (2, 4):
-        manager.save({"model": {"w": torch.full((3,), float(it))}, "iteration": it, "optimizer": {}, "scheduler": {},
-                      "scaler": {}, "rng": [], "sampler": {}}, it)
+        manager.save(
+            {
+                "model": {"w": torch.full((3,), float(it))},
+                "iteration": it,
+                "optimizer": {},
+                "scheduler": {},
+                "scaler": {},
+                "rng": [],
+                "sampler": {},
+            },
+            it,
+        )
     # last.pth shares its bytes with iter_4.pth: truncating it damages both; resume falls back to iter_2
     with open(manager.last, "r+b") as f:
         f.truncate(100)
@@ -197,18 +208,25 @@ def test_disk_full_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("lr", "abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
-    ("batch_size", 2.5, "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
-    ("eval_interval", -1, "train.eval_interval must be an integer >= 0, got -1"),
-    ("max_iters", True, "train.max_iters must be an integer >= 1, got True (a boolean)"),
-    ("momentum", 1.0, "train.momentum must be a finite number >= 0 and < 1, got 1.0"),
-    ("grad_clip", 0, "train.grad_clip must be null or a finite number > 0, got 0"),
-    ("amp", "bf32", "train.amp must be one of none, bf16, fp16, got 'bf32'"),
-    ("lr", float("inf"), "train.lr must be a finite number > 0, got inf (a float)"),
-    ("crop_size", [0, 0], "train.crop_size must be null or a positive integer or [height, width] of positive "
-                          "integers, got [0, 0] (a list)"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("lr", "abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
+        ("batch_size", 2.5, "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
+        ("eval_interval", -1, "train.eval_interval must be an integer >= 0, got -1"),
+        ("max_iters", True, "train.max_iters must be an integer >= 1, got True (a boolean)"),
+        ("momentum", 1.0, "train.momentum must be a finite number >= 0 and < 1, got 1.0"),
+        ("grad_clip", 0, "train.grad_clip must be null or a finite number > 0, got 0"),
+        ("amp", "bf32", "train.amp must be one of none, bf16, fp16, got 'bf32'"),
+        ("lr", float("inf"), "train.lr must be a finite number > 0, got inf (a float)"),
+        (
+            "crop_size",
+            [0, 0],
+            "train.crop_size must be null or a positive integer or [height, width] of positive "
+            "integers, got [0, 0] (a list)",
+        ),
+    ],
+)
 def test_settings_of_the_wrong_type_name_key_and_expectation(tiny_cfg, key, value, message):
     cfg = tiny_cfg()
     cfg.train[key] = value
@@ -219,15 +237,20 @@ def test_settings_of_the_wrong_type_name_key_and_expectation(tiny_cfg, key, valu
     assert not Path(cfg.work_dir).exists()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["eval.mode=slide", "eval.crop_size=32", "eval.stride=48"],
-     "eval.stride [48, 48] exceeds eval.crop_size [32, 32]"),
-    (["eval.mode=foo"], "eval.mode must be one of"),
-    (["eval.scales=[0.0]"], "eval.scales must be a non-empty list of positive factors"),
-    (["eval.crop_batch=0"], "eval.crop_batch must be"),
-    (["eval.test_size=[0,0]"], "eval.test_size must be"),
-    (["eval.num_workers=-3"], "eval.num_workers must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["eval.mode=slide", "eval.crop_size=32", "eval.stride=48"],
+            "eval.stride [48, 48] exceeds eval.crop_size [32, 32]",
+        ),
+        (["eval.mode=foo"], "eval.mode must be one of"),
+        (["eval.scales=[0.0]"], "eval.scales must be a non-empty list of positive factors"),
+        (["eval.crop_batch=0"], "eval.crop_batch must be"),
+        (["eval.test_size=[0,0]"], "eval.test_size must be"),
+        (["eval.num_workers=-3"], "eval.num_workers must be an integer >= 0"),
+    ],
+)
 def test_validation_settings_fail_before_training_not_at_the_first_validation(tiny_cfg, overrides, message):
     cfg = tiny_cfg("train.max_iters=2", *overrides)
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -244,8 +267,14 @@ def test_all_ignore_validation_split_fails_at_start_naming_it(tiny_cfg, tmp_path
             Image.fromarray(np.full((32, 32, 3), 100 + i, np.uint8)).save(root / "images" / split / f"{i}.png")
             mask = np.full((32, 32), 255 if split == "val" else 1, np.uint8)
             Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
-    cfg = tiny_cfg("dataset=folder", f"dataset.root={root}", "dataset.num_classes=3", "dataset.crop_size=[32,32]",
-                   "train.max_iters=1", synthetic=False)
+    cfg = tiny_cfg(
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.num_classes=3",
+        "dataset.crop_size=[32,32]",
+        "train.max_iters=1",
+        synthetic=False,
+    )
     with pytest.raises(DatasetError, match=r"validation split 'val' \(2 images\) has no labelled pixel"):
         train(cfg)
     assert not (Path(cfg.work_dir) / "checkpoints").exists()
@@ -259,8 +288,11 @@ def test_load_from_that_fills_less_than_half_is_an_error_unless_partial(tiny_cfg
     save_checkpoint({"model": head_only}, tmp_path / "head.pth")
     with pytest.raises(CheckpointError, match=r"fills only \d+ of the model's \d+ tensors.*load_from_partial=true"):
         train(tiny_cfg("train.max_iters=1", f"load_from={tmp_path / 'head.pth'}", *FAST, work_dir="a"))
-    result = train(tiny_cfg("train.max_iters=1", f"load_from={tmp_path / 'head.pth'}", "load_from_partial=true",
-                            *FAST, work_dir="b"))
+    result = train(
+        tiny_cfg(
+            "train.max_iters=1", f"load_from={tmp_path / 'head.pth'}", "load_from_partial=true", *FAST, work_dir="b"
+        )
+    )
     assert result["iteration"] == 1
 
 

@@ -49,16 +49,27 @@ CHILD = textwrap.dedent("""
 
 def run_child(configs_dir: Path, kill_at: int, overrides: list) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", CHILD, str(configs_dir), str(kill_at), json.dumps(overrides)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(configs_dir), str(kill_at), json.dumps(overrides)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow  # child processes: 10-70 s on the shared 2-core development machine, by load
 def test_sigkill_then_resume_gives_identical_weights(configs_dir, tiny_overrides, tmp_path):
     n = 8
-    common = tiny_overrides + [f"train.max_iters={n}", "train.batch_size=2", "train.lr=0.05",
-                               "train.checkpoint_interval=4", "train.eval_interval=4", "train.log_interval=2",
-                               "model.dropout=0.2"]
+    common = tiny_overrides + [
+        f"train.max_iters={n}",
+        "train.batch_size=2",
+        "train.lr=0.05",
+        "train.checkpoint_interval=4",
+        "train.eval_interval=4",
+        "train.log_interval=2",
+        "model.dropout=0.2",
+    ]
 
     full = run_child(configs_dir, -1, common + [f"work_dir={tmp_path / 'full'}"])
     assert full.returncode == 0, full.stderr[-3000:]

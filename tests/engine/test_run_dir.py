@@ -58,8 +58,13 @@ def _env(repo_root: Path) -> dict:
 
 def _start_paused(repo_root: Path, tmp_path: Path, name: str, overrides: list) -> tuple:
     ready, release = tmp_path / f"{name}.ready", tmp_path / f"{name}.release"
-    proc = subprocess.Popen([sys.executable, "-c", PAUSING_CHILD, "1", str(ready), str(release), "--", *overrides],
-                            env=_env(repo_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_CHILD, "1", str(ready), str(release), "--", *overrides],
+        env=_env(repo_root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
@@ -68,13 +73,19 @@ def _start_paused(repo_root: Path, tmp_path: Path, name: str, overrides: list) -
 
 
 def _train_cli(repo_root: Path, overrides: list) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), *overrides], env=_env(repo_root),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "train.py"), *overrides],
+        env=_env(repo_root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow  # three child processes, ~25 s on 2 cores
 def test_a_second_run_is_refused_while_the_first_lives_and_a_killed_one_blocks_nobody(
-        repo_root, tmp_path, tiny_overrides):
+    repo_root, tmp_path, tiny_overrides
+):
     work_dir = tmp_path / "run"
     overrides = [*tiny_overrides, "train.max_iters=2", *FAST, f"work_dir={work_dir}"]
     first, release = _start_paused(repo_root, tmp_path, "first", overrides)
@@ -108,13 +119,21 @@ def test_a_second_run_is_refused_while_the_first_lives_and_a_killed_one_blocks_n
 
 def test_the_lock_names_its_holder_and_is_reentrant_in_one_process(tmp_path):
     folder = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from ccnet.utils.outputs import hold_folder
         with hold_folder({str(folder)!r}, "train", key="work_dir"):
             print("held", flush=True)
             time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(FolderInUseError, match=rf"PID {holder.pid} on host .* own work_dir=") as info:
@@ -206,4 +225,5 @@ def _recorder_with(init, add_scalar):
     def patched(self, *args, **kwargs):
         init(self, *args, **kwargs)
         self.writer.add_scalar = add_scalar.__get__(self.writer)
+
     return patched

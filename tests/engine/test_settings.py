@@ -69,19 +69,35 @@ def test_lr_schedule_names_come_from_the_registry(monkeypatch):
 
 
 def test_resume_sorts_changes_by_the_schemas_policy():
-    assert [resume_policy(k) for k in ("train.lr", "model.backbone", "model.weights", "train.num_workers",
-                                       "train.batch_size", "dataset.root", "dataset.num_classes")] == \
-        [APPLIED, REFUSED, IGNORED, IGNORED, FROM_NOW, FROM_NOW, REFUSED]
+    assert [
+        resume_policy(k)
+        for k in (
+            "train.lr",
+            "model.backbone",
+            "model.weights",
+            "train.num_workers",
+            "train.batch_size",
+            "dataset.root",
+            "dataset.num_classes",
+        )
+    ] == [APPLIED, REFUSED, IGNORED, IGNORED, FROM_NOW, FROM_NOW, REFUSED]
     saved = {"train": {"lr": 0.1, "num_workers": 0, "batch_size": 8}, "model": {"recurrence": 2, "weights": "a"}}
     new = {"train": {"lr": 0.2, "num_workers": 4, "batch_size": 4}, "model": {"recurrence": 1, "weights": "b"}}
-    assert compare_configs(saved, new) == {"blocking": ["model.recurrence: 2 -> 1"],
-                                           "applied": ["train.lr: 0.1 -> 0.2"], "other": ["train.batch_size: 8 -> 4"]}
+    assert compare_configs(saved, new) == {
+        "blocking": ["model.recurrence: 2 -> 1"],
+        "applied": ["train.lr: 0.1 -> 0.2"],
+        "other": ["train.batch_size: 8 -> 4"],
+    }
 
 
 def test_the_docs_table_is_the_schemas_rendering(repo_root, train_yaml):
     docs = (repo_root / "docs" / "training.md").read_text()
     table = docs.split("<!-- settings table: generated, do not edit by hand -->\n")[1].split("\n<!-- end")[0]
     assert table == settings_table(*train_yaml), "run: python scripts/render_settings_table.py"
-    printed = subprocess.run([sys.executable, str(repo_root / "scripts" / "render_settings_table.py")],
-                             capture_output=True, text=True, timeout=60).stdout.strip()
+    printed = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "render_settings_table.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     assert printed == table

@@ -30,8 +30,13 @@ def majority_class_miou(cfg) -> float:
 
 
 def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
-    cfg = tiny_cfg("train.max_iters=40", "train.lr=0.05", "train.eval_interval=20", "train.checkpoint_interval=20",
-                   "train.keep_checkpoints=1")
+    cfg = tiny_cfg(
+        "train.max_iters=40",
+        "train.lr=0.05",
+        "train.eval_interval=20",
+        "train.checkpoint_interval=20",
+        "train.keep_checkpoints=1",
+    )
     with caplog.at_level(logging.INFO, logger="ccnet"):
         result = train(cfg)
 
@@ -51,8 +56,7 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
     ckpt_files = sorted(p.name for p in (Path(work) / "checkpoints").iterdir())
     assert ckpt_files == ["best.pth", "iter_40.pth", "last.pth"]  # keep_checkpoints=1 deleted iter_20
     last = load_checkpoint(f"{work}/checkpoints/last.pth")
-    assert last["iteration"] == 40 and last["sampler"] == {"epoch": 0, "position": 160, "seed": 0,
-                                                           "dataset_size": 512}
+    assert last["iteration"] == 40 and last["sampler"] == {"epoch": 0, "position": 160, "seed": 0, "dataset_size": 512}
     assert last["config"]["train"]["max_iters"] == 40
     best = load_checkpoint(f"{work}/checkpoints/best.pth")
     assert best["best_miou"] == pytest.approx(max(r["val/mIoU"] for r in records))
@@ -60,8 +64,15 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
     assert "val @ 40: mIoU" in open(f"{work}/train.log").read()
     events = EventAccumulator(f"{work}/tb")
     events.Reload()
-    assert {"train/loss", "train/loss_main", "train/loss_aux", "train/lr", "train/img_per_s", "val/mIoU",
-            "val/IoU/background"} <= set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/loss_main",
+        "train/loss_aux",
+        "train/lr",
+        "train/img_per_s",
+        "val/mIoU",
+        "val/IoU/background",
+    } <= set(events.Tags()["scalars"])
     panel = events.Images("val/panel_0")[-1]
     assert (panel.step, panel.width) == (40, 3 * 64)  # input | ground truth | prediction
     assert 64 + 14 <= panel.height <= 64 + 200  # 64 px panels, then a legend band of one or more 14-px rows
@@ -142,16 +153,30 @@ def test_corrupt_checkpoint_error_names_the_file(tiny_cfg, tmp_path):
 def test_training_options_run_together(tiny_cfg, amp):
     # AMP (fp16 with a GradScaler), channels_last, clipping, OHEM, class weights, head lr multiplier,
     # no decay on norm/bias, warm-up and a floor, on CPU autocast.
-    cfg = tiny_cfg(f"train.amp={amp}", "train.channels_last=true", "train.grad_clip=1.0", "train.ohem.enabled=true",
-                   "train.ohem.min_kept=1000", "train.class_weights=[0.5,1,1,1,1]", "train.head_lr_mult=10",
-                   "train.no_decay_norm_bias=true", "train.warmup_iters=2", "train.min_lr=1e-4",
-                   "train.max_iters=4", "train.eval_interval=0")
+    cfg = tiny_cfg(
+        f"train.amp={amp}",
+        "train.channels_last=true",
+        "train.grad_clip=1.0",
+        "train.ohem.enabled=true",
+        "train.ohem.min_kept=1000",
+        "train.class_weights=[0.5,1,1,1,1]",
+        "train.head_lr_mult=10",
+        "train.no_decay_norm_bias=true",
+        "train.warmup_iters=2",
+        "train.min_lr=1e-4",
+        "train.max_iters=4",
+        "train.eval_interval=0",
+    )
     result = train(cfg)
     last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")
     assert result["skipped_nonfinite"] == 0 and 0.0 <= result["val/mIoU"] <= 1.0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
-    assert [g["name"] for g in last["optimizer"]["param_groups"]] == ["backbone", "backbone_no_decay", "head",
-                                                                      "head_no_decay"]
+    assert [g["name"] for g in last["optimizer"]["param_groups"]] == [
+        "backbone",
+        "backbone_no_decay",
+        "head",
+        "head_no_decay",
+    ]
     assert ("scale" in last["scaler"]) == (amp == "fp16")  # a disabled GradScaler saves an empty state
 
 
@@ -161,9 +186,14 @@ def test_load_from_initialises_weights_only(tiny_cfg):
     src = load_checkpoint(f"{source.work_dir}/checkpoints/last.pth")
     # A new run from those weights; a negligible lr keeps them where they were loaded. The backbone
     # weights named in the config are never read (the file does not exist): load_from provides them.
-    cfg = tiny_cfg("train.max_iters=1", "train.eval_interval=0", "train.lr=1e-12",
-                   f"load_from={source.work_dir}/checkpoints/last.pth", "model.weights=/nonexistent/in1k.pth",
-                   work_dir="finetune")
+    cfg = tiny_cfg(
+        "train.max_iters=1",
+        "train.eval_interval=0",
+        "train.lr=1e-12",
+        f"load_from={source.work_dir}/checkpoints/last.pth",
+        "model.weights=/nonexistent/in1k.pth",
+        work_dir="finetune",
+    )
     train(cfg)
     last = load_checkpoint(f"{cfg.work_dir}/checkpoints/last.pth")
     assert last["iteration"] == 1 and last["sampler"]["position"] == 4  # a new run, not a resume

@@ -22,7 +22,7 @@ class EchoModel(nn.Module):
         self.drop = nn.Dropout(p=0.5)
 
     def forward(self, x: torch.Tensor):
-        return {"out": self.drop(-(self.classes - x[:, :1]) ** 2)}
+        return {"out": self.drop(-((self.classes - x[:, :1]) ** 2))}
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -42,8 +42,11 @@ class PairDataset(torch.utils.data.Dataset):
             h, w = 5 + i % 3, 6 + (2 * i) % 5
             label = torch.randint(0, num_classes, (h, w), generator=g)
             label[torch.rand(h, w, generator=g) < 0.15] = 255
-            pred = torch.where(torch.rand(h, w, generator=g) < 0.6, label.clamp(max=num_classes - 1),
-                               torch.randint(0, num_classes, (h, w), generator=g))
+            pred = torch.where(
+                torch.rand(h, w, generator=g) < 0.6,
+                label.clamp(max=num_classes - 1),
+                torch.randint(0, num_classes, (h, w), generator=g),
+            )
             image = torch.rand(3, h, w, generator=g)
             image[0] = pred.float()
             self.items.append((image, label if has_labels else torch.full_like(label, 255)))
@@ -66,15 +69,17 @@ def load_yaml(configs_dir: Path, group: str, name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(configs_dir / group / f"{name}.yaml"), resolve=False)
 
 
-def make_checkpoint(path: Path, configs_dir: Path, dataset_cfg: dict, seed: int = 0,
-                    store_config: bool = True) -> Path:
+def make_checkpoint(path: Path, configs_dir: Path, dataset_cfg: dict, seed: int = 0, store_config: bool = True) -> Path:
     """A narrow ccnet_tiny with random weights for ``dataset_cfg``, saved like the trainer saves:
     ``{"model", "config": {"model", "dataset"}, "iteration"}``."""
     from ccnet.checkpoint import save_checkpoint
     from ccnet.models import build_model
 
-    model_cfg = {**load_yaml(configs_dir, "model", "ccnet_tiny"), **TINY_MODEL,
-                 "num_classes": dataset_cfg["num_classes"]}
+    model_cfg = {
+        **load_yaml(configs_dir, "model", "ccnet_tiny"),
+        **TINY_MODEL,
+        "num_classes": dataset_cfg["num_classes"],
+    }
     torch.manual_seed(seed)
     model = build_model(model_cfg)
     state = {"model": model.state_dict(), "iteration": 0}

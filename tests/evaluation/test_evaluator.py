@@ -22,8 +22,14 @@ def test_metrics_equal_metric_over_chosen_predictions_and_mode_restored():
     ds = PairDataset()
     model = EchoModel(4).train()
     seen = []
-    result = evaluate(model, ds, CFG, "cpu", progress=False,
-                      on_prediction=lambda i, img, lbl, pred: seen.append((i, img.shape, lbl, pred)))
+    result = evaluate(
+        model,
+        ds,
+        CFG,
+        "cpu",
+        progress=False,
+        on_prediction=lambda i, img, lbl, pred: seen.append((i, img.shape, lbl, pred)),
+    )
     assert model.training  # restored
     ref = SegMetric(4)
     for (_, label), pred in zip(ds.items, ds.preds):
@@ -39,7 +45,8 @@ def test_metrics_equal_metric_over_chosen_predictions_and_mode_restored():
 def test_unlabelled_split_gives_predictions_only():
     ds = PairDataset(has_labels=False, n=3)
     preds = {}
-    result = evaluate(EchoModel(4), ds, CFG, "cpu", progress=False,
-                      on_prediction=lambda i, img, lbl, pred: preds.__setitem__(i, pred))
+    result = evaluate(
+        EchoModel(4), ds, CFG, "cpu", progress=False, on_prediction=lambda i, img, lbl, pred: preds.__setitem__(i, pred)
+    )
     assert result == {"num_images": 3}
     assert all(torch.equal(preds[i], ds.preds[i]) for i in range(3))

@@ -67,8 +67,8 @@ def test_slide_matches_window_loop_reference():
     with torch.no_grad():
         for y in (0, 5):
             for xs in (0, 6, 8):
-                acc[:, :, y:y + 8, xs:xs + 10] += model(x[:, :, y:y + 8, xs:xs + 10])["out"]
-                cnt[:, :, y:y + 8, xs:xs + 10] += 1
+                acc[:, :, y : y + 8, xs : xs + 10] += model(x[:, :, y : y + 8, xs : xs + 10])["out"]
+                cnt[:, :, y : y + 8, xs : xs + 10] += 1
     assert torch.allclose(got, acc / cnt, atol=1e-5)
     assert cnt.min() >= 1
 
@@ -139,14 +139,24 @@ def test_autocast_close_to_fp32(amp, tol):
 def test_channels_last_equals_fp32():
     model, x = make(), images(b=1, h=32, w=40)
     ref = predict_logits(model, x, InferenceSettings(flip=True))
-    cl = predict_logits(model.to(memory_format=torch.channels_last), x,
-                        InferenceSettings(flip=True, channels_last=True))
+    cl = predict_logits(
+        model.to(memory_format=torch.channels_last), x, InferenceSettings(flip=True, channels_last=True)
+    )
     assert torch.allclose(cl, ref, atol=1e-5)
 
 
 def test_settings_from_config_and_errors():
-    s = InferenceSettings.from_config({"mode": "slide", "crop_size": 769, "stride": [513, 500],
-                                       "scales": [0.75, 1.0], "flip": True, "num_workers": 2, "test_size": 512})
+    s = InferenceSettings.from_config(
+        {
+            "mode": "slide",
+            "crop_size": 769,
+            "stride": [513, 500],
+            "scales": [0.75, 1.0],
+            "flip": True,
+            "num_workers": 2,
+            "test_size": 512,
+        }
+    )
     assert s.crop_size == (769, 769) and s.stride == (513, 500) and s.scales == (0.75, 1.0) and s.flip
     assert s.test_size == (512, 512)
     assert InferenceSettings.from_config({"amp": "none"}, amp="bf16").amp == "bf16"
@@ -171,22 +181,25 @@ def test_check_eval_config_accepts_the_shipped_sections(configs_dir):
     assert settings == InferenceSettings(mode="whole", crop_size=(769, 769), stride=(513, 513), scales=(1.0,))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"mode": "foo"}, "eval.mode must be one of ('whole', 'slide'), got 'foo'"),
-    ({"mode": "slide", "crop_size": 64, "stride": 65}, "eval.stride [65, 65] exceeds eval.crop_size [64, 64]"),
-    ({"scales": [0.0]}, "eval.scales must be a non-empty list of positive factors, got [0.0]"),
-    ({"scales": "large"}, "eval.scales must be a non-empty list of positive factors, got ['large']"),
-    ({"crop_batch": 0}, "eval.crop_batch must be an integer >= 1, got 0"),
-    ({"test_size": [0, 0]}, "eval.test_size must be a positive integer or [height, width]"),
-    ({"crop_size": [769, 769, 3]}, "eval.crop_size must be a positive integer or [height, width]"),
-    ({"stride": True}, "eval.stride must be a positive integer or [height, width]"),
-    ({"flip": "yes"}, "eval.flip must be true or false, got 'yes'"),
-    ({"channels_last": 1}, "eval.channels_last must be true or false, got 1"),
-    ({"amp": "fp8"}, "eval.amp must be one of ['bf16', 'fp16', 'none'], got 'fp8'"),
-    ({"num_workers": -1}, "eval.num_workers must be an integer >= 0 (DataLoader workers per process), got -1"),
-    ({"num_workers": "two"}, "eval.num_workers must be an integer >= 0"),
-    ({"num_worker": 2}, "unknown eval setting(s) ['eval.num_worker']: the eval section takes mode, crop_size"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mode": "foo"}, "eval.mode must be one of ('whole', 'slide'), got 'foo'"),
+        ({"mode": "slide", "crop_size": 64, "stride": 65}, "eval.stride [65, 65] exceeds eval.crop_size [64, 64]"),
+        ({"scales": [0.0]}, "eval.scales must be a non-empty list of positive factors, got [0.0]"),
+        ({"scales": "large"}, "eval.scales must be a non-empty list of positive factors, got ['large']"),
+        ({"crop_batch": 0}, "eval.crop_batch must be an integer >= 1, got 0"),
+        ({"test_size": [0, 0]}, "eval.test_size must be a positive integer or [height, width]"),
+        ({"crop_size": [769, 769, 3]}, "eval.crop_size must be a positive integer or [height, width]"),
+        ({"stride": True}, "eval.stride must be a positive integer or [height, width]"),
+        ({"flip": "yes"}, "eval.flip must be true or false, got 'yes'"),
+        ({"channels_last": 1}, "eval.channels_last must be true or false, got 1"),
+        ({"amp": "fp8"}, "eval.amp must be one of ['bf16', 'fp16', 'none'], got 'fp8'"),
+        ({"num_workers": -1}, "eval.num_workers must be an integer >= 0 (DataLoader workers per process), got -1"),
+        ({"num_workers": "two"}, "eval.num_workers must be an integer >= 0"),
+        ({"num_worker": 2}, "unknown eval setting(s) ['eval.num_worker']: the eval section takes mode, crop_size"),
+    ],
+)
 def test_every_bad_eval_value_is_a_config_error_naming_the_key(change, message):
     with pytest.raises(ConfigError) as refused:
         check_eval_config({"mode": "whole", "num_workers": 2, **change})

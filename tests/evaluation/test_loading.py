@@ -15,8 +15,10 @@ from ccnet.errors import UserError
 from ccnet.evaluation.loading import CheckpointMismatchError, load_model, resolve_model_and_dataset
 from tests.evaluation.helpers import load_yaml, make_checkpoint
 
-STORED = {"model": {"name": "ccnet_tiny", "num_classes": "${dataset.num_classes}"},
-          "dataset": {"name": "folder", "num_classes": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+STORED = {
+    "model": {"name": "ccnet_tiny", "num_classes": "${dataset.num_classes}"},
+    "dataset": {"name": "folder", "num_classes": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+}
 
 
 def test_stored_config_with_overrides_resolves_interpolations():
@@ -24,11 +26,14 @@ def test_stored_config_with_overrides_resolves_interpolations():
     assert model["num_classes"] == 3 and dataset["root"] == "elsewhere" and dataset["mean"] == [0.5] * 3
 
 
-@pytest.mark.parametrize("given, warns", [
-    ({"name": "folder", "num_classes": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, False),
-    ({"name": "folder", "num_classes": 3, "mean": [0.485, 0.456, 0.406], "std": [0.25, 0.25, 0.25]}, True),
-    ({"name": "folder", "num_classes": 3, "mean": [0.5, 0.5, 0.5], "std": [0.229, 0.224, 0.225]}, True),
-])
+@pytest.mark.parametrize(
+    "given, warns",
+    [
+        ({"name": "folder", "num_classes": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, False),
+        ({"name": "folder", "num_classes": 3, "mean": [0.485, 0.456, 0.406], "std": [0.25, 0.25, 0.25]}, True),
+        ({"name": "folder", "num_classes": 3, "mean": [0.5, 0.5, 0.5], "std": [0.229, 0.224, 0.225]}, True),
+    ],
+)
 def test_a_dataset_group_with_other_normalisation_is_reported(caplog, given, warns):
     with caplog.at_level(logging.WARNING, logger="ccnet"):
         _, dataset = resolve_model_and_dataset(STORED, {}, given, False, True, "ck.pth")
@@ -53,8 +58,10 @@ def saved(configs_dir, tmp_path):
 def test_weights_that_do_not_fit_are_a_user_error(saved):
     path, ckpt = saved
     model_cfg = {**ckpt["config"]["model"], "num_classes": 7}
-    with pytest.raises(CheckpointMismatchError, match=f"weights of {path} do not fit model 'ccnet_tiny' with "
-                                                      "num_classes=7: [1-9]+ shape mismatches") as refused:
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=f"weights of {path} do not fit model 'ccnet_tiny' with num_classes=7: [1-9]+ shape mismatches",
+    ) as refused:
         load_model(model_cfg, ckpt, path, torch.device("cpu"))
     assert isinstance(refused.value, (UserError, ValueError))
 

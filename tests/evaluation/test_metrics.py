@@ -13,11 +13,13 @@ from ccnet.evaluation import SegMetric
 TARGET = torch.tensor([[0, 0, 1, 1], [2, 255, 0, 1]])
 PRED = torch.tensor([[0, 1, 1, 1], [0, 2, 0, 7]])
 # Valid (target, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,0) (0,0) (1,void); the (255, 2) pixel is ignored.
-EXPECTED_MATRIX = torch.tensor([
-    [2, 1, 0, 0],  # gt 0: 2 right, 1 -> class 1
-    [0, 2, 0, 1],  # gt 1: 2 right, 1 void prediction
-    [1, 0, 0, 0],  # gt 2: predicted as 0
-])
+EXPECTED_MATRIX = torch.tensor(
+    [
+        [2, 1, 0, 0],  # gt 0: 2 right, 1 -> class 1
+        [0, 2, 0, 1],  # gt 1: 2 right, 1 void prediction
+        [1, 0, 0, 0],  # gt 2: predicted as 0
+    ]
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])  # general and 8-bit code paths
@@ -114,8 +116,9 @@ def test_rejects_logits_bad_shapes_and_bad_labels():
         metric.update(torch.zeros(3, dtype=torch.long), torch.tensor([0, 7, 255]))
 
 
-@pytest.mark.parametrize("bad, dtype", [(3, torch.int64), (4, torch.int64), (-1, torch.int64), (3, torch.uint8),
-                                        (254, torch.uint8)])
+@pytest.mark.parametrize(
+    "bad, dtype", [(3, torch.int64), (4, torch.int64), (-1, torch.int64), (3, torch.uint8), (254, torch.uint8)]
+)
 def test_targets_just_outside_the_class_range_are_errors_not_ignored(bad, dtype):
     metric = SegMetric(3)
     with pytest.raises(ValueError, match=rf"\[{bad}\]"):

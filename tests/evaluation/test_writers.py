@@ -12,8 +12,7 @@ from ccnet.utils.manifest import OutputConflictError, OutputManifest
 
 PALETTE = [(10, 20, 30), (200, 100, 0), (0, 255, 0)]
 PRED = np.array([[0, 1, 2], [2, 255, 0]], dtype=np.int64)
-IMAGE = np.array([[[0, 0, 0], [100, 100, 100], [255, 255, 255]],
-                  [[50, 60, 70], [0, 0, 0], [1, 2, 3]]], dtype=np.uint8)
+IMAGE = np.array([[[0, 0, 0], [100, 100, 100], [255, 255, 255]], [[50, 60, 70], [0, 0, 0], [1, 2, 3]]], dtype=np.uint8)
 
 
 def read(path):
@@ -63,16 +62,18 @@ def test_format_errors(tmp_path):
 def test_colliding_output_names_are_rejected(tmp_path):
     writer = PredictionWriter(tmp_path, "color", PALETTE)
     check_unique_outputs(writer, ["a/x.png", "a/y.png", "b/x.png"])
-    with pytest.raises(OutputConflictError, match=f"inputs a/x.jpg and a/x.png would both be written to "
-                                                  f"{tmp_path / 'a' / 'x.png'}"):
+    with pytest.raises(
+        OutputConflictError, match=f"inputs a/x.jpg and a/x.png would both be written to {tmp_path / 'a' / 'x.png'}"
+    ):
         check_unique_outputs(writer, ["a/x.jpg", "a/x.png"])
 
 
 def test_every_written_file_is_recorded_in_the_manifest(tmp_path):
     manifest = OutputManifest(tmp_path, "eval")
     writer = PredictionWriter(tmp_path / "predictions", ["color", "overlay"], PALETTE, manifest=manifest)
-    expected = [tmp_path / "predictions" / fmt / "a" / name
-                for name in ("b.png", "c.png") for fmt in ("color", "overlay")]
+    expected = [
+        tmp_path / "predictions" / fmt / "a" / name for name in ("b.png", "c.png") for fmt in ("color", "overlay")
+    ]
     assert writer.paths_for(["a/b.jpg", "a/c.png"]) == expected
     writer.write(PRED, "a/b.jpg", IMAGE)
     lines = (tmp_path / "manifest.txt").read_text().splitlines()
@@ -83,8 +84,9 @@ def test_overlay_legend_names_the_predicted_classes(tmp_path):
     pred = np.zeros((30, 200), dtype=np.int64)
     pred[:, 100:] = 2  # classes 0 and 2 only
     image = np.full((30, 200, 3), 90, dtype=np.uint8)
-    writer = PredictionWriter(tmp_path, ["overlay", "color"], PALETTE, alpha=0.25, legend=True,
-                              classes=["sky", "road", "car"])
+    writer = PredictionWriter(
+        tmp_path, ["overlay", "color"], PALETTE, alpha=0.25, legend=True, classes=["sky", "road", "car"]
+    )
     paths = writer.write(pred, "a/b.png", image)
     _, out = read(paths["overlay"])
     colour = np.array(PALETTE, dtype=np.uint8)[pred]

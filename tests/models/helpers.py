@@ -11,8 +11,16 @@ from torch import Tensor
 from tests.models.reference import loop_criss_cross_attention
 
 
-def make_inputs(b: int, cq: int, c: int, h: int, w: int, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32, seed: int = 0) -> Tuple[Tensor, ...]:
+def make_inputs(
+    b: int,
+    cq: int,
+    c: int,
+    h: int,
+    w: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Tuple[Tensor, ...]:
     """Seeded ``(q, k, v, gamma, x)``: normal samples drawn on the CPU in ``dtype`` and moved to
     ``device``, γ = 0.7.
 
@@ -25,8 +33,9 @@ def make_inputs(b: int, cq: int, c: int, h: int, w: int, device: torch.device | 
     return q, k, v, torch.tensor([0.7], device=device, dtype=dtype), x
 
 
-def loop_reference(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                   x: Optional[Tensor] = None) -> Tensor:
+def loop_reference(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None, x: Optional[Tensor] = None
+) -> Tensor:
     """``x + γ · out`` around the loop oracle, each term left out when ``None`` (the operator's
     optional fusion)."""
     out = loop_criss_cross_attention(q, k, v)
@@ -35,8 +44,9 @@ def loop_reference(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = No
     return out if x is None else x + out
 
 
-def outputs_and_grads(fn: Callable[..., Tensor], tensors: Sequence[Tensor], grad: Tensor
-                      ) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+def outputs_and_grads(
+    fn: Callable[..., Tensor], tensors: Sequence[Tensor], grad: Tensor
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     """``fn(*tensors)`` on fresh leaf copies and the gradients of all of them for the incoming ``grad``."""
     tensors = [t.detach().clone().requires_grad_() for t in tensors]
     out = fn(*tensors)

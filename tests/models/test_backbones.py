@@ -33,8 +33,15 @@ def test_official_layout_full_dilation_deep_stem():
 
 
 def test_official_layout_parameter_count():
-    cfg = {"backbone": "resnet101_official", "num_classes": 19, "recurrence": 2, "activation": "leaky_relu",
-           "aux": True, "aux_channels": 512, "aux_conv_bias": True}
+    cfg = {
+        "backbone": "resnet101_official",
+        "num_classes": 19,
+        "recurrence": 2,
+        "activation": "leaky_relu",
+        "aux": True,
+        "aux_channels": 512,
+        "aux_conv_bias": True,
+    }
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) == 71_287_911
 

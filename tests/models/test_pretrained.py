@@ -23,10 +23,22 @@ from tests.convert.upstream import ResNetV1c, randomize_
 timm = pytest.importorskip("timm", reason="timm is a test extra (requirements-dev.txt)")
 
 # our stem key -> the same tensor's key in timm's deep-stem ResNets / in mmseg's ResNetV1c
-TIMM_STEM = {"conv1.weight": "conv1.0.weight", "bn1": "conv1.1", "conv2.weight": "conv1.3.weight", "bn2": "conv1.4",
-             "conv3.weight": "conv1.6.weight", "bn3": "bn1"}
-MMSEG_STEM = {"conv1.weight": "stem.0.weight", "bn1": "stem.1", "conv2.weight": "stem.3.weight", "bn2": "stem.4",
-              "conv3.weight": "stem.6.weight", "bn3": "stem.7"}
+TIMM_STEM = {
+    "conv1.weight": "conv1.0.weight",
+    "bn1": "conv1.1",
+    "conv2.weight": "conv1.3.weight",
+    "bn2": "conv1.4",
+    "conv3.weight": "conv1.6.weight",
+    "bn3": "bn1",
+}
+MMSEG_STEM = {
+    "conv1.weight": "stem.0.weight",
+    "bn1": "stem.1",
+    "conv2.weight": "stem.3.weight",
+    "bn2": "stem.4",
+    "conv3.weight": "stem.6.weight",
+    "bn3": "stem.7",
+}
 
 
 def _source_key(ours: str, stem: dict) -> str:
@@ -48,19 +60,25 @@ def _randomize_(module: torch.nn.Module, seed: int = 0) -> dict:
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
             if tensor.is_floating_point():
-                values = torch.rand(tensor.shape, generator=gen) + 0.5 if name.endswith("running_var") else \
-                    torch.randn(tensor.shape, generator=gen)
+                values = (
+                    torch.rand(tensor.shape, generator=gen) + 0.5
+                    if name.endswith("running_var")
+                    else torch.randn(tensor.shape, generator=gen)
+                )
                 tensor.copy_(values)
             else:
                 tensor.fill_(7)
     return module.state_dict()
 
 
-@pytest.mark.parametrize("config, timm_name", [
-    ("ccnet_r101_official", "resnet101s.gluon_in1k"),
-    ("ccnet_r101_mmseg", "resnet101c.gluon_in1k"),
-    ("ccnet_r50_mmseg", "resnet50c.gluon_in1k"),
-])
+@pytest.mark.parametrize(
+    "config, timm_name",
+    [
+        ("ccnet_r101_official", "resnet101s.gluon_in1k"),
+        ("ccnet_r101_mmseg", "resnet101c.gluon_in1k"),
+        ("ccnet_r50_mmseg", "resnet50c.gluon_in1k"),
+    ],
+)
 def test_timm_file_fills_every_backbone_tensor_unchanged(tmp_path, config, timm_name):
     source = timm.create_model(timm_name, pretrained=False)
     state = _randomize_(source)
@@ -145,8 +163,10 @@ def test_mmseg_v1c_file_gives_mmsegs_features(tmp_path, wrap):
 
 def test_release_and_torchvision_namings_load_as_they_are(tmp_path):
     release = _randomize_(ResNetBackbone(101, deep_stem=True, ceil_mode=True, contract_dilation=False))
-    save_checkpoint({"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000), **release},
-                    tmp_path / "resnet101-imagenet.pth")
+    save_checkpoint(
+        {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000), **release},
+        tmp_path / "resnet101-imagenet.pth",
+    )
     model = build_model(_model_cfg("ccnet_r101_official", tmp_path / "resnet101-imagenet.pth"))
     assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in release.items())
 

@@ -8,8 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ccnet.models import build_model
 
-TINY = {"backbone": "tiny", "num_classes": 4, "head_channels": 16, "bottleneck_channels": 16,
-        "aux_channels": 8}
+TINY = {"backbone": "tiny", "num_classes": 4, "head_channels": 16, "bottleneck_channels": 16, "aux_channels": 8}
 
 
 def test_outputs_in_train_and_eval_mode():
@@ -39,12 +38,17 @@ def test_frozen_bn():
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
 
 
-@pytest.mark.parametrize("key,value,match", [("context", "global", "rcca, none, nonlocal"),
-                                             ("backbone", "vgg", "resnet50"),
-                                             ("norm", "gn", "bn, syncbn, frozen_bn"),
-                                             ("num_classes", 0, "positive integer"),
-                                             ("activation", "gelu", "leaky_relu"),
-                                             ("cca_impl", "fast", "auto, reference, lean, triton")])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("context", "global", "rcca, none, nonlocal"),
+        ("backbone", "vgg", "resnet50"),
+        ("norm", "gn", "bn, syncbn, frozen_bn"),
+        ("num_classes", 0, "positive integer"),
+        ("activation", "gelu", "leaky_relu"),
+        ("cca_impl", "fast", "auto, reference, lean, triton"),
+    ],
+)
 def test_bad_config_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
         build_model({**TINY, key: value})

@@ -58,8 +58,26 @@ def _nonlocal_flops(c: int, h: int, w: int) -> int:
 
 @pytest.mark.parametrize("scope", ["module", "operator"])
 def test_cca(cli, tmp_path, capsys, scope):
-    result, printed = _run(cli, tmp_path, capsys, "cca", "--scope", scope, "--batch", "2", "--channels", "64",
-                           "--height", "13", "--width", "11", "--repeats", "1", "--warmup", "0")
+    result, printed = _run(
+        cli,
+        tmp_path,
+        capsys,
+        "cca",
+        "--scope",
+        scope,
+        "--batch",
+        "2",
+        "--channels",
+        "64",
+        "--height",
+        "13",
+        "--width",
+        "11",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    )
     rows = {r["impl"]: r for r in result["results"]}
     assert list(rows) == ["baseline", "reference", "lean"]
     assert "triton" in result["skipped"] and "profile_memory" in result["memory_method"]
@@ -81,8 +99,22 @@ def test_cca(cli, tmp_path, capsys, scope):
 
 def test_context(cli, tmp_path, capsys):
     c_in, h, w = 64, 24, 20
-    result, printed = _run(cli, tmp_path, capsys, "context", "--in-channels", str(c_in), "--height", str(h),
-                           "--width", str(w), "--repeats", "1", "--warmup", "0")
+    result, printed = _run(
+        cli,
+        tmp_path,
+        capsys,
+        "context",
+        "--in-channels",
+        str(c_in),
+        "--height",
+        str(h),
+        "--width",
+        str(w),
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    )
     rows = {r["context"]: r for r in result["results"]}
     assert list(rows) == ["none", "rcca1", "rcca2", "rcca3", "nonlocal"]
     inner = c_in // 4
@@ -100,8 +132,22 @@ def test_context(cli, tmp_path, capsys):
 
 
 def test_model(cli, tmp_path, capsys):
-    result, printed = _run(cli, tmp_path, capsys, "model", "--configs", "ccnet_tiny", "--size", "32", "40",
-                           "--latency", "--repeats", "1", "--warmup", "0")
+    result, printed = _run(
+        cli,
+        tmp_path,
+        capsys,
+        "model",
+        "--configs",
+        "ccnet_tiny",
+        "--size",
+        "32",
+        "40",
+        "--latency",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    )
     (row,) = result["results"]
     assert row["config"] == "ccnet_tiny" and 0 < row["params_m"] < 1 and row["gflops"] > 0 and row["latency_ms"] > 0
     result, _ = _run(cli, tmp_path, capsys, "model", "--configs", "ccnet_r101_official")
@@ -111,8 +157,26 @@ def test_model(cli, tmp_path, capsys):
 
 
 def test_train(cli, tmp_path, capsys):
-    result, printed = _run(cli, tmp_path, capsys, "train", "--config", "ccnet_tiny", "--size", "32", "32",
-                           "--batch", "2", "--variants", "fp32", "bf16+cl", "--repeats", "1", "--warmup", "1")
+    result, printed = _run(
+        cli,
+        tmp_path,
+        capsys,
+        "train",
+        "--config",
+        "ccnet_tiny",
+        "--size",
+        "32",
+        "32",
+        "--batch",
+        "2",
+        "--variants",
+        "fp32",
+        "bf16+cl",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+    )
     rows = {r["variant"]: r for r in result["results"]}
     assert list(rows) == ["fp32", "bf16+cl"] and rows["fp32"]["speedup_vs_fp32"] == 1.0
     for row in rows.values():
@@ -121,8 +185,27 @@ def test_train(cli, tmp_path, capsys):
 
 
 def test_data_dispatch_and_missing_module_message(cli, tmp_path, capsys, monkeypatch):
-    result, printed = _run(cli, tmp_path, capsys, "data", "--workers", "0", "--batch-size", "1", "--num-batches", "1",
-                           "--warmup", "0", "--image-size", "64", "128", "--num-images", "2", "--crop-size", "32")
+    result, printed = _run(
+        cli,
+        tmp_path,
+        capsys,
+        "data",
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        "--num-batches",
+        "1",
+        "--warmup",
+        "0",
+        "--image-size",
+        "64",
+        "128",
+        "--num-images",
+        "2",
+        "--crop-size",
+        "32",
+    )
     assert result["results"] and "images/s" in printed
     monkeypatch.setitem(cli.BENCHMARKS, "data", ("ccnet.apps.benchmarks.not_there", "missing"))
     with pytest.raises(SystemExit, match="ccnet/apps/benchmarks/not_there.py.*missing from this checkout"):
@@ -182,9 +265,11 @@ def test_out_replaces_its_own_json_but_never_a_file_no_benchmark_wrote(cli, tmp_
     with caplog.at_level(logging.ERROR, logger="benchmark"), pytest.raises(SystemExit) as exit_:
         cli.main([*argv, "--out", str(mine / "model.json")])
     assert exit_.value.code == 2
-    assert caplog.messages == [f"refusing to write into {mine}: 1 file(s) this run would write are not its own to "
-                               f"replace: {mine / 'model.json'} (exists, and no earlier benchmark run wrote it "
-                               "here). Nothing was written. Choose another --out or move that file away"]
+    assert caplog.messages == [
+        f"refusing to write into {mine}: 1 file(s) this run would write are not its own to "
+        f"replace: {mine / 'model.json'} (exists, and no earlier benchmark run wrote it "
+        "here). Nothing was written. Choose another --out or move that file away"
+    ]
     assert (mine / "model.json").read_text() == "the user's results" and len(list(mine.iterdir())) == 1
     assert "params" not in capsys.readouterr().out  # refused before the benchmark ran
     caplog.clear()

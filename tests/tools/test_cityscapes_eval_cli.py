@@ -37,8 +37,10 @@ def test_out_replaces_its_own_file_but_never_one_it_did_not_write(sample_folders
     proc = subprocess.run([*command, "--out", str(mine)], capture_output=True, text=True, timeout=120)
     output = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2 and "Traceback" not in output and "mIoU" not in output  # refused before scoring
-    assert output == (f"refusing to write into {tmp_path}: 1 file(s) this run would write are not its own to replace: "
-                      f"{mine} (exists, and no earlier cityscapes_eval run wrote it here). Nothing was written. "
-                      "Choose another --out or move that file away")
+    assert output == (
+        f"refusing to write into {tmp_path}: 1 file(s) this run would write are not its own to replace: "
+        f"{mine} (exists, and no earlier cityscapes_eval run wrote it here). Nothing was written. "
+        "Choose another --out or move that file away"
+    )
     assert mine.read_text() == "the user's metrics"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "mine.json", "pred"]

@@ -113,14 +113,27 @@ def test_never_writes_over_the_source_or_a_file_no_conversion_wrote(tmp_path, mm
     mine.mkdir()
     (mine / "ccnet.pth").write_bytes(b"the user's own checkpoint")
 
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "--from", "mmseg", str(src),
-                           str(mine / "ccnet.pth")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "convert_checkpoint.py"),
+            "--from",
+            "mmseg",
+            str(src),
+            str(mine / "ccnet.pth"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
-    assert output.strip() == (f"conversion failed, nothing written: refusing to write into {mine}: 1 file(s) this run "
-                              f"would write are not its own to replace: {mine / 'ccnet.pth'} (exists, and no earlier "
-                              "convert run wrote it here). Nothing was written. Choose another DST or move that file "
-                              "away")
+    assert output.strip() == (
+        f"conversion failed, nothing written: refusing to write into {mine}: 1 file(s) this run "
+        f"would write are not its own to replace: {mine / 'ccnet.pth'} (exists, and no earlier "
+        "convert run wrote it here). Nothing was written. Choose another DST or move that file "
+        "away"
+    )
     assert (mine / "ccnet.pth").read_bytes() == b"the user's own checkpoint"
     assert [p.name for p in mine.iterdir()] == ["ccnet.pth"]  # no manifest, no temporary file
 

@@ -32,8 +32,27 @@ from tests.data.datagen import folder_cfg, random_image, write_image, write_labe
 from tests.evaluation.helpers import load_yaml, make_checkpoint
 
 # label id -> train id of cityscapesScripts' labels.py, written out independently of ccnet.data
-TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
-            27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+TO_TRAIN = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 SAMPLE_STEM = "frankfurt_000000_000294"
 
 
@@ -47,17 +66,23 @@ def eval_cfg(configs_dir, *overrides):
 
 def run_cli(repo_root, tool, *args, nproc=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable] if not nproc else [sys.executable, "-m", "torch.distributed.run",
-                                                    f"--nproc_per_node={nproc}"]
-    proc = subprocess.run([*launcher, str(repo_root / "tools" / tool), *args], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    launcher = (
+        [sys.executable] if not nproc else [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    )
+    proc = subprocess.run(
+        [*launcher, str(repo_root / "tools" / tool), *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def synthetic_cfg(configs_dir, **changes):
-    return {**load_yaml(configs_dir, "dataset", "synthetic"), "image_size": 64, "min_gap": 16, "num_val": 5,
-            **changes}
+    return {**load_yaml(configs_dir, "dataset", "synthetic"), "image_size": 64, "min_gap": 16, "num_val": 5, **changes}
 
 
 def iou_by_hand(pred: np.ndarray, gt: np.ndarray, k: int):
@@ -73,8 +98,13 @@ def iou_by_hand(pred: np.ndarray, gt: np.ndarray, k: int):
 def test_metrics_json_and_every_format_from_stored_config(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
     save = tmp_path / "out" / "predictions"
-    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}",
-                   "formats=[color,trainid,overlay]", "eval.flip=true")
+    cfg = eval_cfg(
+        configs_dir,
+        f"checkpoint={ckpt}",
+        f"output_dir={tmp_path / 'out'}",
+        "formats=[color,trainid,overlay]",
+        "eval.flip=true",
+    )
     result = run_eval(cfg)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["num_images"] == result["num_images"] == 5 and metrics["split"] == "val"
@@ -119,12 +149,21 @@ def test_plots_next_to_metrics_json_and_the_confusion_matrix(configs_dir, tmp_pa
 def test_legend_true_puts_a_class_legend_under_eval_overlays(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir))
     for legend in ("false", "true"):
-        run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / legend}",
-                          "formats=[overlay,color]", f"legend={legend}"))
+        run_eval(
+            eval_cfg(
+                configs_dir,
+                f"checkpoint={ckpt}",
+                f"output_dir={tmp_path / legend}",
+                "formats=[overlay,color]",
+                f"legend={legend}",
+            )
+        )
     predictions = tmp_path / "true" / "predictions"
-    with Image.open(tmp_path / "false" / "predictions" / "overlay" / "val" / "000000.png") as plain, \
-            Image.open(predictions / "overlay" / "val" / "000000.png") as framed, \
-            Image.open(predictions / "color" / "val" / "000000.png") as color:
+    with (
+        Image.open(tmp_path / "false" / "predictions" / "overlay" / "val" / "000000.png") as plain,
+        Image.open(predictions / "overlay" / "val" / "000000.png") as framed,
+        Image.open(predictions / "color" / "val" / "000000.png") as color,
+    ):
         assert plain.size == color.size == (64, 64)  # masks keep the input's size
         assert framed.width == 64 and framed.height > 64  # the legend band below the overlay
         assert np.array_equal(np.asarray(framed)[:64], np.asarray(plain))
@@ -136,8 +175,15 @@ def test_dataset_group_and_key_overrides_merge_over_checkpoint(configs_dir, tmp_
     cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "+dataset.num_val=2")
     assert run_eval(cfg)["num_images"] == 2
     # ... a group replaces what it defines (num_val 200 -> shrunk again by a key)
-    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "dataset=synthetic",
-                   "dataset.num_val=3", "dataset.image_size=64", "dataset.min_gap=16")
+    cfg = eval_cfg(
+        configs_dir,
+        f"checkpoint={ckpt}",
+        f"output_dir={tmp_path}",
+        "dataset=synthetic",
+        "dataset.num_val=3",
+        "dataset.image_size=64",
+        "dataset.min_gap=16",
+    )
     assert run_eval(cfg, dataset_group=True)["num_images"] == 3
 
 
@@ -145,10 +191,23 @@ def test_checkpoint_without_config_needs_groups(configs_dir, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, synthetic_cfg(configs_dir), store_config=False)
     with pytest.raises(CheckpointMismatchError, match="stores no 'model' config.*model="):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}"))
-    tiny = ["model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
-            "model.aux_channels=8"]
-    cfg = eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path}", "model=ccnet_tiny",
-                   "dataset=synthetic", "dataset.num_val=2", "dataset.image_size=64", "dataset.min_gap=16", *tiny)
+    tiny = [
+        "model.tiny_widths=[8,16,32]",
+        "model.head_channels=16",
+        "model.bottleneck_channels=16",
+        "model.aux_channels=8",
+    ]
+    cfg = eval_cfg(
+        configs_dir,
+        f"checkpoint={ckpt}",
+        f"output_dir={tmp_path}",
+        "model=ccnet_tiny",
+        "dataset=synthetic",
+        "dataset.num_val=2",
+        "dataset.image_size=64",
+        "dataset.min_gap=16",
+        *tiny,
+    )
     assert run_eval(cfg, model_group=True, dataset_group=True)["num_images"] == 2  # num_classes via ${dataset...}
 
 
@@ -182,8 +241,9 @@ def test_eval_outputs_never_replace_a_users_files(configs_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text('{"mIoU": 0.99, "note": "my own"}')  # a user's own file
-    with pytest.raises(OutputConflictError, match=f"1 file\\(s\\).*{out / 'metrics.json'} \\(exists, and no earlier "
-                                                  "eval run wrote it"):
+    with pytest.raises(
+        OutputConflictError, match=f"1 file\\(s\\).*{out / 'metrics.json'} \\(exists, and no earlier eval run wrote it"
+    ):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}"))
     assert (out / "metrics.json").read_text() == '{"mIoU": 0.99, "note": "my own"}'
 
@@ -199,8 +259,10 @@ def test_eval_outputs_never_replace_a_users_files(configs_dir, tmp_path):
     again = run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={out}", "formats=trainid"))
     assert again["mIoU"] == first["mIoU"]  # its own files: replaced
     recorded = sorted((out / "manifest.txt").read_text().splitlines()[1:])
-    assert recorded == sorted(["eval metrics.json", "eval per_class_iou.png", "eval confusion_matrix.png"]
-                              + [f"eval predictions/val/{i:06d}.png" for i in range(5)])
+    assert recorded == sorted(
+        ["eval metrics.json", "eval per_class_iou.png", "eval confusion_matrix.png"]
+        + [f"eval predictions/val/{i:06d}.png" for i in range(5)]
+    )
 
 
 def folder_dataset(root: Path, labels: list) -> dict:
@@ -220,8 +282,11 @@ def test_a_split_without_any_labelled_pixel_is_refused_before_inference(configs_
         raise AssertionError("the model was loaded for a split that cannot be scored")
 
     monkeypatch.setattr(eval_app, "load_model", no_model)
-    with pytest.raises(DatasetError, match=r"the evaluation split 'val' \(2 images\) has no labelled pixel: every "
-                                           r"label is 255 \(ignore\).*Check split, the mask files"):
+    with pytest.raises(
+        DatasetError,
+        match=r"the evaluation split 'val' \(2 images\) has no labelled pixel: every "
+        r"label is 255 \(ignore\).*Check split, the mask files",
+    ):
         run_eval(eval_cfg(configs_dir, f"checkpoint={ckpt}", f"output_dir={tmp_path / 'out'}"))
 
 
@@ -244,9 +309,21 @@ def test_cli_truncated_image_in_a_worker_is_one_line_and_status_2(repo_root, con
     broken.write_bytes(broken.read_bytes()[:120])  # a truncated PNG
     ckpt = make_checkpoint(tmp_path / "ck.pth", configs_dir, dataset)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(repo_root / "tools" / "eval.py"), f"checkpoint={ckpt}", "device=cpu",
-                           "eval.num_workers=2", f"output_dir={out}"], cwd=repo_root, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "tools" / "eval.py"),
+            f"checkpoint={ckpt}",
+            "device=cpu",
+            "eval.num_workers=2",
+            f"output_dir={out}",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output, output[-3000:]
     assert output.count(f"Cannot decode image {broken}") == 1 and "(in DataLoader worker process 0)" in output
@@ -294,11 +371,25 @@ def test_trained_checkpoint_on_cityscapes_sample_through_cli(repo_root, configs_
         for split in ("train", "val"):
             (root / kind / split).symlink_to(cityscapes_sample / kind / "val", target_is_directory=True)
     work = tmp_path / "run"
-    overrides = ["dataset=cityscapes", f"dataset.root={root}", "dataset.base_size=[128,256]",
-                 "dataset.ratio_range=[0.5,1.0]", "train.crop_size=[64,64]", "dataset.cat_max_ratio=1.0",
-                 "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
-                 "model.aux_channels=8", "train.batch_size=2", "train.max_iters=3", "train.num_workers=0",
-                 "eval.num_workers=0", "train.device=cpu", "train.log_interval=1", "train.eval_interval=0"]
+    overrides = [
+        "dataset=cityscapes",
+        f"dataset.root={root}",
+        "dataset.base_size=[128,256]",
+        "dataset.ratio_range=[0.5,1.0]",
+        "train.crop_size=[64,64]",
+        "dataset.cat_max_ratio=1.0",
+        "model.tiny_widths=[8,16,32]",
+        "model.head_channels=16",
+        "model.bottleneck_channels=16",
+        "model.aux_channels=8",
+        "train.batch_size=2",
+        "train.max_iters=3",
+        "train.num_workers=0",
+        "eval.num_workers=0",
+        "train.device=cpu",
+        "train.log_interval=1",
+        "train.eval_interval=0",
+    ]
     with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
@@ -306,8 +397,15 @@ def test_trained_checkpoint_on_cityscapes_sample_through_cli(repo_root, configs_
     train(cfg)  # in process: one interpreter start less than tools/train.py
     ckpt = work / "checkpoints" / "last.pth"
     save = tmp_path / "eval" / "predictions"
-    proc = run_cli(repo_root, "eval.py", f"checkpoint={ckpt}", f"output_dir={tmp_path / 'eval'}", "device=cpu",
-                   "eval.num_workers=0", "formats=[trainid,cityscapes]")
+    proc = run_cli(
+        repo_root,
+        "eval.py",
+        f"checkpoint={ckpt}",
+        f"output_dir={tmp_path / 'eval'}",
+        "device=cpu",
+        "eval.num_workers=0",
+        "formats=[trainid,cityscapes]",
+    )
     assert "mIoU" in proc.stdout and "road" in proc.stdout  # the per-class table
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["dataset"] == "cityscapes" and metrics["num_images"] == 1
@@ -315,13 +413,15 @@ def test_trained_checkpoint_on_cityscapes_sample_through_cli(repo_root, configs_
     final = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["val/mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-9)
     # and by hand from the written prediction and the sample's label ids
-    gt_ids = np.asarray(Image.open(cityscapes_sample / "gtFine" / "val" / "frankfurt" /
-                                   f"{SAMPLE_STEM}_gtFine_labelIds.png"))
+    gt_ids = np.asarray(
+        Image.open(cityscapes_sample / "gtFine" / "val" / "frankfurt" / f"{SAMPLE_STEM}_gtFine_labelIds.png")
+    )
     gt = np.vectorize(lambda v: TO_TRAIN.get(int(v), 255))(gt_ids)
     pred = np.asarray(Image.open(save / "trainid" / "frankfurt" / f"{SAMPLE_STEM}_leftImg8bit.png"))
     expected = iou_by_hand(pred, gt, 19)
-    assert [None if math.isnan(e) else pytest.approx(e) for e in expected] == \
-        [v["IoU"] for v in metrics["per_class"].values()]
+    assert [None if math.isnan(e) else pytest.approx(e) for e in expected] == [
+        v["IoU"] for v in metrics["per_class"].values()
+    ]
     sub = np.asarray(Image.open(save / "cityscapes" / "frankfurt" / f"{SAMPLE_STEM}_leftImg8bit.png"))
     assert np.array_equal(np.vectorize(lambda v: TO_TRAIN[int(v)])(sub), pred)  # label ids <-> train ids
 
@@ -335,15 +435,22 @@ def test_torchrun_two_processes_equal_one_process(repo_root, configs_dir, tmp_pa
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["num_images"] == 5 and one == two  # exactly equal, per class too
-    pngs = [sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run / "predictions").rglob("*.png"))
-            for run in ("one", "two")]
-    assert all((tmp_path / run / plot).is_file() for run in ("one", "two")  # rank 0's plots beside metrics.json
-               for plot in ("per_class_iou.png", "confusion_matrix.png"))
+    pngs = [
+        sorted(p.relative_to(tmp_path / run).as_posix() for p in (tmp_path / run / "predictions").rglob("*.png"))
+        for run in ("one", "two")
+    ]
+    assert all(
+        (tmp_path / run / plot).is_file()
+        for run in ("one", "two")  # rank 0's plots beside metrics.json
+        for plot in ("per_class_iou.png", "confusion_matrix.png")
+    )
     # both ranks wrote their shard, under output_dir/predictions, and recorded it in the one manifest
     assert pngs[0] == pngs[1] == [f"predictions/val/{i:06d}.png" for i in range(5)]
     recorded = sorted((tmp_path / "two" / "manifest.txt").read_text().splitlines()[1:])
-    assert recorded == sorted([f"eval {name}" for name in pngs[0]] + ["eval confusion_matrix.png",
-                                                                     "eval metrics.json", "eval per_class_iou.png"])
+    assert recorded == sorted(
+        [f"eval {name}" for name in pngs[0]]
+        + ["eval confusion_matrix.png", "eval metrics.json", "eval per_class_iou.png"]
+    )
     for name in pngs[0]:
         a = np.asarray(Image.open(tmp_path / "one" / name))
         assert np.array_equal(a, np.asarray(Image.open(tmp_path / "two" / name)))

@@ -47,14 +47,18 @@ def _tool():
 
 
 def _deprecations(records) -> list:
-    return [f"{r.category.__name__} {r.filename}:{r.lineno}: {r.message}" for r in records
-            if issubclass(r.category, DEPRECATIONS)]
+    return [
+        f"{r.category.__name__} {r.filename}:{r.lineno}: {r.message}"
+        for r in records
+        if issubclass(r.category, DEPRECATIONS)
+    ]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = OmegaConf.create({"dataset": {"num_classes": 5},
-                            "model": OmegaConf.load(REPO / "configs" / "model" / "ccnet_tiny.yaml")})
+    cfg = OmegaConf.create(
+        {"dataset": {"num_classes": 5}, "model": OmegaConf.load(REPO / "configs" / "model" / "ccnet_tiny.yaml")}
+    )
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     torch.manual_seed(0)
     model = build_model(model_cfg)
@@ -65,9 +69,17 @@ def checkpoint(tmp_path_factory):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("export") / "tiny.pth"
-    save_checkpoint({"model": model.state_dict(), "iteration": 10,
-                     "config": {"model": model_cfg, "dataset": {"name": "synthetic", "num_classes": 5,
-                                                                "mean": MEAN, "std": STD}}}, path)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "iteration": 10,
+            "config": {
+                "model": model_cfg,
+                "dataset": {"name": "synthetic", "num_classes": 5, "mean": MEAN, "std": STD},
+            },
+        },
+        path,
+    )
     return path, model.eval()
 
 
@@ -77,17 +89,41 @@ def exported(checkpoint, tmp_path_factory):
     path, _ = checkpoint
     out_dir = tmp_path_factory.mktemp("exported")
     pt2, onnx_path, out = out_dir / "m.pt2", out_dir / "m.onnx", out_dir / "r.json"
-    argv = [str(path), "--pt2", str(pt2), "--onnx", str(onnx_path), "--size", "64", "64",
-            "--check-size", "48", "80", "--check-size", "40", "56", "--out", str(out)]
+    argv = [
+        str(path),
+        "--pt2",
+        str(pt2),
+        "--onnx",
+        str(onnx_path),
+        "--size",
+        "64",
+        "64",
+        "--check-size",
+        "48",
+        "80",
+        "--check-size",
+        "40",
+        "56",
+        "--out",
+        str(out),
+    ]
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         # a fast, non-exportable attention as the default must not leak into the export
         mp.setenv(CCA_IMPL_ENV, "lean")
         status = _tool().main(argv)
         impl_after = os.environ[CCA_IMPL_ENV]
-    return {"status": status, "result": json.loads(out.read_text()), "pt2": pt2, "onnx": onnx_path,
-            "warnings": list(records), "impl_after": impl_after, "argv": argv, "dir": out_dir,
-            "files": sorted(p.name for p in out_dir.iterdir())}
+    return {
+        "status": status,
+        "result": json.loads(out.read_text()),
+        "pt2": pt2,
+        "onnx": onnx_path,
+        "warnings": list(records),
+        "impl_after": impl_after,
+        "argv": argv,
+        "dir": out_dir,
+        "files": sorted(p.name for p in out_dir.iterdir()),
+    }
 
 
 def test_tool_checks_both_exports_and_records_the_exporter(exported):
@@ -157,9 +193,14 @@ def test_onnx_matches_pytorch_in_onnxruntime(exported, checkpoint):
 
 def test_metadata_round_trips_from_both_files(exported, checkpoint):
     _, model = checkpoint
-    expected = {"model": "ccnet_tiny", "num_classes": 5, "mean": MEAN, "std": STD,
-                "classes": ["background", "red", "green", "blue", "yellow"],  # ccnet.data.synthetic
-                "input": "RGB, (x / 255 - mean) / std, NCHW float32"}
+    expected = {
+        "model": "ccnet_tiny",
+        "num_classes": 5,
+        "mean": MEAN,
+        "std": STD,
+        "classes": ["background", "red", "green", "blue", "yellow"],  # ccnet.data.synthetic
+        "input": "RGB, (x / 255 - mean) / std, NCHW float32",
+    }
     x = torch.randn(2, 3, 50, 45)
     with torch.no_grad():
         ref = model(x)["out"]
@@ -196,8 +237,9 @@ def _failing_dynamo_export(original):
 
 
 @pytest.mark.parametrize("failure", ["no onnxscript", "exporter error"])
-def test_onnx_falls_back_to_the_torchscript_exporter_with_its_reason(checkpoint, tmp_path, monkeypatch, caplog,
-                                                                   failure):
+def test_onnx_falls_back_to_the_torchscript_exporter_with_its_reason(
+    checkpoint, tmp_path, monkeypatch, caplog, failure
+):
     path, model = checkpoint
     if failure == "exporter error" and not HAS_ONNXSCRIPT:
         pytest.skip("without onnxscript the dynamo exporter is never tried")
@@ -208,8 +250,9 @@ def test_onnx_falls_back_to_the_torchscript_exporter_with_its_reason(checkpoint,
     onnx_path, out = tmp_path / "fallback.onnx", tmp_path / "r.json"
     with warnings.catch_warnings(record=True) as records, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
-        status = _tool().main([str(path), "--onnx", str(onnx_path), "--size", "32", "40", "--check-size", "24", "56",
-                               "--out", str(out)])
+        status = _tool().main(
+            [str(path), "--onnx", str(onnx_path), "--size", "32", "40", "--check-size", "24", "56", "--out", str(out)]
+        )
     assert status == 0
     entry = json.loads(out.read_text())["onnx"]
     assert entry["exporter"] == "torchscript" and entry["max_abs_diff"] < TOL
@@ -244,10 +287,12 @@ def test_non_finite_weights_are_not_exported(checkpoint, tmp_path, caplog):
     save_checkpoint(state, tmp_path / "nan.pth")
     with caplog.at_level(logging.ERROR, logger="export"):
         assert _tool().main([str(tmp_path / "nan.pth"), "--pt2", str(tmp_path / "m.pt2")]) == 2
-    assert caplog.messages == [f"export failed: checkpoint {tmp_path / 'nan.pth'} holds NaN or inf in 1 tensor(s), "
-                               "e.g. ['head.cca.gamma']: a model with such weights predicts nonsense. The file is "
-                               "damaged or was saved after training diverged; use another checkpoint (e.g. an earlier "
-                               "one of the same run)"]
+    assert caplog.messages == [
+        f"export failed: checkpoint {tmp_path / 'nan.pth'} holds NaN or inf in 1 tensor(s), "
+        "e.g. ['head.cca.gamma']: a model with such weights predicts nonsense. The file is "
+        "damaged or was saved after training diverged; use another checkpoint (e.g. an earlier "
+        "one of the same run)"
+    ]
     assert not (tmp_path / "m.pt2").exists()
 
 
@@ -279,24 +324,42 @@ def test_outputs_never_replace_the_checkpoint_or_a_file_no_export_wrote(checkpoi
     path, _ = checkpoint
     mine = tmp_path / "mine.onnx"
     mine.write_bytes(b"the user's own model")
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), str(path), "--pt2",
-                           str(tmp_path / "new.pt2"), "--onnx", str(mine), "--size", "32", "32"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "export.py"),
+            str(path),
+            "--pt2",
+            str(tmp_path / "new.pt2"),
+            "--onnx",
+            str(mine),
+            "--size",
+            "32",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2 and "Traceback" not in output and len(output.splitlines()) == 1
-    assert output.startswith(f"export failed: refusing to write into {tmp_path}: 1 file(s)") and \
-        output.endswith(f"{mine} (exists, and no earlier export run wrote it here). Nothing was written. Choose "
-                        "another --onnx or move that file away")
+    assert output.startswith(f"export failed: refusing to write into {tmp_path}: 1 file(s)") and output.endswith(
+        f"{mine} (exists, and no earlier export run wrote it here). Nothing was written. Choose "
+        "another --onnx or move that file away"
+    )
     assert mine.read_bytes() == b"the user's own model"
     assert [p.name for p in tmp_path.iterdir()] == ["mine.onnx"]  # no .pt2 either: refused before exporting
     checkpoint_bytes = path.read_bytes()
     with caplog.at_level(logging.ERROR, logger="export"):
         assert _tool().main([str(path), "--pt2", str(path), "--size", "32", "32"]) == 2
         assert _tool().main([str(path), "--onnx", str(tmp_path / "a.onnx"), "--out", str(tmp_path / "a.onnx")]) == 2
-    assert caplog.messages[0].endswith(f"{path} (an input of this run). Nothing was written. Choose another --pt2 "
-                                       "or move that file away")
-    assert caplog.messages[1] == f"export failed: --onnx and --out both name {tmp_path / 'a.onnx'}: each output " \
-                                 "needs a file of its own. Nothing was written; give them different paths"
+    assert caplog.messages[0].endswith(
+        f"{path} (an input of this run). Nothing was written. Choose another --pt2 or move that file away"
+    )
+    assert (
+        caplog.messages[1] == f"export failed: --onnx and --out both name {tmp_path / 'a.onnx'}: each output "
+        "needs a file of its own. Nothing was written; give them different paths"
+    )
     assert path.read_bytes() == checkpoint_bytes and [p.name for p in tmp_path.iterdir()] == ["mine.onnx"]
 
 

@@ -63,8 +63,15 @@ def test_list_inputs_file_folder_glob(photos):
 
 def test_masks_match_the_model_run_by_hand(configs_dir, photos, cityscapes_ckpt, tmp_path):
     out = tmp_path / "out"
-    written = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}",
-                                  f"output_dir={out}", "formats=[color,trainid,overlay]")).written
+    written = run_infer(
+        infer_cfg(
+            configs_dir,
+            f"checkpoint={cityscapes_ckpt}",
+            f"input={photos}",
+            f"output_dir={out}",
+            "formats=[color,trainid,overlay]",
+        )
+    ).written
     assert [sorted(w) for w in written] == [["color", "overlay", "trainid"]] * 2
     assert written[1]["trainid"] == out / "trainid" / "sub" / "b.png"
     # Reference: the checkpoint's model on the image normalised here with ImageNet statistics.
@@ -86,8 +93,16 @@ def test_masks_match_the_model_run_by_hand(configs_dir, photos, cityscapes_ckpt,
 
 
 def test_legend_true_reaches_infer_overlays(configs_dir, photos, cityscapes_ckpt, tmp_path):
-    [written] = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos / 'a.png'}",
-                                    f"output_dir={tmp_path / 'out'}", "formats=[overlay]", "legend=true")).written
+    [written] = run_infer(
+        infer_cfg(
+            configs_dir,
+            f"checkpoint={cityscapes_ckpt}",
+            f"input={photos / 'a.png'}",
+            f"output_dir={tmp_path / 'out'}",
+            "formats=[overlay]",
+            "legend=true",
+        )
+    ).written
     with Image.open(written["overlay"]) as framed:
         assert framed.width == 44 and framed.height > 30
 
@@ -97,35 +112,51 @@ def test_unreadable_images_are_skipped_and_reported(configs_dir, photos, citysca
     (photos / "sub" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="ccnet"):
-        result = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}",
-                                     f"output_dir={out}", "formats=trainid"))
+        result = run_infer(
+            infer_cfg(
+                configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={out}", "formats=trainid"
+            )
+        )
     assert [w["trainid"] for w in result.written] == [out / "a.png", out / "sub" / "b.png"]
     assert [p for p, _ in result.skipped] == [photos / "broken.png", photos / "sub" / "empty.jpg"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3  # one per skipped file, then the closing line
     assert warnings[0].startswith(f"skipped: cannot read image {photos / 'broken.png'}: ")
-    assert warnings[1].startswith(f"skipped: cannot read image {photos / 'sub' / 'empty.jpg'}: ") \
+    assert (
+        warnings[1].startswith(f"skipped: cannot read image {photos / 'sub' / 'empty.jpg'}: ")
         and "empty (0 bytes)" in warnings[1]
+    )
     assert warnings[2] == f"wrote 2 of 4 images (trainid) to {out}; skipped 2 unreadable: broken.png, sub/empty.jpg"
 
 
 def test_class_count_must_match_palette(configs_dir, photos, cityscapes_ckpt, tmp_path):
-    cfg = infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={tmp_path}",
-                    "dataset=ade20k")
+    cfg = infer_cfg(
+        configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={tmp_path}", "dataset=ade20k"
+    )
     with pytest.raises(CheckpointMismatchError, match="predicts 19 classes but the 'ade20k' palette has 150 colours"):
         run_infer(cfg, dataset_group=True)
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("device=gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-    ("formats=[color,mask]", "formats=['color', 'mask']: expected one or more distinct formats"),
-    ("eval.crop_batch=0", "eval.crop_batch must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("device=gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("formats=[color,mask]", "formats=['color', 'mask']: expected one or more distinct formats"),
+        ("eval.crop_batch=0", "eval.crop_batch must be an integer >= 1, got 0"),
+    ],
+)
 def test_a_wrong_setting_is_a_config_error_naming_it(configs_dir, photos, cityscapes_ckpt, tmp_path, setting, message):
     with pytest.raises(ConfigError) as refused:
-        run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}",
-                            f"output_dir={tmp_path / 'out'}", setting))
+        run_infer(
+            infer_cfg(
+                configs_dir,
+                f"checkpoint={cityscapes_ckpt}",
+                f"input={photos}",
+                f"output_dir={tmp_path / 'out'}",
+                setting,
+            )
+        )
     assert message in str(refused.value) and not (tmp_path / "out").exists()
 
 
@@ -140,8 +171,11 @@ def test_no_format_writes_over_an_input(configs_dir, photos, cityscapes_ckpt, fm
     spec = {"folder": photos, "file": photos / "a.png", "glob": photos / "**" / "*.*g"}[form]
     before = files_of(photos)
     with pytest.raises(OutputConflictError) as refused:
-        run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={spec}", f"output_dir={photos}",
-                            f"formats={fmt}"))
+        run_infer(
+            infer_cfg(
+                configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={spec}", f"output_dir={photos}", f"formats={fmt}"
+            )
+        )
     message = str(refused.value)
     assert f"refusing to write into {photos}: 1 file(s)" in message
     assert f"{photos / 'a.png'} (an input of this run)" in message and "output_dir=..." in message
@@ -154,8 +188,15 @@ def test_an_output_reaching_an_input_through_a_symlink_is_refused(configs_dir, p
     (out / "color").symlink_to(photos, target_is_directory=True)  # out/color/a.png is photos/a.png
     before = files_of(photos)
     with pytest.raises(OutputConflictError, match=r"1 file\(s\).*color/a\.png \(an input of this run\)"):
-        run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={out}",
-                            "formats=[color,trainid]"))
+        run_infer(
+            infer_cfg(
+                configs_dir,
+                f"checkpoint={cityscapes_ckpt}",
+                f"input={photos}",
+                f"output_dir={out}",
+                "formats=[color,trainid]",
+            )
+        )
     assert files_of(photos) == before and not (out / "trainid").exists()
 
 
@@ -178,21 +219,26 @@ def test_a_later_run_replaces_its_own_outputs_and_no_one_elses(configs_dir, phot
     before = files_of(out)
     with pytest.raises(OutputConflictError) as refused:
         run_infer(infer_cfg(configs_dir, *common))
-    assert f"1 file(s) this run would write are not its own to replace: {out / 'c.png'} (exists, and no earlier " \
-           "infer run wrote it here)" in str(refused.value)
+    assert (
+        f"1 file(s) this run would write are not its own to replace: {out / 'c.png'} (exists, and no earlier "
+        "infer run wrote it here)" in str(refused.value)
+    )
     assert files_of(out) == before  # nothing replaced, not even infer's own a.png
 
     # A manifest.txt that ccnet did not write is neither trusted nor appended to.
     (out / "c.png").unlink()
     (out / "manifest.txt").write_text("infer a.png\ninfer sub/b.png\n")
-    with pytest.raises(OutputConflictError, match="manifest.txt \\(a file of the manifest's name that ccnet did "
-                                                  "not write\\).*a.png \\(exists"):
+    with pytest.raises(
+        OutputConflictError,
+        match="manifest.txt \\(a file of the manifest's name that ccnet did not write\\).*a.png \\(exists",
+    ):
         run_infer(infer_cfg(configs_dir, *common))
     assert (out / "manifest.txt").read_text() == "infer a.png\ninfer sub/b.png\n"
 
 
-def test_an_output_dir_inside_the_input_folder_is_not_read_back_as_input(configs_dir, photos, cityscapes_ckpt,
-                                                                         tmp_path):
+def test_an_output_dir_inside_the_input_folder_is_not_read_back_as_input(
+    configs_dir, photos, cityscapes_ckpt, tmp_path
+):
     out = photos / "seg"
     common = [f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={out}", "formats=[color,trainid]"]
     first = run_infer(infer_cfg(configs_dir, *common))
@@ -203,8 +249,9 @@ def test_an_output_dir_inside_the_input_folder_is_not_read_back_as_input(configs
     (nested / "seg").mkdir(parents=True)
     shutil.copy(photos / "a.png", nested / "seg" / "a.png")
     with pytest.raises(FileNotFoundError, match="lies in output_dir"):
-        run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={nested}",
-                            f"output_dir={nested / 'seg'}"))
+        run_infer(
+            infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={nested}", f"output_dir={nested / 'seg'}")
+        )
 
 
 def test_a_failed_run_that_wrote_nothing_leaves_no_folder(configs_dir, photos, cityscapes_ckpt, tmp_path):
@@ -213,8 +260,9 @@ def test_a_failed_run_that_wrote_nothing_leaves_no_folder(configs_dir, photos, c
         image.write_bytes(b"not an image")
     out = tmp_path / "out"
     with pytest.raises(SystemExit), hold_folder(out, "infer"), discard_if_empty_on_failure(out):
-        result = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}",
-                                     f"output_dir={out}"))
+        result = run_infer(
+            infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={out}")
+        )
         assert (out / "manifest.txt").is_file() and result.written == [] and len(result.skipped) == 2
         raise SystemExit(2)
     assert not out.exists()
@@ -222,29 +270,53 @@ def test_a_failed_run_that_wrote_nothing_leaves_no_folder(configs_dir, photos, c
 
 def run_tool(repo_root, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "infer.py"), *args], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "infer.py"), *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_single_image_and_glob(repo_root, configs_dir, photos, tmp_path):
     synthetic = {**load_yaml(configs_dir, "dataset", "synthetic"), "image_size": 64, "min_gap": 16}
     ckpt = make_checkpoint(tmp_path / "syn.pth", configs_dir, synthetic)
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # skipped and reported: status 2
-    proc = run_tool(repo_root, f"checkpoint={ckpt}", f"input={photos / '*.png'}", f"output_dir={tmp_path / 'out'}",
-                    "formats=color", "eval.flip=true", "device=auto")
+    proc = run_tool(
+        repo_root,
+        f"checkpoint={ckpt}",
+        f"input={photos / '*.png'}",
+        f"output_dir={tmp_path / 'out'}",
+        "formats=color",
+        "eval.flip=true",
+        "device=auto",
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"wrote 1 of 2 images (color) to {tmp_path / 'out'}; skipped 1 unreadable: broken.png" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     color = np.asarray(Image.open(tmp_path / "out" / "a.png"))  # one format: no subfolder; glob root: photos/
     assert color.shape == (30, 44, 3)
-    assert {tuple(c) for c in color.reshape(-1, 3)} <= {(0, 0, 0), (220, 40, 40), (40, 200, 60), (50, 80, 230),
-                                                        (230, 210, 40)}  # the synthetic palette
+    assert {tuple(c) for c in color.reshape(-1, 3)} <= {
+        (0, 0, 0),
+        (220, 40, 40),
+        (40, 200, 60),
+        (50, 80, 230),
+        (230, 210, 40),
+    }  # the synthetic palette
 
 
 def test_cli_refuses_to_write_over_the_inputs(repo_root, photos, cityscapes_ckpt):
     before = files_of(photos)
-    proc = run_tool(repo_root, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={photos}",
-                    "formats=overlay", "device=cpu")
+    proc = run_tool(
+        repo_root,
+        f"checkpoint={cityscapes_ckpt}",
+        f"input={photos}",
+        f"output_dir={photos}",
+        "formats=overlay",
+        "device=cpu",
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
     assert output.count("refusing to write") == 1 and f"{photos / 'a.png'} (an input of this run)" in output
@@ -258,8 +330,9 @@ def test_cli_missing_setting_or_held_folder_is_one_line(repo_root, photos, citys
     args = [v for k, v in given.items() if k != missing]
     if missing is None:  # every setting given, but another live process holds the output folder
         out.mkdir()
-        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / "run.lock")], stdout=subprocess.PIPE,
-                                  text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(out / "run.lock")], stdout=subprocess.PIPE, text=True
+        )
         assert holder.stdout.readline() == "held\n"
     try:
         proc = run_tool(repo_root, *args, f"output_dir={out}", "device=cpu")
@@ -269,24 +342,35 @@ def test_cli_missing_setting_or_held_folder_is_one_line(repo_root, photos, citys
             holder.wait()
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
-    expected = (f"the setting {missing} is required but not set: add {missing}=... to the command line"
-                if missing else f"{out} is in use by another run")
+    expected = (
+        f"the setting {missing} is required but not set: add {missing}=... to the command line"
+        if missing
+        else f"{out} is in use by another run"
+    )
     assert output.count(expected) == 1
     assert out.exists() == (missing is None)  # a refused run removes the folder it created
 
 
-HOLD_LOCK = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); " \
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)"
+HOLD_LOCK = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)"
+)
 
 
 def test_output_layout_is_what_the_docs_show(configs_dir, photos, cityscapes_ckpt, tmp_path):
     """docs/evaluation.md: a file x.jpg -> out/color/x.png; a folder's sub/x.jpg -> out/color/sub/x.png."""
     out = tmp_path / "single"
-    written = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos / 'sub' / 'b.jpg'}",
-                                  f"output_dir={out}")).written
+    written = run_infer(
+        infer_cfg(
+            configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos / 'sub' / 'b.jpg'}", f"output_dir={out}"
+        )
+    ).written
     assert written == [{"color": out / "color" / "b.png", "overlay": out / "overlay" / "b.png"}]
     out = tmp_path / "folder"
-    written = run_infer(infer_cfg(configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}",
-                                  f"output_dir={out}", "formats=[trainid]")).written
+    written = run_infer(
+        infer_cfg(
+            configs_dir, f"checkpoint={cityscapes_ckpt}", f"input={photos}", f"output_dir={out}", "formats=[trainid]"
+        )
+    ).written
     assert [w["trainid"] for w in written] == [out / "a.png", out / "sub" / "b.png"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]

@@ -11,23 +11,44 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-TINY = ["dataset.image_size=64", "dataset.min_gap=16", "dataset.num_train=64", "dataset.num_val=4",
-        "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
-        "model.aux_channels=8", "train.batch_size=2", "train.num_workers=0", "eval.num_workers=0",
-        "train.device=cpu", "train.max_iters=2", "train.log_interval=1"]
+TINY = [
+    "dataset.image_size=64",
+    "dataset.min_gap=16",
+    "dataset.num_train=64",
+    "dataset.num_val=4",
+    "model.tiny_widths=[8,16,32]",
+    "model.head_channels=16",
+    "model.bottleneck_channels=16",
+    "model.aux_channels=8",
+    "train.batch_size=2",
+    "train.num_workers=0",
+    "eval.num_workers=0",
+    "train.device=cpu",
+    "train.max_iters=2",
+    "train.log_interval=1",
+]
 
 
 def run_train(repo_root, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), *args], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "train.py"), *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.learning_rate=0.1", "Could not override 'train.learning_rate'"),
-    ("model=ccnet_r1000", "Could not find 'model/ccnet_r1000'"),
-    ("experiment=nope", "Could not find 'experiment/nope'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rate=0.1", "Could not override 'train.learning_rate'"),
+        ("model=ccnet_r1000", "Could not find 'model/ccnet_r1000'"),
+        ("experiment=nope", "Could not find 'experiment/nope'"),
+    ],
+)
 def test_unknown_key_or_group_is_hydras_error(repo_root, tmp_path, override, message):
     proc = run_train(repo_root, override, f"work_dir={tmp_path}")
     assert proc.returncode != 0
@@ -60,10 +81,17 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
     """Run from tmp_path so that the default work_dirs/ lands there: the quickstart's command plus an
     override gets its own directory (never the quickstart's), and the same command with
     resume=auto finds it again."""
+
     def run(*args):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(repo_root / "tools" / "train.py"), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     first = run(*TINY)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -80,10 +108,13 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
     assert len(list((tmp_path / "work_dirs").iterdir())) == 2
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lr=abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
-    ("train.batch_size=2.5", "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
+        ("train.batch_size=2.5", "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
+    ],
+)
 def test_wrong_setting_is_one_line_naming_the_key(repo_root, tmp_path, override, message):
     proc = run_train(repo_root, *TINY, override, f"work_dir={tmp_path}")
     assert proc.returncode == 2 and message in proc.stdout + proc.stderr

@@ -35,18 +35,25 @@ def test_tool_writes_overlays_for_a_synthetic_checkpoint(configs_dir: Path, tmp_
 
     dataset = _synthetic_cfg(configs_dir)
     model = _model(configs_dir)
-    ckpt = save_checkpoint({"model": model.state_dict(), "config": {"model": _model_cfg(configs_dir),
-                                                                    "dataset": dataset}}, tmp_path / "ck.pth")
+    ckpt = save_checkpoint(
+        {"model": model.state_dict(), "config": {"model": _model_cfg(configs_dir), "dataset": dataset}},
+        tmp_path / "ck.pth",
+    )
     written = main(["--checkpoint", str(ckpt), "--index", "1", "--output-dir", str(tmp_path / "maps")])
     assert [p.name for p in written] == ["input.png", "loop1.png", "loop2.png"]
     for path in written:
         assert np.asarray(Image.open(path)).shape == (SIZE, SIZE, 3)
-    assert (tmp_path / "maps" / "manifest.txt").read_text() == \
-        HEADER + "attention input.png\nattention loop1.png\nattention loop2.png\n"
+    assert (
+        tmp_path / "maps" / "manifest.txt"
+    ).read_text() == HEADER + "attention input.png\nattention loop1.png\nattention loop2.png\n"
     # the same command again replaces its own pictures
     assert main(["--checkpoint", str(ckpt), "--index", "1", "--output-dir", str(tmp_path / "maps")]) == written
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["input.png", "loop1.png", "loop2.png",
-                                                                     "manifest.txt"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "input.png",
+        "loop1.png",
+        "loop2.png",
+        "manifest.txt",
+    ]
     with pytest.raises(ConfigError, match=r"--pixel 64 0 lies outside the 64x64 image: expected a row in 0\.\.63"):
         main(["--checkpoint", str(ckpt), "--pixel", "64", "0", "--output-dir", str(tmp_path / "maps")])
 
@@ -55,17 +62,25 @@ def test_pictures_never_replace_a_file_the_tool_did_not_write(configs_dir: Path,
     from tools.visualize_attention import main
 
     model = _model(configs_dir)
-    ckpt = save_checkpoint({"model": model.state_dict(), "config": {"model": _model_cfg(configs_dir),
-                                                                    "dataset": _synthetic_cfg(configs_dir)}},
-                           tmp_path / "ck.pth")
+    ckpt = save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "config": {"model": _model_cfg(configs_dir), "dataset": _synthetic_cfg(configs_dir)},
+        },
+        tmp_path / "ck.pth",
+    )
     maps = tmp_path / "maps"
     maps.mkdir()
     (maps / "loop1.png").write_bytes(b"the user's picture")
     command = ["--checkpoint", str(ckpt), "--output-dir", str(maps)]
     with pytest.raises(OutputConflictError, match=r"loop1\.png \(exists, and no earlier attention run wrote it"):
         main(command)
-    proc = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "tools" / "visualize_attention.py"),
-                           *command], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[2] / "tools" / "visualize_attention.py"), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2 and "Traceback" not in output and len(output.splitlines()) == 1
     assert output.startswith(f"refusing to write into {maps}: 1 file(s)") and "(--output-dir=...)" in output

@@ -25,8 +25,12 @@ def test_write_to_disk_round_trip(configs_dir, tmp_path):
         mask = np.asarray(Image.open(tmp_path / "masks" / "val" / f"{index:06d}.png"))
         assert np.array_equal(image, scene.image) and np.array_equal(mask, scene.label)
     assert len(list((tmp_path / "images" / "train").glob("*.png"))) == 2
-    files = [f"{kind}/{split}/{index:06d}.png" for split in ("train", "val") for index in range(2)
-             for kind in ("images", "masks")]
+    files = [
+        f"{kind}/{split}/{index:06d}.png"
+        for split in ("train", "val")
+        for index in range(2)
+        for kind in ("images", "masks")
+    ]
     assert (tmp_path / "manifest.txt").read_text() == HEADER + "".join(f"write_synthetic {f}\n" for f in files)
     # the same command again replaces its own files (and records nothing twice)
     assert main(["--out", str(tmp_path), "--config", str(config), "--limit", "2"]) == 0
@@ -44,10 +48,14 @@ def test_never_replaces_a_file_it_did_not_write(configs_dir, tmp_path, caplog):
     assert caplog.messages == [
         f"refusing to write into {tmp_path}: 1 file(s) this run would write are not its own to replace: {mine} "
         "(exists, and no earlier write_synthetic run wrote it here). Nothing was written. Give the run a folder of "
-        "its own (--out=...) or move those files away"]
+        "its own (--out=...) or move those files away"
+    ]
     assert mine.read_bytes() == b"the user's mask"
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["masks", "masks/val",
-                                                                                "masks/val/000001.png"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "masks",
+        "masks/val",
+        "masks/val/000001.png",
+    ]
 
 
 def test_a_missing_config_is_one_line_and_status_2(tmp_path, caplog):

@@ -18,8 +18,10 @@ def test_claim_names_the_first_five_conflicts_and_counts_the_rest(tmp_path):
     with pytest.raises(OutputConflictError) as refused:
         OutputManifest(out, "infer").claim(mine, inputs=[tmp_path / "photo.png"])
     message = str(refused.value)
-    assert message.startswith(f"refusing to write into {out}: 7 file(s) this run would write are not its own to "
-                              f"replace: {out / '0.png'} (exists, and no earlier infer run wrote it here); ")
+    assert message.startswith(
+        f"refusing to write into {out}: 7 file(s) this run would write are not its own to "
+        f"replace: {out / '0.png'} (exists, and no earlier infer run wrote it here); "
+    )
     assert f"{out / '4.png'} (exists" in message and "5.png" not in message and ", and 2 more." in message
     assert message.endswith("Give the run a folder of its own (output_dir=...) or move those files away")
     assert not (out / "manifest.txt").exists()  # a refused run starts no manifest
@@ -121,8 +123,11 @@ def test_output_files_are_recorded_in_their_own_folders(tmp_path):
     assert (a / "manifest.txt").read_text() == HEADER + "export m.pt2\n"
     assert (b / "manifest.txt").read_text() == HEADER + "export m.onnx\n"
     OutputFiles("export", {"--pt2": a / "m.pt2", "--onnx": b / "m.onnx"}).check()  # a rerun replaces its own
-    with pytest.raises(OutputConflictError, match=r"m\.pt2 \(exists, and no earlier convert run wrote it here\)\. "
-                                                  r"Nothing was written\. Choose another DST or move that file away"):
+    with pytest.raises(
+        OutputConflictError,
+        match=r"m\.pt2 \(exists, and no earlier convert run wrote it here\)\. "
+        r"Nothing was written\. Choose another DST or move that file away",
+    ):
         OutputFiles("convert", {"DST": a / "m.pt2"}).check()
 
 

@@ -13,9 +13,7 @@ from PIL import Image
 from ccnet.utils.plots import confusion_plot_data, plot_confusion_matrix, plot_per_class_iou, row_normalized
 
 # rows = ground truth, columns = prediction; class 2 never occurs in the ground truth
-CONFUSION = np.array([[8, 2, 0],
-                      [1, 1, 2],
-                      [0, 0, 0]])
+CONFUSION = np.array([[8, 2, 0], [1, 1, 2], [0, 0, 0]])
 NAMES = ["road", "car", "sky"]
 
 
@@ -31,16 +29,21 @@ def test_rows_are_normalised_by_hand() -> None:
 
 def test_many_classes_keep_the_most_confused_and_an_other_column() -> None:
     confusion = np.diag([50, 40, 30, 20, 10])
-    confusion[1, 3] = 9   # car (1) <-> bus (3): 9 + 4 errors each
+    confusion[1, 3] = 9  # car (1) <-> bus (3): 9 + 4 errors each
     confusion[3, 1] = 4
-    confusion[0, 4] = 2   # 2 errors for road (0) and bike (4)
-    confusion[2, 0] = 1   # 1 error for sky (2) and road (0): road 3 errors in all
+    confusion[0, 4] = 2  # 2 errors for road (0) and bike (4)
+    confusion[2, 0] = 1  # 1 error for sky (2) and road (0): road 3 errors in all
     names = ["road", "car", "sky", "bus", "bike"]
     values, rows, cols = confusion_plot_data(confusion, names, max_classes=3)
     assert rows == ["road", "car", "bus"] and cols == ["road", "car", "bus", "other"]
-    expected = np.array([[50, 0, 0, 2],      # road: 2 pixels predicted as bike, not shown -> other
-                         [0, 40, 9, 0],
-                         [0, 4, 20, 0]], dtype=float)
+    expected = np.array(
+        [
+            [50, 0, 0, 2],  # road: 2 pixels predicted as bike, not shown -> other
+            [0, 40, 9, 0],
+            [0, 4, 20, 0],
+        ],
+        dtype=float,
+    )
     np.testing.assert_allclose(values, expected / expected.sum(axis=1, keepdims=True))
     np.testing.assert_allclose(values.sum(axis=1), 1.0)
 
@@ -81,6 +84,8 @@ def test_plots_are_written_as_readable_pngs(tmp_path) -> None:
 
 
 def test_importing_ccnet_does_not_load_matplotlib() -> None:
-    code = ("import sys, ccnet, ccnet.utils.plots, ccnet.apps.eval, ccnet.engine.trainer; "
-            "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'")
+    code = (
+        "import sys, ccnet, ccnet.utils.plots, ccnet.apps.eval, ccnet.engine.trainer; "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

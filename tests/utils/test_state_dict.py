@@ -7,14 +7,22 @@ import torch
 
 from ccnet.utils.state_dict import ConversionError, Rule, remap_state_dict, strip_prefix
 
-TARGET = {"a.weight": torch.zeros(2, 3), "bn.running_mean": torch.zeros(2),
-          "bn.num_batches_tracked": torch.zeros((), dtype=torch.long), "gamma": torch.zeros(1)}
+TARGET = {
+    "a.weight": torch.zeros(2, 3),
+    "bn.running_mean": torch.zeros(2),
+    "bn.num_batches_tracked": torch.zeros((), dtype=torch.long),
+    "gamma": torch.zeros(1),
+}
 RULES = (Rule(r"x\.(weight)", r"a.\1"), Rule(r"norm\.(\w+)", r"bn.\1"), Rule(r"g\.scale", "gamma", reshape=True))
 
 
 def test_maps_casts_reshapes_and_defaults_the_step_counter():
-    source = {"x.weight": torch.ones(2, 3, dtype=torch.float64), "norm.running_mean": torch.ones(2),
-              "g.scale": torch.tensor(0.5), "loss.weight": torch.ones(4)}
+    source = {
+        "x.weight": torch.ones(2, 3, dtype=torch.float64),
+        "norm.running_mean": torch.ones(2),
+        "g.scale": torch.tensor(0.5),
+        "loss.weight": torch.ones(4),
+    }
     out, report = remap_state_dict(source, TARGET, RULES, drop=(r"loss\..+",))
     assert out.keys() == TARGET.keys()
     assert out["a.weight"].dtype == torch.float32 and out["gamma"].shape == (1,) and out["gamma"].item() == 0.5
@@ -23,8 +31,12 @@ def test_maps_casts_reshapes_and_defaults_the_step_counter():
 
 
 def test_rule_to_a_key_the_model_lacks_is_unconsumed():
-    source = {"x.weight": torch.ones(2, 3), "norm.running_mean": torch.ones(2), "g.scale": torch.tensor(0.5),
-              "norm.running_var": torch.ones(2)}
+    source = {
+        "x.weight": torch.ones(2, 3),
+        "norm.running_mean": torch.ones(2),
+        "g.scale": torch.tensor(0.5),
+        "norm.running_var": torch.ones(2),
+    }
     with pytest.raises(ConversionError, match="norm.running_var .-> bn.running_var, which the model lacks"):
         remap_state_dict(source, TARGET, RULES)
 

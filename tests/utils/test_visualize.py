@@ -13,8 +13,18 @@ from ccnet.utils.visualize import add_legend, colorize, distinct_palette, legend
 
 # Saturated, never grey: the legend's text, outlines and band are all grey (r == g == b), so any
 # non-grey pixel of the band belongs to a colour square.
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+]
 NAMES = [f"class name {i}" for i in range(len(PALETTE))]
 FONT = 11  # squares are 11 px: 9 x 9 inside their 1-px outline
 
@@ -23,7 +33,7 @@ def picture_of(classes, height=40, width=240, ignore=False) -> Tuple[np.ndarray,
     """A label of vertical stripes of the given classes (and ignored rows on top), and its colours."""
     label = np.zeros((height, width), dtype=np.int64)
     for i, c in enumerate(classes):
-        label[:, i * width // len(classes):] = c
+        label[:, i * width // len(classes) :] = c
     if ignore:
         label[:5] = 255
     return label, colorize(label, PALETTE)
@@ -56,8 +66,9 @@ def test_squares_show_exactly_the_classes_present_and_the_picture_is_unchanged()
     assert all(counts[PALETTE[c]] >= (FONT - 2) ** 2 for c in (1, 4, 7))  # whole squares, not specks
     # classes of a second map (e.g. the prediction) join those of the first
     pred, _ = picture_of([7, 9])
-    assert swatches(add_legend(image, PALETTE, NAMES, [label, pred], font_size=FONT), 40) == \
-        {PALETTE[c] for c in (1, 4, 7, 9)}
+    assert swatches(add_legend(image, PALETTE, NAMES, [label, pred], font_size=FONT), 40) == {
+        PALETTE[c] for c in (1, 4, 7, 9)
+    }
 
 
 def test_class_names_are_written() -> None:
@@ -93,8 +104,13 @@ def test_many_classes_show_the_present_ones_and_count_the_hidden() -> None:
     out = add_legend(image, many, names, [label], font_size=FONT)
     assert swatches(out, 40) <= {many[0], many[42], many[149]} and {many[42], many[149]} <= swatches(out, 40)
     # the same three classes without hidden ones: the only extra ink above is the hidden-count note
-    alone = add_legend(image, [many[0], many[42], many[149]], ["c0", "c42", "c149"],
-                       [np.select([label == 42, label == 149], [1, 2], 0)], font_size=FONT)
+    alone = add_legend(
+        image,
+        [many[0], many[42], many[149]],
+        ["c0", "c42", "c149"],
+        [np.select([label == 42, label == 149], [1, 2], 0)],
+        font_size=FONT,
+    )
     assert ink(out, 40) > ink(alone, 40) + 100
 
 

@@ -90,8 +90,10 @@ def find_runs(root: Path) -> List[Run]:
         FileNotFoundError: ``root`` does not exist or holds no finished run.
     """
     if not root.is_dir():
-        raise FileNotFoundError(f"ablation root {root} does not exist; run scripts/ablation_recurrence.sh first "
-                                f"(OUT=... sets where it writes)")
+        raise FileNotFoundError(
+            f"ablation root {root} does not exist; run scripts/ablation_recurrence.sh first "
+            f"(OUT=... sets where it writes)"
+        )
     runs = []
     for metrics in sorted(root.rglob("metrics.jsonl")):
         config_path = metrics.parent / "config.yaml"
@@ -132,8 +134,10 @@ def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
 
     size = train_input_size(config["dataset"], config.get("train", {}).get("crop_size"))
     if size is None:
-        raise ConfigError("cannot tell the training input size from the run's config (train.crop_size, "
-                         "dataset.crop_size, dataset.image_size are all unset); pass --feature-size H W")
+        raise ConfigError(
+            "cannot tell the training input size from the run's config (train.crop_size, "
+            "dataset.crop_size, dataset.image_size are all unset); pass --feature-size H W"
+        )
     return math.ceil(size[0] / OUTPUT_STRIDE), math.ceil(size[1] / OUTPUT_STRIDE)
 
 
@@ -168,8 +172,9 @@ def long_range_accuracy(run: Run, batch_size: int = 16) -> Optional[Tuple[float,
     return hits["one"] / max(totals["one"], 1), hits["two"] / max(totals["two"], 1)
 
 
-def summarize(runs: Sequence[Run], feature_size: Optional[Tuple[int, int]] = None,
-              evaluate_regions: bool = True) -> List[Row]:
+def summarize(
+    runs: Sequence[Run], feature_size: Optional[Tuple[int, int]] = None, evaluate_regions: bool = True
+) -> List[Row]:
     """Group runs by (context, R) and fill in every column; rows ordered none, R=1.., non-local."""
     groups: Dict[Tuple[str, int], Row] = {}
     for run in runs:
@@ -205,28 +210,44 @@ def _mean_std(values: Sequence[float], digits: int = 3) -> str:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The summary as a markdown table (one line per (context, R))."""
-    lines = ["| context | R | seeds | val mIoU | one-hop acc | two-hop acc | head GFLOPs | context GFLOPs "
-             "| head peak MiB | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| context | R | seeds | val mIoU | one-hop acc | two-hop acc | head GFLOPs | context GFLOPs "
+        "| head peak MiB | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         times = [t for t in row.train_time if not math.isnan(t)]
         lines.append(
             f"| {row.context} | {row.recurrence if row.context == 'rcca' else '–'} | {len(row.runs)} | "
             f"{_mean_std(row.miou)} | {_mean_std(row.one_hop)} | {_mean_std(row.two_hop)} | "
             f"{row.gflops:.3f} | {row.context_gflops:.4f} | {row.peak_mib:.1f} | "
-            f"{f'{statistics.mean(times):.0f}' if times else '–'} |")
+            f"{f'{statistics.mean(times):.0f}' if times else '–'} |"
+        )
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``ablation`` benchmark (``tools/benchmark.py ablation ROOT``)."""
     parser.add_argument("root", type=Path, help="folder holding the sweep's run directories")
-    parser.add_argument("--table", type=Path, default=None,
-                        help="markdown file (default ROOT/summary.md; never over a file no earlier summary wrote)")
-    parser.add_argument("--feature-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="head input size for GFLOPs/memory (default: training crop / 8)")
-    parser.add_argument("--no-regions", action="store_true",
-                        help="skip the long-range accuracy (which re-runs each synthetic checkpoint)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="markdown file (default ROOT/summary.md; never over a file no earlier summary wrote)",
+    )
+    parser.add_argument(
+        "--feature-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="head input size for GFLOPs/memory (default: training crop / 8)",
+    )
+    parser.add_argument(
+        "--no-regions",
+        action="store_true",
+        help="skip the long-range accuracy (which re-runs each synthetic checkpoint)",
+    )
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -246,20 +267,39 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     out = Path(args.table or Path(args.root) / "summary.md")
     json_out = getattr(args, "out", None) or default_out(args)
     if out.resolve() == Path(json_out).resolve():
-        raise OutputConflictError(f"--table and --out both name {out}: the table and the JSON rows need a file each. "
-                                  "Nothing was written; give them different paths")
+        raise OutputConflictError(
+            f"--table and --out both name {out}: the table and the JSON rows need a file each. "
+            "Nothing was written; give them different paths"
+        )
     output = OutputFiles(TOOL, {"--table": out})
-    output.check(inputs=[run.path / name for run in runs for name in ("config.yaml", "metrics.jsonl",
-                                                                       "checkpoints/last.pth")])
-    rows = summarize(runs, tuple(args.feature_size) if args.feature_size else None,
-                     evaluate_regions=not args.no_regions)
+    output.check(
+        inputs=[run.path / name for run in runs for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pth")]
+    )
+    rows = summarize(
+        runs, tuple(args.feature_size) if args.feature_size else None, evaluate_regions=not args.no_regions
+    )
     table = markdown_table(rows)
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     output.record(out)
     print(f"\nwritten to {out}")
-    return {"benchmark": "ablation", "root": str(args.root), "rows": [
-        {"context": r.context, "recurrence": r.recurrence, "runs": [str(x.path) for x in r.runs], "val/mIoU": r.miou,
-         "one_hop_acc": r.one_hop, "two_hop_acc": r.two_hop, "train_time_s": r.train_time,
-         "head_gflops": r.gflops, "context_gflops": r.context_gflops, "head_peak_mib": r.peak_mib} for r in rows]}
+    return {
+        "benchmark": "ablation",
+        "root": str(args.root),
+        "rows": [
+            {
+                "context": r.context,
+                "recurrence": r.recurrence,
+                "runs": [str(x.path) for x in r.runs],
+                "val/mIoU": r.miou,
+                "one_hop_acc": r.one_hop,
+                "two_hop_acc": r.two_hop,
+                "train_time_s": r.train_time,
+                "head_gflops": r.gflops,
+                "context_gflops": r.context_gflops,
+                "head_peak_mib": r.peak_mib,
+            }
+            for r in rows
+        ],
+    }

@@ -49,7 +49,7 @@ def baseline_criss_cross_attention(proj_query: Tensor, proj_key: Tensor, proj_va
     concate = torch.softmax(torch.cat([energy_h, energy_w], 3), dim=3)  # (B, H, W, H+W)
     # (B*W, H, H) and (B*H, W, W)
     att_h = concate[:, :, :, 0:height].permute(0, 2, 1, 3).contiguous().view(batch * width, height, height)
-    att_w = concate[:, :, :, height:height + width].contiguous().view(batch * height, width, width)
+    att_w = concate[:, :, :, height : height + width].contiguous().view(batch * height, width, width)
     # back to (B, C, H, W)
     out_h = torch.bmm(proj_value_h, att_h.permute(0, 2, 1)).view(batch, width, -1, height).permute(0, 2, 3, 1)
     out_w = torch.bmm(proj_value_w, att_w.permute(0, 2, 1)).view(batch, height, -1, width).permute(0, 2, 1, 3)

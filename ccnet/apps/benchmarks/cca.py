@@ -63,12 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=97, help="W (default 97)")
     parser.add_argument("--recurrence", type=int, default=2, help="R, module applications (default 2)")
     parser.add_argument("--reduction", type=int, default=8, help="C' = C / reduction (default 8)")
-    parser.add_argument("--scope", choices=("module", "operator"), default="module",
-                        help="module: CrissCrossAttention x R incl. 1x1 convs; operator: attention on q, k, v")
+    parser.add_argument(
+        "--scope",
+        choices=("module", "operator"),
+        default="module",
+        help="module: CrissCrossAttention x R incl. 1x1 convs; operator: attention on q, k, v",
+    )
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="input/parameter dtype")
     parser.add_argument("--channels-last", action="store_true", help="channels_last inputs (and weights)")
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
-                        help="what to run; the baseline is always included (triton: CUDA only)")
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        choices=IMPLS,
+        default=list(IMPLS),
+        help="what to run; the baseline is always included (triton: CUDA only)",
+    )
     add_device_arguments(parser, warmup=1, repeats=5)
 
 
@@ -79,14 +88,17 @@ def _implementation(name: str) -> ContextManager[None]:
 
 def _forced(impl: str, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` run with our implementation ``impl`` selected."""
+
     def call() -> Any:
         with _implementation(impl):
             return fn()
+
     return call
 
 
-def _module_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                 state: Dict[str, Tensor], impl: str):
+def _module_case(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, state: Dict[str, Tensor], impl: str
+):
     """Closures for forward and forward+backward of the module applied R times."""
     cls = BaselineCrissCrossAttention if impl == "baseline" else CrissCrossAttention
     module = cls(args.channels, args.reduction)
@@ -124,8 +136,13 @@ def _operator_case(args: argparse.Namespace, device: torch.device, dtype: torch.
     inner = args.channels // args.reduction
     shapes = [(args.batch, inner, args.height, args.width)] * 2 + [(args.batch, args.channels, args.height, args.width)]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    q, k, v = (torch.randn(s, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
-               .requires_grad_() for s in shapes)
+    q, k, v = (
+        torch.randn(s, generator=g)
+        .to(device=device, dtype=dtype)
+        .contiguous(memory_format=memory_format)
+        .requires_grad_()
+        for s in shapes
+    )
     grad = torch.randn(v.shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
     op: Callable[..., Tensor] = baseline_criss_cross_attention if impl == "baseline" else criss_cross_attention
 
@@ -176,8 +193,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             baseline_out = out if baseline_out is None else baseline_out
             fwd_bytes, _ = peak_memory(forward, device)
             fwd_bwd_bytes, _ = peak_memory(forward_backward, device, setup=drop_gradients)
-        rows.append({"impl": impl, "max_abs_diff_vs_baseline": (out - baseline_out).abs().max().item(),
-                     "fwd_peak_mb": fwd_bytes / 2**20, "fwd_bwd_peak_mb": fwd_bwd_bytes / 2**20})
+        rows.append(
+            {
+                "impl": impl,
+                "max_abs_diff_vs_baseline": (out - baseline_out).abs().max().item(),
+                "fwd_peak_mb": fwd_bytes / 2**20,
+                "fwd_bwd_peak_mb": fwd_bwd_bytes / 2**20,
+            }
+        )
         del out
     # implementations take turns in every timing round: a load change on shared CPUs hits all alike
     for key, pick in (("fwd_ms", 0), ("fwd_bwd_ms", 1)):
@@ -196,13 +219,34 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         row["fwd_memory_ratio"] = row["fwd_peak_mb"] / base["fwd_peak_mb"] if base["fwd_peak_mb"] else None
         row["fwd_bwd_memory_ratio"] = row["fwd_bwd_peak_mb"] / base["fwd_bwd_peak_mb"]
 
-    config = {k: getattr(args, k) for k in ("batch", "channels", "height", "width", "recurrence", "reduction",
-                                            "scope", "dtype", "channels_last", "warmup", "repeats")}
+    config = {
+        k: getattr(args, k)
+        for k in (
+            "batch",
+            "channels",
+            "height",
+            "width",
+            "recurrence",
+            "reduction",
+            "scope",
+            "dtype",
+            "channels_last",
+            "warmup",
+            "repeats",
+        )
+    }
     bound = roofline(args, gemm_throughput(device, dtype))
     for row in rows:
         row["fraction_of_bound"] = bound["bound_ms"] / row["fwd_bwd_ms"]
-    result = {"benchmark": "cca", "config": config, "machine": machine_info(device, load),
-              "memory_method": memory_method(device), "skipped": skipped, "roofline": bound, "results": rows}
+    result = {
+        "benchmark": "cca",
+        "config": config,
+        "machine": machine_info(device, load),
+        "memory_method": memory_method(device),
+        "skipped": skipped,
+        "roofline": bound,
+        "results": rows,
+    }
     _print(result)
     return result
 
@@ -222,37 +266,50 @@ def roofline(args: argparse.Namespace, gemm_gflops: float) -> Dict[str, float]:
     projections = 2 * b * hw * c * (2 * inner + c) if args.scope == "module" else 0
     attention = 2 * b * hw * (h + w) * inner + 2 * b * hw * (h + w) * c
     total = 3 * applications * (projections + attention)
-    return {"projection_gflop": 3 * applications * projections / 1e9,
-            "attention_gflop": 3 * applications * attention / 1e9,
-            "gemm_gflops_per_s": gemm_gflops, "bound_ms": total / (gemm_gflops * 1e9) * 1e3}
+    return {
+        "projection_gflop": 3 * applications * projections / 1e9,
+        "attention_gflop": 3 * applications * attention / 1e9,
+        "gemm_gflops_per_s": gemm_gflops,
+        "bound_ms": total / (gemm_gflops * 1e9) * 1e3,
+    }
 
 
 def _print(result: Dict[str, Any]) -> None:
     c = result["config"]
-    scope = (f"CrissCrossAttention x R={c['recurrence']}" if c["scope"] == "module"
-             else "attention operator on q, k, v")
-    print(f"criss-cross attention, {scope}: B={c['batch']} C={c['channels']} H={c['height']} W={c['width']} "
-          f"C'=C/{c['reduction']} {c['dtype']}{' channels_last' if c['channels_last'] else ''}")
+    scope = f"CrissCrossAttention x R={c['recurrence']}" if c["scope"] == "module" else "attention operator on q, k, v"
+    print(
+        f"criss-cross attention, {scope}: B={c['batch']} C={c['channels']} H={c['height']} W={c['width']} "
+        f"C'=C/{c['reduction']} {c['dtype']}{' channels_last' if c['channels_last'] else ''}"
+    )
     print(f"machine: {describe_machine(result['machine'])}")
-    print(format_table(result["results"], [
-        ("impl", "impl", "{}"),
-        ("fwd_ms", "fwd ms", "{:.1f}"),
-        ("fwd_bwd_ms", "fwd+bwd ms", "{:.1f}"),
-        ("fwd_bwd_range_ms", "fwd+bwd range", "{0[0]:.1f}-{0[1]:.1f}"),
-        ("fwd_bwd_speedup", "fwd+bwd speed-up", "{:.2f}x"),
-        ("fwd_peak_mb", "fwd peak MB", "{:.1f}"),
-        ("fwd_bwd_peak_mb", "fwd+bwd peak MB", "{:.1f}"),
-        ("fwd_bwd_memory_ratio", "fwd+bwd mem / baseline", "{:.2f}"),
-        ("fwd_speedup", "fwd speed-up", "{:.2f}x"),
-        ("max_abs_diff_vs_baseline", "max |out - baseline|", "{:.1e}"),
-        ("fraction_of_bound", "of bound", "{:.0%}"),
-    ]))
-    print(f"time: median (range) of {c['repeats']} after {c['warmup']} warm-up, implementations interleaved; peak "
-          f"memory: {result['memory_method']}")
+    print(
+        format_table(
+            result["results"],
+            [
+                ("impl", "impl", "{}"),
+                ("fwd_ms", "fwd ms", "{:.1f}"),
+                ("fwd_bwd_ms", "fwd+bwd ms", "{:.1f}"),
+                ("fwd_bwd_range_ms", "fwd+bwd range", "{0[0]:.1f}-{0[1]:.1f}"),
+                ("fwd_bwd_speedup", "fwd+bwd speed-up", "{:.2f}x"),
+                ("fwd_peak_mb", "fwd peak MB", "{:.1f}"),
+                ("fwd_bwd_peak_mb", "fwd+bwd peak MB", "{:.1f}"),
+                ("fwd_bwd_memory_ratio", "fwd+bwd mem / baseline", "{:.2f}"),
+                ("fwd_speedup", "fwd speed-up", "{:.2f}x"),
+                ("max_abs_diff_vs_baseline", "max |out - baseline|", "{:.1e}"),
+                ("fraction_of_bound", "of bound", "{:.0%}"),
+            ],
+        )
+    )
+    print(
+        f"time: median (range) of {c['repeats']} after {c['warmup']} warm-up, implementations interleaved; peak "
+        f"memory: {result['memory_method']}"
+    )
     r = result["roofline"]
-    print(f"roofline: {r['projection_gflop']:.1f} GFLOP of projections + {r['attention_gflop']:.1f} of attention per "
-          f"forward+backward; this machine's {c['dtype']} matrix product runs at {r['gemm_gflops_per_s']:.0f} "
-          f"GFLOP/s, so no implementation can take less than {r['bound_ms']:.1f} ms ('of bound': that floor / the "
-          "measured time)")
+    print(
+        f"roofline: {r['projection_gflop']:.1f} GFLOP of projections + {r['attention_gflop']:.1f} of attention per "
+        f"forward+backward; this machine's {c['dtype']} matrix product runs at {r['gemm_gflops_per_s']:.0f} "
+        f"GFLOP/s, so no implementation can take less than {r['bound_ms']:.1f} ms ('of bound': that floor / the "
+        "measured time)"
+    )
     for impl, reason in result["skipped"].items():
         print(f"skipped {impl}: {reason}")

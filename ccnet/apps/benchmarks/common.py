@@ -31,8 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ccnet.dist import resolve_device  # noqa: F401  (re-exported for the benchmark modules)
 from ccnet.errors import ConfigError, UserError
 
-CPU_MEMORY_METHOD = ("torch.profiler(profile_memory=True): peak running sum of the CPU allocator's "
-                     "allocation/free events during the call, above the memory allocated before it")
+CPU_MEMORY_METHOD = (
+    "torch.profiler(profile_memory=True): peak running sum of the CPU allocator's "
+    "allocation/free events during the call, above the memory allocated before it"
+)
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated during the call, above the memory allocated before it"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,14 +42,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def add_device_arguments(parser: argparse.ArgumentParser, warmup: int = 1, repeats: int = 5) -> None:
     """``--device``, ``--threads``, ``--warmup`` and ``--repeats``, common to the timing benchmarks."""
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU intra-op threads (default: PyTorch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: PyTorch's choice)")
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls first (default {warmup})")
-    parser.add_argument("--repeats", type=int, default=repeats,
-                        help=f"timed calls; the median and the range are reported (default {repeats})")
-    parser.add_argument("--force", action="store_true",
-                        help=f"time even when the CPUs are busy (load average above {MAX_LOAD_PER_CORE} per core "
-                             "after waiting up to 2 minutes for it to fall); the result records the load")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=repeats,
+        help=f"timed calls; the median and the range are reported (default {repeats})",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"time even when the CPUs are busy (load average above {MAX_LOAD_PER_CORE} per core "
+        "after waiting up to 2 minutes for it to fall); the result records the load",
+    )
 
 
 MAX_LOAD_PER_CORE = 0.3  # above this, other processes share the CPUs and timings are not results
@@ -57,8 +65,9 @@ class BusyMachineError(UserError, RuntimeError):
     """The machine is too loaded for timings to mean anything (the message says to wait or pass --force)."""
 
 
-def check_machine_load(device: torch.device, force: bool, wait_s: float = 120.0,
-                       poll_s: float = 5.0) -> Optional[float]:
+def check_machine_load(
+    device: torch.device, force: bool, wait_s: float = 120.0, poll_s: float = 5.0
+) -> Optional[float]:
     """Refuse to time on busy CPUs: the 1-minute load average per core must be at most
     :data:`MAX_LOAD_PER_CORE` (``--force`` times anyway, with a warning). A load that is above it
     only because of what ran just before (a previous benchmark: the average decays with a one-minute
@@ -79,19 +88,25 @@ def check_machine_load(device: torch.device, force: bool, wait_s: float = 120.0,
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     if load / cores > MAX_LOAD_PER_CORE and not force and wait_s > 0:
-        print(f"load average {load:.2f} on {cores} CPUs; waiting up to {wait_s:.0f} s for it to fall to "
-              f"{MAX_LOAD_PER_CORE * cores:.2f}", file=sys.stderr)
+        print(
+            f"load average {load:.2f} on {cores} CPUs; waiting up to {wait_s:.0f} s for it to fall to "
+            f"{MAX_LOAD_PER_CORE * cores:.2f}",
+            file=sys.stderr,
+        )
         deadline = time.monotonic() + wait_s
         while load / cores > MAX_LOAD_PER_CORE and time.monotonic() < deadline:
             time.sleep(poll_s)
             load = os.getloadavg()[0]
     if load / cores <= MAX_LOAD_PER_CORE:
         return load
-    message = (f"load average {load:.2f} on {cores} CPUs ({load / cores:.2f} per core, above {MAX_LOAD_PER_CORE}): "
-               "other processes share the CPUs, so the timings would not be results")
+    message = (
+        f"load average {load:.2f} on {cores} CPUs ({load / cores:.2f} per core, above {MAX_LOAD_PER_CORE}): "
+        "other processes share the CPUs, so the timings would not be results"
+    )
     if not force:
-        raise BusyMachineError(message + f" (waited {wait_s:.0f} s); wait until the machine is idle, or pass "
-                               "--force to time anyway")
+        raise BusyMachineError(
+            message + f" (waited {wait_s:.0f} s); wait until the machine is idle, or pass --force to time anyway"
+        )
     print(f"warning: {message}; timing anyway (--force)", file=sys.stderr)
     return load
 
@@ -115,8 +130,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int,
-              setup: Optional[Callable[[], Any]] = None) -> Dict[str, float]:
+def time_call(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, setup: Optional[Callable[[], Any]] = None
+) -> Dict[str, float]:
     """Median and minimum wall time of ``fn`` in milliseconds.
 
     Args:
@@ -132,8 +148,12 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
     return time_interleaved({"call": (fn, setup)}, device, warmup, repeats)["call"]
 
 
-def time_interleaved(calls: Dict[str, Tuple[Callable[[], Any], Optional[Callable[[], Any]]]], device: torch.device,
-                     warmup: int, repeats: int) -> Dict[str, Dict[str, float]]:
+def time_interleaved(
+    calls: Dict[str, Tuple[Callable[[], Any], Optional[Callable[[], Any]]]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> Dict[str, Dict[str, float]]:
     """:func:`time_call` for several ``(fn, setup)`` calls, taking turns in every round, so that a
     change of machine load (shared CPUs) affects all of them alike and their ratios stay fair."""
     if repeats < 1:
@@ -149,8 +169,10 @@ def time_interleaved(calls: Dict[str, Tuple[Callable[[], Any], Optional[Callable
             _sync(device)
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": repeats}
-            for name, t in times.items()}
+    return {
+        name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": repeats}
+        for name, t in times.items()
+    }
 
 
 def gemm_throughput(device: torch.device, dtype: torch.dtype, size: Optional[int] = None, repeats: int = 5) -> float:
@@ -160,7 +182,7 @@ def gemm_throughput(device: torch.device, dtype: torch.dtype, size: Optional[int
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     timing = time_call(lambda: a @ b, device, warmup=2, repeats=repeats)
-    return 2 * n ** 3 / (timing["median_ms"] * 1e-3) / 1e9
+    return 2 * n**3 / (timing["median_ms"] * 1e-3) / 1e9
 
 
 def memory_method(device: torch.device) -> str:
@@ -168,8 +190,9 @@ def memory_method(device: torch.device) -> str:
     return CUDA_MEMORY_METHOD if device.type == "cuda" else CPU_MEMORY_METHOD
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device,
-                setup: Optional[Callable[[], Any]] = None) -> Tuple[int, str]:
+def peak_memory(
+    fn: Callable[[], Any], device: torch.device, setup: Optional[Callable[[], Any]] = None
+) -> Tuple[int, str]:
     """Peak bytes allocated during ``fn()`` above what was allocated before it, and how.
 
     ``setup`` runs first, outside the measurement: ``fn`` should not free memory that existed
@@ -189,8 +212,9 @@ def peak_memory(fn: Callable[[], Any], device: torch.device,
         return torch.cuda.max_memory_allocated(device) - before, CUDA_MEMORY_METHOD
     with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    events = [
+        e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+    ]
     running = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):
         running += event.nbytes()
@@ -274,7 +298,8 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, st
 
 def describe_machine(info: Dict[str, Any]) -> str:
     """One line for the table header."""
-    where = info.get("gpu") or (f"{info['cpu']}, {info.get('cpu_capability', '?')} ({info['threads']} threads of "
-                                f"{info['cpu_count']} CPUs)")
+    where = info.get("gpu") or (
+        f"{info['cpu']}, {info.get('cpu_capability', '?')} ({info['threads']} threads of {info['cpu_count']} CPUs)"
+    )
     load = f", load average {info['load_average_1min']} at the start" if "load_average_1min" in info else ""
     return f"{where}; torch {info['torch']}{load}"

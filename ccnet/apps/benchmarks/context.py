@@ -57,8 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=97, help="map height (default 97: 769 px at stride 8)")
     parser.add_argument("--width", type=int, default=97, help="map width (default 97)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    parser.add_argument("--contexts", nargs="+", choices=CONTEXTS, default=list(CONTEXTS),
-                        help="variants to measure (rcca<R>: criss-cross attention applied R times)")
+    parser.add_argument(
+        "--contexts",
+        nargs="+",
+        choices=CONTEXTS,
+        default=list(CONTEXTS),
+        help="variants to measure (rcca<R>: criss-cross attention applied R times)",
+    )
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="parameter/input dtype")
     add_device_arguments(parser, warmup=1, repeats=3)
 
@@ -66,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _head(context: str, in_channels: int) -> RCCAHead:
     if context == "nonlocal":
         return NonLocalHead(in_channels, num_classes=19)
-    recurrence = 0 if context == "none" else int(context[len("rcca"):])
+    recurrence = 0 if context == "none" else int(context[len("rcca") :])
     return RCCAHead(in_channels, num_classes=19, recurrence=recurrence)
 
 
@@ -131,9 +136,12 @@ def _measure(args: argparse.Namespace, context: str, device: torch.device, dtype
 
     fwd_bytes, _ = peak_memory(forward, device)
     train_bytes, _ = peak_memory(train_step, device, setup=drop_gradients)
-    return {"block_fwd_mb": fwd_bytes / 2**20, "block_train_mb": train_bytes / 2**20,
-            "block_fwd_ms": time_call(forward, device, args.warmup, args.repeats)["median_ms"],
-            "block_train_ms": time_call(train_step, device, args.warmup, args.repeats, drop_gradients)["median_ms"]}
+    return {
+        "block_fwd_mb": fwd_bytes / 2**20,
+        "block_train_mb": train_bytes / 2**20,
+        "block_fwd_ms": time_call(forward, device, args.warmup, args.repeats)["median_ms"],
+        "block_train_ms": time_call(train_step, device, args.warmup, args.repeats, drop_gradients)["median_ms"],
+    }
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -154,37 +162,55 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     comparison = {}
     if "rcca2" in by_name and "nonlocal" in by_name:
         rcca, nl = by_name["rcca2"], by_name["nonlocal"]
-        comparison = {"rcca2_flops_reduction_vs_nonlocal": 1 - rcca["block_gflops"] / nl["block_gflops"],
-                      "nonlocal_over_rcca2_train_memory": nl["block_train_mb"] / rcca["block_train_mb"],
-                      "paper_flops_reduction": 1 - 16.5 / 108.0, "paper_memory_ratio": 1411.0 / 127.0}
+        comparison = {
+            "rcca2_flops_reduction_vs_nonlocal": 1 - rcca["block_gflops"] / nl["block_gflops"],
+            "nonlocal_over_rcca2_train_memory": nl["block_train_mb"] / rcca["block_train_mb"],
+            "paper_flops_reduction": 1 - 16.5 / 108.0,
+            "paper_memory_ratio": 1411.0 / 127.0,
+        }
     config = {k: getattr(args, k) for k in ("in_channels", "height", "width", "batch", "dtype", "warmup", "repeats")}
-    result = {"benchmark": "context", "config": config, "machine": machine_info(device, load),
-              "criss_cross_implementation": select_implementation(None, device), "memory_method": memory_method(device),
-              "results": rows, "comparison": comparison}
+    result = {
+        "benchmark": "context",
+        "config": config,
+        "machine": machine_info(device, load),
+        "criss_cross_implementation": select_implementation(None, device),
+        "memory_method": memory_method(device),
+        "results": rows,
+        "comparison": comparison,
+    }
     _print(result)
     return result
 
 
 def _print(result: Dict[str, Any]) -> None:
     c = result["config"]
-    print(f"context modules on a {c['batch']}x{c['in_channels']}x{c['height']}x{c['width']} map (block = what the "
-          f"variant adds after conva's {c['in_channels'] // 4} channels; head = conva .. bottleneck), {c['dtype']}, "
-          f"criss-cross implementation: {result['criss_cross_implementation']}")
+    print(
+        f"context modules on a {c['batch']}x{c['in_channels']}x{c['height']}x{c['width']} map (block = what the "
+        f"variant adds after conva's {c['in_channels'] // 4} channels; head = conva .. bottleneck), {c['dtype']}, "
+        f"criss-cross implementation: {result['criss_cross_implementation']}"
+    )
     print(f"machine: {describe_machine(result['machine'])}")
-    print(format_table(result["results"], [
-        ("context", "context", "{}"),
-        ("block_gflops", "block GFLOPs", "{:.2f}"),
-        ("paper_gflops", "paper GFLOPs", "{:.1f}"),
-        ("block_train_mb", "block train MB", "{:.0f}"),
-        ("paper_memory_mb", "paper MB", "{:.0f}"),
-        ("block_fwd_mb", "block infer MB", "{:.0f}"),
-        ("block_train_ms", "block train ms", "{:.0f}"),
-        ("block_fwd_ms", "block infer ms", "{:.0f}"),
-        ("head_gflops", "head GFLOPs", "{:.1f}"),
-    ]))
+    print(
+        format_table(
+            result["results"],
+            [
+                ("context", "context", "{}"),
+                ("block_gflops", "block GFLOPs", "{:.2f}"),
+                ("paper_gflops", "paper GFLOPs", "{:.1f}"),
+                ("block_train_mb", "block train MB", "{:.0f}"),
+                ("paper_memory_mb", "paper MB", "{:.0f}"),
+                ("block_fwd_mb", "block infer MB", "{:.0f}"),
+                ("block_train_ms", "block train ms", "{:.0f}"),
+                ("block_fwd_ms", "block infer ms", "{:.0f}"),
+                ("head_gflops", "head GFLOPs", "{:.1f}"),
+            ],
+        )
+    )
     cmp = result["comparison"]
     if cmp:
-        print(f"RCCA R=2 vs non-local: {100 * cmp['rcca2_flops_reduction_vs_nonlocal']:.1f}% fewer FLOPs "
-              f"(paper {100 * cmp['paper_flops_reduction']:.1f}%), {cmp['nonlocal_over_rcca2_train_memory']:.1f}x "
-              f"less training memory (paper {cmp['paper_memory_ratio']:.1f}x)")
+        print(
+            f"RCCA R=2 vs non-local: {100 * cmp['rcca2_flops_reduction_vs_nonlocal']:.1f}% fewer FLOPs "
+            f"(paper {100 * cmp['paper_flops_reduction']:.1f}%), {cmp['nonlocal_over_rcca2_train_memory']:.1f}x "
+            f"less training memory (paper {cmp['paper_memory_ratio']:.1f}x)"
+        )
     print(f"time: median of {c['repeats']} after {c['warmup']} warm-up; memory: {result['memory_method']}")

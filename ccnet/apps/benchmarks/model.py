@@ -43,17 +43,29 @@ MODEL_CONFIGS = CONFIGS_DIR / "model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``model`` benchmark."""
-    parser.add_argument("--configs", nargs="+", default=None,
-                        help=f"model config names or .yaml paths (default: every file in {MODEL_CONFIGS})")
-    parser.add_argument("--size", type=int, nargs="+", default=[769], metavar="H [W]",
-                        help="input size, H [W] (default 769: 769x769)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help=f"model config names or .yaml paths (default: every file in {MODEL_CONFIGS})",
+    )
+    parser.add_argument(
+        "--size", type=int, nargs="+", default=[769], metavar="H [W]", help="input size, H [W] (default 769: 769x769)"
+    )
     parser.add_argument("--num-classes", type=int, default=19, help="classes of the composed configs (default 19)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
-                        help="latency under autocast in this dtype (float32: no autocast)")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="latency under autocast in this dtype (float32: no autocast)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and input for latency")
-    parser.add_argument("--latency", action="store_true",
-                        help="also time real forward passes (without it: parameters and GFLOPs on meta tensors only, "
-                             "no memory or compute)")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time real forward passes (without it: parameters and GFLOPs on meta tensors only, "
+        "no memory or compute)",
+    )
     add_device_arguments(parser, warmup=1, repeats=3)
 
 
@@ -106,22 +118,34 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with torch.no_grad():
             flops = count_flops(lambda m=meta_model, x=meta_input: m(x))
         recurrence = cfg.get("recurrence") if cfg.get("context", "rcca") == "rcca" else None
-        row: Dict[str, Any] = {"config": path.stem, "context": cfg.get("context"), "recurrence": recurrence,
-                               "params_m": sum(p.numel() for p in meta_model.parameters()) / 1e6,
-                               "gflops": flops / 1e9, "latency_ms": None}
+        row: Dict[str, Any] = {
+            "config": path.stem,
+            "context": cfg.get("context"),
+            "recurrence": recurrence,
+            "params_m": sum(p.numel() for p in meta_model.parameters()) / 1e6,
+            "gflops": flops / 1e9,
+            "latency_ms": None,
+        }
         if args.latency:
             row["latency_ms"] = _latency(cfg, (height, width), args, device, dtype)
         log.info("model %s: %s", path.stem, row)
         rows.append(row)
-    config = {"size": [height, width], "num_classes": args.num_classes, "dtype": args.dtype,
-              "channels_last": args.channels_last, "warmup": args.warmup, "repeats": args.repeats}
+    config = {
+        "size": [height, width],
+        "num_classes": args.num_classes,
+        "dtype": args.dtype,
+        "channels_last": args.channels_last,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
     result = {"benchmark": "model", "config": config, "machine": machine_info(device, load), "results": rows}
     _print(result)
     return result
 
 
-def _latency(cfg: Dict[str, Any], size: Tuple[int, int], args: argparse.Namespace, device: torch.device,
-             dtype: torch.dtype) -> float:
+def _latency(
+    cfg: Dict[str, Any], size: Tuple[int, int], args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> float:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = build_model(cfg, pretrained=False).eval().to(device=device, memory_format=memory_format)
     images = torch.randn(1, 3, *size, device=device).contiguous(memory_format=memory_format)
@@ -135,15 +159,22 @@ def _latency(cfg: Dict[str, Any], size: Tuple[int, int], args: argparse.Namespac
 
 def _print(result: Dict[str, Any]) -> None:
     c = result["config"]
-    print(f"models at {c['size'][0]}x{c['size'][1]}, {c['num_classes']} classes, batch 1, eval mode; latency "
-          f"{c['dtype']}{' channels_last' if c['channels_last'] else ''}")
+    print(
+        f"models at {c['size'][0]}x{c['size'][1]}, {c['num_classes']} classes, batch 1, eval mode; latency "
+        f"{c['dtype']}{' channels_last' if c['channels_last'] else ''}"
+    )
     print(f"machine: {describe_machine(result['machine'])}")
-    print(format_table(result["results"], [
-        ("config", "config", "{}"),
-        ("context", "context", "{}"),
-        ("recurrence", "R", "{}"),
-        ("params_m", "params (M)", "{:.2f}"),
-        ("gflops", "GFLOPs", "{:.1f}"),
-        ("latency_ms", "latency ms", "{:.0f}"),
-    ]))
+    print(
+        format_table(
+            result["results"],
+            [
+                ("config", "config", "{}"),
+                ("context", "context", "{}"),
+                ("recurrence", "R", "{}"),
+                ("params_m", "params (M)", "{:.2f}"),
+                ("gflops", "GFLOPs", "{:.1f}"),
+                ("latency_ms", "latency ms", "{:.0f}"),
+            ],
+        )
+    )
     print(f"latency: median of {c['repeats']} after {c['warmup']} warm-up; GFLOPs: FlopCounterMode, 2 per multiply-add")

@@ -55,17 +55,30 @@ AUX_WEIGHT = 0.4
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``train`` benchmark."""
     parser.add_argument("--config", default="ccnet_r101", help="model config name or .yaml path (default ccnet_r101)")
-    parser.add_argument("--size", type=int, nargs="+", default=[769], metavar="H [W]",
-                        help="crop size, H [W] (default 769: 769x769)")
+    parser.add_argument(
+        "--size", type=int, nargs="+", default=[769], metavar="H [W]", help="crop size, H [W] (default 769: 769x769)"
+    )
     parser.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     parser.add_argument("--num-classes", type=int, default=19, help="classes (default 19)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
-                        help="precision[+cl] variants (default: all on CUDA; fp32, fp32+cl, bf16, bf16+cl on CPU)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=None,
+        help="precision[+cl] variants (default: all on CUDA; fp32, fp32+cl, bf16, bf16+cl on CPU)",
+    )
     add_device_arguments(parser, warmup=2, repeats=5)
 
 
-def training_step(cfg: Dict[str, Any], device: torch.device, variant: str, size: Tuple[int, int], batch: int,
-                  num_classes: int, compile: bool = False) -> Tuple[Callable[[], torch.Tensor], Callable[[], None]]:
+def training_step(
+    cfg: Dict[str, Any],
+    device: torch.device,
+    variant: str,
+    size: Tuple[int, int],
+    batch: int,
+    num_classes: int,
+    compile: bool = False,
+) -> Tuple[Callable[[], torch.Tensor], Callable[[], None]]:
     """One SGD step of a randomly initialised model on random images, as closures.
 
     Args:
@@ -126,32 +139,54 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         step, drop_gradients = training_step(cfg, device, variant, size_hw(args.size), args.batch, args.num_classes)
         timing = time_call(step, device, args.warmup, args.repeats, setup=drop_gradients)
         peak, _ = peak_memory(step, device, setup=drop_gradients)
-        row = {"variant": variant, "step_ms": timing["median_ms"],
-               "images_per_s": args.batch / timing["median_ms"] * 1e3, "peak_mb": peak / 2**20}
+        row = {
+            "variant": variant,
+            "step_ms": timing["median_ms"],
+            "images_per_s": args.batch / timing["median_ms"] * 1e3,
+            "peak_mb": peak / 2**20,
+        }
         log.info("train %s: %s", variant, row)
         rows.append(row)
         del step, drop_gradients
     reference = next((r for r in rows if r["variant"].startswith("fp32")), None)
     for row in rows:
         row["speedup_vs_fp32"] = reference["step_ms"] / row["step_ms"] if reference else None
-    config = {"config": path.stem, "size": list(size_hw(args.size)), "batch": args.batch,
-              "num_classes": args.num_classes, "warmup": args.warmup, "repeats": args.repeats}
-    result = {"benchmark": "train", "config": config, "machine": machine_info(device, load),
-              "memory_method": memory_method(device), "results": rows}
+    config = {
+        "config": path.stem,
+        "size": list(size_hw(args.size)),
+        "batch": args.batch,
+        "num_classes": args.num_classes,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
+    result = {
+        "benchmark": "train",
+        "config": config,
+        "machine": machine_info(device, load),
+        "memory_method": memory_method(device),
+        "results": rows,
+    }
     _print(result)
     return result
 
 
 def _print(result: Dict[str, Any]) -> None:
     c = result["config"]
-    print(f"training steps of {c['config']} at {c['size'][0]}x{c['size'][1]}, batch {c['batch']} "
-          f"(CE + {AUX_WEIGHT} aux CE, SGD momentum 0.9)")
+    print(
+        f"training steps of {c['config']} at {c['size'][0]}x{c['size'][1]}, batch {c['batch']} "
+        f"(CE + {AUX_WEIGHT} aux CE, SGD momentum 0.9)"
+    )
     print(f"machine: {describe_machine(result['machine'])}")
-    print(format_table(result["results"], [
-        ("variant", "variant", "{}"),
-        ("step_ms", "step ms", "{:.0f}"),
-        ("images_per_s", "images/s", "{:.2f}"),
-        ("speedup_vs_fp32", "speed-up vs fp32", "{:.2f}x"),
-        ("peak_mb", "peak MB", "{:.0f}"),
-    ]))
+    print(
+        format_table(
+            result["results"],
+            [
+                ("variant", "variant", "{}"),
+                ("step_ms", "step ms", "{:.0f}"),
+                ("images_per_s", "images/s", "{:.2f}"),
+                ("speedup_vs_fp32", "speed-up vs fp32", "{:.2f}x"),
+                ("peak_mb", "peak MB", "{:.0f}"),
+            ],
+        )
+    )
     print(f"time: median of {c['repeats']} steps after {c['warmup']} warm-up; memory: {result['memory_method']}")

@@ -21,6 +21,16 @@ from ccnet.models.cca.registry import (
     use_implementation,
 )
 
-__all__ = ["IMPLEMENTATIONS", "IMPL_ENV", "TRITON_INSTALLED", "CrissCrossAttention", "Implementation", "choices",
-           "criss_cross_attention", "criss_cross_attention_reference", "criss_cross_attention_weights",
-           "select_implementation", "use_implementation"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "IMPL_ENV",
+    "TRITON_INSTALLED",
+    "CrissCrossAttention",
+    "Implementation",
+    "choices",
+    "criss_cross_attention",
+    "criss_cross_attention_reference",
+    "criss_cross_attention_weights",
+    "select_implementation",
+    "use_implementation",
+]

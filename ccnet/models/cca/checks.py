@@ -14,8 +14,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
         ValueError: naming the shapes received.
     """
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4:
-        raise ValueError(f"criss_cross_attention expects q, k of equal shape (B, C', H, W) and v (B, C, H, W); "
-                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"criss_cross_attention expects q, k of equal shape (B, C', H, W) and v (B, C, H, W); "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if v.shape[0] != q.shape[0] or v.shape[2:] != q.shape[2:]:
         raise ValueError(f"v {tuple(v.shape)} must share batch and spatial size with q {tuple(q.shape)}")
 

@@ -60,8 +60,9 @@ class LeanCrissCrossAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
-                residual: Optional[Tensor]) -> Tensor:
+    def forward(
+        ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]
+    ) -> Tensor:
         qp, kp = _positions_last(q), _positions_last(k)
         out, in_place = _output(v, gamma, residual)
         lse = criss_cross_attention_forward(qp, kp, v, out)
@@ -75,15 +76,18 @@ class LeanCrissCrossAttention(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
         qp, kp, v, gamma, lse = ctx.saved_tensors
         grad_q, grad_k, grad_v, grad_gamma = criss_cross_attention_backward(
-            grad_y, qp, kp, v, lse, gamma, tuple(ctx.needs_input_grad[:4]))
-        grad_q, grad_k = (None if g is None else channels_first(g, cl)
-                          for g, cl in zip((grad_q, grad_k), ctx.channels_last))
+            grad_y, qp, kp, v, lse, gamma, tuple(ctx.needs_input_grad[:4])
+        )
+        grad_q, grad_k = (
+            None if g is None else channels_first(g, cl) for g, cl in zip((grad_q, grad_k), ctx.channels_last)
+        )
         grad_residual = grad_y.to(ctx.residual_dtype) if ctx.needs_input_grad[4] else None
         return grad_q, grad_k, grad_v, grad_gamma, grad_residual
 
 
-def criss_cross_attention_lean(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                               residual: Optional[Tensor] = None) -> Tensor:
+def criss_cross_attention_lean(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None
+) -> Tensor:
     """Lean criss-cross aggregation, optionally fused with the module's ``residual + γ · out``.
 
     Without autograd (inference, ``torch.no_grad``) it runs the forward directly and keeps nothing;

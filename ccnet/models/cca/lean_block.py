@@ -92,7 +92,7 @@ def _grad_input(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor,
         dv_rows, dqk_rows = grad_v[b].view(pixels, channels), grad_qk[b].view(pixels, inner2)
         for start in range(0, pixels, ROW_CHUNK):
             part = slice(start, min(start + ROW_CHUNK, pixels))
-            target = chunk[:part.stop - start] if channels_last else grad_x[b].view(channels, pixels)[:, part].t()
+            target = chunk[: part.stop - start] if channels_last else grad_x[b].view(channels, pixels)[:, part].t()
             torch.addmm(grad_rows[part], dv_rows[part], weight[inner2:], out=target)
             target.addmm_(dqk_rows[part], weight[:inner2])
             if channels_last:
@@ -110,8 +110,17 @@ class LeanCrissCrossBlock(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor, wv: Tensor,
-                bv: Tensor, gamma: Tensor) -> Tensor:
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        wq: Tensor,
+        bq: Tensor,
+        wk: Tensor,
+        bk: Tensor,
+        wv: Tensor,
+        bv: Tensor,
+        gamma: Tensor,
+    ) -> Tensor:
         batch, channels, height, width = x.shape
         inner = wq.shape[0]
         weight = torch.cat([wq.reshape(inner, channels), wk.reshape(inner, channels), wv.reshape(channels, channels)])
@@ -183,12 +192,15 @@ class LeanCrissCrossBlock(torch.autograd.Function):
             grad_bias = grad_v.new_zeros(stacked)
             for b, rows in enumerate(_position_rows(x)):
                 beta = 0 if b == 0 else 1
-                for grads, part in ((grad_qk[b].view(pixels, 2 * inner), slice(0, 2 * inner)),
-                                    (grad_v[b].view(pixels, channels), slice(2 * inner, stacked))):
+                for grads, part in (
+                    (grad_qk[b].view(pixels, 2 * inner), slice(0, 2 * inner)),
+                    (grad_v[b].view(pixels, channels), slice(2 * inner, stacked)),
+                ):
                     torch.addmm(grad_weight[part], grads.t(), rows, beta=beta, out=grad_weight[part])
                     grad_bias[part].addmv_(grads.t(), ones)
-            grad_wq, grad_wk, grad_wv = (g.reshape(g.shape[0], channels, 1, 1)
-                                         for g in grad_weight.split([inner, inner, channels]))
+            grad_wq, grad_wk, grad_wv = (
+                g.reshape(g.shape[0], channels, 1, 1) for g in grad_weight.split([inner, inner, channels])
+            )
             grad_bq, grad_bk, grad_bv = grad_bias.split([inner, inner, channels])
             grad_projections = (grad_wq, grad_bq, grad_wk, grad_bk, grad_wv, grad_bv)
         grad_x = None
@@ -228,6 +240,8 @@ def criss_cross_block_lean(x: Tensor, projections: Sequence[Tensor], gamma: Tens
             return LeanCrissCrossBlock.apply(x, wq, bq, wk, bk, wv, bv, gamma.reshape(1))
     for name, t in zip(("Wq", "bq", "Wk", "bk", "Wv", "bv"), (wq, bq, wk, bk, wv, bv)):
         if t.dtype != x.dtype:
-            raise TypeError(f"criss-cross attention: input is {x.dtype} but {name} is {t.dtype}; "
-                            f"cast the module (module.to(dtype)) or run under torch.autocast")
+            raise TypeError(
+                f"criss-cross attention: input is {x.dtype} but {name} is {t.dtype}; "
+                f"cast the module (module.to(dtype)) or run under torch.autocast"
+            )
     return LeanCrissCrossBlock.apply(x, wq, bq, wk, bk, wv, bv, gamma.reshape(1))

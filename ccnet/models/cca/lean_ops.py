@@ -83,8 +83,9 @@ def _baddbmm_(out: Tensor, a: Tensor, b: Tensor, beta: float = 1) -> None:
     torch.baddbmm(out, a, b, beta=beta, out=out)
 
 
-def _pair_products(a: Tensor, b: Tensor, cols: Optional[Tensor] = None, rows: Optional[Tensor] = None,
-                   accumulate: bool = False) -> Tuple[Tensor, Tensor]:
+def _pair_products(
+    a: Tensor, b: Tensor, cols: Optional[Tensor] = None, rows: Optional[Tensor] = None, accumulate: bool = False
+) -> Tuple[Tensor, Tensor]:
     """``a_u · b_i`` for every position u and every position i of its column and of its row,
     written into (or, with ``accumulate``, added to) ``cols`` and ``rows`` when given.
 
@@ -97,8 +98,12 @@ def _pair_products(a: Tensor, b: Tensor, cols: Optional[Tensor] = None, rows: Op
         cols, rows = a.new_empty(batch, width, height, height), a.new_empty(batch, height, width, width)
     beta = 1 if accumulate else 0  # beta 0: the buffers' previous (uninitialised) contents are ignored
     # rows: (B*H, W, c) @ (B*H, c, W)
-    _baddbmm_(rows.view(-1, width, width), a.reshape(-1, width, channels),
-              b.reshape(-1, width, channels).transpose(1, 2), beta)
+    _baddbmm_(
+        rows.view(-1, width, width),
+        a.reshape(-1, width, channels),
+        b.reshape(-1, width, channels).transpose(1, 2),
+        beta,
+    )
     for i in range(batch):  # columns: (W, H, c) @ (W, c, H), strided views
         _baddbmm_(cols[i], a[i].transpose(0, 1), b[i].permute(1, 2, 0), beta)
     return cols, rows
@@ -138,8 +143,9 @@ def softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
     return row_max + total.log()
 
 
-def softmax_backward_(attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: Tensor,
-                       gamma: Optional[Tensor]) -> Tensor:
+def softmax_backward_(
+    attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: Tensor, gamma: Optional[Tensor]
+) -> Tensor:
     """Softmax backward in place on dA': ``grad_h``/``grad_w`` become dE = γ (A ⊙ dA' − A D'), with
     D' = Σ A ⊙ dA' per position, returned (B, H, W) for γ's gradient (dγ = Σ_u D'_u).
 
@@ -171,8 +177,12 @@ def gather(attn_h: Tensor, attn_w: Tensor, values: Tensor, out: Tensor, accumula
     """
     batch, height, width, channels = values.shape
     # rows: (B*H, W, W) @ (B*H, W, c)
-    _baddbmm_(out.view(-1, width, channels), attn_w.view(-1, width, width), values.view(-1, width, channels),
-              beta=1 if accumulate else 0)
+    _baddbmm_(
+        out.view(-1, width, channels),
+        attn_w.view(-1, width, width),
+        values.view(-1, width, channels),
+        beta=1 if accumulate else 0,
+    )
     for b in range(batch):  # columns: accumulated in place into the strided (W, H, c) view
         _baddbmm_(out[b].transpose(0, 1), attn_h[b], values[b].transpose(0, 1))
     return out
@@ -182,8 +192,11 @@ def scatter(attn_h: Tensor, attn_w: Tensor, grads: Tensor, out: Tensor) -> Tenso
     """Transpose of :func:`gather`: ``out_i = Σ_u A[u, i] grads_u`` over the queries u whose
     cross contains i, written into ``out``. Same shapes as :func:`gather`."""
     batch, height, width, channels = grads.shape
-    torch.bmm(attn_w.view(-1, width, width).transpose(1, 2), grads.view(-1, width, channels),
-              out=out.view(-1, width, channels))
+    torch.bmm(
+        attn_w.view(-1, width, width).transpose(1, 2),
+        grads.view(-1, width, channels),
+        out=out.view(-1, width, channels),
+    )
     for b in range(batch):
         _baddbmm_(out[b].transpose(0, 1), attn_h[b].transpose(1, 2), grads[b].transpose(0, 1))
     return out
@@ -226,10 +239,15 @@ def criss_cross_attention_forward(qp: Tensor, kp: Tensor, v: Tensor, out: Tensor
     return lse
 
 
-def criss_cross_attention_backward(grad_y: Tensor, qp: Tensor, kp: Tensor, v: Tensor, lse: Tensor,
-                                   gamma: Optional[Tensor] = None,
-                                   needs: Tuple[bool, bool, bool, bool] = (True, True, True, True)
-                                   ) -> Tuple[Optional[Tensor], ...]:
+def criss_cross_attention_backward(
+    grad_y: Tensor,
+    qp: Tensor,
+    kp: Tensor,
+    v: Tensor,
+    lse: Tensor,
+    gamma: Optional[Tensor] = None,
+    needs: Tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> Tuple[Optional[Tensor], ...]:
     """Gradients of ``y = γ · (out_H + out_W)`` (+ residual), recomputing the attention from ``lse``.
 
     Args:

@@ -39,8 +39,9 @@ class CrissCrossAttention(nn.Module):
         ConfigError: ``in_channels // reduction`` is 0, or an unknown implementation.
     """
 
-    def __init__(self, in_channels: int, reduction: int = 8, gamma_init: float = 0.0,
-                 implementation: Optional[str] = None) -> None:
+    def __init__(
+        self, in_channels: int, reduction: int = 8, gamma_init: float = 0.0, implementation: Optional[str] = None
+    ) -> None:
         super().__init__()
         if in_channels // reduction < 1:
             raise ConfigError(f"in_channels={in_channels} // reduction={reduction} leaves no query/key channels")
@@ -57,12 +58,24 @@ class CrissCrossAttention(nn.Module):
         choice = select_implementation(None, x.device, self.implementation)
         block = IMPLEMENTATIONS[choice].block
         if block is not None:
-            projections = (self.query_conv.weight, self.query_conv.bias, self.key_conv.weight,
-                           self.key_conv.bias, self.value_conv.weight, self.value_conv.bias)
+            projections = (
+                self.query_conv.weight,
+                self.query_conv.bias,
+                self.key_conv.weight,
+                self.key_conv.bias,
+                self.value_conv.weight,
+                self.value_conv.bias,
+            )
             return block(x, projections, self.gamma)
         # x + γ·out fused into the operator: autograd then keeps no copy of out for γ's gradient
-        return criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x),
-                                     gamma=self.gamma, residual=x, implementation=choice)
+        return criss_cross_attention(
+            self.query_conv(x),
+            self.key_conv(x),
+            self.value_conv(x),
+            gamma=self.gamma,
+            residual=x,
+            implementation=choice,
+        )
 
     def attention_weights(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """The (column, row) attention this module computes for ``x``; see

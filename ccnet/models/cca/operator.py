@@ -11,8 +11,14 @@ from ccnet.models.cca.checks import check_inputs, check_scale_and_residual
 from ccnet.models.cca.registry import IMPLEMENTATIONS, select_implementation
 
 
-def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                          residual: Optional[Tensor] = None, implementation: Optional[str] = None) -> Tensor:
+def criss_cross_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gamma: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None,
+    implementation: Optional[str] = None,
+) -> Tensor:
     """Criss-cross aggregation of values over each position's row and column, optionally fused with
     the module's residual: ``residual + gamma * (out_H + out_W)``.
 

@@ -63,8 +63,9 @@ def criss_cross_attention_reference(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out_h + out_w
 
 
-def reference_attention(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                        residual: Optional[Tensor] = None) -> Tensor:
+def reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None
+) -> Tensor:
     """``residual + γ · (out_H + out_W)`` with the reference aggregation (terms left out when ``None``)."""
     out = criss_cross_attention_reference(q, k, v)
     if gamma is not None:

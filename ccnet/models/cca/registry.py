@@ -42,8 +42,9 @@ class Implementation:
     block: Optional[Callable[..., Tensor]] = None
 
 
-def _triton_attention(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                      residual: Optional[Tensor] = None) -> Tensor:
+def _triton_attention(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None
+) -> Tensor:
     from ccnet.models.cca.triton_kernels import criss_cross_attention_triton  # Triton: optional, slow to import
 
     return criss_cross_attention_triton(q, k, v, gamma, residual)
@@ -78,8 +79,10 @@ def check_choice(name: str, source: str) -> str:
         ConfigError: naming ``source`` (where the name came from) and the valid names.
     """
     if name not in choices():
-        raise ConfigError(f"unknown criss-cross attention implementation {name!r} from {source}: "
-                          f"expected one of {', '.join(choices())}")
+        raise ConfigError(
+            f"unknown criss-cross attention implementation {name!r} from {source}: "
+            f"expected one of {', '.join(choices())}"
+        )
     return name
 
 
@@ -100,8 +103,9 @@ def use_implementation(name: str) -> Iterator[None]:
         _scoped.stack.pop()
 
 
-def select_implementation(implementation: Optional[str], device: torch.device,
-                          module_setting: Optional[str] = None) -> str:
+def select_implementation(
+    implementation: Optional[str], device: torch.device, module_setting: Optional[str] = None
+) -> str:
     """The implementation that runs: the first of these that is set decides.
 
     1. ``implementation``, the operator's argument;

@@ -60,17 +60,37 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _line_products(a_base, sa_c, sa_t, b_base, sb_c, sb_t, offs_r, offs_k, T, CH,
-                   BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CH: tl.constexpr,
-                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _line_products(
+    a_base,
+    sa_c,
+    sa_t,
+    b_base,
+    sb_c,
+    sb_t,
+    offs_r,
+    offs_k,
+    T,
+    CH,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_CH: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """(BLOCK_R, BLOCK_K) float32 tile of Σ_c a[c, r] · b[c, k] over CH channels of one line."""
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     for c0 in range(0, CH, BLOCK_CH):
         offs_c = c0 + tl.arange(0, BLOCK_CH)
-        a = tl.load(a_base + offs_r[:, None] * sa_t + offs_c[None, :] * sa_c,
-                    mask=(offs_r[:, None] < T) & (offs_c[None, :] < CH), other=0.0)
-        b = tl.load(b_base + offs_c[:, None] * sb_c + offs_k[None, :] * sb_t,
-                    mask=(offs_c[:, None] < CH) & (offs_k[None, :] < T), other=0.0)
+        a = tl.load(
+            a_base + offs_r[:, None] * sa_t + offs_c[None, :] * sa_c,
+            mask=(offs_r[:, None] < T) & (offs_c[None, :] < CH),
+            other=0.0,
+        )
+        b = tl.load(
+            b_base + offs_c[:, None] * sb_c + offs_k[None, :] * sb_t,
+            mask=(offs_c[:, None] < CH) & (offs_k[None, :] < T),
+            other=0.0,
+        )
         acc = _dot(a, b, acc, PRECISION, UPCAST)
     return acc
 
@@ -85,9 +105,32 @@ def _masked(e, offs_r, offs_k, T, MASK_DIAG: tl.constexpr):
 
 
 @triton.jit
-def _lse_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, LSE, slb, sll, slt, S, T, CQ,
-                MASK_DIAG: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _lse_kernel(
+    Q,
+    sqb,
+    sqc,
+    sql,
+    sqt,
+    K,
+    skb,
+    skc,
+    skl,
+    skt,
+    LSE,
+    slb,
+    sll,
+    slt,
+    S,
+    T,
+    CQ,
+    MASK_DIAG: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     b = (tl.program_id(0) // S).to(tl.int64)
     s = (tl.program_id(0) % S).to(tl.int64)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -97,8 +140,9 @@ def _lse_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, LSE, slb, sll, slt
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, T, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        e = _line_products(q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ,
-                           BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+        e = _line_products(
+            q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST
+        )
         e = _masked(e, offs_m, offs_n, T, MASK_DIAG)
         m_new = tl.maximum(m_i, tl.max(e, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a fully masked block so far
@@ -114,11 +158,52 @@ def _lse_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, LSE, slb, sll, slt
 
 
 @triton.jit
-def _out_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, svt,
-                LSE, slb, sll, slt, Y, syb, syc, syl, syt, R, srb, src, srl, srt, GAMMA, S, T, CQ, C,
-                MASK_DIAG: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_GAMMA: tl.constexpr,
-                HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _out_kernel(
+    Q,
+    sqb,
+    sqc,
+    sql,
+    sqt,
+    K,
+    skb,
+    skc,
+    skl,
+    skt,
+    V,
+    svb,
+    svc,
+    svl,
+    svt,
+    LSE,
+    slb,
+    sll,
+    slt,
+    Y,
+    syb,
+    syc,
+    syl,
+    syt,
+    R,
+    srb,
+    src,
+    srl,
+    srt,
+    GAMMA,
+    S,
+    T,
+    CQ,
+    C,
+    MASK_DIAG: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    HAS_GAMMA: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     b = (tl.program_id(0) // S).to(tl.int64)
     s = (tl.program_id(0) % S).to(tl.int64)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -130,11 +215,15 @@ def _out_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, 
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for n0 in range(0, T, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        e = _line_products(q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ,
-                           BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+        e = _line_products(
+            q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST
+        )
         p = tl.exp(_masked(e, offs_m, offs_n, T, MASK_DIAG) - lse[:, None])
-        v = tl.load(v_base + offs_n[:, None] * svt + offs_c[None, :] * svc,
-                    mask=(offs_n[:, None] < T) & (offs_c[None, :] < C), other=0.0)
+        v = tl.load(
+            v_base + offs_n[:, None] * svt + offs_c[None, :] * svc,
+            mask=(offs_n[:, None] < T) & (offs_c[None, :] < C),
+            other=0.0,
+        )
         acc = _dot(p.to(v.dtype), v, acc, PRECISION, UPCAST)
     mask = (offs_m[:, None] < T) & (offs_c[None, :] < C)
     y_ptrs = Y + b * syb + s * syl + offs_m[:, None] * syt + offs_c[None, :] * syc
@@ -149,11 +238,45 @@ def _out_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, 
 
 
 @triton.jit
-def _delta_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, svt,
-                  DY, sdb, sdc, sdl, sdt, LSE, slb, sll, slt, DELTA, S, T, CQ, C,
-                  MASK_DIAG: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-                  PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _delta_kernel(
+    Q,
+    sqb,
+    sqc,
+    sql,
+    sqt,
+    K,
+    skb,
+    skc,
+    skl,
+    skt,
+    V,
+    svb,
+    svc,
+    svl,
+    svt,
+    DY,
+    sdb,
+    sdc,
+    sdl,
+    sdt,
+    LSE,
+    slb,
+    sll,
+    slt,
+    DELTA,
+    S,
+    T,
+    CQ,
+    C,
+    MASK_DIAG: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """D'_u = Σ_i A[u, i] (dY_u · v_i); DELTA has LSE's strides."""
     b = (tl.program_id(0) // S).to(tl.int64)
     s = (tl.program_id(0) % S).to(tl.int64)
@@ -166,11 +289,13 @@ def _delta_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl
     delta = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, T, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        e = _line_products(q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ,
-                           BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+        e = _line_products(
+            q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST
+        )
         p = tl.exp(_masked(e, offs_m, offs_n, T, MASK_DIAG) - lse[:, None])
-        da = _line_products(dy_base, sdc, sdt, v_base, svc, svt, offs_m, offs_n, T, C,
-                            BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        da = _line_products(
+            dy_base, sdc, sdt, v_base, svc, svt, offs_m, offs_n, T, C, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST
+        )
         delta += tl.sum(p * da, 1)
     ptrs = DELTA + b * slb + s * sll + offs_m * slt
     if ACCUMULATE:
@@ -179,11 +304,52 @@ def _delta_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl
 
 
 @triton.jit
-def _dq_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, svt,
-               DY, sdb, sdc, sdl, sdt, LSE, slb, sll, slt, DELTA, GAMMA, DQ, sob, soc, sol, sot, S, T, CQ, C,
-               MASK_DIAG: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_GAMMA: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _dq_kernel(
+    Q,
+    sqb,
+    sqc,
+    sql,
+    sqt,
+    K,
+    skb,
+    skc,
+    skl,
+    skt,
+    V,
+    svb,
+    svc,
+    svl,
+    svt,
+    DY,
+    sdb,
+    sdc,
+    sdl,
+    sdt,
+    LSE,
+    slb,
+    sll,
+    slt,
+    DELTA,
+    GAMMA,
+    DQ,
+    sob,
+    soc,
+    sol,
+    sot,
+    S,
+    T,
+    CQ,
+    C,
+    MASK_DIAG: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    HAS_GAMMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """dq_u += Σ_i dE[u, i] k_i with dE = γ A ⊙ (dA' − D'), into the float32 buffer DQ."""
     b = (tl.program_id(0) // S).to(tl.int64)
     s = (tl.program_id(0) % S).to(tl.int64)
@@ -201,14 +367,19 @@ def _dq_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, s
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, T, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        e = _line_products(q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ,
-                           BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+        e = _line_products(
+            q_base, sqc, sqt, k_base, skc, skt, offs_m, offs_n, T, CQ, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST
+        )
         p = tl.exp(_masked(e, offs_m, offs_n, T, MASK_DIAG) - lse[:, None])
-        da = _line_products(dy_base, sdc, sdt, v_base, svc, svt, offs_m, offs_n, T, C,
-                            BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        da = _line_products(
+            dy_base, sdc, sdt, v_base, svc, svt, offs_m, offs_n, T, C, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST
+        )
         ds = p * (da - delta[:, None]) * gamma
-        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skc,
-                    mask=(offs_n[:, None] < T) & (offs_d[None, :] < CQ), other=0.0)
+        k = tl.load(
+            k_base + offs_n[:, None] * skt + offs_d[None, :] * skc,
+            mask=(offs_n[:, None] < T) & (offs_d[None, :] < CQ),
+            other=0.0,
+        )
         acc = _dot(ds.to(k.dtype), k, acc, PRECISION, UPCAST)
     mask = (offs_m[:, None] < T) & (offs_d[None, :] < CQ)
     ptrs = DQ + b * sob + s * sol + offs_m[:, None] * sot + offs_d[None, :] * soc
@@ -218,11 +389,52 @@ def _dq_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, s
 
 
 @triton.jit
-def _dk_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, svt,
-               DY, sdb, sdc, sdl, sdt, LSE, slb, sll, slt, DELTA, GAMMA, DK, sob, soc, sol, sot, S, T, CQ, C,
-               MASK_DIAG: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_GAMMA: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _dk_kernel(
+    Q,
+    sqb,
+    sqc,
+    sql,
+    sqt,
+    K,
+    skb,
+    skc,
+    skl,
+    skt,
+    V,
+    svb,
+    svc,
+    svl,
+    svt,
+    DY,
+    sdb,
+    sdc,
+    sdl,
+    sdt,
+    LSE,
+    slb,
+    sll,
+    slt,
+    DELTA,
+    GAMMA,
+    DK,
+    sob,
+    soc,
+    sol,
+    sot,
+    S,
+    T,
+    CQ,
+    C,
+    MASK_DIAG: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    HAS_GAMMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """dk_i += Σ_u dE[u, i] q_u, one block of keys per program, into the float32 buffer DK."""
     b = (tl.program_id(0) // S).to(tl.int64)
     s = (tl.program_id(0) % S).to(tl.int64)
@@ -241,14 +453,19 @@ def _dk_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, s
         lse = tl.load(LSE + b * slb + s * sll + offs_m * slt, mask=offs_m < T, other=0.0)
         delta = tl.load(DELTA + b * slb + s * sll + offs_m * slt, mask=offs_m < T, other=0.0)
         # transposed tiles: rows are keys, columns queries
-        et = _line_products(k_base, skc, skt, q_base, sqc, sqt, offs_n, offs_m, T, CQ,
-                            BLOCK_N, BLOCK_M, BLOCK_D, PRECISION, UPCAST)
+        et = _line_products(
+            k_base, skc, skt, q_base, sqc, sqt, offs_n, offs_m, T, CQ, BLOCK_N, BLOCK_M, BLOCK_D, PRECISION, UPCAST
+        )
         pt = tl.exp(_masked(et, offs_n, offs_m, T, MASK_DIAG) - lse[None, :])
-        dat = _line_products(v_base, svc, svt, dy_base, sdc, sdt, offs_n, offs_m, T, C,
-                             BLOCK_N, BLOCK_M, BLOCK_C, PRECISION, UPCAST)
+        dat = _line_products(
+            v_base, svc, svt, dy_base, sdc, sdt, offs_n, offs_m, T, C, BLOCK_N, BLOCK_M, BLOCK_C, PRECISION, UPCAST
+        )
         dst = pt * (dat - delta[None, :]) * gamma
-        q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqc,
-                    mask=(offs_m[:, None] < T) & (offs_d[None, :] < CQ), other=0.0)
+        q = tl.load(
+            q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqc,
+            mask=(offs_m[:, None] < T) & (offs_d[None, :] < CQ),
+            other=0.0,
+        )
         acc = _dot(dst.to(q.dtype), q, acc, PRECISION, UPCAST)
     mask = (offs_n[:, None] < T) & (offs_d[None, :] < CQ)
     ptrs = DK + b * sob + s * sol + offs_n[:, None] * sot + offs_d[None, :] * soc
@@ -258,11 +475,46 @@ def _dk_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, V, svb, svc, svl, s
 
 
 @triton.jit
-def _dv_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, DY, sdb, sdc, sdl, sdt,
-               LSE, slb, sll, slt, GAMMA, DV, sob, soc, sol, sot, S, T, CQ, C,
-               MASK_DIAG: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_GAMMA: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _dv_kernel(
+    Q,
+    sqb,
+    sqc,
+    sql,
+    sqt,
+    K,
+    skb,
+    skc,
+    skl,
+    skt,
+    DY,
+    sdb,
+    sdc,
+    sdl,
+    sdt,
+    LSE,
+    slb,
+    sll,
+    slt,
+    GAMMA,
+    DV,
+    sob,
+    soc,
+    sol,
+    sot,
+    S,
+    T,
+    CQ,
+    C,
+    MASK_DIAG: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    HAS_GAMMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """dv_i += γ Σ_u A[u, i] dY_u, one block of keys × value channels per program."""
     b = (tl.program_id(0) // S).to(tl.int64)
     s = (tl.program_id(0) % S).to(tl.int64)
@@ -275,11 +527,15 @@ def _dv_kernel(Q, sqb, sqc, sql, sqt, K, skb, skc, skl, skt, DY, sdb, sdc, sdl, 
     for m0 in range(0, T, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         lse = tl.load(LSE + b * slb + s * sll + offs_m * slt, mask=offs_m < T, other=0.0)
-        et = _line_products(k_base, skc, skt, q_base, sqc, sqt, offs_n, offs_m, T, CQ,
-                            BLOCK_N, BLOCK_M, BLOCK_D, PRECISION, UPCAST)
+        et = _line_products(
+            k_base, skc, skt, q_base, sqc, sqt, offs_n, offs_m, T, CQ, BLOCK_N, BLOCK_M, BLOCK_D, PRECISION, UPCAST
+        )
         pt = tl.exp(_masked(et, offs_n, offs_m, T, MASK_DIAG) - lse[None, :])
-        dy = tl.load(dy_base + offs_m[:, None] * sdt + offs_c[None, :] * sdc,
-                     mask=(offs_m[:, None] < T) & (offs_c[None, :] < C), other=0.0)
+        dy = tl.load(
+            dy_base + offs_m[:, None] * sdt + offs_c[None, :] * sdc,
+            mask=(offs_m[:, None] < T) & (offs_c[None, :] < C),
+            other=0.0,
+        )
         acc = _dot(pt.to(dy.dtype), dy, acc, PRECISION, UPCAST)
     if HAS_GAMMA:
         acc = acc * tl.load(GAMMA).to(tl.float32)
@@ -316,10 +572,19 @@ def _launch_config(q: Tensor, v: Tensor, branch: str) -> dict:
     # float32 products are exact unless the user allowed TF32 for matmuls; half inputs ignore this
     precision = "tf32" if q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
     return dict(
-        lines=lines, positions=positions, batch_lines=batch * lines, cq=cq, c=v.shape[1],
-        meta=dict(BLOCK_M=_pow2(positions, MAX_BLOCK_POSITIONS), BLOCK_N=_pow2(positions, MAX_BLOCK_POSITIONS),
-                  BLOCK_D=_pow2(cq, MAX_BLOCK_QK), PRECISION=precision,
-                  UPCAST=interpreting() and q.dtype != torch.float32, num_warps=NUM_WARPS),
+        lines=lines,
+        positions=positions,
+        batch_lines=batch * lines,
+        cq=cq,
+        c=v.shape[1],
+        meta=dict(
+            BLOCK_M=_pow2(positions, MAX_BLOCK_POSITIONS),
+            BLOCK_N=_pow2(positions, MAX_BLOCK_POSITIONS),
+            BLOCK_D=_pow2(cq, MAX_BLOCK_QK),
+            PRECISION=precision,
+            UPCAST=interpreting() and q.dtype != torch.float32,
+            num_warps=NUM_WARPS,
+        ),
     )
 
 
@@ -337,8 +602,9 @@ def _new_output(v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]) 
 
 
 @torch.library.custom_op("ccnet::cca_triton_forward", mutates_args=())
-def _forward_op(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
-                residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _forward_op(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
     batch, _, height, width = q.shape
     y = _new_output(v, gamma, residual)
     lse = torch.empty((batch, height, width), device=q.device, dtype=torch.float32)
@@ -348,32 +614,64 @@ def _forward_op(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
         cfg = _launch_config(q, v, branch)
         meta = cfg["meta"]
         grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]))
-        _lse_kernel[grid](q, *_strides(q, branch), k, *_strides(k, branch), lse, *_strides(lse, branch),
-                          cfg["lines"], cfg["positions"], cfg["cq"], MASK_DIAG=mask_diag, ACCUMULATE=i > 0,
-                          **meta)
+        _lse_kernel[grid](
+            q,
+            *_strides(q, branch),
+            k,
+            *_strides(k, branch),
+            lse,
+            *_strides(lse, branch),
+            cfg["lines"],
+            cfg["positions"],
+            cfg["cq"],
+            MASK_DIAG=mask_diag,
+            ACCUMULATE=i > 0,
+            **meta,
+        )
     for i, (branch, mask_diag) in enumerate(_BRANCHES):
         cfg = _launch_config(q, v, branch)
         meta = cfg["meta"]
-        grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]),
-                triton.cdiv(cfg["c"], BLOCK_VALUES))
-        _out_kernel[grid](q, *_strides(q, branch), k, *_strides(k, branch), v, *_strides(v, branch),
-                          lse, *_strides(lse, branch), y, *_strides(y, branch), res, *_strides(res, branch),
-                          gamma_arg, cfg["lines"], cfg["positions"], cfg["cq"], cfg["c"], MASK_DIAG=mask_diag,
-                          ACCUMULATE=i > 0, HAS_GAMMA=gamma is not None, HAS_RESIDUAL=residual is not None,
-                          BLOCK_C=BLOCK_VALUES, **meta)
+        grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]), triton.cdiv(cfg["c"], BLOCK_VALUES))
+        _out_kernel[grid](
+            q,
+            *_strides(q, branch),
+            k,
+            *_strides(k, branch),
+            v,
+            *_strides(v, branch),
+            lse,
+            *_strides(lse, branch),
+            y,
+            *_strides(y, branch),
+            res,
+            *_strides(res, branch),
+            gamma_arg,
+            cfg["lines"],
+            cfg["positions"],
+            cfg["cq"],
+            cfg["c"],
+            MASK_DIAG=mask_diag,
+            ACCUMULATE=i > 0,
+            HAS_GAMMA=gamma is not None,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK_C=BLOCK_VALUES,
+            **meta,
+        )
     return y, lse
 
 
 @_forward_op.register_fake
-def _forward_fake(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
-                  residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _forward_fake(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
     batch, _, height, width = q.shape
     return _new_output(v, gamma, residual), q.new_empty((batch, height, width), dtype=torch.float32)
 
 
 @torch.library.custom_op("ccnet::cca_triton_backward", mutates_args=())
-def _backward_op(grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
-                 lse: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_op(
+    grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], lse: Tensor
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     grad_y = grad_y.to(v.dtype)  # y is float32 for half values with a float32 γ (autocast)
     delta = torch.empty_like(lse)
     grad_q = torch.empty_like(q, dtype=torch.float32)
@@ -384,8 +682,19 @@ def _backward_op(grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optiona
         for i, (branch, mask_diag) in enumerate(_BRANCHES):
             cfg = _launch_config(q, v, branch)
             meta = cfg["meta"]
-            args = [q, *_strides(q, branch), k, *_strides(k, branch), v, *_strides(v, branch),
-                    grad_y, *_strides(grad_y, branch), lse, *_strides(lse, branch), delta]
+            args = [
+                q,
+                *_strides(q, branch),
+                k,
+                *_strides(k, branch),
+                v,
+                *_strides(v, branch),
+                grad_y,
+                *_strides(grad_y, branch),
+                lse,
+                *_strides(lse, branch),
+                delta,
+            ]
             flags = dict(MASK_DIAG=mask_diag, ACCUMULATE=i > 0, BLOCK_C=BLOCK_VALUES, **meta)
             if kernel is _delta_kernel:
                 grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]))
@@ -394,24 +703,45 @@ def _backward_op(grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optiona
                 args += [gamma_arg, grad, *_strides(grad, branch)]
                 flags["HAS_GAMMA"] = gamma is not None
                 block = meta["BLOCK_M"] if kernel is _dq_kernel else meta["BLOCK_N"]
-                grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], block),
-                        triton.cdiv(cfg["cq"], meta["BLOCK_D"]))
+                grid = (
+                    cfg["batch_lines"],
+                    triton.cdiv(cfg["positions"], block),
+                    triton.cdiv(cfg["cq"], meta["BLOCK_D"]),
+                )
             kernel[grid](*args, cfg["lines"], cfg["positions"], cfg["cq"], cfg["c"], **flags)
     for i, (branch, mask_diag) in enumerate(_BRANCHES):
         cfg = _launch_config(q, v, branch)
         meta = cfg["meta"]
-        grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_N"]),
-                triton.cdiv(cfg["c"], BLOCK_VALUES))
-        _dv_kernel[grid](q, *_strides(q, branch), k, *_strides(k, branch), grad_y, *_strides(grad_y, branch),
-                         lse, *_strides(lse, branch), gamma_arg, grad_v, *_strides(grad_v, branch),
-                         cfg["lines"], cfg["positions"], cfg["cq"], cfg["c"], MASK_DIAG=mask_diag,
-                         ACCUMULATE=i > 0, HAS_GAMMA=gamma is not None, BLOCK_C=BLOCK_VALUES, **meta)
+        grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_N"]), triton.cdiv(cfg["c"], BLOCK_VALUES))
+        _dv_kernel[grid](
+            q,
+            *_strides(q, branch),
+            k,
+            *_strides(k, branch),
+            grad_y,
+            *_strides(grad_y, branch),
+            lse,
+            *_strides(lse, branch),
+            gamma_arg,
+            grad_v,
+            *_strides(grad_v, branch),
+            cfg["lines"],
+            cfg["positions"],
+            cfg["cq"],
+            cfg["c"],
+            MASK_DIAG=mask_diag,
+            ACCUMULATE=i > 0,
+            HAS_GAMMA=gamma is not None,
+            BLOCK_C=BLOCK_VALUES,
+            **meta,
+        )
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v, delta
 
 
 @_backward_op.register_fake
-def _backward_fake(grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor],
-                   lse: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_fake(
+    grad_y: Tensor, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], lse: Tensor
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(lse)
 
 
@@ -432,8 +762,9 @@ def _backward(ctx, grad_y: Tensor, grad_lse: Optional[Tensor]) -> Tuple[Optional
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def criss_cross_attention_triton(q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None,
-                                 residual: Optional[Tensor] = None) -> Tensor:
+def criss_cross_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None
+) -> Tensor:
     """Fused criss-cross aggregation ``residual + γ · (out_H + out_W)`` (terms optional).
 
     Args:
@@ -450,13 +781,17 @@ def criss_cross_attention_triton(q: Tensor, k: Tensor, v: Tensor, gamma: Optiona
         q, k: (B, C', H, W). v, residual: (B, C, H, W). Returns (B, C, H, W).
     """
     if not (q.is_cuda or interpreting()):
-        raise ValueError(f"the Triton criss-cross attention needs CUDA tensors, got {q.device}: use "
-                         f"implementation='lean' (or use_implementation('lean'), CCNET_CCA_IMPL=lean) on CPU, "
-                         f"or set TRITON_INTERPRET=1 before importing triton to run its (slow) CPU interpreter")
+        raise ValueError(
+            f"the Triton criss-cross attention needs CUDA tensors, got {q.device}: use "
+            f"implementation='lean' (or use_implementation('lean'), CCNET_CCA_IMPL=lean) on CPU, "
+            f"or set TRITON_INTERPRET=1 before importing triton to run its (slow) CPU interpreter"
+        )
     supported = (torch.float32, torch.float16, torch.bfloat16)
     if q.dtype not in supported or v.dtype not in supported or k.dtype != q.dtype:
-        raise ValueError(f"the Triton criss-cross attention takes float32/float16/bfloat16 inputs with q and k of "
-                         f"one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}: use implementation='lean' otherwise")
+        raise ValueError(
+            f"the Triton criss-cross attention takes float32/float16/bfloat16 inputs with q and k of "
+            f"one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}: use implementation='lean' otherwise"
+        )
     check_scale_and_residual(v, gamma, residual)
     if gamma is not None:
         gamma = gamma.reshape(1)  # y's dtype promotes v, γ and the residual alike (as in the lean path)

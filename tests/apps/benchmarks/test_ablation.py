@@ -22,10 +22,21 @@ from ccnet.utils.manifest import HEADER
 from tools.benchmark import main as benchmark_main
 
 NARROW = dict(num_classes=5, tiny_widths=[8, 16, 32], head_channels=16, bottleneck_channels=16, aux_channels=8)
-TINY_RUN = ["dataset.image_size=64", "dataset.min_gap=16", "dataset.num_train=64", "dataset.num_val=2",
-            "model.tiny_widths=[8,16,32]", "model.head_channels=16", "model.bottleneck_channels=16",
-            "model.aux_channels=8", "train.max_iters=2", "train.batch_size=2", "train.device=cpu",
-            "train.log_interval=1", "train.vis_images=0"]
+TINY_RUN = [
+    "dataset.image_size=64",
+    "dataset.min_gap=16",
+    "dataset.num_train=64",
+    "dataset.num_val=2",
+    "model.tiny_widths=[8,16,32]",
+    "model.head_channels=16",
+    "model.bottleneck_channels=16",
+    "model.aux_channels=8",
+    "train.max_iters=2",
+    "train.batch_size=2",
+    "train.device=cpu",
+    "train.log_interval=1",
+    "train.vis_images=0",
+]
 
 
 @pytest.fixture
@@ -64,8 +75,12 @@ def test_head_flops_match_closed_forms(model_cfg) -> None:
     one_loop = conv(ci, cq, 1) * 2 + conv(ci, ci, 1) + 2 * h * w * (h + w) * (cq + ci)
     cn = ci // 2
     non_local = conv(ci, cn, 1) * 3 + conv(cn, ci, 1) + 2 * (h * w) ** 2 * cn * 2
-    expected = {("none", 0): base, ("rcca", 1): base + one_loop, ("rcca", 3): base + 3 * one_loop,
-                ("nonlocal", 0): base + non_local}
+    expected = {
+        ("none", 0): base,
+        ("rcca", 1): base + one_loop,
+        ("rcca", 3): base + 3 * one_loop,
+        ("nonlocal", 0): base + non_local,
+    }
     for (context, recurrence), flops in expected.items():
         gflops, peak = head_cost(model_cfg(context=context, recurrence=recurrence), (h, w))
         assert gflops * 1e9 == pytest.approx(flops, rel=1e-9), (context, recurrence)
@@ -78,10 +93,16 @@ def test_head_flops_match_closed_forms(model_cfg) -> None:
 def _fake_run(root: Path, name: str, model: dict, miou: float, seconds: float) -> None:
     run = root / name
     run.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"model": model, "dataset": {"name": "synthetic", "image_size": 64},
-                                     "train": {"crop_size": None}}), run / "config.yaml")
-    lines = [{"iteration": 5, "val/mIoU": 0.1, "train_time_s": 1.0},
-             {"iteration": 10, "val/mIoU": miou, "train_time_s": seconds}]
+    OmegaConf.save(
+        OmegaConf.create(
+            {"model": model, "dataset": {"name": "synthetic", "image_size": 64}, "train": {"crop_size": None}}
+        ),
+        run / "config.yaml",
+    )
+    lines = [
+        {"iteration": 5, "val/mIoU": 0.1, "train_time_s": 1.0},
+        {"iteration": 10, "val/mIoU": miou, "train_time_s": seconds},
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -116,8 +137,7 @@ def test_summary_errors_name_the_folder(tmp_path: Path) -> None:
         find_runs(tmp_path)
 
 
-def test_summary_files_replace_their_own_but_never_a_file_no_summary_wrote(model_cfg, tmp_path: Path,
-                                                                          caplog) -> None:
+def test_summary_files_replace_their_own_but_never_a_file_no_summary_wrote(model_cfg, tmp_path: Path, caplog) -> None:
     root = tmp_path / "sweep"
     _fake_run(root, "rcca/0", model_cfg(recurrence=1), 0.6, 12.0)
     command = ["ablation", str(root), "--no-regions", "--feature-size", "4", "4"]
@@ -145,10 +165,22 @@ def test_summary_files_replace_their_own_but_never_a_file_no_summary_wrote(model
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_ablation_script_end_to_end(repo_root: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "OUT": str(tmp_path / "ablation"), "SEEDS": "0", "RECURRENCES": "1,2",
-           "CONTEXTS": "none,nonlocal", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(repo_root / "scripts" / "ablation_recurrence.sh"), *TINY_RUN],
-                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "ablation"),
+        "SEEDS": "0",
+        "RECURRENCES": "1,2",
+        "CONTEXTS": "none,nonlocal",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        ["bash", str(repo_root / "scripts" / "ablation_recurrence.sh"), *TINY_RUN],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((tmp_path / "ablation" / "summary.json").read_text())["rows"]
     assert [(r["context"], r["recurrence"]) for r in rows] == [("none", 0), ("rcca", 1), ("rcca", 2), ("nonlocal", 0)]
@@ -161,9 +193,19 @@ def test_ablation_script_end_to_end(repo_root: Path, tmp_path: Path) -> None:
     table = (tmp_path / "ablation" / "summary.md").read_text()
     assert table.count("\n") == 2 + 4 and table in proc.stdout
     # Re-running the summary alone gives the same table.
-    result = benchmark_main(["ablation", str(tmp_path / "ablation"), "--table", str(tmp_path / "again.md"),
-                             "--out", str(tmp_path / "again.json"), "--no-regions"])
+    result = benchmark_main(
+        [
+            "ablation",
+            str(tmp_path / "ablation"),
+            "--table",
+            str(tmp_path / "again.md"),
+            "--out",
+            str(tmp_path / "again.json"),
+            "--no-regions",
+        ]
+    )
     again = (tmp_path / "again.md").read_text().splitlines()
-    assert [line.split("|")[:4] + line.split("|")[7:] for line in again] == \
-        [line.split("|")[:4] + line.split("|")[7:] for line in table.splitlines()]  # accuracies left out
+    assert [line.split("|")[:4] + line.split("|")[7:] for line in again] == [
+        line.split("|")[:4] + line.split("|")[7:] for line in table.splitlines()
+    ]  # accuracies left out
     assert [r["context"] for r in result["rows"]] == [r["context"] for r in rows]

@@ -19,8 +19,26 @@ from ccnet.utils.manifest import OutputConflictError
 def _args(data_dir: Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     data_benchmark.add_arguments(parser)
-    return parser.parse_args(["--workers", "1", "--num-images", "2", "--image-size", "64", "128", "--crop-size", "32",
-                              "--batch-size", "2", "--num-batches", "2", "--data-dir", str(data_dir), "--force"])
+    return parser.parse_args(
+        [
+            "--workers",
+            "1",
+            "--num-images",
+            "2",
+            "--image-size",
+            "64",
+            "128",
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--num-batches",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--force",
+        ]
+    )
 
 
 def test_run_times_the_training_pipeline(tmp_path: Path, capsys) -> None:
@@ -41,7 +59,6 @@ def test_run_times_the_training_pipeline(tmp_path: Path, capsys) -> None:
     assert (label_ids_to_train_ids(label_ids) != 255).any() and label_ids.max() <= 33
 
 
-
 def test_data_dir_files_replace_their_own_but_never_a_file_of_the_user(tmp_path: Path, capsys) -> None:
     stem = "leftImg8bit/train/bench/bench_000001_000019_leftImg8bit.png"
     data_benchmark.run(_args(tmp_path / "kept"))
@@ -50,8 +67,11 @@ def test_data_dir_files_replace_their_own_but_never_a_file_of_the_user(tmp_path:
     mine = tmp_path / "mine" / stem
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"the user's photo")
-    with pytest.raises(OutputConflictError, match=r"bench_000001_000019_leftImg8bit\.png \(exists, and no earlier "
-                                                  r"benchmark run wrote it here\).*\(--data-dir=\.\.\.\)"):
+    with pytest.raises(
+        OutputConflictError,
+        match=r"bench_000001_000019_leftImg8bit\.png \(exists, and no earlier "
+        r"benchmark run wrote it here\).*\(--data-dir=\.\.\.\)",
+    ):
         data_benchmark.run(_args(tmp_path / "mine"))
     assert mine.read_bytes() == b"the user's photo"
     assert [p for p in (tmp_path / "mine").rglob("*") if p.is_file()] == [mine]

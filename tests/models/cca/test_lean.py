@@ -87,8 +87,12 @@ def test_channels_last_non_contiguous_inputs_and_expanded_gradient(chunk, monkey
     ref, ref_grads = outputs_and_grads(loop_reference, (q, k, v, gamma, x), torch.ones(2, 5, 6, 4))
     channels_last = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
     transposed = lambda t: t.transpose(2, 3).contiguous().transpose(2, 3)  # noqa: E731 (non-contiguous)
-    for convert_qkv, convert_x in ((channels_last, channels_last), (transposed, transposed),
-                                   (channels_last, transposed), (transposed, channels_last)):
+    for convert_qkv, convert_x in (
+        (channels_last, channels_last),
+        (transposed, transposed),
+        (channels_last, transposed),
+        (transposed, channels_last),
+    ):
         tensors = [convert_qkv(q), convert_qkv(k), convert_qkv(v), gamma.clone(), convert_x(x)]
         tensors = [t.requires_grad_() for t in tensors]
         out = criss_cross_attention_lean(*tensors)

@@ -28,8 +28,14 @@ def _module_reference(module, x):
 
 
 def _block(module, x):
-    projections = (module.query_conv.weight, module.query_conv.bias, module.key_conv.weight,
-                   module.key_conv.bias, module.value_conv.weight, module.value_conv.bias)
+    projections = (
+        module.query_conv.weight,
+        module.query_conv.bias,
+        module.key_conv.weight,
+        module.key_conv.bias,
+        module.value_conv.weight,
+        module.value_conv.bias,
+    )
     return criss_cross_block_lean(x, projections, module.gamma)
 
 
@@ -73,8 +79,10 @@ def test_fused_block_gradcheck_float64():
     g = torch.Generator().manual_seed(0)
     c, inner = 4, 2
     x = torch.randn(2, c, 3, 4, generator=g, dtype=torch.float64)
-    params = [torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
-              for shape in ((inner, c, 1, 1), (inner,), (inner, c, 1, 1), (inner,), (c, c, 1, 1), (c,), (1,))]
+    params = [
+        torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
+        for shape in ((inner, c, 1, 1), (inner,), (inner, c, 1, 1), (inner,), (c, c, 1, 1), (c,), (1,))
+    ]
     inputs = [t.requires_grad_() for t in (x, *params)]
     assert torch.autograd.gradcheck(LeanCrissCrossBlock.apply, inputs, eps=1e-6, atol=1e-6)
     channels_last = [inputs[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()] + inputs[1:]
@@ -96,17 +104,20 @@ def test_fused_block_incoming_gradient_in_any_layout():
     """dY arrives expanded (from .sum()), channels_last for a contiguous x, or contiguous for a
     channels_last x: every combination gives the reference gradients."""
     module, x = _seeded_module(0.7, 4)
-    layouts = {"contiguous": lambda t: t.contiguous(),
-               "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
-               "expanded": lambda t: torch.ones(1).expand(t.shape)}
+    layouts = {
+        "contiguous": lambda t: t.contiguous(),
+        "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+        "expanded": lambda t: torch.ones(1).expand(t.shape),
+    }
     grad = torch.ones(x.shape)
     _, ref_grads = _module_grads(_module_reference, module, x, grad)
     for x_layout in ("contiguous", "channels_last"):
         for grad_layout, convert in layouts.items():
             _, grads = _module_grads(_block, module, layouts[x_layout](x), convert(grad))
             for mine, theirs in zip(grads, ref_grads):
-                torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5,
-                                           msg=lambda m, a=x_layout, b=grad_layout: f"x {a}, dY {b}: {m}")
+                torch.testing.assert_close(
+                    mine, theirs, atol=1e-5, rtol=1e-5, msg=lambda m, a=x_layout, b=grad_layout: f"x {a}, dY {b}: {m}"
+                )
 
 
 def test_fused_block_without_input_gradient_or_with_frozen_projections():

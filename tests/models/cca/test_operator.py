@@ -18,8 +18,7 @@ def _qkv(b=2, cq=3, c=5, h=4, w=6, dtype=torch.float32, seed=0):
     return q, k, v
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 4, 6), (1, 2, 3, 1, 7), (1, 2, 3, 6, 1), (3, 4, 2, 5, 5),
-                                   (1, 1, 1, 1, 1)])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4, 6), (1, 2, 3, 1, 7), (1, 2, 3, 6, 1), (3, 4, 2, 5, 5), (1, 1, 1, 1, 1)])
 def test_matches_loop_reference_outputs_and_gradients(shape):
     b, cq, c, h, w = shape
     q, k, v = (t.requires_grad_() for t in _qkv(b, cq, c, h, w))
@@ -42,8 +41,9 @@ def test_module_matches_reference_including_parameter_gradients():
     x = torch.randn(2, 16, 5, 3, requires_grad=True)
     out = module(x)
     x_ref = x.detach().clone().requires_grad_()
-    ref = x_ref + module.gamma * loop_criss_cross_attention(module.query_conv(x_ref), module.key_conv(x_ref),
-                                                            module.value_conv(x_ref))
+    ref = x_ref + module.gamma * loop_criss_cross_attention(
+        module.query_conv(x_ref), module.key_conv(x_ref), module.value_conv(x_ref)
+    )
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(out)
     params = list(module.parameters())
@@ -61,8 +61,15 @@ def test_gradcheck_float64():
 def test_official_parameter_names_and_identity_at_init():
     module = CrissCrossAttention(64)
     names = {n for n, _ in module.named_parameters()}
-    assert names == {"query_conv.weight", "query_conv.bias", "key_conv.weight", "key_conv.bias",
-                     "value_conv.weight", "value_conv.bias", "gamma"}
+    assert names == {
+        "query_conv.weight",
+        "query_conv.bias",
+        "key_conv.weight",
+        "key_conv.bias",
+        "value_conv.weight",
+        "value_conv.bias",
+        "gamma",
+    }
     assert module.query_conv.out_channels == 8 and module.value_conv.out_channels == 64
     assert module.gamma.item() == 0.0
     x = torch.randn(1, 64, 4, 5)

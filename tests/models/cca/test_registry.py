@@ -45,8 +45,9 @@ def test_implementation_switch(monkeypatch):
     q, k, v, gamma, x = make_inputs(2, 3, 5, 4, 6)
     ref = loop_reference(q, k, v, gamma, x)
     for impl in ("reference", "lean", "auto"):
-        torch.testing.assert_close(criss_cross_attention(q, k, v, gamma, x, implementation=impl), ref,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            criss_cross_attention(q, k, v, gamma, x, implementation=impl), ref, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_selection_order_argument_context_module_environment_auto(monkeypatch):

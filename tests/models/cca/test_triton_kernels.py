@@ -21,8 +21,11 @@ try:
 except Exception as exc:  # noqa: BLE001 — any failure to build the kernels is a reason to skip, shown
     pytest.skip(f"Triton is installed but its kernels cannot be defined here: {exc!r}", allow_module_level=True)
 if not (torch.cuda.is_available() or cca_triton.interpreting()):
-    pytest.skip("no CUDA and Triton's interpreter is off: TRITON_INTERPRET=1 must be set before Triton is first "
-                "imported (tests/conftest.py does so on machines without CUDA)", allow_module_level=True)
+    pytest.skip(
+        "no CUDA and Triton's interpreter is off: TRITON_INTERPRET=1 must be set before Triton is first "
+        "imported (tests/conftest.py does so on machines without CUDA)",
+        allow_module_level=True,
+    )
 
 # The interpreter evaluates log(0) for the empty column of H = 1 with numpy, which warns.
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
@@ -39,8 +42,9 @@ def _assert_matches(fn, reference, tensors, grad, tol):
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
     for name, tensor, mine, theirs in zip("q k v gamma x".split(), tensors, grads, ref_grads):
         assert mine.dtype == tensor.dtype
-        torch.testing.assert_close(mine.float(), theirs, atol=2 * tol, rtol=2 * tol,
-                                   msg=lambda m, name=name: f"d{name}: {m}")
+        torch.testing.assert_close(
+            mine.float(), theirs, atol=2 * tol, rtol=2 * tol, msg=lambda m, name=name: f"d{name}: {m}"
+        )
 
 
 def _triton(*tensors):
