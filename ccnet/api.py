@@ -88,7 +88,6 @@ def inference_model(
             raise ConfigError(f"unknown inference settings {unknown}: expected some of {sorted(known)}")
         base = InferenceSettings.from_config({**asdict(base), **overrides})
     single = not isinstance(images, (list, tuple))
-    outputs = [
-        predict_image(model, image, base, probabilities=probabilities) for image in ([images] if single else images)
-    ]
+    batch: Sequence[Any] = [images] if single else images  # type: ignore[assignment]
+    outputs = [predict_image(model, image, base, probabilities=probabilities) for image in batch]
     return outputs[0] if single else outputs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import Any, Callable, List, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -153,7 +153,7 @@ def run_on_main(fn: Callable[..., T], *args: Any) -> T:
     every rank (so that no rank waits forever for one that failed)."""
     if not is_distributed():
         return fn(*args)
-    outcome = None
+    outcome: Optional[Tuple[bool, Any]] = None
     if is_main_process():
         try:
             outcome = (True, fn(*args))

@@ -57,7 +57,7 @@ def user_message(exc: BaseException) -> str:
             text = "\n".join(lines[start:]).split(": ", 1)[1]
             if where:
                 text += f" ({where.group(1)})"
-    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
         reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
             exc.errno, (exc.strerror or "permission denied").lower()
         )
@@ -74,7 +74,7 @@ def _missing_value_message(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def exit_on_user_error(log: logging.Logger, *also: Type[Exception]) -> Iterator[None]:
+def exit_on_user_error(log: logging.Logger, *also: Type[BaseException]) -> Iterator[None]:
     """Turn a :class:`UserError` (or one of the exception types ``also``, for library code whose
     standard exceptions carry complete messages), a required setting left unset (OmegaConf's
     ``MissingMandatoryValue``) or a write refused by the file system into one logged error line and
@@ -86,7 +86,7 @@ def exit_on_user_error(log: logging.Logger, *also: Type[Exception]) -> Iterator[
     except MissingMandatoryValue as exc:
         log.error("%s", _missing_value_message(exc))
         raise SystemExit(EXIT_USER_ERROR) from None
-    except (UserError, *also) as exc:
+    except (UserError, *also) as exc:  # type: ignore[misc]  # mypy cannot read a starred tuple of types
         _detach_logs_under(getattr(exc, "foreign_folder", None))
         log.error("%s", user_message(exc))
         raise SystemExit(EXIT_USER_ERROR) from None

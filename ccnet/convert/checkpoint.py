@@ -47,7 +47,7 @@ def _load_yaml(configs_dir: Path, group: str, name: str) -> Dict[str, Any]:
         raise ConfigError(f"no {group} config {name!r} at {path}: expected one of {', '.join(known)}")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     assert isinstance(cfg, dict)
-    return cfg
+    return {str(k): v for k, v in cfg.items()}
 
 
 def model_config_for(

@@ -90,7 +90,7 @@ FORMAT = SourceFormat(
     drop=(r"criterion\..+",),
     classifier_key="head.bottleneck.3.weight",
     model_config=_model_config,
-    mean=tuple(v / 255.0 for v in _MEAN_RGB_255),
+    mean=(_MEAN_RGB_255[0] / 255.0, _MEAN_RGB_255[1] / 255.0, _MEAN_RGB_255[2] / 255.0),
     std=(1.0 / 255.0,) * 3,
     align_corners=lambda filename: True,  # the release upsamples every output with align_corners=True
 )

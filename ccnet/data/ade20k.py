@@ -415,7 +415,7 @@ def build_ade20k(
 
 def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
     """Class names, palette and ignore index (no file is read)."""
-    return list(CLASSES), [tuple(c) for c in PALETTE], int(dataset_cfg.get("ignore_index", 255))
+    return list(CLASSES), list(PALETTE), int(dataset_cfg.get("ignore_index", 255))
 
 
 DATASET = DatasetSpec(build_ade20k, metainfo)

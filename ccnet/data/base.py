@@ -18,7 +18,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -31,6 +31,36 @@ from ccnet.errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class SegmentationData(Protocol):
+    """What every dataset :func:`ccnet.data.build_dataset` returns offers: ``(image, label)`` items and
+    these attributes (``has_labels``, False for an unlabelled test split, is optional)."""
+
+    @property
+    def classes(self) -> List[str]: ...
+
+    @property
+    def palette(self) -> List[Tuple[int, int, int]]: ...
+
+    @property
+    def ignore_index(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def mean(self) -> Tuple[float, ...]: ...
+
+    @property
+    def std(self) -> Tuple[float, ...]: ...
+
+    @property
+    def image_paths(self) -> List[Path]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class DatasetError(UserError, ValueError):
@@ -231,7 +261,7 @@ class SegmentationDataset(Dataset):
         self.image_paths: List[Path] = [Path(p) for p in image_paths]
         self.label_paths: Optional[List[Path]] = None if label_paths is None else [Path(p) for p in label_paths]
         self.classes: List[str] = list(classes)
-        self.palette: List[Tuple[int, int, int]] = [tuple(int(c) for c in rgb) for rgb in palette]
+        self.palette: List[Tuple[int, int, int]] = [(int(rgb[0]), int(rgb[1]), int(rgb[2])) for rgb in palette]
         self.ignore_index = int(ignore_index)
         self.label_lut = label_lut
         self.transform = transform
@@ -287,7 +317,7 @@ class SegmentationDataset(Dataset):
 
 
 def check_labelled_split(
-    dataset: Dataset, split: str, role: str = "validation", key: str = "dataset.val_split"
+    dataset: SegmentationData, split: str, role: str = "validation", key: str = "dataset.val_split"
 ) -> None:
     """Fail before inference, not with a NaN score after it, when no pixel of a split is labelled.
 
@@ -341,5 +371,5 @@ class DatasetSpec:
             on a machine without the dataset needs the palette).
     """
 
-    build: Callable[..., Dataset]
+    build: Callable[..., SegmentationData]
     metainfo: Callable[[Mapping[str, Any]], Tuple[List[str], List[RGB], int]]

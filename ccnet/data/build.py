@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from ccnet.data import ade20k, cityscapes, folder, synthetic
-from ccnet.data.base import DatasetSpec
+from ccnet.data.base import DatasetSpec, SegmentationData
 from ccnet.data.transforms import SizeLike
 from ccnet.errors import ConfigError
 
@@ -32,7 +32,7 @@ def _spec(dataset_cfg: Mapping[str, Any]) -> DatasetSpec:
     return DATASETS[name]
 
 
-def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[SizeLike] = None) -> Dataset:
+def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optional[SizeLike] = None) -> SegmentationData:
     """Build the dataset named by ``dataset_cfg.name`` (a key of :data:`DATASETS`) for one split.
 
     Args:
@@ -84,7 +84,7 @@ def seed_worker(worker_id: int) -> None:
         reseed_dataset(info.dataset, seed)
 
 
-def reseed_dataset(dataset: Dataset, seed: int) -> None:
+def reseed_dataset(dataset: Any, seed: int) -> None:
     """Call ``reseed(seed)`` on ``dataset`` and on datasets it wraps (``Subset``, ``ConcatDataset``)."""
     if hasattr(dataset, "reseed"):
         dataset.reseed(seed)

@@ -78,8 +78,8 @@ for _name, _label_id, _train_id, _ in LABELS:
     _ID_TO_TRAIN[_label_id % 256] = _train_id
 # trainId -> labelId for submissions; ignore (and any non-class value) -> 0 "unlabeled".
 _TRAIN_TO_ID = np.zeros(256, dtype=np.uint8)
-for _train_id, _, _, _label_id in _TRAIN:
-    _TRAIN_TO_ID[_train_id] = _label_id
+for _train_id, _class_name, _color, _id in _TRAIN:
+    _TRAIN_TO_ID[_train_id] = _id
 
 
 def _as_uint8(array: np.ndarray, what: str) -> np.ndarray:
@@ -216,7 +216,7 @@ def build_cityscapes(
 
 def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int, int, int]], int]:
     """Class names, palette and ignore index (no file is read)."""
-    return list(CLASSES), [tuple(c) for c in PALETTE], int(dataset_cfg.get("ignore_index", 255))
+    return list(CLASSES), list(PALETTE), int(dataset_cfg.get("ignore_index", 255))
 
 
 DATASET = DatasetSpec(build_cityscapes, metainfo)

@@ -177,12 +177,14 @@ def metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tuple[int,
     else:
         classes = [f"class_{i}" for i in range(num_classes)]
     if palette_cfg:
-        palette = [tuple(int(v) for v in rgb) for rgb in palette_cfg]
-        if len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
+        if len(palette_cfg) != num_classes or any(
+            len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in palette_cfg
+        ):
             raise ConfigError(
                 f"folder dataset: dataset.palette must hold {num_classes} [r, g, b] colours with "
                 f"values 0..255, got {palette_cfg}"
             )
+        palette = [(int(r), int(g), int(b)) for r, g, b in palette_cfg]
     else:
         palette = generate_palette(num_classes)
     return classes, palette, ignore

@@ -21,12 +21,13 @@ interrupted — which makes resumed and multi-process runs reproduce single unin
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Tuple, Union
+from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ccnet.data.base import SegmentationData
 from ccnet.data.build import reseed_dataset
 
 
@@ -78,9 +79,9 @@ class InfiniteSampler(Sampler[int]):
         """Augmentation seed of the sample at global stream ``position`` (well mixed, 32 bits)."""
         return int(np.random.SeedSequence([self.seed, position]).generate_state(1)[0])
 
-    def __iter__(self) -> Iterator[Union[int, Tuple[int, int]]]:
+    def __iter__(self) -> Iterator[Any]:  # index, or (index, seed) with yield_seeds
         pos = self.start + self.rank
-        epoch, perm = -1, None
+        epoch, perm = -1, torch.empty(0, dtype=torch.int64)
         while True:
             e, i = divmod(pos, self.dataset_size)
             if e != epoch:
@@ -128,7 +129,7 @@ class SeededDataset(Dataset):
     Datasets without augmentation (no ``reseed``) are read unchanged.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: SegmentationData) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:

@@ -44,7 +44,7 @@ def to_hw(size: SizeLike, key: str = "crop_size") -> Tuple[int, int]:
         h = w = int(size)
     else:
         try:
-            h, w = (int(v) for v in size)
+            h, w = (int(v) for v in size)  # type: ignore[union-attr]  # anything else raises below
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be an int or [height, width], got {size!r}") from None
     if h <= 0 or w <= 0:

@@ -213,6 +213,8 @@ class SegmentationLoss(nn.Module):
             γ inside) whenever the model returns ``"ccl_features"`` (``model.ccl=true``).
     """
 
+    class_weights: Optional[Tensor]  # a buffer (or None): the cross-entropy's per-class weights
+
     def __init__(
         self,
         ignore_index: int = 255,
@@ -259,7 +261,7 @@ class SegmentationLoss(nn.Module):
             terms["ccl"] = ccl["loss"]
             weights["ccl"] = 1.0
             parts = {f"ccl_{name}": ccl[name].detach() for name in ("var", "dis", "reg")}
-        total = sum(weights[name] * value for name, value in terms.items())
+        total = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
         return {"loss": total, **terms, **parts}
 
 

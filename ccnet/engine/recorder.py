@@ -117,7 +117,12 @@ class Recorder:
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Log ``{tag: value}`` to TensorBoard at ``step``."""
-        self._write(self.tb_dir, lambda: [self.writer.add_scalar(tag, v, step) for tag, v in values.items()])
+
+        def write() -> None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+        self._write(self.tb_dir, write)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """Log an (H, W, 3) uint8 image."""

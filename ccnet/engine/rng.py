@@ -5,7 +5,7 @@ ints, floats and strings only — no NumPy arrays or tuples of unknown types."""
 from __future__ import annotations
 
 import random
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,8 @@ def seed_everything(seed: int) -> None:
 def get_rng_state() -> Dict[str, Any]:
     """Snapshot of all generators of this process (CUDA: the current device's, when initialised)."""
     version, mt_state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state: Tuple[str, np.ndarray, int, int, float] = np.random.get_state()  # type: ignore[assignment]
+    kind, keys, pos, has_gauss, cached = numpy_state
     state: Dict[str, Any] = {
         "python": {"version": version, "state": list(mt_state), "gauss": gauss},
         "numpy": {

@@ -9,7 +9,6 @@ docs/training.md is rendered from :data:`SETTINGS` and that file by ``scripts/re
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ def _int(minimum: Optional[int] = None) -> Rule:
 
 def _number(low: float = 0.0, high: Optional[float] = None, low_open: bool = False, high_open: bool = False) -> Rule:
     def ok(v: Any) -> bool:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             return False
         above = v > low if low_open else v >= low
         below = high is None or (v < high if high_open else v <= high)
@@ -262,7 +261,8 @@ def train_yaml_settings(path: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[st
     comment lines joined), as dotted keys: the inputs of :func:`settings_table`."""
     from omegaconf import OmegaConf
 
-    defaults = flatten_config({"train": OmegaConf.to_container(OmegaConf.load(path))["train"]})
+    loaded: Any = OmegaConf.to_container(OmegaConf.load(path))
+    defaults = flatten_config({"train": loaded["train"]})
     meanings: Dict[str, str] = {}
     stack: List[Tuple[int, str]] = []  # (indent, key) of the open sections
     last: Optional[str] = None

@@ -17,21 +17,27 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ccnet import dist
 from ccnet.checkpoint import load_checkpoint, model_state_from, non_finite_tensors
-from ccnet.data import SegmentationDataset, build_dataset, crop_cost_warning, seed_worker, train_input_size
-from ccnet.data.base import check_labelled_split
+from ccnet.data import (
+    SegmentationDataset,
+    build_dataset,
+    crop_cost_warning,
+    seed_worker,
+    train_input_size,
+)
+from ccnet.data.base import SegmentationData, check_labelled_split
 from ccnet.data.samplers import InfiniteSampler, SeededDataset
 from ccnet.engine import resume
 from ccnet.engine.checkpoint_manager import CheckpointManager, load_weights
@@ -44,7 +50,7 @@ from ccnet.engine.settings import check_train_config
 from ccnet.engine.signals import StopRequest, TrainingStopped
 from ccnet.errors import ConfigError, UserError, user_message
 from ccnet.evaluation.evaluator import evaluate
-from ccnet.models import build_model
+from ccnet.models import CCNet, build_model
 from ccnet.models.attention_maps import attention_panel
 from ccnet.utils.outputs import FolderLock
 from ccnet.utils.visualize import add_legend, colorize, denormalize
@@ -130,14 +136,14 @@ class Run:
     cfg: DictConfig
     device: torch.device
     work_dir: Path
-    model: nn.Module  # the bare model: its state dict is what checkpoints hold
-    train_model: nn.Module  # what the step calls: the model, wrapped by DDP and/or torch.compile
+    model: CCNet  # the bare model: its state dict is what checkpoints hold
+    train_model: Any  # what the step calls: the model, wrapped by DDP and/or torch.compile
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
     autocast: ContextManager
-    val_set: Dataset
+    val_set: SegmentationData
     sampler: InfiniteSampler
     batches: Any  # iterator over the training DataLoader
     ckpts: CheckpointManager
@@ -179,7 +185,7 @@ def setup(cfg: DictConfig, device: torch.device, lock: Optional[FolderLock] = No
     loaded: Dict[str, Any] = {}
     resume_path = dist.run_on_main(_choose_resume, cfg, work_dir, loaded, lock)
     resumed = loaded.get("checkpoint") or (load_checkpoint(resume_path) if resume_path is not None else None)
-    if resumed is not None:
+    if resumed is not None and resume_path is not None:
         resume.check_resume_config(resumed, resume_path, _plain(cfg))
 
     train_set = build_dataset(cfg.dataset, "train", crop_size=tcfg.get("crop_size"))
@@ -206,8 +212,8 @@ def _build_run(
     cfg: DictConfig,
     device: torch.device,
     work_dir: Path,
-    train_set: Dataset,
-    val_set: Dataset,
+    train_set: SegmentationData,
+    val_set: SegmentationData,
     resumed: Optional[Dict[str, Any]],
     resume_path: Optional[Path],
     file_log: Optional[logging.Handler],
@@ -233,14 +239,14 @@ def _build_run(
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         autocast=torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "none" else nullcontext(),
         val_set=val_set,
-        sampler=None,
+        sampler=None,  # type: ignore[arg-type]  # set below, once the state is restored
         batches=None,
         ckpts=ckpts,
         recorder=None,
         file_log=file_log,
     )
     progress = resume.Progress()
-    if resumed is not None:
+    if resumed is not None and resume_path is not None:
         progress = resume.restore(
             resumed, resume_path, model, optimizer, run.scheduler, run.scaler, cfg, len(train_set)
         )
@@ -300,7 +306,7 @@ def _choose_resume(
     return None
 
 
-def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -> nn.Module:
+def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -> CCNet:
     """The model with its initial weights (seeded, ImageNet or ``load_from``), SyncBN, on ``device``."""
     tcfg = cfg.train
     seed_everything(int(tcfg.seed))  # identical initial weights on every rank (DDP also broadcasts rank 0's)
@@ -315,7 +321,7 @@ def _build_model(cfg: DictConfig, device: torch.device, from_checkpoint: bool) -
         )
     if dist.get_world_size() > 1 and (tcfg.sync_bn or cfg.model.get("norm") == "syncbn"):
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = cast(CCNet, nn.SyncBatchNorm.convert_sync_batchnorm(model))
         else:
             log.warning("SyncBatchNorm runs on GPUs only; this CPU run keeps per-process BatchNorm")
     model.to(device)
@@ -411,7 +417,7 @@ def train_step(run: Run, it: int, stop_requested: bool = False) -> Tuple[Optiona
                 "train.skip_nonfinite=true"
             )
         with torch.no_grad():
-            for buffer, before in zip(run.model.buffers(), buffers):
+            for buffer, before in zip(run.model.buffers(), buffers or []):
                 buffer.copy_(before)
         run.skipped += 1
         log.warning("non-finite loss at iteration %d: step skipped (%d so far)", it, run.skipped)
@@ -495,7 +501,7 @@ def validate(run: Run, it: int, progress: bool = False) -> Dict[str, Any]:
         desc=f"val@{it}",
         on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if len(panels) < keep else None,
     )
-    class_names = list(getattr(val_set, "classes", [str(i) for i in range(run.model.num_classes)]))
+    class_names = list(val_set.classes)
     record = validation_record(
         it, result, class_names, run.train_time, run.skipped, val_time_s=time.perf_counter() - started
     )
@@ -567,6 +573,8 @@ def _record_panels(run: Run, panels: List[Any], it: int) -> None:
     model has it."""
     val_set, head = run.val_set, getattr(run.model, "head", None)
     show_attention = bool(run.cfg.train.get("vis_attention", True)) and getattr(head, "shows_attention", False)
+    recorder = run.recorder
+    assert recorder is not None  # rank 0 only
     for j, (image, label, pred) in enumerate(panels):
         maps = [label.numpy(), pred.numpy()]
         panel = np.concatenate(
@@ -577,9 +585,9 @@ def _record_panels(run: Run, panels: List[Any], it: int) -> None:
             axis=1,
         )
         panel = add_legend(panel, val_set.palette, val_set.classes, maps, val_set.ignore_index)
-        run.recorder.image(f"val/panel_{j}", panel, it)
+        recorder.image(f"val/panel_{j}", panel, it)
         if show_attention:
-            run.recorder.image(
+            recorder.image(
                 f"val/attention_{j}",
                 attention_panel(run.model, image.to(run.device), mean=val_set.mean, std=val_set.std),
                 it,

@@ -142,5 +142,5 @@ def evaluate_label_id_folders(
         metric.matrix = count(pairs)
     else:
         with ThreadPoolExecutor(threads) as pool:
-            metric.matrix = sum(pool.map(count, [pairs[i::threads] for i in range(threads)]))
+            metric.matrix = torch.stack(list(pool.map(count, [pairs[i::threads] for i in range(threads)]))).sum(0)
     return {**metric.compute(), "classes": list(CLASSES), "num_images": len(pairs)}

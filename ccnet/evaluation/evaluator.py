@@ -17,10 +17,11 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ccnet import dist
+from ccnet.data.base import SegmentationData
 from ccnet.evaluation.inference import InferenceSettings, predict_logits
 from ccnet.evaluation.metrics import SegMetric
 
@@ -49,7 +50,7 @@ def _sum_over_ranks(value: int, device: torch.device) -> int:
 
 def evaluate(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: SegmentationData,
     eval_cfg: Mapping[str, Any],
     device: Union[str, torch.device],
     amp: Optional[str] = None,
@@ -107,8 +108,8 @@ def evaluate(
     metric.matrix = metric.matrix.to(device)
 
     indices = shard_indices(len(dataset), dist.get_rank(), dist.get_world_size())
-    loader = DataLoader(
-        Subset(dataset, indices),
+    loader: DataLoader = DataLoader(
+        Subset(dataset, indices),  # type: ignore[arg-type]  # a SegmentationData is a map-style Dataset
         batch_size=1,  # full-resolution images of different sizes cannot be stacked
         shuffle=False,
         num_workers=int(eval_cfg.get("num_workers", 2)),

@@ -50,7 +50,7 @@ def _is_int(value: Any) -> bool:
 def _pair(value: SizeLike, key: str) -> Tuple[int, int]:
     """``value`` as (height, width): an int means a square."""
     sequence = isinstance(value, abc.Sequence) and not isinstance(value, str)  # list, tuple, ListConfig
-    items = [value, value] if _is_int(value) else list(value) if sequence else None
+    items: Optional[List[Any]] = [value, value] if _is_int(value) else list(value) if sequence else None  # type: ignore[arg-type]
     if items is None or len(items) != 2 or not all(_is_int(v) and v >= 1 for v in items):
         raise ConfigError(
             f"eval.{key} must be a positive integer or [height, width] of positive integers, got "

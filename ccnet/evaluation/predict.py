@@ -112,7 +112,7 @@ def load_for_inference(
             f"palette has {len(palette)} colours ({len(classes)} classes); choose the dataset the checkpoint was "
             "trained on (dataset=<name>) or give a folder dataset with matching dataset.num_classes/palette"
         )
-    model = load_model(model_cfg, ckpt, ckpt_path, device)
+    model: Any = load_model(model_cfg, ckpt, ckpt_path, device)  # gains two attributes below
     model.dataset_meta = {
         "classes": list(classes),
         "palette": [tuple(c) for c in palette],

@@ -160,6 +160,7 @@ class PredictionWriter:
             if fmt in ("color", "overlay") and color is None:
                 color = colorize(pred, self.palette, self.ignore_index)
             if fmt == "color":
+                assert color is not None
                 out = color
             elif fmt == "trainid":
                 out = pred.astype(np.uint8)
@@ -169,6 +170,7 @@ class PredictionWriter:
             else:
                 if image is None:
                     raise ValueError("overlay format needs the input image")
+                assert color is not None
                 out = overlay(image, color, self.alpha)
                 if self.legend:
                     assert self.classes is not None

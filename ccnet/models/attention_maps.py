@@ -14,7 +14,7 @@ training loop's TensorBoard image panels; the overlays themselves are drawn by
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ def _spread(weights: Tensor, attn_h: Tensor, attn_w: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int, int]) -> List[Tensor]:
+def rcca_attention_maps(model: Any, image: Tensor, pixel: Tuple[int, int]) -> List[Tensor]:
     """Effective attention of ``pixel`` after each criss-cross loop of ``model``'s RCCA head.
 
     Args:
@@ -50,7 +50,7 @@ def rcca_attention_maps(model: torch.nn.Module, image: Tensor, pixel: Tuple[int,
     Shape:
         image: (3, H, W). Each map: (h, w), the feature resolution.
     """
-    head = getattr(model, "head", None)
+    head: Any = getattr(model, "head", None)
     if not getattr(head, "shows_attention", False):
         context = type(head).__name__ if head is not None else "none"
         raise ConfigError(

@@ -20,7 +20,14 @@ NormLayer = Callable[[int], nn.Module]
 RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
-class ResNetBackbone(nn.Module):
+class Backbone(nn.Module):
+    """What :class:`ccnet.models.segmentor.CCNet` reads from a backbone: ``forward`` returns the
+    features of its last two stages, ``{"layer3": ..., "layer4": ...}``, with ``out_channels`` channels."""
+
+    out_channels: Dict[str, int]
+
+
+class ResNetBackbone(Backbone):
     """ResNet with dilated layer3/layer4 (output stride 8).
 
     Args:
@@ -114,7 +121,7 @@ class ResNetBackbone(nn.Module):
         return {"layer3": c3, "layer4": self.layer4(c3)}
 
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(Backbone):
     """A small conv/BN/ReLU network for CPU demos and tests (< 1 M parameters), output stride 8.
 
     Three stride-2 3×3 convs (to OS 8, ``layer3``) and ``layer4_convs`` further 3×3 convs at OS 8.
@@ -159,7 +166,7 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-BackboneFactory = Callable[[Mapping[str, Any], NormLayer], nn.Module]
+BackboneFactory = Callable[[Mapping[str, Any], NormLayer], Backbone]
 
 # model.backbone -> factory(model config, norm layer). mmsegmentation's ResNetV1c: deep stem 32-32-64, plain
 # max-pool, contracted dilation; the official release: deep stem 64-64-128, ceil-mode pool, full dilation.
@@ -184,7 +191,7 @@ BACKBONES: Dict[str, BackboneFactory] = {
 }
 
 
-def build_backbone(cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
+def build_backbone(cfg: Mapping[str, Any], norm_layer: NormLayer) -> Backbone:
     """The backbone ``cfg["backbone"]`` names (a key of :data:`BACKBONES`).
 
     Raises:

@@ -49,7 +49,26 @@ def conv_norm_act(
     )
 
 
-class RCCAHead(nn.Module):
+class ContextHead(nn.Module):
+    """What :class:`ccnet.models.segmentor.CCNet` calls on a context head: logits of layer4 features,
+    and the same in two steps, :meth:`features` then :meth:`classify`."""
+
+    @property
+    def shows_attention(self) -> bool:
+        """Whether :func:`ccnet.models.attention_maps.rcca_attention_maps` can draw its attention."""
+        return False
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def classify(self, features: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.features(x))
+
+
+class RCCAHead(ContextHead):
     """Recurrent criss-cross attention head.
 
     Args:
@@ -89,6 +108,7 @@ class RCCAHead(nn.Module):
         if recurrence < 0:
             raise ConfigError(f"recurrence must be >= 0, got {recurrence}")
         inter_channels = inter_channels or in_channels // 4
+        self.inter_channels = inter_channels
         self.recurrence = recurrence
         self.conva = conv_norm_act(in_channels, inter_channels, 3, norm_layer, activation)
         self.cca = (
@@ -110,6 +130,7 @@ class RCCAHead(nn.Module):
         out = self.conva(x)
         channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
         for _ in range(self.recurrence):
+            assert self.cca is not None  # built whenever recurrence >= 1
             out = self.cca(out)
         # the lean criss-cross path returns channels_last memory (its positions-last layout), so
         # recurrences after the first read it without conversion; convb gets conva's layout back
@@ -128,11 +149,7 @@ class RCCAHead(nn.Module):
 
     @property
     def shows_attention(self) -> bool:
-        """Whether it has criss-cross attention maps to draw (``rcca_attention_maps``)."""
         return self.cca is not None and self.recurrence > 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.features(x))
 
 
 class NonLocalBlock(nn.Module):
@@ -159,7 +176,9 @@ class NonLocalBlock(nn.Module):
         self.phi = nn.Conv2d(in_channels, inter_channels, 1)
         self.g = nn.Conv2d(in_channels, inter_channels, 1)
         self.out = nn.Sequential(nn.Conv2d(inter_channels, in_channels, 1, bias=False), norm_layer(in_channels))
-        nn.init.constant_(self.out[1].weight, float(out_scale_init))
+        norm = self.out[1]
+        assert isinstance(norm.weight, Tensor), "NonLocalBlock's norm layer needs an affine weight"
+        nn.init.constant_(norm.weight, float(out_scale_init))
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -202,9 +221,7 @@ class NonLocalHead(RCCAHead):
             norm_layer=norm_layer,
             activation=activation,
         )
-        self.nonlocal_block = NonLocalBlock(
-            self.conva[0].out_channels, norm_layer=norm_layer, out_scale_init=context_init
-        )
+        self.nonlocal_block = NonLocalBlock(self.inter_channels, norm_layer=norm_layer, out_scale_init=context_init)
 
     def context(self, x: Tensor) -> Tensor:
         return self.convb(self.nonlocal_block(self.conva(x)))
@@ -264,7 +281,7 @@ def _common(cfg: Mapping[str, Any], norm_layer: NormLayer) -> Dict[str, Any]:
     )
 
 
-def _rcca(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
+def _rcca(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> ContextHead:
     implementation = cfg.get("cca_impl")
     if implementation is not None and implementation not in cca_choices():
         raise ConfigError(
@@ -282,7 +299,7 @@ def _rcca(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer
     )
 
 
-HeadFactory = Callable[[int, int, Mapping[str, Any], NormLayer], nn.Module]
+HeadFactory = Callable[[int, int, Mapping[str, Any], NormLayer], ContextHead]
 
 # model.context -> factory(layer4 channels, classes, model config, norm layer). A head maps layer4 features
 # to logits and has features(x) (the fused features) and classify(features); shows_attention is optional.
@@ -295,7 +312,7 @@ HEADS: Dict[str, HeadFactory] = {
 }
 
 
-def build_head(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> nn.Module:
+def build_head(in_channels: int, num_classes: int, cfg: Mapping[str, Any], norm_layer: NormLayer) -> ContextHead:
     """The context head ``cfg["context"]`` names (default ``rcca``; a key of :data:`HEADS`).
 
     Raises:

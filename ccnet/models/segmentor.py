@@ -12,8 +12,8 @@ from torch import Tensor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ccnet.errors import ConfigError
-from ccnet.models.backbones import build_backbone
-from ccnet.models.heads import FCNHead, build_head
+from ccnet.models.backbones import Backbone, build_backbone
+from ccnet.models.heads import ContextHead, FCNHead, build_head
 from ccnet.models.pretrained import load_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ class CCNet(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        head: nn.Module,
+        backbone: Backbone,
+        head: ContextHead,
         aux_head: Optional[nn.Module],
         num_classes: int,
         align_corners: bool = False,
@@ -68,7 +68,7 @@ class CCNet(nn.Module):
             fused = self.head.features(feats["layer4"])
             if return_features:
                 outputs["features"] = fused
-            if with_ccl:
+            if with_ccl and self.ccl_proj is not None:
                 outputs["ccl_features"] = self.ccl_proj(fused)
             logits = self.head.classify(fused)
         else:

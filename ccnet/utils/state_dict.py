@@ -143,7 +143,7 @@ def remap_state_dict(
             report.dropped.append(key)
             continue
         rule, name = next(((r, n) for r in rules if (n := r.match(key)) is not None), (None, None))
-        if rule is None:
+        if rule is None or name is None:
             report.unconsumed.append(key)
             continue
         if name not in target:

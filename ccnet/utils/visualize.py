@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -206,7 +206,7 @@ def legend_entries(
             has_ignore = has_ignore or bool((values == ignore_index).any())
     present = np.flatnonzero(counts)
     shown = np.sort(present[np.argsort(-counts[present], kind="stable")[:max_entries]])
-    entries = [(str(classes[c]), tuple(int(v) for v in palette[c])) for c in shown]
+    entries = [(str(classes[c]), (int(palette[c][0]), int(palette[c][1]), int(palette[c][2]))) for c in shown]
     if has_ignore:
         entries.append(("ignore", IGNORE_COLOR))
     if maps is None:
@@ -218,14 +218,16 @@ def legend_entries(
     return entries, "; ".join(notes) or None
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
     except (TypeError, ImportError, OSError):
         return ImageFont.load_default()  # older Pillow / no FreeType: the fixed 11 px bitmap font
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> str:
+def _fit(
+    draw: ImageDraw.ImageDraw, text: str, font: Union[ImageFont.ImageFont, ImageFont.FreeTypeFont], width: float
+) -> str:
     """``text``, cut and ended with an ellipsis where it is wider than ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text

@@ -7,11 +7,11 @@ fused with the module's ``residual + γ · out``. Autograd keeps q, k (positions
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from ccnet.models.cca.checks import check_scale_and_residual
 from ccnet.models.cca.lean_ops import (
@@ -44,7 +44,7 @@ def _finish(out: Tensor, in_place: bool, gamma: Optional[Tensor], residual: Opti
     """``residual + γ · out``, in place on ``out`` when its dtype is the result's."""
     if not in_place:
         if residual is None:
-            return out * gamma
+            return out if gamma is None else out * gamma
         return residual + out if gamma is None else torch.addcmul(residual, gamma, out)
     if gamma is not None:
         out.mul_(gamma)
@@ -61,7 +61,7 @@ class LeanCrissCrossAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor], residual: Optional[Tensor]
     ) -> Tensor:
         qp, kp = _positions_last(q), _positions_last(k)
         out, in_place = _output(v, gamma, residual)
@@ -73,7 +73,7 @@ class LeanCrissCrossAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
         qp, kp, v, gamma, lse = ctx.saved_tensors
         grad_q, grad_k, grad_v, grad_gamma = criss_cross_attention_backward(
             grad_y, qp, kp, v, lse, gamma, tuple(ctx.needs_input_grad[:4])

@@ -19,11 +19,11 @@ W = [Wq; Wk; Wv] and q, k, v = W x + b, the projections add::
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from ccnet.models.cca.checks import check_scale_and_residual
 from ccnet.models.cca.lean_ops import (
@@ -111,7 +111,7 @@ class LeanCrissCrossBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: Any,
         x: Tensor,
         wq: Tensor,
         bq: Tensor,
@@ -148,7 +148,7 @@ class LeanCrissCrossBlock(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, grad_y: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight, qkv, gamma, lse = ctx.saved_tensors
         inner = ctx.inner
         batch, channels, height, width = x.shape

@@ -94,7 +94,7 @@ def _pair_products(
         i = (i, w)); rows: (B, H, W, W) indexed [b, h, w, j].
     """
     batch, height, width, channels = a.shape
-    if cols is None:
+    if cols is None or rows is None:
         cols, rows = a.new_empty(batch, width, height, height), a.new_empty(batch, height, width, width)
     beta = 1 if accumulate else 0  # beta 0: the buffers' previous (uninitialised) contents are ignored
     # rows: (B*H, W, c) @ (B*H, c, W)
@@ -285,6 +285,7 @@ def criss_cross_attention_backward(
             add_pair_products(grad_c, v_c, grad_h, grad_w, first=n == 0)
         dot = softmax_backward_(attn_h, attn_w, grad_h, grad_w, gamma)  # dA' -> dE in place
         if need_gamma:
+            assert gamma is not None  # needs_input_grad is False for an absent γ
             grad_gamma = dot.sum().to(gamma.dtype).reshape(gamma.shape)
         if need_q:  # dq_u = Σ_i dE[u, i] k_i
             grad_q = gather(grad_h, grad_w, k_acc, torch.empty_like(k_acc)).to(qp.dtype)

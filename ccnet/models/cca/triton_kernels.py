@@ -613,7 +613,7 @@ def _forward_op(
     for i, (branch, mask_diag) in enumerate(_BRANCHES):
         cfg = _launch_config(q, v, branch)
         meta = cfg["meta"]
-        grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]))
+        grid: Tuple[int, ...] = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]))
         _lse_kernel[grid](
             q,
             *_strides(q, branch),
@@ -697,7 +697,7 @@ def _backward_op(
             ]
             flags = dict(MASK_DIAG=mask_diag, ACCUMULATE=i > 0, BLOCK_C=BLOCK_VALUES, **meta)
             if kernel is _delta_kernel:
-                grid = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]))
+                grid: Tuple[int, ...] = (cfg["batch_lines"], triton.cdiv(cfg["positions"], meta["BLOCK_M"]))
             else:  # dq: a block of queries per program; dk: a block of keys
                 grad = grad_q if kernel is _dq_kernel else grad_k
                 args += [gamma_arg, grad, *_strides(grad, branch)]
