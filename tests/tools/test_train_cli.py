@@ -113,6 +113,8 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
     [
         ("train.lr=abc", "train.lr must be a finite number > 0, got 'abc' (a string)"),
         ("train.batch_size=2.5", "train.batch_size must be an integer >= 1, got 2.5 (a float)"),
+        ("train.crop_size=[96,96]", "train.crop_size=[96, 96] for the synthetic dataset: crops would cut the key off"),
+        ("resume=true", "resume=true but there is no checkpoint to resume"),
     ],
 )
 def test_wrong_setting_is_one_line_naming_the_key(repo_root, tmp_path, override, message):
