@@ -1,16 +1,11 @@
-"""Python API: a trained model in two calls, as mmsegmentation users know it.
+"""Python API: a trained model in two calls, as mmsegmentation users know it (docs/evaluation.md)::
 
     from ccnet import init_model, inference_model
     model = init_model("work_dirs/ccnet_tiny_synthetic/checkpoints/last.pth", device="cpu")
     labels = inference_model(model, "photo.jpg")              # (H, W) int64 class indices
     print(model.dataset_meta["classes"][labels[0, 0]])
 
-:func:`init_model` builds the model a checkpoint stores (its own config: no ImageNet download), loads
-the weights and attaches what inference needs: class names, palette, ignore index, the input
-normalisation and the checkpoint's evaluation settings. :func:`inference_model` takes an image path,
-a PIL image, an (H, W, 3) uint8 RGB array or a list of them, and returns label maps at each input's
-size; ``probabilities=True`` returns the softmax instead, and the sliding-window / multi-scale / flip
-/ AMP settings of ``tools/eval.py`` apply as keyword arguments. ``tools/infer.py`` runs the same code.
+``tools/infer.py`` runs the same code.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Checkpoint files: atomic writes, safe loads (``weights_only=True``) and clear errors.
 
-A checkpoint is a plain dict of tensors and Python containers, never pickled objects:
-
-- ``model``: state dict (of the unwrapped model, no ``module.`` prefix)
-- ``config``: the composed Hydra config as a plain, resolved dict
-- ``iteration``: number of optimisation steps completed
-- training state when saved by the trainer: ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
-  ``sampler``, ``best_miou``
-
-A checkpoint may come from anywhere, so its stored config is data: :func:`stored_config` refuses
-interpolations (``${oc.env:...}`` would read this machine's environment) instead of resolving them.
+A checkpoint is a plain dict of tensors and Python containers, never pickled objects: ``model`` (state
+dict of the unwrapped model), ``config`` (the composed config, plain and resolved), ``iteration``, and
+from the trainer ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``sampler``, ``best_miou``. Its stored
+config is data: :func:`stored_config` refuses interpolations instead of resolving them.
 """
 
 from __future__ import annotations
@@ -32,17 +26,13 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically.
-
-    The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and only then
-    renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows). A crash at any point
-    leaves either the previous file or the new one, never a truncated mix (a killed process may
-    leave its ``.<name>.*.tmp`` file behind: :func:`remove_stale_temporaries`). The directory is
-    fsync'ed too so the rename itself survives a power loss.
+    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, flushed and fsync'ed,
+    renamed over ``path``, the directory fsync'ed. A crash leaves the old file or the new one (and maybe a
+    ``.<name>.*.tmp``, see :func:`remove_stale_temporaries`).
 
     Raises:
-        CheckpointError: the disk is full (the message says so and that ``path``, if it existed,
-            is intact); other write errors propagate unchanged.
+        CheckpointError: the disk is full (the message says so and that ``path``, if it existed, is intact);
+            other write errors propagate unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +63,7 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC anywhere in the exception chain (torch.save reports it as a RuntimeError of its own,
-    with the OSError as context)."""
+    """ENOSPC anywhere in the exception chain (torch.save wraps it in a RuntimeError of its own)."""
     seen = set()
     link: Optional[BaseException] = exc
     while link is not None and id(link) not in seen:
@@ -88,7 +77,8 @@ def _is_disk_full(exc: BaseException) -> bool:
 def remove_stale_temporaries(directory: PathLike) -> List[Path]:
     """Delete the ``.<name>.*.tmp`` files killed saves left in ``directory``; returns what was removed.
 
-    Only call it when no other process writes there (rank 0 at the start of a run)."""
+    Only call it when no other process writes there (rank 0 at the start of a run).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -131,9 +121,9 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
 
 
 def model_state_from(obj: Dict[str, Any], path: PathLike = "<memory>") -> Dict[str, torch.Tensor]:
-    """The model state dict inside a checkpoint dict: ``obj["model"]``, ``obj["state_dict"]``, or
-    ``obj`` itself when it is already a bare state dict of tensors. A ``module.`` prefix left by
-    DistributedDataParallel is stripped."""
+    """The model state dict inside a checkpoint dict (``obj["model"]``, ``obj["state_dict"]`` or ``obj`` itself),
+    without a DistributedDataParallel ``module.`` prefix.
+    """
     for key in ("model", "state_dict"):
         if key in obj and isinstance(obj[key], dict):
             state = obj[key]
@@ -154,9 +144,8 @@ def model_state_from(obj: Dict[str, Any], path: PathLike = "<memory>") -> Dict[s
 def stored_config(checkpoint: Mapping[str, Any], path: PathLike = "<memory>") -> Optional[Dict[str, Any]]:
     """A checkpoint's stored config as plain data, or None when it has none.
 
-    Checkpoints written here hold resolved values. A string with an OmegaConf interpolation
-    (``${...}``) would be evaluated by whoever resolves the config — ``${oc.env:SECRET}`` reads an
-    environment variable into outputs — so it is refused, never resolved.
+    An OmegaConf interpolation (``${...}``) is refused, never resolved: ``${oc.env:SECRET}`` would read this
+    machine's environment into outputs.
 
     Raises:
         CheckpointError: the config is not a mapping or holds an interpolation (names the key).

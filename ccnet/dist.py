@@ -1,8 +1,6 @@
-"""Distributed helpers: the device of this process, process-group setup from torchrun's environment,
-rank queries, reductions and gathers.
-
-Every function works without an initialised process group (a plain single-process run), so library
-code calls them unconditionally instead of branching on ``torch.distributed.is_initialized()``.
+"""Distributed helpers: this process's device, process-group setup from torchrun's environment, ranks,
+reductions and gathers. Every function also works without a process group, so library code calls them
+unconditionally.
 """
 
 from __future__ import annotations
@@ -43,15 +41,14 @@ def is_main_process() -> bool:
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:
-    """The device a ``device`` setting names: ``auto`` (CUDA when available, else CPU), ``cpu``,
-    ``cuda`` (this process's GPU: ``LOCAL_RANK`` under torchrun) or ``cuda:N``.
+    """The device a ``device`` setting names: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` (this
+    process's GPU: ``LOCAL_RANK`` under torchrun) or ``cuda:N``.
 
     Args:
-        name: the setting's value.
         key: the setting's name, for the error message (``train.device``, ``--device``, ...).
 
     Raises:
-        ConfigError: an unknown value, or CUDA asked for on a machine without it (a ValueError).
+        ConfigError: an unknown value, or CUDA asked for on a machine without it.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,16 +67,13 @@ def launched_by_torchrun() -> bool:
 
 
 def init_distributed(device_type: str, timeout_s: float = 600.0) -> bool:
-    """Initialise the default process group when launched by torchrun.
+    """Initialise the default process group when launched by torchrun; returns whether one is initialised.
 
     Args:
-        device_type: ``"cuda"`` selects NCCL (and binds this process to ``LOCAL_RANK``'s GPU),
-            anything else selects gloo.
-        timeout_s: how long a collective waits for the other processes before failing
-            (``train.dist_timeout_s``); a validation on rank 0 alone must fit inside it.
-
-    Returns:
-        True if a process group is (now) initialised, False for a single-process run.
+        device_type: ``"cuda"`` selects NCCL (and binds this process to ``LOCAL_RANK``'s GPU), anything
+            else gloo.
+        timeout_s: how long a collective waits for the other processes (``train.dist_timeout_s``); a
+            validation on rank 0 alone must fit inside it.
     """
     if is_distributed():
         return True
@@ -101,9 +95,9 @@ def init_distributed(device_type: str, timeout_s: float = 600.0) -> bool:
 
 
 def is_timeout(exc: BaseException) -> bool:
-    """Whether a collective failed because another process did not answer in time (gloo: "Timed
-    out waiting ... for recv operation"; NCCL's watchdog: "collective operation timeout"); a
-    DataLoader's own timeout is not one."""
+    """Whether a collective failed because another process did not answer in time (gloo's recv timeout,
+    NCCL's watchdog); a DataLoader's own timeout is not one.
+    """
     text = str(exc).lower()
     return (
         isinstance(exc, RuntimeError)
@@ -149,8 +143,7 @@ def all_gather_object(obj: Any) -> List[Any]:
 
 
 def run_on_main(fn: Callable[..., T], *args: Any) -> T:
-    """Call ``fn(*args)`` on rank 0 only and give every rank its result, or raise its exception on
-    every rank (so that no rank waits forever for one that failed)."""
+    """Call ``fn(*args)`` on rank 0 only and give every rank its result, or raise its exception on every rank."""
     if not is_distributed():
         return fn(*args)
     outcome: Optional[Tuple[bool, Any]] = None

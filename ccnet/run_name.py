@@ -1,10 +1,8 @@
-"""The default run directory: ``work_dirs/<model>_<dataset>`` plus the command line's overrides, so
-that ``python tools/train.py model.ccl=true`` does not land in (and refuse, or overwrite) the
-directory of ``python tools/train.py``, while the same command with ``resume=auto`` finds its run.
-
-``configs/train.yaml`` writes ``work_dirs/${model.name}_${dataset.name}${ccnet_run_suffix:}``; the
-resolver reads Hydra's ``job.override_dirname`` (sorted ``key=value`` pairs, without the keys that
-do not change what is trained: ``hydra.job.config.override_dirname.exclude_keys``).
+"""The default run directory's suffix: ``configs/train.yaml`` writes
+``work_dirs/${model.name}_${dataset.name}${ccnet_run_suffix:}``, the resolver adding Hydra's
+``job.override_dirname`` (sorted ``key=value`` pairs, minus ``exclude_keys``). So
+``python tools/train.py model.ccl=true`` gets its own folder, and the same command with ``resume=auto``
+finds it again.
 """
 
 from __future__ import annotations

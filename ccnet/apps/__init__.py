@@ -1,6 +1,3 @@
-"""Applications built on the library: the bodies of the tools (eval, infer, export, browse, attention
-pictures), benchmarks, the self-check, the preset rehearsal and its generated dataset layouts.
-
-The library (models, data, engine, evaluation, convert, the API) never imports this package
-(tests/test_layers.py).
+"""Applications built on the library: the tools' bodies, benchmarks, the self-check and the preset rehearsal.
+The library never imports this package (docs/design.md, "Layers").
 """

@@ -1,8 +1,5 @@
-"""Write what the network sees: dataset samples, after their transforms, as ``image | colourised label`` PNGs.
-
-Used by ``tools/browse_dataset.py`` (configs/browse.yaml). Training splits show the augmentation (rescale,
-crop, flip, photometric distortion, padding); ignored pixels are black in the label panel. A legend band
-below each panel names the colours of the classes in the label (and "ignore" when it occurs).
+"""``tools/browse_dataset.py`` (configs/browse.yaml): dataset samples after their transforms, as
+``image | colourised label`` PNGs with a legend of the classes shown; ignored pixels are black.
 """
 
 from __future__ import annotations
@@ -28,11 +25,8 @@ def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset, le
     """Side-by-side picture of one item: de-normalised image left, label in the dataset's palette right.
 
     Args:
-        image: The item's normalised image.
-        label: The item's class-index map.
-        dataset: Gives ``mean, std, palette, classes, ignore_index``.
-        legend: Append a legend of the classes in ``label`` below (see
-            :func:`ccnet.utils.visualize.add_legend`).
+        dataset: gives ``mean, std, palette, classes, ignore_index``.
+        legend: append a legend of the classes in ``label`` below.
 
     Shape:
         image: (3, H, W) normalised float. label: (H, W) int. Returns (H + legend height, 2 * W, 3) uint8.
@@ -46,21 +40,15 @@ def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset, le
 
 
 def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int = 0) -> List[Path]:
-    """Render ``num_samples`` items (a seeded random order, cycling when the dataset is smaller) to PNGs.
-
-    Args:
-        dataset: Any dataset of this package (items ``(image, label)``; ``mean, std, palette, classes,
-            ignore_index, image_paths`` attributes).
-        out_dir: Output folder (created).
-        num_samples: Number of PNGs; an image drawn twice is augmented twice.
-        seed: Seed of the sample order.
+    """Render ``num_samples`` items (a seeded random order, cycling when the dataset is smaller) to PNGs
+    ``<k>_<image stem>.png`` in ``out_dir``; an image drawn twice is augmented twice.
 
     Returns:
-        The written files, ``<k>_<image stem>.png``.
+        The written files.
 
     Raises:
-        OutputConflictError: a file of that name exists in ``out_dir`` that no earlier browse run
-            wrote there (``out_dir/manifest.txt``), or is one of the dataset's images; nothing is written.
+        OutputConflictError: a file of that name exists in ``out_dir`` that no earlier browse run wrote there
+            (``out_dir/manifest.txt``), or is one of the dataset's images; nothing is written.
     """
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
@@ -81,8 +69,7 @@ def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int =
 def browse(cfg: Mapping[str, Any]) -> List[Path]:
     """Build ``cfg.dataset`` for ``cfg.split`` and write ``cfg.num_samples`` PNGs to ``cfg.output_dir``.
 
-    ``cfg.seed`` seeds torch before the dataset is built, which fixes the augmentation (see
-    :func:`ccnet.data.config.transform_from_cfg`) as well as the sample order.
+    ``cfg.seed`` seeds torch before the dataset is built, which fixes the augmentation and the sample order.
     """
     torch.manual_seed(int(cfg["seed"]))
     dataset = build_dataset(cfg["dataset"], str(cfg["split"]), crop_size=cfg.get("crop_size"))

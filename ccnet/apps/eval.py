@@ -1,7 +1,5 @@
 """``tools/eval.py`` as a function: checkpoint + config -> metrics, table, ``metrics.json``, predictions.
-
-Launched with ``torchrun --nproc_per_node=N`` every process evaluates its shard (see
-:func:`ccnet.evaluation.evaluator.evaluate`); rank 0 prints and writes the merged result.
+Under ``torchrun`` every process evaluates its shard; rank 0 prints and writes the merged result.
 """
 
 from __future__ import annotations
@@ -46,11 +44,8 @@ def plain_config(cfg: Any, resolve: bool = False) -> Dict[str, Any]:
 
 
 def format_table(classes: Sequence[str], results: Mapping[str, Any]) -> str:
-    """Per-class IoU / Acc table (percent) followed by the mIoU / mAcc / aAcc summary line.
-
-    A metric that is not defined (NaN in ``results``) is printed as ``—`` and a note below the
-    table says why: the class is absent from ground truth and prediction (IoU), absent from the
-    ground truth (Acc), or no pixel was scored (the means).
+    """Per-class IoU / Acc table (percent) and the mIoU / mAcc / aAcc line; an undefined (NaN) metric is
+    printed as ``—`` with a note below saying why.
     """
 
     def pct(v: float) -> str:
@@ -78,8 +73,7 @@ def format_table(classes: Sequence[str], results: Mapping[str, Any]) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """NaN -> None so that ``metrics.json`` is standard JSON (``null``: the metric is not defined,
-    see :func:`format_table`)."""
+    """NaN -> None, so that ``metrics.json`` is standard JSON (``null``: the metric is not defined)."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
@@ -92,10 +86,8 @@ def json_safe(value: Any) -> Any:
 def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> Dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` as configured by ``configs/eval.yaml``.
 
-    Everything a user can get wrong is checked before inference: the ``eval.*`` values, the
-    checkpoint (readable, finite, fitting the dataset), a split with at least one labelled pixel,
-    and every output path (never an input, never a file that no earlier eval run wrote into
-    ``output_dir``; see :class:`~ccnet.utils.manifest.OutputManifest`).
+    The ``eval.*`` values, the checkpoint, the split's labels and every output path are checked before
+    inference (:class:`~ccnet.utils.manifest.OutputManifest`).
 
     Args:
         cfg: the composed eval config: ``checkpoint, split, device, output_dir, model, dataset, eval``.
@@ -103,16 +95,16 @@ def run_eval(cfg: Any, model_group: bool = False, dataset_group: bool = False) -
         dataset_group: a ``dataset=<name>`` config group was chosen.
 
     Returns:
-        :func:`~ccnet.evaluation.evaluator.evaluate`'s result plus ``classes`` (names); on an
-        unlabelled split only ``num_images`` and ``classes``.
+        :func:`~ccnet.evaluation.evaluator.evaluate`'s result plus ``classes`` (names); on an unlabelled
+        split only ``num_images`` and ``classes``.
 
     Raises:
-        ConfigError: bad ``eval.*``, ``formats`` or ``device`` values, or an unlabelled split
-            without ``formats``, naming the key.
-        CheckpointError, CheckpointMismatchError: an unreadable checkpoint, NaN/inf weights, weights
-            or a class count that do not fit.
+        ConfigError: bad ``eval.*``, ``formats`` or ``device`` values, or an unlabelled split without
+            ``formats``, naming the key.
+        CheckpointError, CheckpointMismatchError: an unreadable checkpoint, NaN/inf weights, weights or a
+            class count that do not fit.
         DatasetError: no labelled pixel in the split, or a broken file (also from DataLoader workers).
-        OutputConflictError: an output would replace an input or a file that is not this tool's.
+        OutputConflictError: an output would replace an input or a file no earlier eval run wrote.
     """
     device = resolve_device(str(cfg.get("device", "auto")), key="device")
     if dist.init_distributed(device.type) and device.type == "cuda":

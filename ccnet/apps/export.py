@@ -1,34 +1,11 @@
-"""Export a trained CCNet as a ``torch.export`` program (``.pt2``) and as ONNX, and check both against PyTorch.
+"""Export a trained CCNet (arXiv 1811.11721) as ``torch.export`` (``.pt2``) and ONNX, checked against PyTorch.
 
-Both artefacts hold CCNet's (arXiv 1811.11721) inference function in eval mode with only the main logits,
-``images (B, 3, H, W) -> logits (B, K, H, W)``: RGB images normalised as in training,
-``(x / 255 - mean) / std``, logits bilinearly upsampled back to the input size. Batch, height and
-width are dynamic. Each artefact carries its metadata (model name, classes, palette, mean, std, input
-convention): the ``.pt2`` as the extra file ``meta.json``, the ONNX model as ``metadata_props``;
-:func:`load_exported` reads either back as ``(callable, metadata)``.
-
-**Dynamic shapes.** The program is exported with ``Dim.DYNAMIC`` for batch, height and width and
-``torch.export`` infers the constraints that hold (:func:`dynamic_ranges`): H, W >= 9, so that the
-output-stride-8 feature map is at least 2 x 2 (at 1 x 1 the criss-cross attention's shapes
-specialise; the official R-101 layout's ceil-mode pooling gets there from 7, but the tool asks for
-``MIN_SIDE`` = 9 everywhere). An explicit ``Dim(min=9)`` is refused: the symbolic solver cannot prove
-the attention's size guard ``h % h**2 != 0`` (h: the feature map's height), true for every h >= 2.
-No multiple of 8 is needed: the strided convolutions are padded and the logits are resized to the
-exact input size. Batch is recorded as >= 2
-(``torch.export`` specialises sizes 0 and 1, so the example batch is 2), and a batch of 1 runs too
-(checked by the parity run and the tests).
-
-**Criss-cross attention.** Its fast implementations (:func:`ccnet.models.cca.criss_cross_attention`)
-are a custom ``autograd.Function`` and Triton kernels, which no exporter serialises. Export therefore
-runs inside ``use_implementation("reference")`` (:func:`ccnet.models.cca.use_implementation`), the
-einsum reference (``einsum``/``masked_fill``/``softmax``) whatever ``model.cca_impl`` or
-``CCNET_CCA_IMPL`` say. The parity checks compare the exports with the eager model as it normally
-runs (fast path), so they also confirm that both paths compute the same function.
-
-**ONNX exporter.** The ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``,
-needs ``onnxscript``) converts the same exported program. Where it is unavailable or fails, the
-TorchScript-based exporter (``dynamo=False``, deprecated in PyTorch but still shipped) writes the ONNX
-file instead, and the reason is recorded (``exporter``/``fallback_reason`` of :class:`OnnxExport`).
+Both hold the eval-mode inference function with only the main logits, ``images (B, 3, H, W) -> logits
+(B, K, H, W)`` (RGB, ``(x / 255 - mean) / std``; logits at the input size), with dynamic batch (>= 2
+recorded, 1 runs), height and width (>= ``MIN_SIDE``), and carry their metadata (``meta.json`` extra file,
+ONNX ``metadata_props``); :func:`load_exported` reads either back. Export runs the einsum reference
+attention, the one exporters can serialise; ONNX falls back to the TorchScript exporter where the dynamo
+one fails. Why these limits and choices: docs/interop.md#export-toolsexportpy.
 """
 
 from __future__ import annotations
@@ -60,7 +37,7 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18  # the dynamo exporter's own opset; 17 works through an ONNX version conversion
 META_FILE = "meta.json"  # the .pt2 extra file holding the metadata
 INPUT_CONVENTION = "RGB, (x / 255 - mean) / std, NCHW float32"
-MIN_SIDE = 9  # smallest H, W: the stride-8 feature map must be >= 2 x 2 (see the module docstring)
+MIN_SIDE = 9  # smallest H, W: the stride-8 feature map must be >= 2 x 2 (docs/interop.md)
 AXES = {0: "batch", 2: "height", 3: "width"}  # dynamic axes of images (B, 3, H, W) and logits (B, K, H, W)
 TOOL = "export"  # the name its files are recorded under in the manifest.txt of each output's folder
 
@@ -120,11 +97,7 @@ def _exporting() -> Iterator[None]:
 
 @contextmanager
 def _legacy_onnx_warnings_silenced() -> Iterator[None]:
-    """Only around the fallback exporter: its warnings are not actionable here. Tracing warns about
-    Python-side shape checks (they only validate, so a constant result is right for any size), and
-    PyTorch warns that this exporter is deprecated (DeprecationWarning "legacy TorchScript-based ONNX
-    export" and "The feature will be removed" from inside it): we use it only where the dynamo
-    exporter failed, and say so in the result."""
+    """Silence the fallback exporter's unactionable warnings: tracer warnings and its own deprecation notices."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -137,14 +110,13 @@ def export_program(model: nn.Module, example: Tensor) -> ExportedProgram:
 
     Args:
         model: a :class:`~ccnet.models.CCNet` (or any module returning ``{"out": logits}``).
-        example: a (B, 3, H, W) input with B >= 2 (a batch of 1 would be specialised to 1) and
-            H, W >= 9.
+        example: a (B, 3, H, W) input with B >= 2 (a batch of 1 would be specialised) and H, W >= 9.
 
     Returns:
-        The exported program; its ``range_constraints`` hold the inferred size limits
-        (:func:`dynamic_ranges`).
+        The exported program; its ``range_constraints`` hold the inferred size limits (:func:`dynamic_ranges`).
 
     Raises:
+        ValueError: ``example`` is not 4-D or its batch is below 2.
         ExportError: ``torch.export`` failed (e.g. the example is too small to keep H, W dynamic).
     """
     if example.dim() != 4 or example.shape[0] < 2:
@@ -187,11 +159,7 @@ def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
 
 
 def save_program(program: ExportedProgram, path: PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
-    """``torch.export.save`` ``program`` with ``metadata`` as the extra file ``meta.json``.
-
-    Returns:
-        The path written.
-    """
+    """``torch.export.save`` ``program`` with ``metadata`` as the extra file ``meta.json``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, path, extra_files={META_FILE: json.dumps(dict(metadata or {}))})
@@ -228,8 +196,7 @@ def _dynamo_onnx(
 
 
 def _torchscript_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bool) -> Any:
-    """The TorchScript-based ONNX exporter's model proto (the fallback), exported into memory: the
-    file is written once, by :func:`export_onnx`, like the dynamo exporter's."""
+    """The TorchScript-based ONNX exporter's model proto (the fallback), exported into memory."""
     onnx = _require("onnx")
     axes = {"images": AXES, "logits": AXES}
     buffer = io.BytesIO()
@@ -257,11 +224,7 @@ def export_onnx(
     metadata: Optional[Mapping[str, Any]] = None,
     program: Optional[ExportedProgram] = None,
 ) -> OnnxExport:
-    """Write ``model`` (eval mode, main logits) as an ONNX file, with the dynamo exporter where it works.
-
-    The file is self-contained: the weights are inside it, never in an external-data file beside it
-    (``save_as_external_data=False``; a model past protobuf's 2 GB limit fails here instead, CCNet
-    R-101 is 0.3 GB), so ``path`` is the only file written.
+    """Write ``model`` (eval mode, main logits) as one self-contained ONNX file, by the dynamo exporter if it works.
 
     Args:
         model: a :class:`~ccnet.models.CCNet` (or any module returning ``{"out": logits}``).
@@ -269,7 +232,7 @@ def export_onnx(
         example: a (B, 3, H, W) input; with ``dynamic=False`` its shape is the graph's fixed shape.
         opset: ONNX opset, at least 17.
         dynamic: batch, height and width as named dynamic axes (``batch``, ``height``, ``width``).
-        metadata: written to the model's ``metadata_props`` as JSON strings (e.g. mean/std).
+        metadata: written to the model's ``metadata_props`` as JSON strings.
         program: the :func:`export_program` of ``model``, reused by the dynamo exporter (else exported here).
 
     Returns:
@@ -343,13 +306,9 @@ def load_exported(
         providers: ONNX Runtime execution providers for ``.onnx`` (default: CPU).
 
     Returns:
-        ``(run, metadata)``: ``run(images) -> logits`` with images (B, 3, H, W) float32, RGB,
-        ``(x / 255 - mean) / std``; for ``.pt2`` the program's ``module()`` (an ``nn.Module``: call it
-        under ``torch.no_grad()``; it runs on the CPU, where it was exported, since the graph records
-        devices: ``torch.export.passes.move_to_device_pass`` retargets the program), for ``.onnx`` an
-        :class:`OnnxRunner`.
-        ``metadata``: ``model``, ``num_classes``, ``classes``, ``palette``, ``mean``, ``std``,
-        ``input`` (empty for a file written without metadata).
+        ``(run, metadata)``: ``run(images) -> logits``, for ``.pt2`` the program's ``module()`` (call it under
+        ``torch.no_grad()``; it runs on the CPU unless retargeted with ``move_to_device_pass``), for ``.onnx``
+        an :class:`OnnxRunner`; ``metadata`` as written by :func:`export_metadata` (empty if none).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -413,36 +372,31 @@ def export_checkpoint(
     seed: int = 0,
     outputs: Optional[OutputFiles] = None,
 ) -> Dict[str, Any]:
-    """Rebuild the model stored in ``checkpoint`` and export it; check each export on random inputs.
+    """Rebuild the model stored in ``checkpoint``, export it and check each export on random inputs.
 
-    The parity inputs are a batch of 2 at ``size`` (the export example) and a batch of 1 at each of
-    ``check_sizes``, so both the batch and the spatial axes are exercised. Before the checkpoint is
-    read, every output path is checked: none may be the checkpoint or another output, nor replace a
-    file that no earlier export wrote (the ``manifest.txt`` of its folder, where each export is
-    recorded once written).
+    Parity inputs: a batch of 2 at ``size`` and a batch of 1 at each of ``check_sizes``. Every output path is
+    checked before the checkpoint is read.
 
     Args:
-        checkpoint: a checkpoint of this framework (trained, or from ``tools/convert_checkpoint.py``)
-            with its ``config`` (``model`` and ``dataset`` sections).
+        checkpoint: a checkpoint of this framework (trained, or converted) with its stored ``config``.
         onnx_path: ONNX output, or None.
         pt2_path: ``torch.export`` program output (``.pt2``), or None.
         size: (H, W) of the export example; H, W >= 9.
         opset: ONNX opset (>= 17).
         dynamic: dynamic batch/H/W axes in the ONNX graph (the ``.pt2`` is always dynamic).
-        check_sizes: further (H, W) sizes to check parity at (the static ONNX graph is checked at
-            ``size`` only).
+        check_sizes: further (H, W) sizes to check parity at (the static ONNX graph is checked at ``size`` only).
         seed: seed of the random check inputs.
-        outputs: every file of the run, checked here and the exports recorded as written; None: the
-            two export paths. A caller writing more (``tools/export.py``: the JSON of ``--out``)
-            passes them all and records its own.
+        outputs: every file of the run, checked here and the exports recorded as written; None: the two export
+            paths. A caller writing more passes them all and records its own.
 
     Returns:
-        ``{"model", "num_classes", "classes", "mean", "std", "pt2": {"path", "dynamic",
-        "max_abs_diff"}, "onnx": {"path", "opset", "exporter", "fallback_reason", "dynamic",
-        "max_abs_diff"}}`` with the entries of the formats exported.
+        ``{"model", "num_classes", "classes", "mean", "std", "pt2": {"path", "dynamic", "max_abs_diff"},
+        "onnx": {"path", "opset", "exporter", "fallback_reason", "dynamic", "max_abs_diff"}}`` with the entries
+        of the formats exported.
 
     Raises:
-        OutputConflictError: an output path may not be written (see above); nothing is written.
+        OutputConflictError: an output path is the checkpoint, another output, or a file no export wrote
+            (its folder's ``manifest.txt``); nothing is written.
         ValueError: nothing to export, an opset below 17, a size below 9, or the checkpoint has no stored
             model config (``CheckpointMismatchError``).
         CheckpointError: unreadable checkpoint, or weights holding NaN/inf.

@@ -1,9 +1,6 @@
-"""``tools/infer.py`` as a function: segment a file, a folder (recursive) or a glob pattern and write
-the predictions (configs/infer.yaml).
-
-Before the first image, every output path is checked (:class:`~ccnet.utils.manifest.OutputManifest`):
-a run never writes over an input or a file that no earlier infer run wrote there. An input that cannot
-be read is skipped with a warning and reported at the end.
+"""``tools/infer.py`` as a function: segment a file, a folder (recursive) or a glob pattern and write the
+predictions (configs/infer.yaml). No output replaces an input or a file no earlier infer run wrote; an
+unreadable input is skipped with a warning and reported at the end.
 """
 
 from __future__ import annotations
@@ -46,9 +43,9 @@ class InferResult:
 
 
 def list_inputs(spec: str) -> Tuple[List[Path], Path]:
-    """Image files named by ``spec`` — a file, a folder (recursive, by extension) or a glob pattern —
-    and the folder their outputs are laid out from: the file's folder, the folder itself, or the
-    glob's part before its first wildcard.
+    """Image files named by ``spec`` (a file, a folder searched recursively, or a glob pattern) and the folder
+    their outputs are laid out from: the file's folder, the folder itself, or the glob's part before its
+    first wildcard.
 
     Raises:
         FileNotFoundError: nothing matches, naming what was searched.
@@ -71,9 +68,8 @@ def list_inputs(spec: str) -> Tuple[List[Path], Path]:
 
 
 def _outside(inputs: List[Path], input_root: Path, output_dir: Path, spec: str) -> List[Path]:
-    """The inputs that do not lie in ``output_dir`` when that is a subfolder of the input folder: a
-    second run would otherwise segment the first run's pictures. (``output_dir`` equal to the input
-    folder is left to the manifest's check: an output must never replace an input.)
+    """The inputs not in ``output_dir`` when that lies inside the input folder, so a second run does not
+    segment the first run's pictures.
 
     Raises:
         FileNotFoundError: every input lies there.
@@ -100,14 +96,10 @@ def _outside(inputs: List[Path], input_root: Path, output_dir: Path, spec: str) 
 def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) -> InferResult:
     """Segment ``cfg.input`` with ``cfg.checkpoint`` as configured by ``configs/infer.yaml``.
 
-    Every output path is checked before the first image is read; an unreadable input is skipped
-    with a warning naming it, and the closing log line counts and names the skipped ones.
-
     Args:
         cfg: ``checkpoint, input, output_dir, device, formats, alpha, model, dataset, eval``.
         model_group: a ``model=<name>`` config group was chosen.
-        dataset_group: a ``dataset=<name>`` config group was chosen (its palette and normalisation
-            are used).
+        dataset_group: a ``dataset=<name>`` config group was chosen (its palette and normalisation are used).
 
     Returns:
         The files written per image and the inputs skipped.
@@ -116,8 +108,8 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
         FileNotFoundError: no input images.
         ConfigError: bad ``eval.*``, ``formats`` or ``device`` values, naming the key.
         CheckpointError, CheckpointMismatchError: see :func:`load_for_inference`.
-        OutputConflictError: an output path is an input, another input's output, or a file that no
-            earlier infer run wrote into ``output_dir``; nothing was written.
+        OutputConflictError: an output path is an input, another input's output, or a file that no earlier
+            infer run wrote into ``output_dir``; nothing was written.
     """
     settings = check_eval_config(plain_config(cfg.get("eval"), resolve=True))
     formats = parse_formats(cfg.get("formats", ["color", "overlay"]))

@@ -1,9 +1,6 @@
-"""Generated datasets in the real on-disk layouts of Cityscapes and ADE20K, at their real image sizes.
-
-Used to rehearse the paper's presets end to end without the real data (``tools/rehearse_presets.py``)
-and to time the loading pipeline (``tools/benchmark.py data``). The pictures are street-like: smooth
-colour fields with boxes of other classes and sensor noise, so that a PNG compresses like a photo
-(~2.3 MB at 2048x1024, real Cityscapes ~2.2 MB) rather than like noise or flat colour.
+"""Generated datasets in the real on-disk layouts of Cityscapes and ADE20K, at their real sizes, for
+``tools/rehearse_presets.py`` and ``tools/benchmark.py data``. Street-like pictures (colour fields, boxes,
+sensor noise) so a PNG compresses like a photo (~2.3 MB at 2048x1024; real Cityscapes ~2.2 MB).
 """
 
 from __future__ import annotations
@@ -26,8 +23,6 @@ def street_scene(
     """An RGB picture and a label map of the same regions.
 
     Args:
-        rng: random source.
-        height, width: size.
         label_values: values the boxes are drawn from (the dataset's stored label values).
         background: the values of the lower and upper half (Cityscapes: road, sky).
 

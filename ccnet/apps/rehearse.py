@@ -1,22 +1,11 @@
 """Rehearse the paper's presets end to end on generated data in the real layouts, at the real sizes.
 
-For each preset (``configs/experiment/*.yaml``) :func:`rehearse` writes a few full-size images in the
-dataset's on-disk layout (:mod:`ccnet.apps.layouts`: 2048x1024 Cityscapes, 683x512 ADE20K), then runs
-the user's command, ``tools/train.py experiment=<preset>``, in a child process with only what a
-machine without the data and weights must change: ``dataset.root``, ``model.weights=null`` and a
-handful of iterations. Everything else is the preset's: the model, the crop size, the augmentation
-and the validation protocol (769x769 slide windows over 2048x1024 for Cityscapes, ADE's 2048x512
-test size). It reads back what the run wrote (``train.log``, ``metrics.jsonl``, ``last.pth``) and
-measures the child's peak resident memory (``wait4``'s ``ru_maxrss``: the whole process, data
-loading included, on CPU).
-
-A rehearsal writes only what it may replace: its generated images, ``console.log`` and the report are
-claimed in ``<out-dir>/manifest.txt`` (tool ``rehearse``) before anything is written, and so is the
-run folder a rehearsal's child filled (its files are recorded once the child has ended): the next
-rehearsal into the same folder removes that run and starts afresh, while a file no rehearsal wrote
-refuses the run.
-
-``tools/rehearse_presets.py`` is the command; ``tests/apps/test_rehearse.py`` runs it in CI.
+For each preset :func:`rehearse` writes a few full-size images in the dataset's layout
+(:mod:`ccnet.apps.layouts`), runs ``tools/train.py experiment=<preset>`` in a child process changing only
+``dataset.root``, ``model.weights=null`` and the iteration count, reads back ``train.log``,
+``metrics.jsonl`` and ``last.pth`` and measures the child's peak RSS (``wait4``). Everything it writes or
+removes is claimed in ``<out-dir>/manifest.txt`` first; a file no rehearsal wrote refuses the run
+(docs/performance.md#paper-presets-at-their-real-sizes).
 """
 
 from __future__ import annotations
@@ -78,8 +67,9 @@ class Rehearsal:
 
 
 def write_layout(preset: str, root: Path, seed: int = 0, record: Optional[Callable[[Path], None]] = None) -> Path:
-    """The generated dataset a preset needs, under ``root`` (``record`` is called with each file
-    written); returns the ``dataset.root`` to pass."""
+    """The generated dataset a preset needs, under ``root`` (``record`` is called with each file written);
+    returns the ``dataset.root`` to pass.
+    """
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; rehearsable presets: {', '.join(PRESETS)}")
     layout, counts = PRESETS[preset]
@@ -105,15 +95,15 @@ def _files_below(folder: Path) -> List[Path]:
 
 
 def preset_outputs(preset: str, out_dir: Path) -> List[Path]:
-    """What a rehearsal of ``preset`` into ``out_dir`` writes or replaces: the generated images,
-    ``console.log``, and every file left in the run folder by an earlier rehearsal (removed first)."""
+    """What a rehearsal of ``preset`` into ``out_dir`` writes or replaces: the generated images, ``console.log``,
+    and every file an earlier rehearsal left in the run folder (removed first).
+    """
     base = Path(out_dir) / preset
     return [*layout_files(preset, base / "data"), base / "console.log", *_files_below(base / "run")]
 
 
 def _remove_run(work_dir: Path, files: Sequence[Path]) -> None:
-    """Delete an earlier rehearsal's run folder: ``files`` (claimed: all recorded as a rehearsal's),
-    then the folders left empty."""
+    """Delete an earlier rehearsal's run folder: ``files`` (all recorded as a rehearsal's), then empty folders."""
     for path in files:
         path.unlink()
     for dirpath, _, _ in sorted(os.walk(work_dir), key=lambda entry: len(entry[0]), reverse=True):
@@ -162,9 +152,9 @@ def train_command(
 def _run_measured(
     command: List[str], log_path: Path, timeout_s: float, record: Optional[Callable[[Path], None]] = None
 ) -> tuple:
-    """Run ``command`` with its console in ``log_path`` (``record`` is called with it once created);
-    returns (exit status, peak RSS in GiB, seconds). The child is killed after ``timeout_s`` (exit
-    status None)."""
+    """Run ``command`` with its console in ``log_path`` (``record`` is called with it once created), killed after
+    ``timeout_s``; returns (exit status or None when killed, peak RSS in GiB, seconds).
+    """
     start, killed = time.perf_counter(), threading.Event()
 
     def kill() -> None:
@@ -202,9 +192,8 @@ def rehearse(
 
     Args:
         preset: a key of :data:`PRESETS`.
-        out_dir: gets ``<preset>/data`` (generated images), ``<preset>/run`` (the work dir) and
-            ``<preset>/console.log``, all recorded in ``out_dir/manifest.txt``; an earlier
-            rehearsal's run folder there is removed first.
+        out_dir: gets ``<preset>/data``, ``<preset>/run`` (the work dir) and ``<preset>/console.log``, all
+            recorded in ``out_dir/manifest.txt``; an earlier rehearsal's run folder there is removed first.
         iterations: training steps.
         batch_size: images per step; None = the preset's.
         device: ``train.device``.
@@ -213,8 +202,8 @@ def rehearse(
         extra: more overrides for ``tools/train.py``.
 
     Raises:
-        OutputConflictError: a file this rehearsal would write or remove is not a rehearsal's (a file of
-            the user's, or one an interrupted rehearsal's child left unrecorded); nothing is written.
+        OutputConflictError: a file this rehearsal would write or remove is not a rehearsal's (the user's, or
+            one an interrupted rehearsal's child left unrecorded); nothing is written.
     """
     out_dir = Path(out_dir).resolve()  # absolute: the run's working directory is the repository
     base = out_dir / preset

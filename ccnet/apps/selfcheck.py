@@ -1,21 +1,8 @@
-"""One command that proves an install works on this machine: ``python tools/selfcheck.py``.
-
-Every check runs the real code and compares it with an independent result or with itself under
-another setting; a failing check does not stop the others. Two kinds of rows:
-
-* checks (``pass`` / ``fail`` / ``skip`` with the reason): the attention implementations against the
-  readable reference on odd shapes (H = 1, W = 1, H != W, batch > 1, channels not a multiple of 16)
-  in every precision the device has; training steps in float32, bfloat16, bfloat16 + channels-last,
-  float16 with a GradScaler and under ``torch.compile`` (finite loss, weights moved; seconds per step
-  and peak memory); SyncBatchNorm conversion on a one-process group (NCCL on GPUs, gloo elsewhere);
-  a sliding-window evaluation; the attention benchmark;
-* performance targets (``met`` / ``missed``, on CUDA): measured against the targets the performance
-  docs state. A missed target is reported, not a failure.
-
-On a GPU the model is ``ccnet_r101_official`` at the paper's 769x769 crop, batch 2, and the slide
-evaluation a 1024x2048 image; on a CPU the checks run at small sizes on ``ccnet_tiny`` (seconds), so
-that CI runs them too. The exit status is 1 when any check failed. The JSON report never replaces a
-file that no earlier self-check wrote (recorded in the manifest.txt of its folder).
+"""Does this install work on this machine (``python tools/selfcheck.py``): the attention implementations
+against the reference on odd shapes, training steps in every precision and under ``torch.compile``,
+SyncBatchNorm, a sliding-window evaluation and the attention benchmark, each as a ``pass`` / ``fail`` /
+``skip`` row; on CUDA also the performance targets as ``met`` / ``missed`` rows (a miss is not a failure).
+``ccnet_r101_official`` at 769x769 on a GPU, ``ccnet_tiny`` at small sizes on a CPU (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -87,8 +74,9 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_attention(device: torch.device, implementation: str, dtype: torch.dtype) -> Row:
-    """Output and q/k/v/gamma/x gradients of ``implementation`` against the reference in float32
-    (float64 on the CPU), on every odd shape."""
+    """Output and q/k/v/gamma/x gradients of ``implementation`` against the reference in float32 (float64 on the
+    CPU), on every odd shape.
+    """
     ref_dtype = torch.float64 if device.type == "cpu" else torch.float32
     worst = 0.0
     for b, c, h, w in ODD_SHAPES:
@@ -142,8 +130,9 @@ def check_training(
 
 
 def check_sync_batchnorm(device: torch.device, cfg: Dict[str, Any], size: tuple) -> Row:
-    """SyncBatchNorm conversion on a one-process group; a training step on GPUs (SyncBatchNorm runs
-    there only), an evaluation forward elsewhere."""
+    """SyncBatchNorm conversion on a one-process group; a training step on GPUs (the only place it runs), an
+    evaluation forward elsewhere.
+    """
     import torch.distributed as dist
 
     created = not dist.is_initialized()
@@ -199,8 +188,9 @@ def check_slide_evaluation(device: torch.device, cfg: Dict[str, Any], image: tup
 
 
 def check_attention_benchmark(device: torch.device, shape: tuple, dtype: str, impls: List[str]) -> Row:
-    """``tools/benchmark.py cca`` on this device; returns the implementations' speed-up and memory
-    ratio against the widely copied formulation."""
+    """``tools/benchmark.py cca`` on this device: each implementation's speed-up and memory ratio against the
+    widely copied formulation.
+    """
     import argparse
 
     from ccnet.apps.benchmarks import cca
@@ -241,7 +231,7 @@ def check_attention_benchmark(device: torch.device, shape: tuple, dtype: str, im
 
 
 def run_selfcheck(device: torch.device, compile_on_cpu: bool = False, printer: Callable[[str], None] = print) -> Report:
-    """All checks for ``device`` (see the module docstring)."""
+    """All checks for ``device``; a failing check does not stop the others."""
     report = Report(printer)
     cuda = device.type == "cuda"
     name = "ccnet_r101_official" if cuda else "ccnet_tiny"
@@ -334,8 +324,7 @@ def report_output(path: Path) -> OutputFiles:
 
 
 def write_report(report: Report, device: torch.device, path: Path) -> Dict[str, Any]:
-    """The report as JSON (machine, date, every row with its values), recorded in the manifest of
-    its folder.
+    """The report as JSON (machine, date, every row with its values), recorded in its folder's manifest.
 
     Raises:
         OutputConflictError: see :func:`report_output` (check it before the checks run, too).

@@ -1,10 +1,7 @@
-"""Convert a foreign CCNet checkpoint file into one ``tools/eval.py`` loads directly.
-
-The output is a regular checkpoint of this framework (:mod:`ccnet.checkpoint`):
-``{"model": state dict, "config": {"model": ..., "dataset": ...}, "iteration": 0,
-"converted_from": {"format", "path"}}``. The stored model config is ours (``configs/model/<name>.yaml``
-with ``num_classes`` from the checkpoint's classifier); the stored dataset config is
-``configs/dataset/<name>.yaml`` with the ``mean``/``std`` the source model was trained with.
+"""Convert a foreign CCNet checkpoint file into a checkpoint of this framework (:mod:`ccnet.checkpoint`):
+``{"model", "config": {"model", "dataset"}, "iteration": 0, "converted_from": {"format", "path"}}``, the
+model config ours (``configs/model/<name>.yaml``, ``num_classes`` from the classifier), the dataset config
+``configs/dataset/<name>.yaml`` with the source model's ``mean``/``std``.
 """
 
 from __future__ import annotations
@@ -57,9 +54,9 @@ def model_config_for(
     recurrence: Optional[int] = None,
     configs_dir: Path = CONFIGS_DIR,
 ) -> Dict[str, Any]:
-    """``configs/model/<name>.yaml`` as a plain dict with ``num_classes`` (and ``align_corners``,
-    ``recurrence`` when given) set and no ImageNet weights to load (the converted checkpoint holds
-    every weight)."""
+    """``configs/model/<name>.yaml`` as a plain dict with ``num_classes`` (and ``align_corners``, ``recurrence``
+    when given) set and no ImageNet weights to load.
+    """
     cfg = _load_yaml(configs_dir, "model", name)
     cfg["num_classes"] = num_classes
     cfg["weights"] = None
@@ -106,12 +103,11 @@ def convert_state_dict(
     """Convert a foreign state dict (``module.`` prefixes allowed) to our model.
 
     Args:
-        state: the source model's state dict.
         source_format: ``official`` or ``mmseg``.
-        num_classes: expected class count; checked against the source classifier (None: take it).
+        num_classes: expected class count, checked against the source classifier (None: take it).
         align_corners: override of the model config's ``align_corners`` (None: keep the config's).
-        recurrence: criss-cross loops R the source model was trained with (None: the config's, 2);
-            the weights do not record it.
+        recurrence: criss-cross loops R the source model was trained with, which the weights do not record
+            (None: the config's, 2).
         configs_dir: the repository's ``configs/`` folder.
 
     Returns:
@@ -154,32 +150,22 @@ def convert_checkpoint(
     recurrence: Optional[int] = None,
     configs_dir: Path = CONFIGS_DIR,
 ) -> ConversionReport:
-    """Convert the checkpoint file ``src`` and write ours to ``dst``.
-
-    ``dst`` may not be ``src`` and may replace only a file an earlier conversion wrote (recorded in
-    the ``manifest.txt`` of its folder); that is checked before anything else, and ``dst`` is
-    recorded once written.
+    """Convert the checkpoint file ``src`` and write ours to ``dst`` (checked first, recorded once written).
 
     Args:
         src: the published checkpoint (a state dict, or a dict with ``state_dict``/``model``).
-        dst: where to write the converted checkpoint.
         source_format: ``official`` or ``mmseg``.
         num_classes: expected class count (checked), or None.
         dataset: dataset config stored with the model (None: cityscapes for 19 classes, ade20k for 150).
-        align_corners: None derives it from the format (official: True; mmseg: True for 769×769
-            recipes, from the file name).
+        align_corners: None derives it from the format (official: True; mmseg: from the file name).
         recurrence: criss-cross loops R of the source model (None: 2).
         configs_dir: the repository's ``configs/`` folder.
-
-    Returns:
-        The conversion report.
 
     Raises:
         OutputConflictError: ``dst`` is ``src``, or a file no conversion wrote; nothing is written.
         ConversionError: see :func:`convert_state_dict`.
         ConfigError: an unknown --dataset, a recurrence below 1, or no dataset config fits the class count.
-        ccnet.checkpoint.CheckpointError: ``src`` is missing or not loadable with
-            ``weights_only=True``.
+        ccnet.checkpoint.CheckpointError: ``src`` is missing or not loadable with ``weights_only=True``.
     """
     fmt = get_format(source_format)
     output = OutputFiles(TOOL, {"DST": dst})

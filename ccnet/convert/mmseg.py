@@ -1,19 +1,10 @@
 """mmsegmentation CCNet checkpoints (``ccnet_r{50,101}-d8_*``) → ``ccnet_r{50,101}_mmseg``.
 
-Source layout (weights under ``state_dict``): ``backbone`` = ResNetV1c with a deep stem
-``stem.{0 conv, 1 bn, 2 relu, 3 conv, 4 bn, 5 relu, 6 conv, 7 bn, 8 relu}`` (32-32-64 channels) and
-``layer1..4`` named like torchvision; ``decode_head`` = ``CCHead`` (an ``FCNHead`` with two 3×3
-``ConvModule`` s ``convs.{0,1}.{conv,bn}`` around the shared-weight criss-cross attention ``cca``,
-``conv_cat.{conv,bn}`` over the concatenation [input, context], dropout, ``conv_seg``);
-``auxiliary_head`` = ``FCNHead`` (``convs.0.{conv,bn}``, ``conv_seg``). This is the order of our
-:class:`~ccnet.models.heads.RCCAHead`: conva → CCA×R → convb → concat → bottleneck conv/BN/ReLU →
-dropout → classifier. mmcv's ``CrissCrossAttention`` keeps γ in a ``Scale`` module
-(``cca.gamma.scale``, a 0-d tensor) in current releases and as ``cca.gamma`` in early ones; both are
-accepted.
-
-Input convention: RGB with the ImageNet mean/std (mmseg ``img_norm_cfg`` 123.675/116.28/103.53 and
-58.395/57.12/57.375 on 0..255) — our default. The 769×769 Cityscapes models set
-``align_corners=True``, the 512×1024 ones ``False``; the converter reads that from the file name.
+Source (under ``state_dict``): a ResNetV1c ``backbone`` (deep stem ``stem.{0,1,3,4,6,7}``, 32-32-64),
+``decode_head`` = ``CCHead`` (``convs.{0,1}`` around ``cca``, ``conv_cat``, ``conv_seg``) in the order of our
+:class:`~ccnet.models.heads.RCCAHead`, ``auxiliary_head`` = ``FCNHead``. γ is accepted as mmcv's
+``cca.gamma.scale`` (0-d) or an early ``cca.gamma``. Input: RGB with ImageNet mean/std, our default;
+``align_corners`` is True for the 769×769 recipes, False for 512×1024, read from the file name.
 """
 
 from __future__ import annotations

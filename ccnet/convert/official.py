@@ -1,24 +1,11 @@
 """The official CCNet release (github.com/speedinghzl/CCNet, ``networks/ccnet.py``) → ``ccnet_r101_official``.
 
-Source layout: ResNet-101 with a deep stem ``conv1/bn1, conv2/bn2, conv3/bn3`` and ``layer1..4``;
-``head`` = ``RCCAModule`` with ``conva.{0,1}``, ``cca.{query_conv,key_conv,value_conv,gamma}``,
-``convb.{0,1}``, ``bottleneck.{0 conv, 1 ABN, 2 dropout, 3 classifier}``; ``dsn.{0 conv+bias, 1 ABN,
-2 dropout, 3 classifier}`` on layer3. Every norm is InPlace-ABN(Sync): BatchNorm statistics and affine
-parameters (no ``num_batches_tracked``) fused with an activation — identity in the backbone (a ReLU
-follows), leaky-ReLU(0.01) in the head and dsn, which ``ccnet_r101_official`` reproduces.
-InPlace-ABN does not scale by its weight but by ``|weight| + eps`` (eps = 1e-5): its kernels compute
-``act((x - mean) / sqrt(var + eps) * (|weight| + eps) + bias)`` (``inplace_abn`` package,
-``src/inplace_abn_cpu.cpp``/``.cu``; the older ``libs/`` kernels of the release's pytorch-1.x branches
-alike). Trained ABN weights may be negative, and their sign has no effect there, so every ABN weight
-is folded to ``|weight| + eps`` on conversion; our BatchNorm then computes exactly the same.
-An earlier revision of the release named the head's modules ``conv1a``, ``pc``, ``conv1b``; both
-namings are accepted. ``criterion.*`` entries (the loss's class-weight buffer) are dropped.
-
-Input convention: the release feeds BGR images minus a per-channel mean, without dividing by a std
-(``image = cv2.imread(...) - IMG_MEAN``). The converter reverses the input channels of ``conv1`` so the
-model takes RGB like the rest of this framework, and the converted checkpoint's dataset config sets
-``mean`` = IMG_MEAN/255 (in RGB order) and ``std`` = 1/255, which turns our ``(x/255 − mean)/std``
-into exactly ``x − IMG_MEAN``.
+Source: ResNet-101 with a deep stem ``conv1/bn1 … conv3/bn3``, ``head`` = ``RCCAModule`` (``conva``, ``cca``,
+``convb``, ``bottleneck``; earlier ``conv1a``, ``pc``, ``conv1b``), ``dsn`` on layer3, every norm InPlace-ABN.
+ABN scales by ``|w| + eps``, so each ABN weight is folded to that; ``criterion.*`` is dropped. The release
+reads BGR minus ``IMG_MEAN`` without a std: ``conv1``'s input channels are reversed to take RGB, and the
+stored ``mean = IMG_MEAN/255`` (RGB), ``std = 1/255`` make ``(x/255 − mean)/std`` equal ``x − IMG_MEAN``
+(docs/interop.md#published-checkpoints-toolsconvert_checkpointpy).
 """
 
 from __future__ import annotations
@@ -43,8 +30,7 @@ def _bgr_to_rgb(weight: Tensor) -> Tensor:
 
 
 def _abn_scale(weight: Tensor) -> Tensor:
-    """The scale InPlace-ABN actually applies, ``|w| + eps``, as a BatchNorm weight (summed in float64,
-    so a half-precision source does not lose the eps)."""
+    """The scale InPlace-ABN applies, ``|w| + eps``, as a BatchNorm weight (summed in float64 to keep the eps)."""
     return weight.abs().double() + ABN_EPS
 
 

@@ -1,13 +1,12 @@
 """ADE20K SceneParsing (ADEChallengeData2016), 150 classes (CCNet, arXiv 1811.11721, Sec. 4.3).
 
-Layout (``ROOT`` is ``dataset.root``; ``ROOT`` may also be the ``ADEChallengeData2016`` folder itself)::
+Layout (``ROOT`` is ``dataset.root``, or the ``ADEChallengeData2016`` folder itself)::
 
     ROOT/ADEChallengeData2016/images/{training,validation}/ADE_*.jpg
     ROOT/ADEChallengeData2016/annotations/{training,validation}/ADE_*.png
 
-Annotation value 0 means "other objects" and is ignored (255); values 1..150 are classes 0..149
-("reduce zero label"). Class names and colours are the ones of the SceneParsing benchmark as used by
-mmsegmentation.
+Annotation 0 ("other objects") is ignored (255); 1..150 are classes 0..149 ("reduce zero label"). Class
+names and colours as in mmsegmentation.
 """
 
 from __future__ import annotations
@@ -382,13 +381,9 @@ def build_ade20k(
     """ADE20K dataset for ``split`` from ``configs/dataset/ade20k.yaml``.
 
     Args:
-        dataset_cfg: ``root``, split names and the pipeline keys of
-            :func:`ccnet.data.config.transform_from_cfg`.
+        dataset_cfg: ``root``, split names and the pipeline keys of :func:`ccnet.data.config.transform_from_cfg`.
         split: ``"train"``, ``"val"`` (resolved to ``training`` / ``validation``) or a split name.
-        crop_size: Training crop, overrides ``dataset_cfg.crop_size``.
-
-    Returns:
-        The dataset.
+        crop_size: training crop, overrides ``dataset_cfg.crop_size``.
     """
     num_classes, ignore = check_label_spec(
         dataset_cfg.get("num_classes", NUM_CLASSES), dataset_cfg.get("ignore_index", IGNORE_INDEX), "ade20k"

@@ -1,15 +1,9 @@
 """Dataset base class shared by Cityscapes, ADE20K and the folder dataset: reading, checking, transforming.
 
-Every dataset here is a list of (image path, label path) pairs plus a *raw-label lookup table*: a
-256-entry ``int16`` array that maps each value stored in a label file to its training id (0..K-1 or the
-ignore index) and marks values that must never occur with -1. One table expresses all three label
-conventions (Cityscapes labelIds -> trainIds, ADE20K ``k -> k-1`` with 0 ignored, identity for user
-folders) and lets one code path validate labels: any stored value whose entry is -1 is reported, with the
-file, instead of silently becoming a wrong class.
-
-Cheap checks (directories exist, every image has a label and vice versa) run when a dataset is built;
-per-file checks (decodable, sizes agree, label values valid) run when a sample is read, so a corrupt
-file fails loudly in the DataLoader worker that touches it.
+A dataset is a list of (image path, label path) pairs plus a raw-label lookup table: 256 ``int16`` entries
+mapping each value stored in a label file to its training id (0..K-1 or the ignore index), -1 for values
+that must never occur (docs/design.md, "Decisions"). Layout and pairing are checked when a dataset is
+built; each file's content when its sample is read.
 """
 
 from __future__ import annotations
@@ -68,21 +62,16 @@ class DatasetError(UserError, ValueError):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to RGB.
+    """Decode an image file to RGB with PIL (which raises on truncated files).
 
-    PIL is used rather than ``cv2.imread`` because it raises on truncated files where OpenCV may return
-    a partially decoded picture, and a silently corrupt training sample is worse than a crash.
-
-    Args:
-        path: Image file (any format PIL reads; grey, palette and RGBA images are converted to RGB;
-            16-bit grey images are scaled to 8 bits, 0..65535 -> 0..255, not clipped).
+    Grey, palette and RGBA images are converted; 16-bit grey is scaled to 8 bits (0..65535 -> 0..255).
 
     Returns:
         (H, W, 3) uint8 array.
 
     Raises:
-        DatasetError: If the file is empty or cannot be decoded, or holds floating-point or 32-bit
-            values outside 0..65535; the message names the file.
+        DatasetError: the file is empty or cannot be decoded, or holds floating-point or 32-bit values
+            outside 0..65535; the message names the file.
     """
     path = Path(path)
     if path.stat().st_size == 0:
@@ -123,19 +112,13 @@ def _wide_grey_to_rgb(arr: np.ndarray, mode: str, path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Decode a label file to the integer values stored in it.
-
-    Palette-mode (``P``) PNGs are read as their palette *indices* (what annotation tools store as class
-    ids), never as colours. RGB label files are rejected: a colour-coded mask needs converting first.
-
-    Args:
-        path: Label image (8- or 16-bit single channel, or palette mode).
+    """Decode a label file to the integer values stored in it; palette-mode (``P``) PNGs give their indices.
 
     Returns:
         (H, W) integer array (uint8, or a wider type for 16/32-bit files).
 
     Raises:
-        DatasetError: If the file is empty, cannot be decoded, or is not single-channel.
+        DatasetError: the file is empty, cannot be decoded, or is not single-channel (e.g. RGB colour masks).
     """
     path = Path(path)
     if path.stat().st_size == 0:
@@ -173,15 +156,13 @@ def map_label(raw: np.ndarray, lut: np.ndarray, path: Path, num_classes: int, ig
     Args:
         raw: (H, W) values as stored in the file.
         lut: (256,) int16 table; -1 marks values that must not occur.
-        path: The label file, for the error message.
-        num_classes: Number of classes, for the error message.
-        ignore_index: Ignore value, for the error message.
+        path, num_classes, ignore_index: for the error message.
 
     Returns:
         (H, W) uint8 training ids (``0..num_classes-1`` or ``ignore_index``).
 
     Raises:
-        DatasetError: Listing the offending stored values and the file.
+        DatasetError: listing the offending stored values and the file.
     """
     if raw.dtype == np.uint8:
         # OpenCV's histogram and LUT are ~20x faster than np.bincount / fancy indexing on a 2 MP label.
@@ -223,22 +204,18 @@ def _ranges(values: np.ndarray) -> str:
 
 
 class SegmentationDataset(Dataset):
-    """Image/label pairs read from disk, checked, mapped to training ids and transformed.
+    """Image/label pairs read from disk, checked, mapped to training ids and transformed; items ``(image, label)``.
 
     Args:
-        image_paths: One image file per sample.
-        label_paths: The matching label files, or None for an unlabelled split (labels are then all
-            ``ignore_index`` and :attr:`has_labels` is False).
-        classes: Class names; index = training id.
-        palette: One RGB colour per class.
-        ignore_index: Training id of unlabelled pixels (and of padding added by the transforms).
+        image_paths: one image file per sample.
+        label_paths: the matching label files, or None for an unlabelled split (labels all ``ignore_index``,
+            :attr:`has_labels` False).
+        classes: class names; index = training id.
+        palette: one RGB colour per class.
+        ignore_index: training id of unlabelled pixels (and of padding added by the transforms).
         label_lut: (256,) int16 table from stored label values to training ids (-1 = invalid value).
-        transform: Albumentations pipeline called as ``transform(image=..., mask=...)`` returning a
-            (3, H, W) float tensor ``"image"`` and an (H, W) tensor ``"mask"``.
-        mean: Normalisation mean (0..1 scale) the transform uses, for de-normalising.
-        std: Normalisation std (0..1 scale).
-
-    Items are ``(image, label)``.
+        transform: albumentations pipeline called as ``transform(image=..., mask=...)``.
+        mean, std: normalisation (0..1 scale) the transform uses, for de-normalising.
 
     Shape:
         image: (3, H, W) float32, ``(x / 255 - mean) / std``. label: (H, W) int64.
@@ -321,8 +298,7 @@ def check_labelled_split(
 ) -> None:
     """Fail before inference, not with a NaN score after it, when no pixel of a split is labelled.
 
-    Reads labels until the first labelled pixel: one file for any real split. Datasets without a
-    ``label`` method (generated ones, labelled everywhere) pass.
+    Reads labels until the first labelled pixel; datasets without a ``label`` method (generated ones) pass.
 
     Args:
         dataset: the split's dataset.
@@ -348,10 +324,9 @@ def check_labelled_split(
 
 
 def set_transform_seed(transform: object, seed: int) -> None:
-    """Give an albumentations Compose one numpy and one Python random stream seeded from ``seed``.
+    """Give an albumentations Compose one NumPy and one Python random stream seeded from ``seed``.
 
-    ``Compose(seed=...)`` seeds every child transform with the *same* seed, so e.g. the flip and the
-    brightness change would draw identical first numbers; sharing one stream avoids that correlation.
+    Not ``Compose(seed=...)``, which seeds every child with the same seed and so correlates their draws.
     """
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
@@ -365,10 +340,10 @@ class DatasetSpec:
     """What :data:`ccnet.data.build.DATASETS` knows about one dataset.
 
     Args:
-        build: ``(dataset config, split, crop_size) -> dataset`` (items ``(image, label)``, the
-            attributes listed in :func:`ccnet.data.build.build_dataset`).
+        build: ``(dataset config, split, crop_size) -> dataset`` (items ``(image, label)``, the attributes
+            listed in :func:`ccnet.data.build.build_dataset`).
         metainfo: ``dataset config -> (class names, palette, ignore index)``, reading no file (inference
-            on a machine without the dataset needs the palette).
+            without the dataset needs the palette).
     """
 
     build: Callable[..., SegmentationData]

@@ -36,21 +36,22 @@ def build_dataset(dataset_cfg: Mapping[str, Any], split: str, crop_size: Optiona
     """Build the dataset named by ``dataset_cfg.name`` (a key of :data:`DATASETS`) for one split.
 
     Args:
-        dataset_cfg: The ``dataset`` config node (``configs/dataset/<name>.yaml``).
-        split: ``"train"`` (training augmentation), ``"val"``, ``"test"`` (resolved through
-            ``train_split`` / ``val_split`` / ``test_split``) or a split name used as is.
-        crop_size: Training crop (int or [h, w]); None takes ``dataset_cfg.crop_size``. Ignored for
+        dataset_cfg: the ``dataset`` config node (``configs/dataset/<name>.yaml``).
+        split: ``"train"`` (training augmentation), ``"val"``, ``"test"`` (resolved through ``train_split`` /
+            ``val_split`` / ``test_split``) or a split name used as is.
+        crop_size: training crop (int or [h, w]); None takes ``dataset_cfg.crop_size``. Ignored for
             non-training splits, which are returned at full resolution.
 
     Returns:
-        A dataset yielding ``(image, label)`` with attributes ``classes, palette, ignore_index,
-        num_classes, image_paths, has_labels, mean, std``.
+        A dataset yielding ``(image, label)`` with attributes ``classes, palette, ignore_index, num_classes,
+        image_paths, has_labels, mean, std``.
 
     Shape:
         image: (3, H, W) float32 normalised. label: (H, W) int64.
 
     Raises:
-        ConfigError: an unknown name or a wrong setting; DatasetError: missing or broken files.
+        ConfigError: an unknown name or a wrong setting.
+        DatasetError: missing or broken files.
     """
     return _spec(dataset_cfg).build(dataset_cfg, split, crop_size=crop_size)
 
@@ -67,14 +68,9 @@ def dataset_metainfo(dataset_cfg: Mapping[str, Any]) -> Tuple[List[str], List[Tu
 def seed_worker(worker_id: int) -> None:
     """``DataLoader(worker_init_fn=seed_worker)``: make augmentation a function of the loader's seed.
 
-    PyTorch gives worker ``i`` the seed ``base_seed + i``, with ``base_seed`` drawn from the loader's
-    ``generator`` (or the global torch RNG) at each epoch. This seeds Python's ``random`` and NumPy's
-    global state from it and restarts the albumentations random streams of the worker's copy of the
-    dataset (albumentations ignores the global seeds). Same ``generator`` seed -> identical batches;
-    different workers -> different augmentations.
-
-    Args:
-        worker_id: Index of the worker (unused: ``torch.initial_seed()`` already includes it).
+    Seeds Python's ``random`` and NumPy from ``torch.initial_seed()`` (the worker's seed, drawn from the
+    loader's ``generator``) and restarts the albumentations streams of the worker's copy of the dataset:
+    same ``generator`` seed, identical batches; different workers, different augmentations.
     """
     seed = torch.initial_seed() % 2**32
     random.seed(seed)

@@ -5,11 +5,9 @@ Layout (as downloaded; ``ROOT`` is ``dataset.root``)::
     ROOT/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     ROOT/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 
-The label table is the one of cityscapesScripts' ``labels.py``: 34 label ids, of which 19 have a train id;
-the others (void, rare classes) and the license plate (id -1) are ignored (255). ``label_type:
-labelTrainIds`` reads ``*_gtFine_labelTrainIds.png`` files written by cityscapesScripts'
-``createTrainIdLabelImgs.py`` instead. The test split has no public labels: its items carry an all-ignore
-label and ``has_labels`` is False; submit predictions via :func:`train_ids_to_label_ids`.
+Label ids map to train ids with cityscapesScripts' ``labels.py`` (void, rare classes and the license
+plate -> 255); ``label_type: labelTrainIds`` reads ``*_gtFine_labelTrainIds.png`` instead. The test split
+is unlabelled (all-ignore labels, ``has_labels`` False).
 """
 
 from __future__ import annotations
@@ -94,26 +92,12 @@ def _as_uint8(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Map Cityscapes label ids to the 19 train ids (0..18), everything else to 255.
-
-    Args:
-        label_ids: Integer array of label ids as stored in ``*_gtFine_labelIds.png`` (values 0..255).
-
-    Returns:
-        uint8 array of the same shape with train ids.
-    """
+    """Map Cityscapes label ids (as stored in ``*_gtFine_labelIds.png``) to train ids 0..18, everything else to 255."""
     return _ID_TO_TRAIN[_as_uint8(label_ids, "label_ids")]
 
 
 def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Map train ids (0..18) back to Cityscapes label ids, for test-server submissions.
-
-    Args:
-        train_ids: Integer array of predicted train ids; 255 or other non-class values become 0 ("unlabeled").
-
-    Returns:
-        uint8 array of the same shape with label ids.
-    """
+    """Map train ids (0..18) back to Cityscapes label ids for test-server submissions; others become 0 ("unlabeled")."""
     return _TRAIN_TO_ID[_as_uint8(train_ids, "train_ids")]
 
 
@@ -178,13 +162,10 @@ def build_cityscapes(
     """Cityscapes dataset for ``split`` from ``configs/dataset/cityscapes.yaml``.
 
     Args:
-        dataset_cfg: ``root``, ``label_type`` (``labelIds`` | ``labelTrainIds``), split names and the
-            pipeline keys read by :func:`ccnet.data.config.transform_from_cfg`.
+        dataset_cfg: ``root``, ``label_type`` (``labelIds`` | ``labelTrainIds``), split names and the pipeline
+            keys read by :func:`ccnet.data.config.transform_from_cfg`.
         split: ``"train"``, ``"val"``, ``"test"`` or a split directory name.
-        crop_size: Training crop, overrides ``dataset_cfg.crop_size``.
-
-    Returns:
-        The dataset; the test split is unlabelled.
+        crop_size: training crop, overrides ``dataset_cfg.crop_size``.
     """
     num_classes, ignore = check_label_spec(
         dataset_cfg.get("num_classes", NUM_CLASSES), dataset_cfg.get("ignore_index", IGNORE_INDEX), "cityscapes"

@@ -15,14 +15,11 @@ SPLIT_ROLES = ("train", "val", "test")
 
 
 def resolve_split(dataset_cfg: Mapping[str, Any], split: str) -> Tuple[str, bool]:
-    """Turn a requested split into the on-disk split name and whether it gets training augmentation.
+    """The on-disk split name of a requested split, and whether it gets training augmentation.
 
     ``"train"``, ``"val"`` and ``"test"`` are roles resolved through ``train_split`` / ``val_split`` /
-    ``test_split`` of the config (ADE20K calls them ``training`` / ``validation``); any other string is
-    taken as a split name as is. The role decides augmentation: ``"train"`` is augmented and ``"val"`` /
-    ``"test"`` are not, even when they resolve to the same folder (e.g. ``train_split=val`` to overfit
-    the validation images); a split given by name is augmented only if it is the configured
-    ``train_split``.
+    ``test_split``; the role decides augmentation (``"val"`` is never augmented, even when it resolves to the
+    training folder). Any other string is a split name, augmented only if it is ``train_split``.
 
     Returns:
         (split name on disk, is_train).
@@ -39,7 +36,7 @@ def root_from_cfg(dataset_cfg: Mapping[str, Any], layout: str) -> Path:
     """``dataset.root`` as a Path (``~`` expanded).
 
     Raises:
-        ValueError: If it is unset, with the expected layout and how to set it.
+        ValueError: it is unset (the message shows the expected layout and how to set it).
     """
     root = dataset_cfg.get("root")
     if root is None or str(root).strip() == "":
@@ -51,7 +48,7 @@ def check_label_spec(num_classes: Any, ignore_index: Any, where: str) -> Tuple[i
     """Validate ``num_classes`` and ``ignore_index`` (label files hold 8-bit class indices).
 
     Raises:
-        ValueError: Naming ``where`` (the dataset) and the values received.
+        ValueError: naming ``where`` (the dataset) and the values received.
     """
     try:
         k, ignore = int(num_classes), int(ignore_index)
@@ -81,16 +78,12 @@ def transform_from_cfg(dataset_cfg: Mapping[str, Any], is_train: bool, crop_size
     """Build the train or val albumentations pipeline from a dataset config.
 
     Keys used: ``crop_size, base_size, ratio_range, cat_max_ratio, flip_prob, photometric, mean, std,
-    ignore_index`` (train) and ``val_base_size, mean, std`` (val).
-
-    The training pipeline's random streams start from ``torch.initial_seed()``, so ``torch.manual_seed``
-    before building the dataset fixes the augmentation in the main process; DataLoader workers are
-    re-seeded by :func:`ccnet.data.seed_worker`.
+    ignore_index`` (train) and ``val_base_size, mean, std`` (val). The training pipeline's streams start
+    from ``torch.initial_seed()``; DataLoader workers are re-seeded by :func:`ccnet.data.seed_worker`.
 
     Args:
-        dataset_cfg: The ``dataset`` config node.
-        is_train: Training (augmenting) or validation pipeline.
-        crop_size: Overrides ``dataset_cfg.crop_size`` (int or [h, w]).
+        is_train: training (augmenting) or validation pipeline.
+        crop_size: overrides ``dataset_cfg.crop_size`` (int or [h, w]).
     """
     mean, std = mean_std(dataset_cfg)
     if not is_train:
@@ -114,8 +107,8 @@ def transform_from_cfg(dataset_cfg: Mapping[str, Any], is_train: bool, crop_size
 
 def train_input_size(dataset_cfg: Mapping[str, Any], crop_size: Optional[SizeLike] = None) -> Optional[Tuple[int, int]]:
     """(height, width) of the images a training step sees: the crop (``train.crop_size``, else
-    ``dataset.crop_size``), or the synthetic set's whole ``image_size``; None when neither is set.
-    The one place that rule lives (the training pipeline, the ablation's cost measurement)."""
+    ``dataset.crop_size``), or the synthetic set's ``image_size``; None when neither is set.
+    """
     crop = crop_size if crop_size is not None else dataset_cfg.get("crop_size")
     if crop is None and dataset_cfg.get("name") == "synthetic":
         crop = dataset_cfg.get("image_size")
@@ -123,13 +116,8 @@ def train_input_size(dataset_cfg: Mapping[str, Any], crop_size: Optional[SizeLik
 
 
 def crop_cost_warning(image_paths: Sequence[Path], crop: Optional[Tuple[int, int]], sample: int = 64) -> Optional[str]:
-    """A warning when the training crop is much larger than the images: every sample is padded up to
-    the crop, so most of each step's compute goes into padding.
-
-    Reads the headers (not the pixels) of up to ``sample`` evenly spaced images.
-
-    Returns:
-        The message when the crop's area exceeds twice the median image area, else None.
+    """A warning when the crop's area exceeds twice the median image area (most of each step would go into
+    padding), from the headers of up to ``sample`` evenly spaced images; else None.
     """
     if crop is None or not image_paths:
         return None

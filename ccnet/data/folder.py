@@ -7,10 +7,9 @@ Layout (``ROOT`` is ``dataset.root``; directory names configurable)::
     ROOT/splits/<split>.txt                          optional: one <name> per line (path relative to
                                                      images/, extension optional)
 
-A split is found, in this order, from ``ROOT/splits/<split>.txt``, from ``ROOT/images/<split>/`` with
-``ROOT/masks/<split>/``, or, when the dataset has neither split lists nor split subdirectories, from all
-files (train and val are then the same images, with a warning). Mask values are class indices
-``0..num_classes-1`` or ``ignore_index``; palette-mode PNGs are read as indices.
+A split comes from ``ROOT/splits/<split>.txt``, else ``ROOT/images/<split>/`` with ``ROOT/masks/<split>/``,
+else (no split lists or folders at all) from all files, with a warning. Mask values are class indices
+``0..num_classes-1`` or ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -35,11 +34,7 @@ or per-split folders ROOT/images/<split>/ and ROOT/masks/<split>/."""
 
 
 def generate_palette(num_classes: int) -> List[Tuple[int, int, int]]:
-    """Default colours of ``num_classes`` classes: :func:`ccnet.utils.visualize.distinct_palette`.
-
-    Class 0 is dark grey, then the Glasbey colours (saturated, chosen to be told apart), then further
-    distinct colours derived deterministically; never black, which visualisations use for ignored pixels.
-    """
+    """Default colours of ``num_classes`` classes (:func:`ccnet.utils.visualize.distinct_palette`; never black)."""
     return distinct_palette(num_classes)
 
 
@@ -47,7 +42,7 @@ def _index_files(directory: Path) -> Dict[str, Path]:
     """Map ``relative/path/stem`` -> file for every image-like file under ``directory``.
 
     Raises:
-        ValueError: Two files share a name with different extensions (ambiguous pairing).
+        ValueError: two files share a name with different extensions (ambiguous pairing).
     """
     index: Dict[str, Path] = {}
     for path in sorted(directory.rglob("*")):
@@ -106,19 +101,14 @@ def find_pairs(
     split_dir: str = "splits",
     known_splits: Sequence[str] = (),
 ) -> Tuple[List[Path], List[Path]]:
-    """Locate the image/mask pairs of ``split`` (see the module docstring for the lookup order).
+    """Locate the image/mask pairs of ``split``, in the module docstring's lookup order.
 
     Args:
-        root: Dataset root.
-        split: Split name.
-        img_dir: Image directory under ``root``.
-        mask_dir: Mask directory under ``root``.
-        split_dir: Directory of ``<split>.txt`` lists under ``root``.
-        known_splits: All configured split names; if the images are organised in any of their
+        known_splits: all configured split names; if the images are organised in any of their
             subdirectories the "use all files" fallback is not taken.
 
     Raises:
-        FileNotFoundError: Missing root/directories/split, or unpaired files (the message names them).
+        FileNotFoundError: missing root/directories/split, or unpaired files (the message names them).
     """
     images_root, masks_root = root / img_dir, root / mask_dir
     if not root.is_dir():
@@ -199,10 +189,7 @@ def build_folder(
         dataset_cfg: ``root, img_dir, mask_dir, split_dir, num_classes, classes, palette, ignore_index``,
             split names and the pipeline keys of :func:`ccnet.data.config.transform_from_cfg`.
         split: ``"train"``, ``"val"`` or a split name.
-        crop_size: Training crop, overrides ``dataset_cfg.crop_size``.
-
-    Returns:
-        The dataset.
+        crop_size: training crop, overrides ``dataset_cfg.crop_size``.
     """
     classes, palette, ignore = metainfo(dataset_cfg)
     name, is_train = resolve_split(dataset_cfg, split)

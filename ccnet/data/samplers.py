@@ -1,22 +1,9 @@
 """An infinite, distributed, resumable training sampler for iteration-based training.
 
-The sampler walks one global stream of indices: the concatenation of per-epoch permutations of the
-dataset, each permutation drawn from ``(seed, epoch)`` alone. Rank ``r`` of ``W`` takes the stream
-positions ``r, r + W, r + 2W, ...`` (interleaved sharding, as ``DistributedSampler`` does within an
-epoch). Two consequences the trainer relies on:
-
-- The ``W * b`` samples that all ranks use in one step (per-process batch ``b``) are a contiguous
-  block of the stream, so a run on ``W`` processes with batch ``b`` sees the same samples per step as
-  one process with batch ``W * b``.
-- The position in the stream is one number shared by every rank (samples consumed by all ranks), so
-  the state ``(epoch, position)`` saved in a checkpoint lets a resumed run continue with exactly the
-  samples an uninterrupted run would have drawn next. Nothing is padded or dropped at epoch ends.
-
-With ``yield_seeds=True`` the sampler yields ``(index, seed)`` pairs, the seed a function of
-``(seed, stream position)``, and :class:`SeededDataset` restarts the dataset's augmentation streams
-from it before loading the sample. Each sample's augmentation then depends on its place in the
-stream only — not on the number of DataLoader workers, the world size, or whether the run was
-interrupted — which makes resumed and multi-process runs reproduce single uninterrupted runs.
+It walks one global stream of indices, the concatenation of per-epoch permutations drawn from
+``(seed, epoch)``; rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...``. Its state is
+``(epoch, position)``, shared by all ranks; with ``yield_seeds`` each index comes with an augmentation seed
+of ``(seed, position)`` for :class:`SeededDataset`. Why: docs/design.md, "Decisions".
 """
 
 from __future__ import annotations
@@ -32,7 +19,7 @@ from ccnet.data.build import reseed_dataset
 
 
 class InfiniteSampler(Sampler[int]):
-    """Yield dataset indices forever; see the module docstring for the order.
+    """Yield dataset indices forever, in the order of the global stream.
 
     Args:
         dataset_size: number of samples in the dataset (> 0).
@@ -42,6 +29,9 @@ class InfiniteSampler(Sampler[int]):
         shuffle: permute each epoch (False: 0, 1, 2, ... every epoch).
         start: global stream position to start from (samples already consumed by all ranks).
         yield_seeds: yield ``(index, sample_seed)`` pairs for :class:`SeededDataset`.
+
+    Raises:
+        ValueError: an empty dataset or a rank outside ``[0, world_size)``.
     """
 
     def __init__(
@@ -95,8 +85,7 @@ class InfiniteSampler(Sampler[int]):
         return -(-self.dataset_size // self.world_size)
 
     def state_at(self, consumed: int) -> Dict[str, int]:
-        """The resumable state after this sampler's ranks together consumed ``consumed`` samples from
-        its ``start``.
+        """The resumable state after this sampler's ranks together consumed ``consumed`` samples from its ``start``.
 
         Returns:
             ``{"epoch", "position", "seed", "dataset_size"}``; ``position`` is within the epoch.
@@ -109,8 +98,7 @@ class InfiniteSampler(Sampler[int]):
         """The global start position stored in ``state`` (see :meth:`state_at`).
 
         Raises:
-            ValueError: the checkpoint was written for another dataset size or seed, so the stream
-                would not continue where it stopped.
+            ValueError: the checkpoint was written for another dataset size or seed.
         """
         if int(state["dataset_size"]) != dataset_size or int(state["seed"]) != seed:
             raise ValueError(
@@ -123,10 +111,9 @@ class InfiniteSampler(Sampler[int]):
 
 
 class SeededDataset(Dataset):
-    """Wrap a dataset so that items are requested as ``(index, seed)`` (from
-    ``InfiniteSampler(yield_seeds=True)``): the wrapped dataset's augmentation random streams are
-    restarted from ``seed`` (:func:`ccnet.data.reseed_dataset`) before ``dataset[index]`` is read.
-    Datasets without augmentation (no ``reseed``) are read unchanged.
+    """Items requested as ``(index, seed)`` (``InfiniteSampler(yield_seeds=True)``): the wrapped dataset's
+    augmentation streams restart from ``seed`` (:func:`ccnet.data.reseed_dataset`) before ``dataset[index]``
+    is read; datasets without ``reseed`` are read unchanged.
     """
 
     def __init__(self, dataset: SegmentationData) -> None:

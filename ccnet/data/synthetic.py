@@ -1,27 +1,11 @@
-"""Synthetic long-range-context dataset: the CCNet argument (arXiv 1811.11721, Sec. 3.2) made measurable.
+"""Synthetic long-range-context dataset: the CCNet argument (arXiv 1811.11721, Sec. 3.2, Eq. 3-4) made measurable.
 
-Every image holds one coloured *key* square and grey *shapes*. The key pixels are labelled with the
-key's colour class (decidable locally); the shape pixels carry the same class although they are grey
-(identical for every class), so their class can only be read from the key, which lies far away:
-
-* every shape is at least ``min_gap`` pixels (Chebyshev gap) from the key, so a network without a
-  context module whose receptive-field radius is at most ``min_gap`` sees a grey shape and nothing
-  else: it is at chance (1 / number of colours) on shape pixels;
-* *aligned* shapes lie inside the key's row band or column band (the key's rows/columns of feature
-  cells at ``feature_stride``): one criss-cross hop (R = 1) links them to the key;
-* *diagonal* shapes are at least ``min_gap`` pixels away from the key's row band AND from its column
-  band: local convolutions before and after one criss-cross step cannot bridge the gap, so they need
-  two hops, u -> (row of u, column of the key) -> key, which R = 2 provides (paper, Eq. 3-4).
-
-Everything is aligned to the feature grid (multiples of ``feature_stride`` pixels) so the bands are
-exact and a stride-8 segmentation head can represent every boundary; mIoU then measures context, not
-boundary precision. Samples are generated on the fly from ``(seed, split, index)``: deterministic,
-in memory, no downloads. ``python tools/write_synthetic.py --out data/synthetic`` writes the same
-samples as PNG files (``images/<split>/``, ``masks/<split>/``), e.g. to try the folder dataset on them.
-
-Training uses no augmentation: every training index is a distinct scene, so the generator already
-provides the variety a flip would; crops or rescales would cut keys off or break the pixel gaps that
-define the task.
+Every image holds one coloured *key* square, labelled with its colour class, and grey *shapes* carrying
+the same class, readable only from the key at least ``min_gap`` pixels away. *Aligned* shapes lie in the
+key's row or column band of feature cells (one criss-cross hop); *diagonal* shapes are ``min_gap`` from
+both bands (two hops: u -> (row of u, column of the key) -> key). Geometry is aligned to
+``feature_stride``; samples are a pure function of ``(seed, split, index)``, in memory, without
+augmentation; :func:`write_to_disk` writes them as PNGs. Why this design: docs/reproducing.md.
 """
 
 from __future__ import annotations
@@ -131,11 +115,8 @@ class SyntheticConfig:
             raise ConfigError(f"dataset.num_train={self.num_train} and num_val={self.num_val} must be >= 1")
 
     def feasible_key_positions(self) -> List[int]:
-        """Key start cells (same for rows and columns) that leave room for every kind of shape.
-
-        A key starting at cell r has r cells before it and ``grid - r - key_cells`` after it; one side
-        must hold the gap plus the smallest shape, which lets a diagonal shape fit in rows (and, by
-        symmetry, columns) and an aligned shape along either axis.
+        """Key start cells (same for rows and columns) that leave room for every kind of shape: on one side of the
+        key, the gap plus the smallest shape.
         """
         need = self.gap_cells + self.shape_cells[0]
         return [r for r in range(self.grid - self.key_cells + 1) if max(r, self.grid - r - self.key_cells) >= need]
@@ -197,17 +178,13 @@ def _sample_shape(rng: np.random.Generator, cfg: SyntheticConfig, key: Box, kind
 def generate_sample(cfg: SyntheticConfig, split: str, index: int) -> SyntheticSample:
     """Generate scene ``index`` of ``split``; a pure function of ``(cfg, split, index)``.
 
-    Shapes alternate aligned / diagonal (the first is aligned), so every image with two or more shapes
-    has pixels that need one hop and pixels that need two. Shapes of the same kind may overlap (they
-    share the class, so they merge into one grey region).
+    Shapes alternate aligned / diagonal (the first aligned), so a scene with two or more shapes needs both
+    one and two hops; shapes of one kind may overlap.
 
     Args:
         cfg: generator settings (``cfg.seed`` selects the whole dataset).
         split: ``"train"``, ``"val"`` or ``"test"``; each split is an independent stream.
         index: sample index within the split.
-
-    Returns:
-        The scene with its image, label and geometry.
     """
     if split not in _SPLIT_STREAMS:
         raise ValueError(f"synthetic split {split!r} unknown: expected one of {sorted(_SPLIT_STREAMS)}")
@@ -240,14 +217,10 @@ def region_masks(sample: SyntheticSample, stride: int) -> Tuple[np.ndarray, np.n
     """Pixels whose class needs long-range context, and the subset that needs two criss-cross hops.
 
     Args:
-        sample: a generated scene.
         stride: the feature stride of the grid the scene was generated on.
 
     Returns:
-        ``(long_range, two_hop)`` boolean masks: every shape pixel, and the pixels of diagonal shapes.
-
-    Shape:
-        (H, W) each.
+        ``(long_range, two_hop)`` (H, W) boolean masks: every shape pixel, and the pixels of diagonal shapes.
     """
     size = sample.label.shape[0] // stride
     long_range = np.zeros((size, size), dtype=bool)
@@ -260,14 +233,15 @@ def region_masks(sample: SyntheticSample, stride: int) -> Tuple[np.ndarray, np.n
 
 
 class SyntheticDataset(Dataset):
-    """In-memory synthetic long-range-context dataset (see the module docstring).
+    """In-memory synthetic long-range-context dataset; items ``(image, label)``.
 
     Args:
         cfg: generator settings.
         split: ``"train"``, ``"val"`` or ``"test"``.
         mean, std: normalisation ``(x / 255 - mean) / std`` per RGB channel.
 
-    Items are ``(image, label)``: image (3, H, W) float32 normalised, label (H, W) int64.
+    Shape:
+        image: (3, H, W) float32 normalised. label: (H, W) int64.
     """
 
     has_labels = True
@@ -302,8 +276,7 @@ class SyntheticDataset(Dataset):
         return region_masks(self.sample(index), self.cfg.feature_stride)
 
     def two_hop_pixel(self, index: int) -> Optional[Tuple[int, int]]:
-        """(row, column) of the centre of item ``index``'s first diagonal shape — a pixel whose class
-        only two criss-cross hops bring from the key — or None when the scene has none."""
+        """(row, column) of the centre of item ``index``'s first diagonal shape, or None when the scene has none."""
         stride = self.cfg.feature_stride
         diagonal = [box for box, kind in self.sample(index).shapes if kind == "diagonal"]
         if not diagonal:
@@ -335,11 +308,7 @@ def build_synthetic(
     Args:
         dataset_cfg: the dataset config; ``train_split`` / ``val_split`` name the generator streams.
         split: ``"train"``, ``"val"`` (or the configured split names), or ``"test"``.
-        crop_size: must be None or the full image size: a crop could cut the key off and make the
-            label undecidable, so the synthetic set is always used at full resolution.
-
-    Returns:
-        The dataset.
+        crop_size: None or the full image size: a crop could cut the key off.
     """
     cfg = SyntheticConfig.from_mapping(dataset_cfg)
     aliases = {dataset_cfg.get("train_split", "train"): "train", dataset_cfg.get("val_split", "val"): "val"}
@@ -361,24 +330,20 @@ WRITER = "write_synthetic"  # the name its files are recorded under in out/manif
 def write_to_disk(
     cfg: SyntheticConfig, out: Path, splits: Sequence[str] = ("train", "val"), limit: Optional[int] = None
 ) -> int:
-    """Write the generated samples as PNG files: ``out/images/<split>/NNNNNN.png`` (RGB) and
-    ``out/masks/<split>/NNNNNN.png`` (class indices), the same pixels the in-memory dataset yields.
+    """Write the generated samples as ``out/images/<split>/NNNNNN.png`` (RGB) and ``out/masks/<split>/NNNNNN.png``
+    (class indices), the pixels the in-memory dataset yields.
 
-    Every path is claimed before the first file is written, and each file is recorded in
-    ``out/manifest.txt`` as it is written, so a later run replaces these files and no others.
+    Every path is claimed before the first file is written and each file recorded in ``out/manifest.txt``,
+    so a later run replaces these files and no others.
 
     Args:
-        cfg: generator settings.
-        out: output root.
-        splits: splits to write.
         limit: at most this many samples per split (all when None).
 
     Returns:
         The number of samples written.
 
     Raises:
-        OutputConflictError: a path holds a file that no earlier write_synthetic run wrote there;
-            nothing is written.
+        OutputConflictError: a path holds a file no earlier write_synthetic run wrote; nothing is written.
     """
     from PIL import Image
 

@@ -1,19 +1,11 @@
-"""Training and validation pipelines (albumentations).
+"""Training and validation pipelines (albumentations) of CCNet (arXiv 1811.11721, Sec. 4), with the steps and
+defaults of mmsegmentation's Cityscapes/ADE20K pipelines.
 
-CCNet (arXiv 1811.11721, Sec. 4) trains on randomly scaled, cropped and flipped images; the steps and
-defaults here follow mmsegmentation's Cityscapes/ADE20K pipelines (used by its CCNet configs), which add
-photometric distortion and the ``cat_max_ratio`` crop rule.
-
-Train: rescale to ``base_size * r`` keeping the aspect ratio with ``r ~ U(ratio_range)``
--> random crop of ``crop_size`` (optionally re-drawn while one class dominates, ``cat_max_ratio``) ->
-horizontal flip -> photometric distortion -> ImageNet normalisation -> pad to ``crop_size`` (image 0,
-i.e. the mean colour after normalisation; label ``ignore_index``) -> tensors.
-
-Val: optional keep-ratio resize to ``base_size`` -> normalisation -> tensors.
-
-Labels are only ever resized with nearest neighbour, so no value that was not in the label can appear,
-and ``ignore_index`` survives every step. Randomness comes from the Compose's own random streams (not
-the global ``random``/``numpy`` state): see :func:`ccnet.data.seed_worker` for seeding them per worker.
+Train: rescale to ``base_size * r``, aspect kept, ``r ~ U(ratio_range)`` -> random crop of ``crop_size``
+(``cat_max_ratio`` rule) -> horizontal flip -> photometric distortion -> normalisation -> pad to
+``crop_size`` (image 0, label ``ignore_index``) -> tensors. Val: optional keep-ratio resize to
+``base_size`` -> normalisation -> tensors. Labels are only resized nearest. Randomness comes from the
+Compose's own streams, seeded by :func:`ccnet.data.seed_worker`.
 """
 
 from __future__ import annotations
@@ -38,7 +30,7 @@ def to_hw(size: SizeLike, key: str = "crop_size") -> Tuple[int, int]:
     """Normalise an ``int`` or ``[h, w]`` size to an ``(h, w)`` tuple of positive ints.
 
     Raises:
-        ValueError: Naming ``key`` when the value is not a positive int or a pair of them.
+        ValueError: naming ``key`` when the value is not a positive int or a pair of them.
     """
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         h = w = int(size)
@@ -53,13 +45,8 @@ def to_hw(size: SizeLike, key: str = "crop_size") -> Tuple[int, int]:
 
 
 def keep_ratio_size(height: int, width: int, target_h: float, target_w: float) -> Tuple[int, int]:
-    """Size of ``(height, width)`` scaled, aspect kept, to fit inside the target box (mmseg ``keep_ratio``).
-
-    The long side is bounded by the target's long side and the short side by the target's short side,
-    so a portrait image is treated like a landscape one.
-
-    Returns:
-        (new_height, new_width).
+    """``(height, width)`` scaled, aspect kept, to fit the target box (mmseg ``keep_ratio``): long side within
+    the target's long side, short side within its short side.
     """
     long_t, short_t = max(target_h, target_w), min(target_h, target_w)
     scale = min(long_t / max(height, width), short_t / min(height, width))
@@ -70,10 +57,10 @@ class RandomRescale(A.DualTransform):
     """Rescale to ``base_size * r``, aspect kept, ``r`` uniform in ``ratio_range``; labels nearest.
 
     Args:
-        base_size: (h, w) reference size (Cityscapes (1024, 2048), ADE20K (512, 2048)); None scales
-            each image relative to its own size.
+        base_size: (h, w) reference size (Cityscapes (1024, 2048), ADE20K (512, 2048)); None scales each
+            image relative to its own size.
         ratio_range: (low, high) of the scale ratio.
-        p: Probability of applying.
+        p: probability of applying.
     """
 
     def __init__(self, base_size: Optional[Tuple[int, int]], ratio_range: Tuple[float, float], p: float = 1.0) -> None:
@@ -121,14 +108,14 @@ class KeepRatioResize(A.DualTransform):
 class CatMaxRatioCrop(A.DualTransform):
     """Random crop of at most ``crop_size`` that avoids crops dominated by one class (mmseg rule).
 
-    A crop is re-drawn (up to 10 tries, the last one is kept) while its most frequent class covers
-    ``cat_max_ratio`` or more of the crop's labelled pixels or it holds a single class. ``cat_max_ratio >= 1``
-    disables the rule. Images smaller than the crop are cropped to their own size; padding comes later.
+    A crop is re-drawn (up to 10 tries, the last one kept) while its most frequent class covers
+    ``cat_max_ratio`` or more of its labelled pixels or it holds a single class; ``cat_max_ratio >= 1``
+    disables the rule. Images smaller than the crop are cropped to their own size (padding comes later).
 
     Args:
         crop_size: (h, w).
-        cat_max_ratio: Largest allowed share of one class among labelled pixels.
-        ignore_index: Label value excluded from the class counts.
+        cat_max_ratio: largest allowed share of one class among labelled pixels.
+        ignore_index: label value excluded from the class counts.
     """
 
     max_tries = 10
@@ -174,13 +161,11 @@ class CatMaxRatioCrop(A.DualTransform):
 def photometric_distortion(cfg: Optional[Mapping[str, Any]]) -> list:
     """mmseg's PhotoMetricDistortion from albumentations parts, each applied with probability ``p``.
 
-    Brightness ``x + d`` with ``d ~ U(-brightness_delta, brightness_delta)`` (pixel levels), contrast ``x * a``
-    with ``a ~ U(contrast_range)``, saturation factor ``~ U(saturation_range)``, hue shift
-    ``~ U(-hue_delta, hue_delta)`` in OpenCV hue units (0..180).
+    Brightness ``x + U(-brightness_delta, brightness_delta)``, contrast ``x * U(contrast_range)``, saturation
+    factor ``U(saturation_range)``, hue shift ``U(-hue_delta, hue_delta)`` in OpenCV units (0..180).
 
     Args:
-        cfg: Mapping with ``p, brightness_delta, contrast_range, saturation_range, hue_delta``; None or
-            ``p: 0`` disables the distortion.
+        cfg: ``p, brightness_delta, contrast_range, saturation_range, hue_delta``; None or ``p: 0`` disables.
 
     Returns:
         List of albumentations transforms (empty when disabled).
@@ -215,20 +200,19 @@ def build_train_transform(
     """Training pipeline: rescale, crop, flip, photometric distortion, normalise, pad, to tensor.
 
     Args:
-        crop_size: Output size, int or (h, w).
+        crop_size: output size, int or (h, w).
         base_size: (h, w) the scale ratio refers to; None: each image's own size.
         ratio_range: (low, high) scale ratio; ``[1, 1]`` rescales exactly to ``base_size``.
-        cat_max_ratio: See :class:`CatMaxRatioCrop`; 1.0 disables.
-        flip_prob: Horizontal flip probability.
-        photometric: See :func:`photometric_distortion`; None disables.
-        mean: Normalisation mean (0..1 scale).
-        std: Normalisation std (0..1 scale).
-        ignore_index: Label padding value.
-        seed: Seed of the pipeline's random streams (None: fresh entropy).
+        cat_max_ratio: see :class:`CatMaxRatioCrop`; 1.0 disables.
+        flip_prob: horizontal flip probability.
+        photometric: see :func:`photometric_distortion`; None disables.
+        mean, std: normalisation (0..1 scale).
+        ignore_index: label padding value.
+        seed: seed of the pipeline's random streams (None: fresh entropy).
 
     Returns:
-        Compose called as ``t(image=HxWx3 uint8, mask=HxW uint8)`` giving ``"image"`` (3, ch, cw) float32
-        and ``"mask"`` (ch, cw) uint8 tensors.
+        Compose called as ``t(image=HxWx3 uint8, mask=HxW uint8)`` giving ``"image"`` (3, ch, cw) float32 and
+        ``"mask"`` (ch, cw) uint8 tensors.
     """
     crop_h, crop_w = to_hw(crop_size, "crop_size")
     base = None if base_size is None else to_hw(base_size, "base_size")
@@ -258,15 +242,10 @@ def build_train_transform(
 def build_val_transform(
     base_size: Optional[SizeLike] = None, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> A.Compose:
-    """Validation pipeline: optional keep-ratio resize to fit ``base_size``, normalise, to tensor.
-
-    Args:
-        base_size: (h, w) box to resize into (label resized nearest too); None keeps full resolution.
-        mean: Normalisation mean (0..1 scale).
-        std: Normalisation std (0..1 scale).
+    """Validation pipeline: optional keep-ratio resize to fit ``base_size`` (labels nearest), normalise, to tensor.
 
     Returns:
-        Compose with the same call convention as :func:`build_train_transform`.
+        Compose with the call convention of :func:`build_train_transform`.
     """
     transforms = [] if base_size is None else [KeepRatioResize(to_hw(base_size, "val_base_size"))]
     transforms += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]

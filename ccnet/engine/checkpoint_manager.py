@@ -1,11 +1,6 @@
-"""The trainer's checkpoint files: ``work_dir/checkpoints/iter_<n>.pth``, ``last.pth`` and ``best.pth``,
-the last K periodic ones kept; weight initialisation for ``load_from``.
-
-Every file is written with :func:`ccnet.checkpoint.save_checkpoint` (temp file + fsync +
-rename): a crash while saving leaves the previous files intact and loadable, and the temporary files
-of killed saves are removed when the next run starts. ``last.pth`` is a hard link to the newest
-``iter_<n>.pth`` (one copy on disk); when it cannot be read, resuming falls back to the previous
-periodic file (:mod:`ccnet.engine.resume`).
+"""The trainer's checkpoint files: ``work_dir/checkpoints/iter_<n>.pth`` (the last K kept), ``last.pth`` (a
+hard link to the newest) and ``best.pth``, written atomically by :func:`ccnet.checkpoint.save_checkpoint`;
+weight initialisation for ``load_from``.
 """
 
 from __future__ import annotations
@@ -29,17 +24,15 @@ _ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
 def load_weights(
     model: nn.Module, state: Dict[str, torch.Tensor], path: Union[str, os.PathLike], partial: bool = False
 ) -> None:
-    """Initialise ``model`` from ``state`` for fine-tuning (``load_from``): tensors whose name and shape
-    match are copied; the rest (e.g. a classifier for another class count) keep their initial values
-    and are listed in a warning.
+    """Initialise ``model`` from ``state`` for fine-tuning (``load_from``): tensors whose name and shape match
+    are copied, the rest keep their initial values and are listed in a warning.
 
     Args:
-        partial: accept a checkpoint that fills fewer than half of the model's tensors
-            (``load_from_partial``); otherwise that is taken for a wrong file.
+        partial: accept a checkpoint that fills fewer than half of the model's tensors (``load_from_partial``);
+            otherwise that is taken for a wrong file.
 
     Raises:
-        CheckpointError: no tensor of the checkpoint fits the model, or fewer than half do and
-            ``partial`` is false.
+        CheckpointError: no tensor of the checkpoint fits the model, or fewer than half do and ``partial`` is false.
     """
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -135,8 +128,7 @@ class CheckpointManager:
 
 
 def _replace_with_link(source: Path, target: Path, state: Dict[str, Any]) -> None:
-    """Make ``target`` a hard link to ``source`` atomically (no second copy of a large file); on file
-    systems without hard links, write ``state`` to ``target`` instead."""
+    """Make ``target`` a hard link to ``source`` atomically; without hard links, write ``state`` to ``target``."""
     tmp = target.with_name(f".{target.name}.link")
     try:
         if tmp.exists():

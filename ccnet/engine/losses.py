@@ -1,14 +1,9 @@
-"""Training losses of CCNet (arXiv 1811.11721, Sec. 4.2): pixel-wise cross-entropy on the main output
-plus a weighted auxiliary cross-entropy on the layer3 FCN head (weight 0.4), with optional class
-weights and online hard example mining (OHEM) on the main output as in the official release
-(``OhemCrossEntropy2d``: keep pixels whose ground-truth probability is below a threshold, at least
-``min_kept`` of them), and the TPAMI version's category-consistent loss.
+"""Training losses of CCNet (arXiv 1811.11721, Sec. 4.2): cross-entropy on the main output plus a weighted
+auxiliary cross-entropy on the layer3 FCN head (0.4), optional class weights and OHEM as in the official
+release (``OhemCrossEntropy2d``), and the TPAMI version's category-consistent loss (CCL).
 
-Category-consistent loss (CCL, arXiv 1811.11721 v2+, TPAMI 2020).
-
-The head's fused features are projected by a 1×1 convolution (``CCNet.ccl_proj``, built when
-``model.ccl=true``) to a 16-channel embedding ``h``; labels are downsampled (nearest) to the feature
-size and ignored pixels are left out. With ``μ_c`` the mean embedding of the pixels of class ``c``:
+CCL on pixel embeddings ``h_i`` (``CCNet.ccl_proj``), labels resized nearest to their size and ignored
+pixels left out, ``μ_c`` the mean embedding of class ``c`` in the image:
 
     l_var = 1/C Σ_c 1/N_c Σ_{i∈c} φ_var(‖μ_c − h_i‖)
     φ_var(d) = d − δd + (δd − δv)²   if d > δd
@@ -18,30 +13,10 @@ size and ignored pixels are left out. With ``μ_c`` the mean embedding of the pi
     l_reg = 1/C Σ_c ‖μ_c‖
     l_ccl = λ·(α·l_var + β·l_dis + γ·l_reg),   total = l_seg + l_ccl
 
-with δv = 0.5, δd = 1.5, α = β = 1, γ = 0.001 as in the paper, and an overall weight λ (``weight``):
-1 here (the paper's formula), 0.1 in ``configs/train.yaml`` (below). Pixels of a class are pulled within δv
-of their centre (linearly beyond δd, so outliers do not dominate), centres of different classes are
-pushed at least 2δd apart, and the centres stay near the origin.
-
-Choices made here:
-
-* "Reduced with ratio 16" is read as a 16-channel embedding (``model.ccl_channels``, default 16),
-  not C/16 channels: the margins δv and δd are absolute distances, so their meaning depends on the
-  embedding's dimension, and a fixed width keeps them meaningful for every head width (C/16 would
-  be 32 channels for the 512-wide ResNet head and 4 for ``ccnet_tiny``). The CCL is modelled on
-  the discriminative loss of De Brabandere et al. (2017), whose δv, δd, α, β, γ it reuses and
-  which also works on a low-dimensional embedding.
-* The terms are computed per image (classes and centres of that image) and averaged over the
-  images of the batch that have at least one labelled pixel; an all-ignore batch gives 0.
-* Norms are ``sqrt(max(‖x‖², ε²))``: the plain norm has an infinite/NaN gradient at 0 (a class with
-  a single pixel sits exactly on its centre), the clamped one a zero gradient there.
-* λ = 0.1 by default in training. Every class counts equally in l_var and l_dis, so each pixel of a
-  small class carries a gradient of order 1/(C·N_c), against the cross-entropy's 1/N over all
-  pixels: on the quickstart's first batch the CCL's gradient on the head features of foreground
-  pixels is 50× the cross-entropy's, and on the attention's γ 50× too. At λ = 1 the network first
-  satisfies the CCL with a local foreground/background embedding and its attention never learns to
-  carry a class from far away (val mIoU 0.26–0.30 instead of 0.97); at λ = 0.1 the CCL shapes the
-  features without taking over (docs/reproducing.md has the measured runs).
+δv = 0.5, δd = 1.5, α = β = 1, γ = 0.001 as in the paper; λ (``weight``) is 1 here, 0.1 in
+``configs/train.yaml``. Terms are computed per image and averaged over the images with labelled pixels
+(an all-ignore batch gives 0); norms are ``sqrt(max(‖x‖², ε²))``, finite-gradient at 0. Why a 16-channel
+embedding and λ = 0.1: docs/training.md#category-consistent-loss-tpami, docs/reproducing.md.
 """
 
 from __future__ import annotations
@@ -59,8 +34,7 @@ from ccnet.errors import ConfigError
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255, weight: Optional[Tensor] = None) -> Tensor:
     """Mean cross-entropy over the non-ignored pixels (class-weighted mean when ``weight`` is given).
 
-    Unlike ``F.cross_entropy``'s mean, a batch whose pixels are all ignored gives 0 (with a graph),
-    not NaN, so an all-void crop does not look like a diverged run.
+    An all-ignored batch gives 0 with a graph, not ``F.cross_entropy``'s NaN.
 
     Shape:
         logits: (B, K, H, W), target: (B, H, W) int64 with ``ignore_index`` for void pixels.
@@ -75,10 +49,10 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255, weigh
 
 
 def ohem_mask(logits: Tensor, target: Tensor, ignore_index: int, thresh: float, min_kept: int) -> Tensor:
-    """Pixels OHEM keeps: valid pixels whose softmax probability of the true class is ``<= t`` with
-    ``t = max(thresh, p_(k))``, ``p_(k)`` the k-th smallest such probability and
-    ``k = min(min_kept, #valid)`` — so at least ``min_kept`` pixels (all, if fewer are valid) survive.
-    Counted over the whole (per-process) batch, as in the official release.
+    """Pixels OHEM keeps, counted over the whole per-process batch as in the official release.
+
+    Keeps the valid pixels whose true-class probability is ``<= max(thresh, p_(k))``, ``p_(k)`` the k-th
+    smallest such probability, ``k = min(min_kept, #valid)``: at least ``min_kept`` pixels (all, if fewer).
 
     Shape:
         logits: (B, K, H, W), target: (B, H, W). Returns a (B, H, W) bool mask.
@@ -105,22 +79,23 @@ def safe_norm(x: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
 
 
 class CategoryConsistentLoss(nn.Module):
-    """``α·l_var + β·l_dis + γ·l_reg`` on pixel embeddings (see the module docstring).
+    """``λ·(α·l_var + β·l_dis + γ·l_reg)`` on pixel embeddings (the module docstring has the terms).
 
     Args:
         delta_v: variance margin δv: pixels closer than this to their class centre cost nothing.
-        delta_d: distance margin δd: class centres further than 2δd apart cost nothing; also where
-            φ_var turns linear.
+        delta_d: distance margin δd: centres further than 2δd apart cost nothing; where φ_var turns linear.
         alpha: weight α of l_var.
         beta: weight β of l_dis.
         gamma: weight γ of l_reg.
-        weight: overall weight λ of ``α·l_var + β·l_dis + γ·l_reg`` in ``"loss"``.
+        weight: overall weight λ.
         ignore_index: label of pixels that take no part.
 
     Shape:
-        features: (B, D, h, w) embeddings. target: (B, H, W) int64 labels at any resolution (resized
-        nearest to (h, w)). Returns ``{"loss", "var", "dis", "reg"}`` scalars (float32); ``"loss"`` is
-        the weighted sum, the terms are unweighted.
+        features: (B, D, h, w) embeddings. target: (B, H, W) int64 labels at any resolution. Returns
+        ``{"loss", "var", "dis", "reg"}`` float32 scalars: ``"loss"`` weighted, the terms unweighted.
+
+    Raises:
+        ConfigError: ``not 0 <= delta_v < delta_d`` or a negative weight.
     """
 
     def __init__(
@@ -182,15 +157,12 @@ class CategoryConsistentLoss(nn.Module):
 
 
 def ccl_from_config(options: Optional[Mapping[str, Any]] = None, ignore_index: int = 255) -> CategoryConsistentLoss:
-    """The CCL with the hyper-parameters of ``train.ccl`` (``delta_v``, ``delta_d``, ``alpha``,
-    ``beta``, ``gamma``, ``weight``; absent keys keep the class defaults, the paper's formula).
+    """The CCL with the hyper-parameters of ``train.ccl``; absent keys keep the class defaults (the paper's).
 
-    The loss is switched on by the model, not here: ``model.ccl=true`` adds ``ccl_proj`` and the
-    ``"ccl_features"`` output, and the training criterion applies this loss whenever that output is
-    present.
+    Applied whenever the model returns ``"ccl_features"`` (``model.ccl=true``), not switched on here.
 
     Raises:
-        ValueError: an unknown key or an invalid value.
+        ConfigError: an unknown key or an invalid value.
     """
     options = dict(options or {})
     known = {"delta_v", "delta_d", "alpha", "beta", "gamma", "weight"}
@@ -201,7 +173,7 @@ def ccl_from_config(options: Optional[Mapping[str, Any]] = None, ignore_index: i
 
 
 class SegmentationLoss(nn.Module):
-    """Total loss ``main + aux_weight * aux`` from the model's output dict.
+    """Total loss ``main + aux_weight * aux (+ ccl)`` from the model's output dict.
 
     Args:
         ignore_index: label of void pixels.
@@ -209,8 +181,7 @@ class SegmentationLoss(nn.Module):
         class_weights: optional per-class weights of the cross-entropy (length ``num_classes``).
         ohem_thresh: OHEM probability threshold for the main loss; ``None`` disables OHEM.
         ohem_min_kept: OHEM's minimum number of kept pixels per process batch.
-        ccl: category-consistent loss (:class:`CategoryConsistentLoss`), added with weight 1 (its own α, β,
-            γ inside) whenever the model returns ``"ccl_features"`` (``model.ccl=true``).
+        ccl: category-consistent loss, added with weight 1 whenever the model returns ``"ccl_features"``.
     """
 
     class_weights: Optional[Tensor]  # a buffer (or None): the cross-entropy's per-class weights
@@ -237,14 +208,13 @@ class SegmentationLoss(nn.Module):
         """Compute the loss terms.
 
         Args:
-            outputs: the model's dict: ``"out"`` (B, K, H, W) and optionally ``"aux"`` (B, K, H, W).
+            outputs: the model's dict: ``"out"`` (B, K, H, W), optionally ``"aux"`` and ``"ccl_features"``.
             target: (B, H, W) int64 labels.
 
         Returns:
-            ``{"loss": total, "main": ..., "aux": ..., "ccl": ...}`` (``"aux"`` only when the model
-            returned it and ``aux_weight > 0``, ``"ccl"`` only when it returned ``"ccl_features"``,
-            with its unweighted terms ``"ccl_var"``, ``"ccl_dis"``, ``"ccl_reg"`` for logging);
-            ``"loss"`` is the weighted sum that is back-propagated.
+            ``{"loss", "main"}``, ``"aux"`` when returned by the model and ``aux_weight > 0``, ``"ccl"`` and its
+            unweighted ``"ccl_var"``, ``"ccl_dis"``, ``"ccl_reg"`` (detached, for logging) when the model returned
+            ``"ccl_features"``; ``"loss"`` is the weighted sum that is back-propagated.
         """
         main_target = target
         if self.ohem_thresh is not None:
@@ -266,16 +236,10 @@ class SegmentationLoss(nn.Module):
 
 
 def build_criterion(train_cfg: Mapping[str, Any], num_classes: int, ignore_index: int = 255) -> SegmentationLoss:
-    """The training criterion from ``cfg.train``: ``aux_weight``, ``class_weights``, ``ohem``, and the
-    optional ``ccl`` hyper-parameters of the category-consistent loss (applied with ``model.ccl=true``).
-
-    Args:
-        train_cfg: the ``train`` config node.
-        num_classes: number of classes (to check ``class_weights``).
-        ignore_index: label of void pixels (``dataset.ignore_index``).
+    """The training criterion from the ``train`` config node (``aux_weight``, ``class_weights``, ``ohem``, ``ccl``).
 
     Raises:
-        ValueError: ``class_weights`` has the wrong length or OHEM settings are out of range.
+        ConfigError: ``class_weights`` does not have ``num_classes`` entries, OHEM or CCL settings are invalid.
     """
     class_weights = train_cfg.get("class_weights")
     if class_weights is not None:

@@ -1,9 +1,7 @@
-"""Optimiser and learning-rate schedule of CCNet (arXiv 1811.11721, Sec. 4.1): SGD with momentum 0.9
-and weight decay, and the "poly" policy ``lr = base_lr * (1 - iter / max_iter) ** 0.9``, optionally
-with a linear warm-up and a floor ``min_lr`` (mmsegmentation's ``PolyLR(eta_min=...)``).
-
-Schedules are pure functions of the step, name -> factory in :data:`SCHEDULES`, driven by one
-``torch.optim.lr_scheduler.LambdaLR`` (why not ``PolynomialLR``: docs/design.md).
+"""Optimiser and learning-rate schedule of CCNet (arXiv 1811.11721, Sec. 4.1): SGD with momentum 0.9 and
+weight decay, and the "poly" policy ``lr = base_lr * (1 - iter / max_iter) ** 0.9``, optionally with a
+linear warm-up and a floor ``min_lr`` (mmsegmentation's ``PolyLR(eta_min=...)``). Schedules are pure
+functions of the step (:data:`SCHEDULES`) driven by one ``LambdaLR`` (why: docs/design.md).
 """
 
 from __future__ import annotations
@@ -26,13 +24,12 @@ def param_groups(
 ) -> List[Dict[str, Any]]:
     """Split trainable parameters into SGD parameter groups.
 
-    Parameters under ``model.backbone`` keep ``lr``; all others (context head, auxiliary head)
-    get ``lr * head_lr_mult``. With ``no_decay_norm_bias``, parameters with at most one dimension —
-    biases, normalisation scales and the attention's ``gamma`` — get no weight decay.
+    Parameters under ``model.backbone`` keep ``lr``, all others get ``lr * head_lr_mult``. With
+    ``no_decay_norm_bias``, parameters of at most one dimension (biases, norm scales, ``gamma``) get no decay.
 
     Returns:
-        Non-empty groups in the order backbone, backbone_no_decay, head, head_no_decay, each with
-        ``params``, ``lr``, ``weight_decay`` and its ``name``.
+        Non-empty groups in the order backbone, backbone_no_decay, head, head_no_decay, each with ``params``,
+        ``lr``, ``weight_decay`` and its ``name``.
     """
     groups: Dict[str, Dict[str, Any]] = {}
     for name, param in model.named_parameters():
@@ -54,8 +51,7 @@ def param_groups(
 
 
 def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.optim.SGD:
-    """SGD from ``cfg.train``: ``lr``, ``momentum``, ``weight_decay``, ``no_decay_norm_bias``,
-    ``head_lr_mult``."""
+    """SGD from ``cfg.train``: ``lr``, ``momentum``, ``weight_decay``, ``no_decay_norm_bias``, ``head_lr_mult``."""
     lr = float(train_cfg["lr"])
     if lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {lr}")
@@ -70,8 +66,7 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
 
 
 def poly_factor(step: int, max_iters: int, power: float = 0.9, min_ratio: float = 0.0) -> float:
-    """``min_ratio + (1 - min_ratio) * (1 - min(step, max_iters) / max_iters) ** power``: the poly policy
-    with a floor at ``min_ratio`` of the base lr (mmsegmentation's ``PolyLR(eta_min=...)``)."""
+    """``min_ratio + (1 - min_ratio) * (1 - min(step, max_iters) / max_iters) ** power``: poly with a floor."""
     return min_ratio + (1.0 - min_ratio) * (1.0 - min(step, max_iters) / max_iters) ** power
 
 
@@ -88,8 +83,7 @@ def lr_factor(
     warmup_ratio: float = 0.1,
     min_ratio: float = 0.0,
 ) -> float:
-    """Multiplier of a group's base lr after ``step`` optimisation steps of the ``poly`` schedule: the
-    warm-up applied on top of the decayed value, like a chained ``LinearLR`` + ``PolynomialLR``.
+    """Multiplier of a group's base lr after ``step`` steps of ``poly``, warm-up on top (LinearLR × PolynomialLR).
 
     Args:
         step: optimisation steps done so far (0 before the first step).
@@ -131,9 +125,9 @@ SCHEDULES: Dict[str, ScheduleFactory] = {
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping[str, Any]) -> LambdaLR:
-    """Per-iteration schedule ``SCHEDULES[train.lr_schedule]`` (default ``poly``) times the linear
-    warm-up (``warmup_iters``, ``warmup_ratio``), one factor per parameter group. Call
-    ``scheduler.step()`` once per optimisation step.
+    """Per-iteration ``SCHEDULES[train.lr_schedule]`` times the linear warm-up, one factor per parameter group.
+
+    Call ``scheduler.step()`` once per optimisation step.
 
     Raises:
         ConfigError: an unknown schedule (listing the names) or a setting it refuses.

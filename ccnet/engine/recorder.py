@@ -1,19 +1,11 @@
-"""Where training metrics go: TensorBoard (``work_dir/tb``) and ``work_dir/metrics.jsonl``.
-
-One object, used on rank 0 only, so every number is written from one place. ``metrics.jsonl`` holds
-one JSON object per validation::
+"""Where training metrics go: TensorBoard (``work_dir/tb``) and ``work_dir/metrics.jsonl``, from one object
+on rank 0. ``metrics.jsonl`` holds one JSON object per validation (docs/training.md)::
 
     {"iteration": 2000, "val/mIoU": 0.71, "val/mAcc": 0.80, "val/aAcc": 0.95,
      "val/IoU/road": 0.97, ..., "train_time_s": 812.4, "val_time_s": 95.1, "skipped_nonfinite": 0}
 
-Metric values are fractions in [0, 1]; a class absent from both ground truth and predictions has
-IoU ``null`` (NaN in the metric, which JSON cannot represent). ``train_time_s`` is the wall time
-spent in training steps so far (validation excluded), carried across resumes; ``val_time_s`` the wall
-time of this validation (inference and scoring); ``skipped_nonfinite``
-counts the steps skipped for a non-finite loss so far (``train.skip_nonfinite``).
-
-A resumed run reads the file back; a last line cut short (power loss, full disk) is dropped with a
-warning instead of blocking the resume.
+Values are fractions in [0, 1]; a class absent from ground truth and predictions has IoU ``null``. A
+resumed run reads the file back and drops a last line cut short, with a warning.
 """
 
 from __future__ import annotations
@@ -38,13 +30,13 @@ def validation_record(
     skipped_nonfinite: int = 0,
     val_time_s: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """The ``metrics.jsonl`` line for one validation (see the module docstring).
+    """The ``metrics.jsonl`` line for one validation.
 
     Args:
         iteration: optimisation steps done.
         metrics: ``SegMetric.compute()`` output: ``mIoU``, ``mAcc``, ``aAcc`` and per-class ``IoU``.
         class_names: names for the per-class entries.
-        train_time_s: training wall time so far.
+        train_time_s: training wall time so far (validation excluded, carried across resumes).
         skipped_nonfinite: steps skipped so far for a non-finite loss.
         val_time_s: wall time of this validation; omitted from the record when None.
     """
@@ -70,9 +62,8 @@ class Recorder:
 
     Args:
         work_dir: run directory; ``tb/`` and ``metrics.jsonl`` are created in it.
-        start_iteration: 0 for a new run (``metrics.jsonl`` is started afresh); for a resumed run the
-            iteration it resumes from: later records of the interrupted run are dropped from
-            ``metrics.jsonl`` and TensorBoard, since the resumed run writes them again.
+        start_iteration: 0 for a new run (``metrics.jsonl`` started afresh); for a resumed run the iteration
+            it resumes from: later records of the interrupted run are dropped, since they are written again.
     """
 
     def __init__(self, work_dir: Path, start_iteration: int = 0) -> None:
@@ -100,8 +91,7 @@ class Recorder:
         self.failed: Set[Path] = set()  # targets whose writes failed: not tried again
 
     def _write(self, target: Path, write: Callable[[], Any]) -> None:
-        """Run ``write``; an OSError (full disk, a vanished network mount) stops the logging to
-        ``target`` with one warning instead of stopping the training."""
+        """Run ``write``; an OSError stops the logging to ``target`` with one warning, not the training."""
         if target in self.failed:
             return
         try:

@@ -1,16 +1,11 @@
 """Continuing a run: which checkpoint ``resume`` means, whether the new settings may continue it, and
 restoring the model, optimiser, schedule, progress and random streams from it.
 
-``resume``: ``false`` starts a new run; ``true`` continues ``work_dir/checkpoints/last.pth`` (an
-error when there is none); ``auto`` continues it when it exists and starts otherwise (for
-``torchrun --max-restarts`` and requeued jobs, which re-run the same command); a path continues that
-file. For ``true``/``auto`` an unreadable ``last.pth`` (a disk error, a truncated copy) falls back to
-the newest loadable ``iter_<n>.pth``, with a warning.
-
-A resumed run must be the same experiment: a different model or dataset is refused, naming the
-keys. Changed optimisation settings (``lr``, ``weight_decay``, ``momentum``, ``max_iters``, the
-schedule) are applied to the restored optimiser and schedule and listed in a warning; never are the
-checkpoint's values silently kept while ``config.yaml`` records new ones.
+``resume``: ``false`` starts a new run; ``true`` continues ``work_dir/checkpoints/last.pth`` (an error
+without one); ``auto`` continues it when it exists, else starts; a path continues that file. For
+``true``/``auto`` an unreadable ``last.pth`` falls back to the newest loadable ``iter_<n>.pth``. Another
+model or dataset is refused; changed optimisation settings are applied and listed in a warning
+(docs/training.md#resume-fine-tune).
 """
 
 from __future__ import annotations
@@ -44,8 +39,7 @@ class ResumeError(UserError, ValueError):
 
 
 class RunFinished(Exception):
-    """``resume=auto`` found a run that already reached ``train.max_iters`` (a restarted job whose
-    work was done): nothing to train, not an error."""
+    """``resume=auto`` found a run already at ``train.max_iters``: nothing to train, not an error."""
 
     def __init__(self, path: Path, iteration: int) -> None:
         super().__init__(f"{path} is at iteration {iteration}, train.max_iters: the run is finished")
@@ -81,8 +75,8 @@ def resume_path(resume: Union[bool, str, None], work_dir: Path) -> Optional[Path
 
 
 def load_resume_checkpoint(path: Path, resume: Union[bool, str], work_dir: Path) -> Tuple[Dict[str, Any], Path]:
-    """Load the checkpoint to continue from; with ``resume=true|auto`` fall back to the newest
-    loadable periodic checkpoint when ``path`` cannot be read.
+    """Load the checkpoint to continue from; with ``resume=true|auto``, the newest loadable periodic one if
+    ``path`` cannot be read.
 
     Returns:
         ``(checkpoint, the path actually loaded)``.
@@ -175,8 +169,7 @@ def check_resume_config(checkpoint: Mapping[str, Any], path: Path, new: Mapping[
 
 @dataclass
 class Progress:
-    """Where a run stands: steps done, best val mIoU, training seconds, steps skipped for a non-finite
-    loss, and the position in the sample stream to continue from."""
+    """Where a run stands: steps done, best val mIoU, training seconds, non-finite steps skipped, sample position."""
 
     iteration: int = 0
     best_miou: float = float("-inf")
@@ -195,8 +188,8 @@ def restore(
     cfg: Mapping[str, Any],
     dataset_size: int,
 ) -> Progress:
-    """Load the checkpoint's model, optimiser, schedule and scaler states into those objects, keeping
-    the new config's hyper-parameters in the optimiser and schedule; returns the run's progress.
+    """Load the checkpoint's states into these objects, with the new config's hyper-parameters in the optimiser
+    and schedule; returns the run's progress.
 
     Raises:
         ResumeError: the checkpoint is already at ``train.max_iters`` (``resume=true``/PATH).

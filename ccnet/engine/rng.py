@@ -1,6 +1,6 @@
-"""Seeding and capture/restore of every random number generator a training step touches (Python,
-NumPy, torch CPU, CUDA), in a form that ``torch.load(weights_only=True)`` accepts: tensors, lists,
-ints, floats and strings only — no NumPy arrays or tuples of unknown types."""
+"""Seeding, capture and restore of every generator a training step touches (Python, NumPy, torch CPU, CUDA),
+as plain types that ``torch.load(weights_only=True)`` accepts.
+"""
 
 from __future__ import annotations
 

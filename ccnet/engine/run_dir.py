@@ -1,9 +1,6 @@
-"""A training run owns its ``work_dir``: one run at a time, and a new run only in a folder that is new,
-empty, or recognisably a training run's own.
-
-The lock is :func:`ccnet.utils.outputs.hold_folder` (``work_dir/run.lock``, held by rank 0 for the
-run's life). Its file also marks the folder as a training run's: a later new run may reuse a folder
-whose earlier run wrote no checkpoint (stopped early), never one holding files no run wrote.
+"""A training run owns its ``work_dir``: one run at a time (``run.lock``, :func:`ccnet.utils.outputs.hold_folder`,
+held by rank 0), and a new run only in a folder that is new, empty, or a training run's own (its lock file
+says so: an earlier run that wrote no checkpoint may be replaced, files no run wrote never).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The training settings in one place: each key's type and range, what resuming does when it changed,
-and the settings check that runs before anything else.
-
-Defaults live in ``configs/train.yaml`` (the file Hydra composes), nowhere else; the table in
-docs/training.md is rendered from :data:`SETTINGS` and that file by ``scripts/render_settings_table.py``
-(``tests/engine/test_settings.py`` keeps all three in step).
+"""The training settings' schema: each key's type and range, what resuming does when it changed, and the
+check that runs before anything else. Defaults live in ``configs/train.yaml`` only; docs/training.md's
+table is rendered from both (``scripts/render_settings_table.py``; docs/design.md, "One schema").
 """
 
 from __future__ import annotations
@@ -188,8 +185,7 @@ def describe(value: Any) -> str:
 
 
 def check_train_config(cfg: Mapping[str, Any]) -> None:
-    """Check every setting of the schema that ``cfg`` holds, and the validation's ``eval`` section,
-    before anything runs: a wrong value fails now, not hours later.
+    """Check every setting of the schema that ``cfg`` holds and the ``eval`` section, before anything runs.
 
     Raises:
         ConfigError: naming the key, the value received and what is expected.
@@ -257,8 +253,9 @@ def _yaml(value: Any) -> str:
 
 
 def train_yaml_settings(path: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """The ``train.*`` defaults of ``configs/train.yaml`` and each key's comment there (continuation
-    comment lines joined), as dotted keys: the inputs of :func:`settings_table`."""
+    """The ``train.*`` defaults of ``configs/train.yaml`` and each key's comment (continuation lines joined),
+    as dotted keys: the inputs of :func:`settings_table`.
+    """
     from omegaconf import OmegaConf
 
     loaded: Any = OmegaConf.to_container(OmegaConf.load(path))

@@ -1,13 +1,10 @@
-"""Stopping a run on request: SIGTERM (Slurm/Kubernetes preemption, ``kill``), SIGINT (Ctrl-C) and
-SIGUSR1 (Slurm's ``--signal=USR1@<seconds>`` warning before the time limit).
+"""Stopping a run on request: SIGTERM (preemption, ``kill``), SIGINT (Ctrl-C) and SIGUSR1 (Slurm's
+``--signal=USR1@<seconds>``).
 
-The first signal only sets a flag; the training loop finishes its step, agrees with the other
-processes that the run stops (the flag travels in the step's all-reduce), writes ``last.pth`` and
-raises :class:`TrainingStopped`, which ``tools/train.py`` turns into exit status
-:data:`EXIT_STOPPED`. A second signal aborts at once, without saving, unless it arrives within
-:data:`DUPLICATE_WINDOW_S` of the first: torchrun forwards the signal it receives to its workers,
-and Slurm and a terminal's Ctrl-C signal every process of the job, so one request reaches a worker
-twice within milliseconds.
+The first signal sets a flag; the loop finishes its step, all processes agree to stop (through the step's
+all-reduce), ``last.pth`` is written and :class:`TrainingStopped` raised (exit status :data:`EXIT_STOPPED`).
+A second signal aborts at once unless it comes within :data:`DUPLICATE_WINDOW_S` of the first: torchrun,
+Slurm and Ctrl-C deliver one request to a worker twice within milliseconds.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Iteration-based training of CCNet (arXiv 1811.11721, Sec. 4.1): SGD + poly learning rate, main and
 auxiliary cross-entropy, periodic validation, exact resume, single process or torchrun (DDP).
 
-``train(cfg)`` is the whole program of ``tools/train.py``; tests call it directly. It reads top to
-bottom as: :func:`setup` builds the run (data, model, optimiser, and the state restored from a
-checkpoint), :func:`loop` iterates — :func:`train_step`, then a log line, a validation or a
-checkpoint when one is due — and returns the final metrics.
+``train(cfg)`` is ``tools/train.py``'s whole program: :func:`setup` builds the run, :func:`loop` runs
+:func:`train_step` with logging, validation and checkpoints when due, and returns the final metrics.
 """
 
 from __future__ import annotations
@@ -61,8 +59,7 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (and ``train.skip_nonfinite`` is false), or the
-    model's state did, so that it could not be saved."""
+    """The loss became NaN/inf (with ``train.skip_nonfinite`` false), or the model's state did and cannot be saved."""
 
 
 class DistributedTimeout(UserError, RuntimeError):
@@ -174,8 +171,8 @@ class Run:
 def setup(cfg: DictConfig, device: torch.device, lock: Optional[FolderLock] = None) -> Run:
     """Check the settings, build data, model and optimiser, and restore a checkpoint's state.
 
-    Datasets come first: a wrong ``dataset.root`` fails in seconds, before a ResNet-101 is built.
-    ``lock`` is rank 0's hold on ``work_dir`` (:func:`ccnet.engine.run_dir.hold_work_dir`).
+    Datasets come first, so a wrong ``dataset.root`` fails before a ResNet-101 is built. ``lock`` is rank 0's
+    hold on ``work_dir`` (:func:`ccnet.engine.run_dir.hold_work_dir`).
     """
     tcfg = cfg.train
     main = dist.is_main_process()
@@ -293,8 +290,9 @@ def _build_run(
 def _choose_resume(
     cfg: DictConfig, work_dir: Path, loaded: Dict[str, Any], lock: Optional[FolderLock]
 ) -> Optional[Path]:
-    """The checkpoint this run continues (None: a new run), also stored in ``loaded["checkpoint"]``
-    (read once); refuses to start over another run or files no run wrote."""
+    """The checkpoint this run continues (None: a new run), also stored in ``loaded["checkpoint"]``; refuses to
+    start over another run or files no run wrote.
+    """
     setting = cfg.get("resume")
     path = resume.resume_path(setting, work_dir)
     if path is not None and cfg.get("load_from"):
@@ -541,13 +539,11 @@ class ValidationFailed(UserError, RuntimeError):
 
 
 def validation_failed(run: Run, it: int, exc: Exception) -> Exception:
-    """Save the state of iteration ``it`` after its validation raised ``exc`` (every rank raised:
-    :func:`ccnet.evaluation.evaluator.evaluate` shares a failure), so the steps trained are kept.
+    """Save iteration ``it``'s state after its validation raised ``exc`` on every rank, so the steps are kept.
 
     Returns:
-        The exception to raise: a :class:`ValidationFailed` with ``exc``'s message for a user's error
-        (one message), ``exc`` itself for a bug (its traceback matters) or a timed-out collective
-        (nothing can be saved together then).
+        The exception to raise: :class:`ValidationFailed` with ``exc``'s message for a user's error, ``exc``
+        itself for a bug or a timed-out collective (nothing can be saved together then).
     """
     if dist.is_timeout(exc):
         return exc
@@ -568,9 +564,9 @@ def validation_failed(run: Run, it: int, exc: Exception) -> Exception:
 
 
 def _record_panels(run: Run, panels: List[Any], it: int) -> None:
-    """TensorBoard images: input | ground truth | prediction with one legend below of the classes in
-    either map, and the criss-cross attention of the image centre loop by loop (paper, Fig. 1) when the
-    model has it."""
+    """TensorBoard images: input | ground truth | prediction with a legend of the classes in either map, and
+    the attention of the image centre loop by loop (paper, Fig. 1) when the model has it.
+    """
     val_set, head = run.val_set, getattr(run.model, "head", None)
     show_attention = bool(run.cfg.train.get("vis_attention", True)) and getattr(head, "shows_attention", False)
     recorder = run.recorder
@@ -667,8 +663,7 @@ def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, An
 
 
 def finished_summary(work_dir: Path, finished: "resume.RunFinished") -> Dict[str, Any]:
-    """What :func:`summary` returned for a run that had already finished: its last validation
-    record (``metrics.jsonl``) and its files."""
+    """What :func:`summary` returned for an already finished run: its last ``metrics.jsonl`` record and files."""
     metrics: Dict[str, Any] = {}
     records = work_dir / "metrics.jsonl"
     if records.is_file():
@@ -686,8 +681,7 @@ def finished_summary(work_dir: Path, finished: "resume.RunFinished") -> Dict[str
 
 
 def _attach_file_log(path: Path) -> Optional[logging.Handler]:
-    """Log to ``work_dir/train.log`` when nobody does yet (Hydra's job logging already does under
-    ``tools/train.py``; a direct ``train(cfg)`` call has no file handler)."""
+    """Log to ``work_dir/train.log`` unless a handler already does (Hydra's under ``tools/train.py``)."""
     root = logging.getLogger()
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
         return None

@@ -1,23 +1,11 @@
-"""Score a folder of Cityscapes label-id predictions (the test-server format) with :class:`SegMetric`.
+"""Score a folder of Cityscapes label-id predictions (the test-server format) with :class:`SegMetric`, as
+cityscapesScripts' ``evalPixelLevelSemanticLabeling`` scores classes (CCNet's metric, arXiv 1811.11721).
 
-This is the class-level part of cityscapesScripts' ``evalPixelLevelSemanticLabeling`` (the metric
-CCNet, arXiv 1811.11721, reports on Cityscapes), computed on train ids:
-
-- ground truth ``*_gtFine_labelIds.png`` is mapped to the 19 train ids; label ids with
-  ``ignoreInEval`` (void, parking, rail track, guard rail, bridge, tunnel, polegroup, caravan,
-  trailer, license plate) become 255 and are not scored, exactly the rows the official script
-  leaves out of false positives and scores;
-- predicted label ids are mapped the same way; a predicted ``ignoreInEval`` id (e.g. 0,
-  "unlabeled") is a "void" prediction: a false negative of the ground-truth class and a false
-  positive of nothing, as in the official confusion-matrix sums;
-- the official per-class ``IoU = TP / (TP + FP + FN)`` over all images, NaN when the denominator
-  is 0, mean over non-NaN classes (``averageScoreClasses``).
-
-The instance-weighted iIoU of the official script is not computed. Prediction files are found as the
-official script finds them: for ground truth ``<city>_<seq>_<frame>_gtFine_labelIds.png``, the one
-file matching ``<city>_<seq>_<frame>*.png`` anywhere under the prediction folder.
-
-Command line: ``python tools/cityscapes_eval.py --pred results/ --gt data/cityscapes/gtFine/val``.
+Ground truth and predictions are mapped to train ids (``ignoreInEval`` ids -> 255: unscored in the
+ground truth, void in a prediction); iIoU is not computed. For ``<city>_<seq>_<frame>_gtFine_labelIds.png``
+the prediction is the one file ``<city>_<seq>_<frame>*.png`` under the prediction folder
+(docs/evaluation.md#the-metric-and-the-official-cityscapes-evaluation). Command line:
+``python tools/cityscapes_eval.py --pred results/ --gt data/cityscapes/gtFine/val``.
 """
 
 from __future__ import annotations
@@ -71,7 +59,7 @@ def match_files(pred_root: Union[str, Path], gt_root: Union[str, Path]) -> List[
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """Decode a single-channel 8-bit label PNG with OpenCV (faster than PIL for large label maps).
+    """Decode a single-channel 8-bit label PNG with OpenCV (faster than PIL on large label maps).
 
     Raises:
         ValueError: unreadable file or not single-channel 8-bit.
@@ -98,13 +86,12 @@ def evaluate_label_id_folders(
     Args:
         pred_root: folder (searched recursively) of ``<city>_<seq>_<frame>*.png`` label-id predictions.
         gt_root: ``gtFine/<split>`` folder with ``*_gtFine_labelIds.png`` files.
-        threads: worker threads, each decoding and counting its share of the images (OpenCV
-            releases the GIL); None = one per CPU core (at most 8).
+        threads: worker threads, each decoding and counting its share (OpenCV releases the GIL); None = one
+            per CPU core, at most 8.
         device: where the confusion matrix is kept.
 
     Returns:
-        :meth:`SegMetric.compute` entries (``IoU``/``Acc`` in train-id order) plus ``classes`` and
-        ``num_images``.
+        :meth:`SegMetric.compute` entries (``IoU``/``Acc`` in train-id order) plus ``classes`` and ``num_images``.
     """
     from ccnet.data.cityscapes import CLASSES, IGNORE_INDEX, label_ids_to_train_ids
 

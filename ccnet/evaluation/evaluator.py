@@ -1,10 +1,7 @@
-"""Evaluate a segmentation model on a dataset: sharded over ranks, exact merged confusion matrix.
-
-Used by the trainer's periodic validation and by ``tools/eval.py``. Each rank takes the indices
-``rank, rank + world, rank + 2·world, …`` (no padding, unlike ``DistributedSampler``, which repeats
-samples to equalise shard sizes and would count them twice), infers every image at full resolution
-with :func:`ccnet.evaluation.inference.predict_logits`, and the per-rank confusion matrices are summed
-(:meth:`SegMetric.sync`), so the result is identical to a single-process run.
+"""Evaluate a segmentation model on a dataset, for the trainer's validation and ``tools/eval.py``: each rank
+infers the indices ``rank, rank + world, …`` (no padding) at full resolution with
+:func:`ccnet.evaluation.inference.predict_logits`, and the confusion matrices are summed, so the result
+equals a single-process run.
 """
 
 from __future__ import annotations
@@ -36,8 +33,7 @@ class EvaluationFailedElsewhere(RuntimeError):
 
 
 def shard_indices(length: int, rank: int, world_size: int) -> range:
-    """Indices of a dataset of ``length`` handled by ``rank``: every ``world_size``-th from ``rank``.
-    The shards partition ``range(length)``: every sample is evaluated exactly once."""
+    """Indices of a dataset of ``length`` handled by ``rank``: every ``world_size``-th from ``rank`` (a partition)."""
     return range(rank, length, world_size)
 
 
@@ -60,44 +56,31 @@ def evaluate(
 ) -> Dict[str, Any]:
     """Run ``model`` over ``dataset`` (this rank's shard) and return metrics merged over all ranks.
 
-    Every rank of a distributed run must call it (the confusion matrices are all-reduced). The model
-    is switched to eval mode and restored to its previous mode afterwards; a
-    ``DistributedDataParallel`` wrapper is unwrapped (its forward would synchronise buffers, and
-    shards may differ in length by one).
+    Every rank must call it (a collective). The model runs in eval mode (its mode is restored afterwards) and
+    unwrapped from ``DistributedDataParallel``, whose forward would synchronise buffers across uneven shards.
 
     Args:
         model: returns ``{"out": (B, K, H, W) logits}``; already on ``device``.
-        dataset: items ``(image (3, H, W) float normalised, label (H, W) int64)``; attributes
-            ``num_classes``, ``ignore_index`` and optionally ``has_labels`` (False for an unlabelled
-            test split: predictions are made and passed to ``on_prediction``, no metrics).
-        eval_cfg: the ``eval`` config section: inference keys of
-            :class:`~ccnet.evaluation.inference.InferenceSettings` (``mode, crop_size, stride,
-            scales, flip, amp, channels_last, crop_batch``) plus ``num_workers`` (DataLoader workers,
-            default 2). Other keys are ignored here.
+        dataset: items ``(image (3, H, W) float normalised, label (H, W) int64)``; attributes ``num_classes``,
+            ``ignore_index`` and optionally ``has_labels`` (False: predictions only, no metrics).
+        eval_cfg: the ``eval`` config section: the keys of
+            :class:`~ccnet.evaluation.inference.InferenceSettings` plus ``num_workers`` (default 2).
         device: where inference and the confusion matrix live.
-        amp: ``"none" | "bf16" | "fp16"``; overrides ``eval_cfg.amp`` when given (the trainer passes
-            ``train.amp``).
-        on_prediction: called on this rank for every sample as
-            ``on_prediction(index, image, label, pred)`` with the dataset index, the (3, H, W)
-            normalised image and (H, W) int64 label as the dataset returned them (CPU), and the
-            (H, W) int64 predicted class map (CPU). Use it to write predictions or to keep a few
-            samples for TensorBoard, e.g.
-            ``panels = []; evaluate(..., on_prediction=lambda i, x, y, p: panels.append((x, y, p)) if i < 4 else None)``
-            (indices 0..3 live on ranks 0..3 of a 4-process run: call it on every rank, use the
-            panels that arrive where you log).
+        amp: ``"none" | "bf16" | "fp16"``; overrides ``eval_cfg.amp`` when given.
+        on_prediction: called on this rank per sample as ``on_prediction(index, image, label, pred)``: the
+            dataset index, the image and label as the dataset returned them and the (H, W) int64 prediction,
+            all on the CPU. A sample arrives only on the rank whose shard holds it.
         progress: show a tqdm bar (rank 0 only).
         desc: tqdm label.
 
     Returns:
-        ``num_images`` (evaluated over all ranks) and, when the dataset has labels, the
-        :meth:`SegMetric.compute` entries: ``mIoU``, ``mAcc``, ``aAcc`` (floats in [0, 1]) and
-        per-class lists ``IoU``, ``Acc`` (NaN for classes absent from ground truth and prediction),
-        and ``confusion``: the merged (K, K) int64 numpy array of pixel counts, ``confusion[t, p]``
-        = valid pixels of ground truth ``t`` predicted as ``p`` (what the IoUs are computed from).
+        ``num_images`` (over all ranks) and, with labels, the :meth:`SegMetric.compute` entries and
+        ``confusion``: the merged (K, K) int64 numpy array, ``confusion[t, p]`` = valid pixels of ground truth
+        ``t`` predicted as ``p``.
 
     Raises:
-        Exception: what this rank's shard raised (an unreadable file, a bad label); the other ranks of
-            a distributed run then raise :class:`EvaluationFailedElsewhere` instead of waiting.
+        Exception: what this rank's shard raised (an unreadable file, a bad label); the other ranks then raise
+            :class:`EvaluationFailedElsewhere` instead of waiting.
     """
     device = torch.device(device)
     settings = InferenceSettings.from_config(eval_cfg, amp=amp)

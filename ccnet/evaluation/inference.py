@@ -1,25 +1,11 @@
-"""Test-time inference: whole-image or sliding-window logits, multi-scale and horizontal flip.
+"""Test-time inference of CCNet (arXiv 1811.11721, Sec. 4.2): one logit map per image at its full resolution
+from whole-image or sliding-window inference, an optional keep-ratio ``test_size``, test ``scales`` and
+horizontal ``flip``.
 
-CCNet (arXiv 1811.11721, Sec. 4.2) evaluates Cityscapes with sliding 769×769 windows and, for its best
-numbers, multi-scale inputs and flipping. This module produces one logit map per image at the
-input's full resolution from any combination of those:
-
-- ``whole``: the model sees the full image (at each test scale).
-- ``slide``: ``crop_size`` windows every ``stride`` pixels; overlapping logits are summed and divided
-  by the number of windows covering each pixel. At the right/bottom border the last window is
-  shifted back to end at the border (instead of padding the image), so every window has the same
-  size and all of them go through the model in batches of ``crop_batch``. A dimension smaller than
-  the crop uses the whole dimension, so a crop that covers the image gives exactly ``whole``.
-- ``test_size``: optionally, the image is first rescaled (keeping its aspect ratio) to fit a test
-  size, e.g. ``[512, 2048]`` as in mmsegmentation's ADE20K test pipeline: factor
-  ``min(max(test_size) / long side, min(test_size) / short side)``.
-- ``scales``: the image is resized (bilinear) by each factor (times the test-size factor), inferred,
-  and its logits resized back (bilinear) to the input's full resolution, where metrics are taken.
-- ``flip``: the horizontally flipped image is inferred in the same batch and its logits flipped back.
-
-All views are merged by averaging **logits** (not softmax probabilities), as the original CCNet
-evaluation code does; averaging is linear, so sliding-window and multi-scale/flip averaging combine
-into one mean. Logits are accumulated in float32 even under AMP.
+Sliding windows of ``crop_size`` every ``stride`` pixels are not padded: the last one is shifted back to
+end at the border, so all have one size and go through the model ``crop_batch`` at a time. Every view's
+logits (not probabilities, as in the original CCNet code) are resized back and averaged per pixel in
+float32, also under AMP (docs/evaluation.md#evaluate-a-checkpoint-toolsevalpy).
 """
 
 from __future__ import annotations
@@ -68,8 +54,8 @@ class InferenceSettings:
         crop_size: slide window (height, width); required for ``slide``.
         stride: slide step (height, width), at most ``crop_size``; required for ``slide``.
         scales: test scales relative to the input size; ``(1.0,)`` = full resolution only.
-        test_size: optional (a, b): rescale each image, aspect kept, to fit a b x a or a x b box
-            (whichever matches its orientation) before applying ``scales``.
+        test_size: optional (a, b): rescale each image, aspect kept, to fit a b x a or a x b box (whichever
+            matches its orientation) before applying ``scales``.
         flip: also infer the horizontally flipped image.
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
         channels_last: feed inputs in channels-last memory format.
@@ -122,11 +108,9 @@ class InferenceSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], amp: Optional[str] = None) -> "InferenceSettings":
-        """Settings from an ``eval`` config mapping; missing keys take the defaults above.
+        """Settings from an ``eval`` config mapping (other keys ignored); missing keys take the defaults.
 
         Args:
-            cfg: mapping with any of the field names (other keys, such as ``num_workers``, are ignored;
-                :func:`check_eval_config` checks them all).
             amp: overrides ``cfg["amp"]`` when given (e.g. the trainer's ``train.amp``).
 
         Raises:
@@ -154,12 +138,8 @@ EVAL_KEYS = (*(f.name for f in fields(InferenceSettings)), "num_workers")  # eve
 
 
 def check_eval_config(eval_cfg: Mapping[str, Any]) -> InferenceSettings:
-    """Check every key of an ``eval`` config section (tools/eval.py, tools/infer.py, the trainer's
-    validation) before anything is loaded; returns its inference settings.
-
-    Args:
-        eval_cfg: the section as a plain mapping: keys of :class:`InferenceSettings` and
-            ``num_workers`` (DataLoader workers, an integer >= 0), each optional.
+    """Check every key of an ``eval`` section (the keys of :class:`InferenceSettings` and ``num_workers``, each
+    optional) before anything is loaded; returns its inference settings.
 
     Raises:
         ConfigError: an unknown key, or a value of the wrong type or out of range, naming the key.
@@ -179,8 +159,9 @@ def check_eval_config(eval_cfg: Mapping[str, Any]) -> InferenceSettings:
 
 
 def fit_scale_factor(height: int, width: int, test_size: Optional[Tuple[int, int]]) -> float:
-    """Factor that fits a ``height x width`` image into ``test_size`` keeping its aspect ratio
-    (mmsegmentation's ``Resize(scale, keep_ratio=True)``); 1.0 without a test size."""
+    """Factor that fits a ``height x width`` image into ``test_size``, aspect kept (mmsegmentation's
+    ``Resize(keep_ratio=True)``): ``min(max(test_size) / long side, min(test_size) / short side)``; 1.0 without.
+    """
     if test_size is None:
         return 1.0
     return min(max(test_size) / max(height, width), min(test_size) / min(height, width))
@@ -205,8 +186,7 @@ def _forward(model: nn.Module, x: torch.Tensor, settings: InferenceSettings) -> 
 
 
 def window_starts(length: int, crop: int, stride: int) -> List[int]:
-    """Start offsets of windows of size ``min(crop, length)`` covering ``[0, length)``; the last one
-    ends exactly at ``length``."""
+    """Start offsets of windows of size ``min(crop, length)`` covering ``[0, length)``; the last ends at ``length``."""
     crop = min(crop, length)
     n = max(math.ceil((length - crop) / stride), 0) + 1
     return [min(i * stride, length - crop) for i in range(n)]
@@ -239,17 +219,15 @@ def slide_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSett
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
-    """Logits of ``images`` at full resolution, averaged over scales, flips and windows.
+    """Logits of ``images`` at full resolution, averaged over scales, flips and windows, without gradients.
 
-    The caller puts the model in eval mode and on ``images``' device; gradients are not recorded.
+    The caller puts the model in eval mode and on ``images``' device.
 
     Args:
         model: returns a dict whose ``"out"`` entry holds (N, K, h, w) logits for (N, 3, h, w) inputs.
-        images: normalised images.
-        settings: mode, scales, flip, AMP, memory format.
 
     Shape:
-        images: (B, 3, H, W). Returns (B, K, H, W) float32 mean logits.
+        images: (B, 3, H, W) normalised. Returns (B, K, H, W) float32 mean logits.
     """
     b, _, h, w = images.shape
     base = fit_scale_factor(h, w, settings.test_size)

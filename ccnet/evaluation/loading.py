@@ -1,10 +1,6 @@
-"""Rebuild a trained model from a checkpoint for evaluation and inference.
-
-A checkpoint written by the trainer stores its resolved training config under ``"config"`` (with
-``model`` and ``dataset`` sections), so ``tools/eval.py`` and ``tools/infer.py`` need only its path.
-Command-line ``model`` / ``dataset`` settings are merged over the stored ones: a whole config group
-(``dataset=cityscapes``) replaces the values it defines, single keys (``dataset.root=…``) replace
-just themselves.
+"""Rebuild a trained model from a checkpoint for evaluation and inference: the ``model`` and ``dataset``
+sections stored under its ``"config"``, with command-line settings merged over them (a config group
+replaces the values it defines, a single key just itself).
 """
 
 from __future__ import annotations
@@ -24,24 +20,21 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(UserError, ValueError):
-    """A checkpoint does not fit what it is used with: its weights and the model config, its class
-    count and the dataset's, or it stores no model/dataset config and none was given."""
+    """A checkpoint does not fit what it is used with (weights vs model config, class count vs dataset), or
+    neither it nor the command line holds a model/dataset config.
+    """
 
 
 def merge_section(
     stored: Optional[Mapping[str, Any]], given: Optional[Mapping[str, Any]], whole_group: bool
 ) -> Dict[str, Any]:
-    """Merge a command-line config section over the one stored in a checkpoint.
+    """Merge a command-line config section over the one stored in a checkpoint; interpolations unresolved.
 
     Args:
         stored: the checkpoint's section (plain dict) or None.
         given: the composed command-line section (may contain ``${…}`` interpolations).
-        whole_group: True when a config group was chosen (``dataset=cityscapes``): every key of
-            ``given`` applies, null values included. False: ``given`` holds only placeholders and
-            single-key overrides, and null means "not given", so only non-null keys apply.
-
-    Returns:
-        The merged section, interpolations unresolved.
+        whole_group: a config group was chosen (``dataset=cityscapes``): every key of ``given`` applies,
+            nulls included. False: only non-null keys apply (null means "not given").
     """
     merged: Dict[str, Any] = dict(stored or {})
     for key, value in (given or {}).items():
@@ -58,10 +51,8 @@ def resolve_model_and_dataset(
     dataset_group: bool,
     checkpoint_path: Union[str, Path],
 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The ``model`` and ``dataset`` configs to use: the checkpoint's, with command-line overrides.
-
-    Interpolations such as ``num_classes: ${dataset.num_classes}`` are resolved against the merged
-    result, so a model group picks up the dataset's class count.
+    """The ``model`` and ``dataset`` configs to use: the checkpoint's, with command-line overrides, resolved
+    against the merged result (so ``num_classes: ${dataset.num_classes}`` follows the dataset).
 
     Raises:
         CheckpointMismatchError: neither the checkpoint nor the command line defines a model or a dataset.
@@ -101,14 +92,13 @@ def load_model(
 ) -> nn.Module:
     """Build the model of ``model_cfg``, load the checkpoint's weights strictly, move it to ``device``.
 
-    Pretrained backbone weights are not loaded: the checkpoint overwrites every parameter anyway,
-    and evaluation must neither need the ImageNet file nor download it.
+    No ImageNet weights are loaded: evaluation neither needs nor downloads them.
 
     Raises:
         CheckpointError: a weight or statistic holds NaN or inf (names the file, the first tensors and
             their count).
-        CheckpointMismatchError: the weights do not fit the model (names the checkpoint, the class
-            counts, and the mismatching keys).
+        CheckpointMismatchError: the weights do not fit the model (names the checkpoint, the class counts
+            and the mismatching keys).
     """
     from ccnet.models import build_model
 

@@ -1,20 +1,10 @@
 """Confusion-matrix segmentation metrics: per-class IoU / accuracy, mIoU, mAcc, aAcc.
 
-CCNet (arXiv 1811.11721) reports mean IoU over the 19 Cityscapes classes as defined by the official
-Cityscapes evaluation (cityscapesScripts' ``evalPixelLevelSemanticLabeling``). :class:`SegMetric`
-reproduces that definition exactly on train-id maps:
-
-- pixels whose ground truth is ``ignore_index`` are excluded (the official script excludes ground
-  truth labels with ``ignoreInEval`` from false positives and never scores their rows);
-- predictions outside ``[0, num_classes)`` ("void" predictions, e.g. a label-id map that predicts
-  ``unlabeled``) are wrong for the ground-truth class (a false negative) but a false positive for no
-  class, exactly like the official script's handling of predicted ``ignoreInEval`` label ids;
-- ``IoU_c = TP / (TP + FP + FN)``; a class with ``TP + FP + FN == 0`` (absent from both the ground
-  truth and the prediction) is NaN and excluded from the mean, as in the official script.
-
-The matrix is accumulated on the predictions' device with one ``torch.bincount`` per update (of
-``(K+1)·target + pred``, or for 8-bit maps such as label PNGs of ``256·target + pred`` folded
-afterwards) and can be summed over distributed ranks with :meth:`SegMetric.sync`.
+:class:`SegMetric` reproduces the class-level score of the official Cityscapes evaluation
+(``evalPixelLevelSemanticLabeling``), which CCNet (arXiv 1811.11721) reports, on train-id maps: pixels
+whose ground truth is ``ignore_index`` are not scored; a prediction outside ``[0, K)`` is a false negative
+of the true class and a false positive of none; ``IoU_c = TP / (TP + FP + FN)``, NaN when that is 0 and
+then left out of the mean (docs/evaluation.md#the-metric-and-the-official-cityscapes-evaluation).
 """
 
 from __future__ import annotations
@@ -38,8 +28,8 @@ class SegMetric:
         ignore_index: ground-truth value of pixels that are not evaluated.
 
     Attributes:
-        matrix: (K, K+1) int64 counts; ``matrix[t, p]`` is the number of valid pixels with ground
-            truth ``t`` predicted as ``p``; the last column counts predictions outside ``[0, K)``.
+        matrix: (K, K+1) int64 counts on the predictions' device; ``matrix[t, p]`` is the number of valid
+            pixels of ground truth ``t`` predicted as ``p``; the last column counts predictions outside ``[0, K)``.
 
     Example:
         >>> metric = SegMetric(19)
@@ -74,9 +64,8 @@ class SegMetric:
 
         Raises:
             TypeError: ``pred`` or ``target`` is not an integer tensor (e.g. logits were passed).
-            ValueError: the shapes differ, or ``target`` holds values that are neither a class index
-                nor ``ignore_index`` (a label map in a different encoding, e.g. Cityscapes label ids
-                instead of train ids).
+            ValueError: the shapes differ, or ``target`` holds values that are neither a class index nor
+                ``ignore_index`` (e.g. Cityscapes label ids instead of train ids).
         """
         for name, t in (("pred", pred), ("target", target)):
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -96,8 +85,7 @@ class SegMetric:
         self.matrix += counts  # (K, K+1)
 
     def _byte_counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(K, K+1) counts of 8-bit maps (label PNGs) from their 256x256 joint histogram: four passes
-        over the pixels, then a fold of the small histogram."""
+        """(K, K+1) counts of 8-bit maps from their 256x256 joint histogram, folded."""
         index = target.reshape(-1).to(torch.int32).mul_(256).add_(pred.reshape(-1))
         joint = torch.bincount(index, minlength=256 * 256).view(256, 256)  # (target value, pred value)
         return self._fold(joint)
@@ -116,15 +104,12 @@ class SegMetric:
 
     @torch.no_grad()
     def update_from_histogram(self, joint: torch.Tensor) -> None:
-        """Add counts given as a joint histogram instead of pixel maps.
-
-        ``joint[t, p]`` is the number of pixels with target value ``t`` and predicted value ``p``
-        (e.g. ``cv2.calcHist`` of two 8-bit label maps). The values are folded exactly like
-        :meth:`update` folds pixels: row ``ignore_index`` is dropped, rows ``>= K`` are an error,
-        columns ``>= K`` are void predictions.
+        """Add counts given as a joint histogram ``joint[t, p]`` of (target value, predicted value) pairs, e.g.
+        ``cv2.calcHist`` of two 8-bit label maps; folded like :meth:`update` (row ``ignore_index`` dropped, rows
+        ``>= K`` an error, columns ``>= K`` void predictions).
 
         Shape:
-            joint: (T, P) counts with T, P >= K; float counts (``cv2.calcHist``) are rounded.
+            joint: (T, P) counts with T, P >= K; float counts are rounded.
         """
         if joint.dim() != 2 or min(joint.shape) < self.num_classes:
             raise ValueError(
@@ -137,9 +122,9 @@ class SegMetric:
         self.matrix += self._fold(joint)
 
     def _counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(K, K+1) counts of any integer maps: a joint histogram of (target value, clamped
-        prediction) with rows ``0 .. max(K, ignore_index + 1) - 1``, folded like 8-bit maps.
-        A handful of passes over the pixels and no boolean indexing, so cheap on a CPU too."""
+        """(K, K+1) counts of any integer maps: a joint histogram of (target value, clamped prediction), folded;
+        no boolean indexing, so cheap on a CPU too.
+        """
         k = self.num_classes
         rows = max(k, self.ignore_index + 1)
         p = pred.reshape(-1).to(torch.int64).clamp(max=k)  # column k: "void" predictions >= K
@@ -164,14 +149,10 @@ class SegMetric:
         )
 
     def sync(self) -> None:
-        """Sum the matrix over all distributed ranks in place (no-op without a process group).
-
-        Every rank must call it (it is a collective). Counts travel as int64; gloo reduces on the
-        CPU, so the matrix is moved there and back for that backend.
-        """
+        """Sum the matrix over all distributed ranks in place (a collective; no-op without a process group)."""
         if not dist.is_distributed():
             return
-        on_cpu = torch_dist.get_backend() == "gloo"
+        on_cpu = torch_dist.get_backend() == "gloo"  # gloo reduces on the CPU: move the matrix there and back
         buf = self.matrix.cpu() if on_cpu else self.matrix
         dist.all_reduce_sum(buf)
         self.matrix = buf.to(self.matrix.device)
@@ -180,11 +161,10 @@ class SegMetric:
         """Metrics of everything accumulated so far.
 
         Returns:
-            ``"mIoU"``, ``"mAcc"``: means over classes whose value is not NaN; ``"aAcc"``: correctly
-            classified valid pixels / valid pixels; ``"IoU"``, ``"Acc"``: per-class lists of length K.
-            All values are Python floats in [0, 1] or NaN: ``IoU[c]`` is NaN when class ``c`` occurs
-            in neither the ground truth nor the prediction (of valid pixels), ``Acc[c]`` is NaN when
-            ``c`` is absent from the ground truth; means are NaN only if every class is NaN.
+            ``"mIoU"``, ``"mAcc"``: means over classes whose value is not NaN; ``"aAcc"``: correct valid pixels /
+            valid pixels; ``"IoU"``, ``"Acc"``: per-class lists of length K. Python floats in [0, 1] or NaN:
+            ``IoU[c]`` is NaN when ``c`` is in neither ground truth nor prediction, ``Acc[c]`` when it is not in
+            the ground truth; a mean is NaN only if every class is.
         """
         m = self.matrix.detach().to("cpu", torch.float64)
         k = self.num_classes

@@ -1,8 +1,6 @@
 """Segmenting one image with a checkpoint's model: the code behind ``ccnet.init_model`` /
-``ccnet.inference_model`` and ``tools/infer.py`` (:mod:`ccnet.apps.infer`).
-
-An image is normalised with the training dataset's mean/std and inferred with
-:class:`~ccnet.evaluation.inference.InferenceSettings` (whole/slide, scales, flip, AMP).
+``ccnet.inference_model`` and ``tools/infer.py``; images are normalised with the training dataset's
+mean/std and inferred with :class:`~ccnet.evaluation.inference.InferenceSettings`.
 """
 
 from __future__ import annotations

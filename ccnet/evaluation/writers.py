@@ -1,22 +1,10 @@
-"""Write predicted class maps to disk: colour PNGs, raw class-id PNGs, Cityscapes label ids, overlays.
+"""Write predicted class maps to disk in the ``formats`` of tools/eval.py and tools/infer.py: ``color`` (RGB,
+dataset palette, ignore black), ``trainid`` (8-bit class indices), ``cityscapes`` (8-bit Cityscapes label
+ids, the test server's format) and ``overlay`` (the input blended with the colours, optionally a legend).
 
-Formats (``formats`` of tools/eval.py and tools/infer.py):
-
-- ``color``: RGB PNG, every class painted with the dataset palette (ignore/void black).
-- ``trainid``: single-channel 8-bit PNG of class indices ``0..K-1`` (what the model predicts).
-- ``cityscapes``: single-channel 8-bit PNG of Cityscapes *label ids* (``road`` = 7, …), the format of
-  the Cityscapes test server and of cityscapesScripts' ``evalPixelLevelSemanticLabeling``.
-- ``overlay``: RGB PNG, the input image blended with the colour prediction; with ``legend: true`` a
-  band below it names the colours of the classes in the prediction.
-
-Files mirror the input relative to ``input_root`` (``tools/infer.py``: the folder given, or the file's
-own folder): ``<input_root>/<sub>/<stem>.<ext>`` becomes ``<save_dir>/<sub>/<stem>.png``. Without an
-input root (dataset images, ``tools/eval.py``) the image's folder name is kept:
-``…/<folder>/<stem>.<ext>`` becomes ``<save_dir>/<folder>/<stem>.png`` (Cityscapes:
-``<city>/<city>_<seq>_<frame>_leftImg8bit.png``, the names the test server matches on). Each format
-gets its own subfolder ``<save_dir>/<format>/`` when several are written. With a
-:class:`~ccnet.utils.manifest.OutputManifest`, every file written is recorded in the output folder's
-``manifest.txt``, so that later runs replace only files the tool wrote.
+``<input_root>/<sub>/<stem>.<ext>`` becomes ``<save_dir>/[<format>/]<sub>/<stem>.png``; without an input
+root the image's folder name is kept (Cityscapes: ``<city>/<name>_leftImg8bit.png``, as the test server
+matches). With an :class:`~ccnet.utils.manifest.OutputManifest` every file written is recorded.
 """
 
 from __future__ import annotations
@@ -71,17 +59,14 @@ class PredictionWriter:
         alpha: weight of the prediction in ``overlay``.
         num_classes: classes the model predicts; ``cityscapes`` needs the 19 Cityscapes train ids.
         key: the setting that named ``formats``, for error messages.
-        input_root: outputs mirror the inputs' paths relative to this folder; None keeps each
-            image's folder name.
-        legend: append a legend of the predicted classes below each ``overlay`` (see
-            :func:`ccnet.utils.visualize.add_legend`); the overlay is then taller than the input.
+        input_root: outputs mirror the inputs' paths relative to this folder; None keeps each image's folder name.
+        legend: append a legend of the predicted classes below each ``overlay`` (then taller than the input).
         classes: class names, needed for ``legend``.
-        manifest: records every written file (see :mod:`ccnet.utils.manifest`); its folder must
-            contain ``save_dir``.
+        manifest: records every written file; its folder must contain ``save_dir``.
 
     Raises:
-        ConfigError: unknown format, or ``cityscapes`` for a model that does not predict the 19
-            Cityscapes classes (naming ``key``).
+        ConfigError: unknown format, or ``cityscapes`` for a model that does not predict the 19 Cityscapes
+            classes (naming ``key``).
         ValueError: a palette with fewer colours than classes, or ``legend`` without enough class names.
     """
 
@@ -140,18 +125,14 @@ class PredictionWriter:
     def write(
         self, pred: np.ndarray, image_path: Union[str, Path], image: Optional[np.ndarray] = None
     ) -> Dict[str, Path]:
-        """Write ``pred`` in every format.
+        """Write ``pred`` in every format; returns the written path per format.
 
         Args:
-            pred: predicted class indices.
             image_path: the input's path (names the outputs).
             image: the input picture, needed for ``overlay``.
 
         Shape:
             pred: (H, W) integer. image: (H, W, 3) uint8 RGB.
-
-        Returns:
-            Written path per format.
         """
         pred = np.asarray(pred)
         written: Dict[str, Path] = {}
@@ -185,8 +166,7 @@ class PredictionWriter:
 
 
 def check_unique_outputs(writer: PredictionWriter, image_paths: Sequence[Union[str, Path]]) -> None:
-    """Refuse two inputs that map to the same output file (e.g. ``a/x.jpg`` and ``a/x.png``, or
-    ``p/a/x.png`` and ``q/a/x.png``), which would silently overwrite one prediction with another.
+    """Refuse two inputs that map to the same output file (e.g. ``a/x.jpg`` and ``a/x.png``).
 
     Raises:
         OutputConflictError: naming both inputs and the shared output.

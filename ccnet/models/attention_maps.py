@@ -1,15 +1,10 @@
 """Attention maps of the recurrent criss-cross head for one pixel (CCNet, arXiv 1811.11721, Fig. 1 / Sec. 3.2).
 
-Loop r of the RCCA head computes, for every feature position u, weights ``A_r[u, p]`` over the
-positions p of u's row and column (:func:`ccnet.models.cca.criss_cross_attention_weights`). Loop 1
-alone reaches only u's cross. The information u gathers after two loops comes from q through every
-intermediate p, so its *effective* loop-2 map is the composition ``Σ_p A_2[u, p] · A_1[p, q]`` — it
-covers the whole image, because any q is linked to u by p = (row of u, column of q) or (row of q,
-column of u). Loop r's effective map composes loops 1..r in the same way.
-
-Used by ``tools/visualize_attention.py`` (PNG files) and, through :func:`attention_panel`, by the
-training loop's TensorBoard image panels; the overlays themselves are drawn by
-:mod:`ccnet.utils.visualize`.
+Loop r gives every feature position u weights ``A_r[u, p]`` over its row and column
+(:func:`ccnet.models.cca.criss_cross_attention_weights`). The effective loop-2 map of u is the composition
+``Σ_p A_2[u, p] · A_1[p, q]``, which covers the whole image (p = (row of u, column of q) or (row of q,
+column of u)); loop r composes loops 1..r alike. For ``tools/visualize_attention.py`` and the trainer's
+TensorBoard panels.
 """
 
 from __future__ import annotations
@@ -44,8 +39,8 @@ def rcca_attention_maps(model: Any, image: Tensor, pixel: Tuple[int, int]) -> Li
         pixel: (row, column) in image pixels; mapped to its feature position.
 
     Returns:
-        One map per loop, each summing to 1: loop 1 is non-zero only on the pixel's cross, loop
-        r >= 2 composes loops 1..r.
+        One map per loop, each summing to 1: loop 1 non-zero only on the pixel's cross, loop r >= 2
+        composing loops 1..r.
 
     Shape:
         image: (3, H, W). Each map: (h, w), the feature resolution.
@@ -93,16 +88,11 @@ def attention_panel(
     """Side-by-side ``input | loop 1 | loop 2 | ...`` attention overlays for one pixel, for TensorBoard.
 
     Args:
-        model: a CCNet with an RCCA head (see :func:`rcca_attention_maps`).
-        image: one normalised image.
         pixel: (row, column); the image centre when None.
         mean, std: the normalisation to undo for display.
 
-    Returns:
-        RGB uint8 panel.
-
     Shape:
-        image: (3, H, W). Returns (H, W * (1 + recurrence), 3).
+        image: (3, H, W) normalised. Returns (H, W * (1 + recurrence), 3) uint8 RGB.
     """
     height, width = image.shape[-2:]
     pixel = pixel if pixel is not None else (height // 2, width // 2)

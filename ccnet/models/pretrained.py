@@ -1,30 +1,11 @@
-"""ImageNet weights for the ResNet backbones (``model.weights``).
+"""ImageNet weights for the ResNet backbones (``model.weights``): a torchvision enum member (downloaded into
+``$TORCH_HOME/hub/checkpoints``), ``timm:NAME`` (timm optional), or a local file holding a backbone state
+dict (bare or under ``state_dict`` / ``model``, keys optionally prefixed ``backbone.`` or ``module.``).
 
-Three sources:
-
-* a torchvision enum member (``IMAGENET1K_V2`` or ``ResNet101_Weights.IMAGENET1K_V2``), which
-  torchvision downloads into ``$TORCH_HOME/hub/checkpoints`` on first use;
-* ``timm:NAME``: ``timm.create_model(NAME, pretrained=True)``'s weights (timm is optional);
-* a local file holding a backbone state dict (bare, or under ``state_dict`` / ``model``, with an
-  optional ``backbone.`` or ``module.`` prefix on every key).
-
-A state dict may come in any of four namings, recognised from its keys:
-
-=============  ====================================================  ==================================
-layout         stem keys                                             published files
-=============  ====================================================  ==================================
-torchvision    ``conv1`` (7×7), ``bn1``                              torchvision ``ResNet*_Weights``
-ccnet          ``conv1/bn1``, ``conv2/bn2``, ``conv3/bn3``           the official release's ImageNet
-                                                                     file; this framework's backbones
-timm           ``conv1.{0,3,6}`` convs, ``conv1.{1,4}`` norms,       ``resnet101s.gluon_in1k``
-               ``bn1`` = the stem's last norm                        (64-64-128), ``resnet{50,101}c``
-mmseg          ``stem.{0,3,6}`` convs, ``stem.{1,4,7}`` norms        open-mmlab ``resnet{50,101}_v1c``
-=============  ====================================================  ==================================
-
-Residual stages are named alike in all four (``layerN.i.{conv,bn}{1,2,3}``, ``downsample.{0,1}``).
-The mapping is strict: every tensor of the backbone must be filled with a tensor of its shape, and
-only an ImageNet classifier (``fc.*``) may be left over; otherwise :class:`PretrainedWeightsError`
-lists the missing, unexpected and mis-shaped keys and names the layout it assumed.
+A state dict may use any naming of :data:`LAYOUTS` (torchvision, the release's ``ccnet``, timm, mmseg),
+told apart by its stem keys; residual stages are named alike in all. The mapping is strict: every
+backbone tensor must be filled with one of its shape and only an ImageNet ``fc.*`` may be left over
+(docs/models.md#imagenet-weights).
 """
 
 from __future__ import annotations
@@ -194,15 +175,14 @@ def load_backbone_weights(backbone: nn.Module, weights: str, depth: Optional[int
     """Initialise ``backbone`` from ``weights`` (see :func:`read_backbone_state`), in any layout.
 
     Args:
-        backbone: the module to initialise.
         weights: a file path, ``timm:NAME``, or a torchvision enum member.
         depth: ResNet depth, needed to resolve a torchvision enum member.
-        strict: fail unless every backbone tensor is filled and only ``fc.*`` is left over; False
-            loads the overlap and logs what did not fit.
+        strict: fail unless every backbone tensor is filled and only ``fc.*`` is left over; False loads the
+            overlap and logs what did not fit.
 
     Raises:
-        PretrainedWeightsError: as :func:`read_backbone_state`, or the weights do not fit (the
-            message lists the keys and names the assumed layout).
+        PretrainedWeightsError: as :func:`read_backbone_state`, or the weights do not fit (the message lists
+            the keys and names the assumed layout).
     """
     state, source = read_backbone_state(weights, depth)
     layout = detect_layout(state)

@@ -24,11 +24,10 @@ NORMS = ("bn", "syncbn", "frozen_bn")
 class CCNet(nn.Module):
     """Backbone, context head and optional auxiliary head.
 
-    ``forward`` returns a dict of logits upsampled to the input size: ``"out"`` always, ``"aux"``
-    in training mode when an auxiliary head exists. With ``return_features=True`` it also returns
-    ``"features"``, the head's fused features before the classifier (at feature resolution). With a
-    ``ccl_proj`` it returns ``"ccl_features"`` in training mode: those features projected by it, the
-    input of the category-consistent loss (:class:`ccnet.engine.losses.CategoryConsistentLoss`).
+    ``forward`` returns logits upsampled to the input size: ``"out"``, and in training mode ``"aux"`` (with
+    an auxiliary head) and ``"ccl_features"`` (with ``ccl_proj``: the fused features it projects, the input
+    of :class:`ccnet.engine.losses.CategoryConsistentLoss`). ``return_features=True`` adds ``"features"``,
+    the head's fused features before the classifier, at feature resolution.
 
     Args:
         backbone: module returning ``{"layer3", "layer4"}`` features.
@@ -80,9 +79,9 @@ class CCNet(nn.Module):
 
 
 def make_norm_layer(name: str) -> Callable[[int], nn.Module]:
-    """``bn`` (BatchNorm2d), ``syncbn`` (BatchNorm2d, converted to SyncBatchNorm by the trainer when a
-    process group exists — ``nn.SyncBatchNorm.convert_sync_batchnorm``) or ``frozen_bn`` (fixed
-    statistics and affine parameters, for small per-GPU batches when fine-tuning)."""
+    """``bn`` (BatchNorm2d), ``syncbn`` (BatchNorm2d, converted to SyncBatchNorm by the trainer under a process
+    group) or ``frozen_bn`` (fixed statistics and affine parameters, for small per-GPU batches).
+    """
     if name in ("bn", "syncbn"):
         return nn.BatchNorm2d
     if name == "frozen_bn":
@@ -96,17 +95,14 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
-    """Build a CCNet from a model config (``configs/model/*.yaml``; every key: docs/models.md).
-
-    The backbone is ``BACKBONES[cfg.backbone]`` (:mod:`ccnet.models.backbones`), the context head
-    ``HEADS[cfg.context]`` (:mod:`ccnet.models.heads`), plus the auxiliary FCN head (``aux``) and the
-    category-consistent loss's projection (``ccl``).
+    """Build a CCNet from a model config (``configs/model/*.yaml``; every key: docs/models.md): backbone
+    ``BACKBONES[cfg.backbone]``, context head ``HEADS[cfg.context]``, the auxiliary FCN head (``aux``) and the
+    CCL projection (``ccl``).
 
     Args:
         cfg: the ``model`` config node (a DictConfig or plain dict) with ``num_classes`` resolved.
-        pretrained: load ``weights`` into the backbone. False when a checkpoint will overwrite every
-            tensor anyway (evaluation, resume, fine-tuning, conversion, benchmarks): nothing is read
-            or downloaded then.
+        pretrained: load ``weights`` into the backbone; False when a checkpoint will overwrite every tensor
+            (nothing is read or downloaded then).
 
     Returns:
         The model, in training mode.

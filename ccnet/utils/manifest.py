@@ -1,13 +1,10 @@
 """Which files in an output folder a tool wrote, so that a later run replaces those and nothing else.
 
-No tool writes over a file it did not create. Before writing anything, a run lists every path it
-will write and :meth:`OutputManifest.claim` refuses the whole run (one :class:`OutputConflictError`)
-when a path is one of the run's inputs (compared resolved, so a symlink to an input counts) or
-already exists without an earlier run of the same tool having written it there. What each run
-writes is appended to ``<folder>/manifest.txt`` as it is written, one ``<tool> <relative path>``
-line per file, so a run that crashes half-way has still recorded its files. :class:`OutputFiles` does
-the same for files whose paths the user gives one by one (``--out``, ``--onnx``): each is recorded
-in the manifest of its own folder.
+Before writing, a run lists every path it will write; :meth:`OutputManifest.claim` refuses the whole run
+when one is an input (resolved, so symlinks count) or exists without an earlier run of the same tool
+having written it. Each file is appended to ``<folder>/manifest.txt`` (``<tool> <relative path>``) as it
+is written, so a crashed run has recorded its files. :class:`OutputFiles` does the same for paths given
+one by one (``--out``, ``--onnx``), each in its own folder's manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +22,9 @@ SHOWN = 5  # conflicting files named in the message
 
 
 class OutputConflictError(UserError, ValueError):
-    """A run would write over a file it may not replace (an input, another of its own outputs, or a
-    file no earlier run of the same tool wrote into the output folder); nothing was written."""
+    """A run would write over a file it may not replace (an input, another of its outputs, or a file no earlier
+    run of the same tool wrote there); nothing was written.
+    """
 
 
 def _read(path: Path) -> Dict[str, Set[str]]:
@@ -79,7 +77,7 @@ class OutputManifest:
         return self._owns(path, os.path.realpath(self.folder))
 
     def _owns(self, path: Union[str, Path], real_folder: str) -> bool:
-        """:meth:`owns` with the folder's real path computed once (a claim may ask for 40000 files)."""
+        """:meth:`owns` with the folder's real path computed once."""
         if self.relative(path) not in self._recorded:
             return False
         try:
@@ -96,9 +94,7 @@ class OutputManifest:
         key: str = "output_dir",
         fix: Optional[str] = None,
     ) -> None:
-        """Check that this run may write every path of ``outputs``, writing nothing (not even the
-        folder): for a run that must refuse before long work but may still fail before its first
-        file, which then starts the manifest (:meth:`record`).
+        """Check that this run may write every path of ``outputs``, writing nothing (not even the folder).
 
         Args:
             outputs: every file the run will write, below the folder.
@@ -134,8 +130,7 @@ class OutputManifest:
     def claim(
         self, outputs: Iterable[Union[str, Path]], inputs: Iterable[Union[str, Path]] = (), key: str = "output_dir"
     ) -> None:
-        """Check that this run may write every path of ``outputs`` (:meth:`check`), then start the
-        manifest file (creating the folder).
+        """:meth:`check`, then start the manifest file (creating the folder).
 
         Raises:
             OutputConflictError: naming the first few conflicting files, their count and the fix.
@@ -146,9 +141,9 @@ class OutputManifest:
             self.path.write_text(HEADER, encoding="utf-8")
 
     def record(self, path: Union[str, Path]) -> None:
-        """Append ``path`` (just written) to the manifest; one ``write`` per line, so lines from
-        several processes (the ranks of a torchrun evaluation) do not interleave. A name with a line
-        break is not recorded: a later run then refuses to replace that file, never the reverse."""
+        """Append ``path`` (just written) to the manifest in one ``write``, so lines of several processes do not
+        interleave; a name with a line break is not recorded (a later run then refuses to replace it).
+        """
         rel = self.relative(path)
         if rel in self._recorded or "\n" in rel or "\r" in rel:
             return
@@ -164,9 +159,8 @@ class OutputManifest:
 
 
 class OutputFiles:
-    """Files at paths the user names one by one (``--out``, ``--onnx``, a destination), each in the
-    manifest of its own folder: :meth:`check` all of them before any work, :meth:`record` each once
-    written.
+    """Files at paths the user names one by one, each in its own folder's manifest: :meth:`check` them all
+    before any work, :meth:`record` each once written.
 
     Args:
         tool: the writing tool's name; a run may replace only files recorded under it.

@@ -1,10 +1,5 @@
-"""Output folders of the tools: one run per folder, and no empty folder left by a failed run.
-
-:func:`hold_folder` locks a run's folder (``work_dir`` of training, ``output_dir`` of eval/infer) for
-the run's life. Hydra creates the folder and its log file before the tool's code runs, and the
-trainer writes ``config.yaml`` early; a run that then fails on a wrong setting would leave a folder
-holding only those: :func:`discard_if_empty_on_failure` removes such a folder again, and only such a
-folder.
+"""Output folders of the tools: one run per folder (:func:`hold_folder`), and no folder left holding only a
+failed run's start-up files (Hydra's log, ``config.yaml``, the lock: :func:`discard_if_empty_on_failure`).
 """
 
 from __future__ import annotations
@@ -39,11 +34,10 @@ def _sizes(directory: Path) -> Dict[str, int]:
 def discard_if_empty_on_failure(
     directory: Union[str, Path], housekeeping: Sequence[str] = HOUSEKEEPING
 ) -> Iterator[None]:
-    """On an exception (or exit) inside the block, remove what this run left and nobody needs: the
-    housekeeping files that were empty or absent when the block started and the lock file this run
-    created, and then ``directory`` itself when nothing else is in it (nothing of an earlier run, no
-    result of this one, none of the user's files). The exception propagates. Call it on one process
-    only (rank 0)."""
+    """On an exception (or exit) inside the block, remove the housekeeping files that were empty or absent when
+    it started and the lock file this run created, then ``directory`` itself if nothing else is in it. The
+    exception propagates. Call it on one process only (rank 0).
+    """
     directory = Path(directory)
     before = _sizes(directory)
     try:
@@ -93,8 +87,7 @@ class FolderLock:
     depth: int = 1
 
     def restore(self) -> None:
-        """Put the lock file back as it was (removed if this run created it), for a run that refuses
-        the folder: it must leave no mark that would make the folder look like a run's own."""
+        """Put the lock file back as it was (removed if this run created it), for a run that refuses the folder."""
         if self.fd < 0:
             return
         if self.created:
@@ -164,12 +157,13 @@ def _acquire(folder: Path, tool: str, key: str) -> FolderLock:
 
 @contextlib.contextmanager
 def hold_folder(folder: Union[str, Path], tool: str, key: str = "output_dir") -> Iterator[FolderLock]:
-    """Hold an exclusive lock on ``folder`` (created if needed) for the block: a second run that asks
-    for the same folder fails at once with :class:`FolderInUseError`, naming the holder's PID, host
-    and command. The lock is ``flock`` on ``folder/run.lock``, so it dies with the process: a killed
-    run never blocks the next one (a restarted torchrun attempt, a requeued Slurm job). Re-entrant
-    within one process (``train(cfg)`` under ``tools/train.py``). ``key`` is the setting that names
-    the folder, for the message. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """Hold an exclusive lock on ``folder`` (created if needed) for the block.
+
+    The lock is ``flock`` on ``folder/run.lock``, so it dies with the process; re-entrant within one process;
+    nothing is locked where ``fcntl`` is missing (Windows). ``key`` is the setting that names the folder.
+
+    Raises:
+        FolderInUseError: another live process holds it (names its PID, host and command).
     """
     folder = Path(folder).resolve()
     held = _held.get(folder)

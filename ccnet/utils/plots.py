@@ -1,11 +1,7 @@
-"""Evaluation plots: a per-class IoU bar chart and a row-normalised confusion-matrix heat map.
-
-Written by ``tools/eval.py`` next to ``metrics.json`` and by the trainer to TensorBoard at every
-validation. The numbers each plot shows are computed by plain functions (:func:`row_normalized`,
-:func:`confusion_plot_data`) so that they can be tested without reading pictures.
-
-matplotlib (Agg backend, no display needed) is imported inside the plotting functions only, so that
-``import ccnet`` stays fast and tools that never plot never load it.
+"""Evaluation plots: a per-class IoU bar chart and a row-normalised confusion-matrix heat map, for
+``tools/eval.py`` and the trainer's TensorBoard. The numbers come from plain functions
+(:func:`row_normalized`, :func:`confusion_plot_data`) testable without pictures; matplotlib (Agg) is
+imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -26,15 +22,12 @@ MAX_ANNOTATED_CLASSES = 20
 def row_normalized(confusion: np.ndarray) -> np.ndarray:
     """Each row divided by its sum: ``out[t, p]`` is the fraction of ground-truth-``t`` pixels predicted ``p``.
 
-    Args:
-        confusion: Pixel counts, rows = ground truth, columns = prediction.
-
     Returns:
-        Float64 fractions; every row sums to 1, except rows of classes absent from the ground truth,
-        which are NaN (there is nothing to divide, and 0 would read as "never predicted right").
+        Float64 fractions; each row sums to 1, except rows of classes absent from the ground truth, which are
+        NaN (0 would read as "never predicted right").
 
     Shape:
-        confusion: (R, C). Returns (R, C).
+        confusion: (R, C), rows = ground truth. Returns (R, C).
     """
     counts = np.asarray(confusion, dtype=np.float64)
     if counts.ndim != 2:
@@ -45,8 +38,8 @@ def row_normalized(confusion: np.ndarray) -> np.ndarray:
 
 
 def most_confused(confusion: np.ndarray, k: int) -> np.ndarray:
-    """Indices (ascending) of the ``k`` classes with the most misclassified pixels, counting both the
-    pixels of the class predicted as another (row) and other classes' pixels predicted as it (column).
+    """Indices (ascending) of the ``k`` classes with the most misclassified pixels, as ground truth (row) and as
+    prediction (column).
 
     Shape:
         confusion: (K, K). Returns (min(k, K),) int64.
@@ -61,21 +54,14 @@ def confusion_plot_data(
 ) -> Tuple[np.ndarray, List[str], List[str]]:
     """The numbers :func:`plot_confusion_matrix` draws, with the row and column names.
 
-    Up to ``max_classes`` classes: the full row-normalised matrix. Above (ADE20K's 150 classes would
-    give unreadable 1-pixel cells and labels), the ``max_classes`` most confused classes (see
-    :func:`most_confused`) in dataset order, plus an ``other`` column holding each row's pixels
-    predicted as any class not shown, so rows still sum to 1.
-
-    Args:
-        confusion: Integer pixel counts of the K classes, rows = ground truth, columns = prediction.
-        classes: K class names.
-        max_classes: Most classes shown.
+    Up to ``max_classes`` classes, the full row-normalised matrix; above, the ``max_classes`` most confused
+    classes in dataset order plus an ``other`` column for the pixels predicted as a class not shown.
 
     Returns:
         (fractions, row names, column names).
 
     Shape:
-        confusion: (K, K). fractions: (K, K), or (max_classes, max_classes + 1) when cut.
+        confusion: (K, K) integer counts. fractions: (K, K), or (max_classes, max_classes + 1) when cut.
     """
     counts = np.asarray(confusion, dtype=np.int64)
     k = len(classes)
@@ -122,21 +108,16 @@ def plot_per_class_iou(
     path: Optional[Union[str, Path]] = None,
     title: str = "Per-class IoU",
 ) -> np.ndarray:
-    """Horizontal bar chart of per-class IoU in dataset order (top to bottom, as in the eval table),
-    with a dashed line at the mIoU; classes absent from ground truth and prediction (NaN) say "n/a".
+    """Horizontal bar chart of per-class IoU in dataset order, with a dashed line at the mIoU; NaN classes say "n/a".
 
     Args:
         iou: IoU per class in [0, 1] or NaN.
-        classes: Class names.
-        miou: The mean drawn as a line and given in the title; default: the mean of the non-NaN values.
-        path: Also write the picture there as PNG.
-        title: Title; the mIoU is appended.
-
-    Returns:
-        The picture, 700 px wide and ~22 px per class high.
+        miou: the mean drawn and given in the title; default the mean of the non-NaN values.
+        path: also write the picture there as PNG.
+        title: title; the mIoU is appended.
 
     Shape:
-        iou: (K,). Returns (H, W, 3) uint8.
+        iou: (K,). Returns (H, W, 3) uint8, 700 px wide and ~22 px per class high.
     """
     if len(iou) != len(classes):
         raise ValueError(f"{len(iou)} IoU values for {len(classes)} classes")
@@ -190,22 +171,16 @@ def plot_confusion_matrix(
     path: Optional[Union[str, Path]] = None,
     max_classes: int = MAX_CONFUSION_CLASSES,
 ) -> np.ndarray:
-    """Heat map of the row-normalised confusion matrix (:func:`confusion_plot_data`): rows = ground
-    truth, columns = prediction, class names on both axes, percentages in the cells up to 20 classes;
-    rows of classes absent from the ground truth are grey.
+    """Heat map of the row-normalised confusion matrix (:func:`confusion_plot_data`): rows = ground truth,
+    percentages in the cells up to 20 classes, rows of classes absent from the ground truth grey.
 
     Args:
-        confusion: Integer pixel counts, rows = ground truth, columns = prediction.
-        classes: K class names.
-        path: Also write the picture there as PNG.
-        max_classes: Above this many classes only the most confused ones are shown (see
-            :func:`confusion_plot_data`).
-
-    Returns:
-        The picture (about 900 x 850 px for 19 classes).
+        confusion: integer pixel counts, rows = ground truth, columns = prediction.
+        path: also write the picture there as PNG.
+        max_classes: above this many classes only the most confused ones are shown.
 
     Shape:
-        confusion: (K, K). Returns (H, W, 3) uint8.
+        confusion: (K, K). Returns (H, W, 3) uint8 (about 900 x 850 px for 19 classes).
     """
     fractions, row_names, col_names = confusion_plot_data(confusion, classes, max_classes)
     plt = _pyplot()

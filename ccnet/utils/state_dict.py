@@ -1,15 +1,10 @@
 """Strict renaming of a foreign state dict onto one of our modules (a whole model, or a backbone).
 
-A mapping is a list of :class:`Rule` s (source-key regex → target-key template, optional value
-transform) plus patterns of source keys that are deliberately dropped (e.g. loss-function buffers).
-:func:`remap_state_dict` applies them against the target model's own state dict and refuses to
-produce a partial result: every source key must be consumed (mapped or explicitly dropped), every
-target key filled, and every shape must match. Otherwise it raises :class:`ConversionError` with a
-report listing the unconsumed, missing and mismatched keys.
-
-The one tolerated gap is ``num_batches_tracked``: InPlace-ABN layers (the official CCNet release)
-have no such buffer. It only matters for BatchNorm with ``momentum=None``, so it is set to 0 and
-listed as "defaulted" in the report.
+A mapping is a list of :class:`Rule` s (source-key regex -> target-key template, optional value
+transform) plus patterns of source keys deliberately dropped. :func:`remap_state_dict` never returns a
+partial result: every source key consumed, every target key filled, every shape matching, else
+:class:`ConversionError` with a report. The one tolerated gap is ``num_batches_tracked`` (InPlace-ABN, the
+official release, has none; it matters only with ``momentum=None``): set to 0 and reported "defaulted".
 """
 
 from __future__ import annotations
@@ -33,10 +28,8 @@ class Rule:
     Args:
         pattern: regular expression matched against the whole source key.
         template: target key, may use the pattern's groups (``\\1``, ``\\g<name>``).
-        transform: applied to the value (e.g. reorder input channels), after the shape check of
-            ``reshape``.
-        reshape: accept a value whose shape differs from the target's when the number of elements
-            agrees (mmcv's ``Scale`` stores γ as a 0-d tensor, ours is shape (1,)).
+        transform: applied to the value after the shape check of ``reshape``.
+        reshape: accept another shape with the same number of elements (mmcv's ``Scale`` stores γ 0-d, ours (1,)).
         note: what ``transform`` does, for the report (keys sharing a note are counted together).
     """
 

@@ -64,18 +64,14 @@ DEFAULT_PALETTE: Tuple[RGB, ...] = (
 
 
 def distinct_palette(num_colors: int) -> List[RGB]:
-    """``num_colors`` distinct colours: :data:`DEFAULT_PALETTE`, then as many more as needed.
+    """``num_colors`` distinct colours, never black: :data:`DEFAULT_PALETTE`, then as many more as needed.
 
-    Further colours are chosen greedily, Glasbey-style, from a 16-level RGB grid: each is the grid colour
-    farthest (Euclidean RGB) from black (the ignore colour) and every colour already chosen, the first
-    such in grid order on ties. The result is deterministic and every prefix is the palette of fewer
-    classes, so a class keeps its colour when classes are added.
+    Further colours are chosen greedily, Glasbey-style, from a 16-level RGB grid: each the grid colour
+    farthest (Euclidean RGB) from black and every colour already chosen, the first in grid order on ties.
+    Deterministic, and every prefix is the palette of fewer classes.
 
     Args:
-        num_colors: How many colours, at most 4096 (the grid size).
-
-    Returns:
-        ``num_colors`` distinct (r, g, b) tuples, never black.
+        num_colors: how many colours, at most 4096 (the grid size).
     """
     if not 0 <= num_colors <= 16**3:
         raise ValueError(f"distinct_palette: num_colors must be in [0, 4096], got {num_colors}")
@@ -134,19 +130,14 @@ def denormalize(
 def heat_overlay(
     image: np.ndarray, heat: Tensor, pixel: Optional[Tuple[int, int]] = None, alpha: float = 0.6
 ) -> np.ndarray:
-    """Blend a heat map (upsampled to the image size, scaled to its maximum) over an RGB image.
+    """Blend a heat map, upsampled nearest to the image size and scaled to its maximum, over an RGB image.
 
     Args:
-        image: RGB uint8 image.
-        heat: non-negative map at any resolution (nearest upsampling keeps feature cells visible).
         pixel: (row, column) to mark with a white cross-hair circle, or None.
         alpha: weight of the heat colours.
 
-    Returns:
-        The blended RGB uint8 image.
-
     Shape:
-        image: (H, W, 3). heat: (h, w). Returns (H, W, 3).
+        image: (H, W, 3) uint8. heat: (h, w) non-negative. Returns (H, W, 3) uint8.
     """
     height, width = image.shape[:2]
     heat = F.interpolate(heat[None, None].float().cpu(), size=(height, width), mode="nearest")[0, 0]
@@ -174,17 +165,13 @@ def legend_entries(
     """What a legend lists: (name, colour) per class shown, and a note on the classes left out.
 
     Args:
-        palette: One RGB colour per class.
-        classes: One name per class.
-        maps: Label and/or prediction maps of the picture; only the classes occurring in them are listed
-            (and "ignore" when ``ignore_index`` occurs). None lists every class.
-        ignore_index: Label value of unlabelled pixels.
-        max_entries: At most this many classes are listed; when more occur, those with the most pixels
-            are kept (still in class order), so a 150-class legend stays smaller than the picture.
+        maps: label and/or prediction maps of the picture; only their classes are listed (and "ignore" when
+            ``ignore_index`` occurs). None lists every class.
+        max_entries: at most this many classes; when more occur, those with the most pixels are kept (in
+            class order).
 
     Returns:
-        The entries in class order (then "ignore"), and None or a note such as
-        ``"+147 of 150 classes absent"`` (absent from the maps).
+        The entries in class order (then "ignore"), and None or a note such as ``"+147 of 150 classes absent"``.
 
     Shape:
         maps: each (H, W) integer, any sizes.
@@ -246,26 +233,15 @@ def add_legend(
     dark: bool = False,
     font_size: Optional[int] = None,
 ) -> np.ndarray:
-    """The picture with a legend band below it: a colour square and the class name per class.
-
-    Entries flow left to right and wrap onto as many rows as the picture's width needs; each square
-    has a grey outline so black ("ignore") and white swatches show on either band. See
-    :func:`legend_entries` for which classes are listed.
+    """The picture with a legend band below it: a colour square (grey outline) and the class name per class,
+    wrapping onto as many rows as the width needs; :func:`legend_entries` decides which classes.
 
     Args:
-        image: RGB picture (a panel, an overlay, ...).
-        palette: One RGB colour per class.
-        classes: One name per class.
-        maps: Label/prediction maps of the picture: list only the classes in them; None: all classes.
-        ignore_index: Label value of unlabelled pixels (listed as "ignore" when it occurs).
-        max_entries: Most classes listed; the others are counted in a note.
-        dark: Dark band with white text (for dark viewers such as TensorBoard's dark mode) instead of
-            white with black text.
-        font_size: Text height in pixels; default scales with the width (11 px up to ~700 px wide,
-            at most 32 px).
-
-    Returns:
-        The picture with the band appended below.
+        maps: label/prediction maps of the picture: list only the classes in them; None: all classes.
+        ignore_index: label value of unlabelled pixels (listed as "ignore" when it occurs).
+        max_entries: most classes listed; the others are counted in a note.
+        dark: dark band with white text (TensorBoard's dark mode) instead of white with black text.
+        font_size: text height in pixels; default scales with the width (11 px up to ~700 px, at most 32).
 
     Shape:
         image: (H, W, 3) uint8. Returns (H + band height, W, 3) uint8.

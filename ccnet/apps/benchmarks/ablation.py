@@ -1,27 +1,13 @@
 """Summary of the recurrence ablation (CCNet, arXiv 1811.11721, Sec. 4.3, Tables 3 and 5).
 
-``scripts/ablation_recurrence.sh`` trains one run per (context, R, seed) with Hydra multirun; this
-module reads every run directory under a root (``config.yaml`` + ``metrics.jsonl``, as written by
-:func:`ccnet.engine.train`), groups the runs by (context, R) and prints a markdown table:
-
-* val mIoU of the final validation, mean ± std over seeds;
-* on the synthetic long-range set, the pixel accuracy on the grey shapes, whose class is only
-  visible at the distant key: those one criss-cross hop from it (aligned) and those two hops from
-  it (diagonal), computed from each run's last checkpoint (:func:`ccnet.data.synthetic.region_masks`);
-* the context head's GFLOPs (``torch.utils.flop_counter.FlopCounterMode``, a multiply-add counts 2),
-  the part of them the context module adds (head GFLOPs minus those of the same head without
-  context) and the head's peak memory of one forward pass on a single input at the training crop's
-  feature size (:func:`ccnet.apps.benchmarks.common.peak_memory`, the meter of every benchmark) —
-  properties of the architecture, identical across seeds. Both are measured with the reference
-  criss-cross implementation (``use_implementation("reference")``), so they describe the operator
-  as the paper defines it rather than a particular kernel;
-* training wall time (``train_time_s`` of the last validation record), mean over seeds.
+Reads every run under a root (``config.yaml`` + ``metrics.jsonl``, from ``scripts/ablation_recurrence.sh``),
+groups them by (context, R) and prints a markdown table: final val mIoU (mean ± std over seeds), on the
+synthetic set the one-hop (aligned) and two-hop (diagonal) shape accuracy of each last checkpoint, the
+head's and the context module's GFLOPs and the head's peak memory (reference attention), and the training
+time. The table goes to ``ROOT/summary.md``, the rows to ``ROOT/summary.json``; columns explained in
+docs/reproducing.md#the-recurrence-ablation-on-a-cpu.
 
     python tools/benchmark.py ablation work_dirs/ablation_recurrence [--table table.md] [--feature-size 97 97]
-
-The table goes to stdout and ``ROOT/summary.md`` (``--table``), the rows as JSON to ``ROOT/summary.json``
-(``--out``). The table replaces only a file an earlier summary wrote (recorded in the ``manifest.txt`` of
-its folder), never a run's file or one of the user's; that is checked before the runs are read.
 """
 
 from __future__ import annotations
@@ -143,8 +129,10 @@ def _feature_size(config: Mapping[str, Any]) -> Tuple[int, int]:
 
 @torch.no_grad()
 def long_range_accuracy(run: Run, batch_size: int = 16) -> Optional[Tuple[float, float]]:
-    """``(one-hop, two-hop)`` pixel accuracy of the run's last checkpoint on the synthetic validation
-    set's aligned and diagonal shapes; None for other datasets or when the checkpoint is missing."""
+    """``(one-hop, two-hop)`` pixel accuracy of the run's last checkpoint on the synthetic validation set's
+    aligned and diagonal shapes (:func:`ccnet.data.synthetic.region_masks`); None for other datasets or
+    without a checkpoint.
+    """
     if run.config["dataset"].get("name") != "synthetic":
         return None
     checkpoint_path = run.path / "checkpoints" / "last.pth"

@@ -1,16 +1,10 @@
-"""The widely copied criss-cross attention formulation — the BASELINE of ``tools/benchmark.py cca``.
+"""The widely copied criss-cross attention formulation (arXiv 1811.11721, Eq. 1–2), the baseline of
+``tools/benchmark.py cca``; no model uses it.
 
-This is the formulation of the official CCNet release (``cc_attention/functions.py`` in its
-pure-PyTorch form) that mmsegmentation and most re-implementations copy: 1×1 convolutions, then
-``permute(...).contiguous()`` copies of queries, keys and values into per-column batches
-(B·W, ·, H) and per-row batches (B·H, ·, W), ``bmm`` energies, an explicit (B·W, H, H) matrix with
-−inf on its diagonal *created on every call* and added to the vertical energies, a softmax over the
-concatenated energies, two more ``bmm`` and permutes back. It is kept here, unoptimised and clearly
-labelled, only so the benchmark can compare our implementations against it in the same run. It is
-not used by any model. (CCNet, Huang et al., arXiv 1811.11721, Eq. 1–2.)
-
-Only one change from the copied code: the −inf matrix is built on the input's device instead of with
-``.cuda()``, so the baseline runs on CPU too.
+The official release's pure-PyTorch form that mmsegmentation and most ports copy: permuted contiguous
+copies into (B·W, ·, H) and (B·H, ·, W) batches, ``bmm`` energies, a (B·W, H, H) −inf diagonal matrix
+created on every call, softmax over the concatenated energies, two more ``bmm`` and permutes back. The one
+change: the −inf matrix is built on the input's device, not with ``.cuda()``.
 """
 
 from __future__ import annotations
@@ -57,10 +51,9 @@ def baseline_criss_cross_attention(proj_query: Tensor, proj_key: Tensor, proj_va
 
 
 class BaselineCrissCrossAttention(nn.Module):
-    """Baseline criss-cross attention module, ``γ · (out_H + out_W) + x`` (see module docstring).
+    """Baseline criss-cross attention module, ``γ · (out_H + out_W) + x``.
 
-    Parameter names match :class:`ccnet.models.cca.CrissCrossAttention`, so the two modules can load
-    each other's state dict and be compared on identical weights.
+    Parameter names match :class:`ccnet.models.cca.CrissCrossAttention`, so both load each other's state dict.
 
     Args:
         in_channels: channels C of the input.

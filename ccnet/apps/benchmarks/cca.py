@@ -1,24 +1,11 @@
-"""``tools/benchmark.py cca``: our criss-cross attention against the widely copied formulation.
+"""``tools/benchmark.py cca``: our criss-cross attention implementations (``reference``, ``lean``, ``triton``
+on CUDA) against the widely copied formulation (:mod:`ccnet.apps.benchmarks.baseline_cca`), on identical
+weights in one run. Default shape: the paper's head map, 1×512×97×97, R = 2.
 
-Times and measures, in one run and on identical weights, the baseline formulation
-(:mod:`ccnet.apps.benchmarks.baseline_cca`) and our implementations — ``reference`` (einsum, plain
-autograd), ``lean`` (saved q, k, v and log-sum-exp, recomputing backward) and, on CUDA with Triton,
-``triton`` (fused kernels) — selected with :func:`ccnet.models.cca.use_implementation`. Default
-shape: the paper's head map, 1×512×97×97 (a 769×769 crop at output stride 8), R = 2 recurrences with
-shared weights.
+Scopes: ``module`` (default), ``CrissCrossAttention`` applied R times as in the RCCA head; ``operator``,
+the attention alone on precomputed q, k, v. Per implementation: forward and forward+backward median time
+and peak memory, speed-up and memory against the baseline, and the largest output difference from it.
 
-Scopes:
-
-* ``module`` (default): ``CrissCrossAttention`` applied R times to x — 1×1 convolutions, attention,
-  ``x + γ·out`` — as inside the RCCA head;
-* ``operator``: the attention alone on precomputed q, k, v (one application), where the
-  implementations differ and the convolutions do not dilute the comparison.
-
-Per implementation: forward (no grad) and forward+backward median time, their peak memory, the
-speed-up over the baseline (baseline time / ours), our peak memory as a fraction of the
-baseline's, and the largest output difference from the baseline (a correctness guard).
-
-    python tools/benchmark.py cca --threads 2
     python tools/benchmark.py cca --device cuda --dtype bfloat16 --channels-last
 """
 
@@ -252,14 +239,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def roofline(args: argparse.Namespace, gemm_gflops: float) -> Dict[str, float]:
-    """The matrix-product work of one forward+backward and the time it needs at ``gemm_gflops``.
+    """The matrix-product work of one forward+backward and the least time it needs at ``gemm_gflops``.
 
-    Per application on a (B, C, H, W) map with C' = C / reduction, as multiply-adds x 2:
-    projections (the three 1x1 convolutions, module scope only) ``2·B·HW·C·(2C'+C)``; attention
-    ``2·B·HW·(H+W)·C'`` (energies) + ``2·B·HW·(H+W)·C`` (aggregation). The backward pass does twice
-    the forward's products (gradients of both operands), so forward+backward is 3x; R applications.
-    Element-wise work (softmax, masking, residual) is left out: it adds time, so the bound is a
-    floor no implementation can beat.
+    Per application on (B, C, H, W) with C' = C / reduction, multiply-adds x 2: projections (module scope)
+    ``2·B·HW·C·(2C'+C)``; attention ``2·B·HW·(H+W)·C'`` + ``2·B·HW·(H+W)·C``. Backward = 2x forward, so
+    forward+backward is 3x; times R. Element-wise work is left out, so the bound is a floor.
     """
     b, c, h, w = args.batch, args.channels, args.height, args.width
     inner, hw, applications = c // args.reduction, h * w, args.recurrence if args.scope == "module" else 1

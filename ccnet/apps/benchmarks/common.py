@@ -1,15 +1,9 @@
 """Shared measurement helpers of the benchmarks: device choice, timing, peak memory, FLOPs, tables.
 
-Timing is the median wall time of ``repeats`` calls after ``warmup`` untimed calls (CUDA is
-synchronised around each call). Peak memory is the most memory allocated *during* a call above
-what was allocated just before it (so inputs and weights that exist before the call are not
-counted, gradients and everything the call creates are):
-
-* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``;
-* CPU: the allocator's own allocation/free events recorded by ``torch.profiler`` with
-  ``profile_memory=True`` — the peak of their running sum. This sees every allocation made through
-  PyTorch's CPU allocator, including temporary buffers inside operators (e.g. oneDNN reorders in
-  convolutions), which a tensor-level count would miss.
+Timing: the median of ``repeats`` calls after ``warmup`` untimed ones (CUDA synchronised around each).
+Peak memory: the most allocated during a call above what was allocated before it: on CUDA
+``max_memory_allocated``, on the CPU the peak running sum of the allocator's events recorded by
+``torch.profiler(profile_memory=True)`` (docs/performance.md#how-the-figures-are-taken).
 """
 
 from __future__ import annotations
@@ -68,15 +62,13 @@ class BusyMachineError(UserError, RuntimeError):
 def check_machine_load(
     device: torch.device, force: bool, wait_s: float = 120.0, poll_s: float = 5.0
 ) -> Optional[float]:
-    """Refuse to time on busy CPUs: the 1-minute load average per core must be at most
-    :data:`MAX_LOAD_PER_CORE` (``--force`` times anyway, with a warning). A load that is above it
-    only because of what ran just before (a previous benchmark: the average decays with a one-minute
-    time constant) is waited out for up to ``wait_s`` seconds. GPU timings only record the load:
-    the CPUs only launch the kernels there.
+    """Refuse to time on busy CPUs: the 1-minute load average per core must be at most :data:`MAX_LOAD_PER_CORE`.
+
+    A load above it is waited out for up to ``wait_s`` seconds (it may be decaying from what ran just before);
+    ``force`` times anyway, with a warning. On a GPU the load is only recorded.
 
     Returns:
-        The 1-minute load average timing starts at (None where the OS has none), for
-        :func:`machine_info`.
+        The 1-minute load average at the start (None where the OS has none), for :func:`machine_info`.
 
     Raises:
         BusyMachineError: still too loaded after ``wait_s`` and not ``force``.
@@ -154,8 +146,9 @@ def time_interleaved(
     warmup: int,
     repeats: int,
 ) -> Dict[str, Dict[str, float]]:
-    """:func:`time_call` for several ``(fn, setup)`` calls, taking turns in every round, so that a
-    change of machine load (shared CPUs) affects all of them alike and their ratios stay fair."""
+    """:func:`time_call` for several ``(fn, setup)`` calls taking turns in every round, so a change of load
+    affects them alike.
+    """
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     times: Dict[str, List[float]] = {name: [] for name in calls}
@@ -176,8 +169,9 @@ def time_interleaved(
 
 
 def gemm_throughput(device: torch.device, dtype: torch.dtype, size: Optional[int] = None, repeats: int = 5) -> float:
-    """GFLOP/s of a square matrix product on ``device`` in ``dtype`` (median of ``repeats``): the
-    practical peak that a roofline divides FLOPs by. ``size`` defaults to 2048 on CPUs, 8192 on GPUs."""
+    """GFLOP/s of a square matrix product on ``device`` in ``dtype`` (median of ``repeats``), the roofline's
+    practical peak; ``size`` defaults to 2048 on CPUs, 8192 on GPUs.
+    """
     n = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -195,8 +189,8 @@ def peak_memory(
 ) -> Tuple[int, str]:
     """Peak bytes allocated during ``fn()`` above what was allocated before it, and how.
 
-    ``setup`` runs first, outside the measurement: ``fn`` should not free memory that existed
-    before it (e.g. the previous call's gradients), or that memory would be subtracted.
+    ``setup`` runs first, unmeasured: ``fn`` must not free memory from before it (e.g. old gradients), which
+    would be subtracted.
 
     Returns:
         ``(bytes, method)`` with ``method`` as :func:`memory_method` describes it.
@@ -224,9 +218,9 @@ def peak_memory(
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Silence what the profiler's C++ library (Kineto) prints to file descriptor 2 on every start
-    and stop ("USDT ... profiler_start", "gpuGetDeviceCount failed" on machines without a GPU); its
-    log level cannot switch those lines off. Python-level errors still propagate after the block."""
+    """Silence what the profiler's C++ library (Kineto) prints to fd 2 on every start and stop; its log level
+    cannot switch those lines off.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -239,8 +233,7 @@ def _quiet_native_stderr() -> Iterator[None]:
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of ``fn()`` by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions,
-    a multiply-add counted as 2 FLOPs; element-wise operations are not counted)."""
+    """FLOPs of ``fn()`` by ``FlopCounterMode``: matmuls and convolutions, a multiply-add counted as 2."""
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
@@ -248,8 +241,9 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 def machine_info(device: torch.device, load_at_start: Optional[float] = None) -> Dict[str, Any]:
-    """Where the numbers come from: device, threads, library versions and the CPU load when timing
-    started (``load_at_start``, what :func:`check_machine_load` returned; the current load when None)."""
+    """Where the numbers come from: device, threads, library versions and the CPU load when timing started
+    (``load_at_start``; the current load when None).
+    """
     info: Dict[str, Any] = {
         "device": str(device),
         "torch": torch.__version__,

@@ -1,19 +1,10 @@
-"""``tools/benchmark.py context``: the paper's efficiency comparison of context modules.
+"""``tools/benchmark.py context``: the paper's efficiency comparison of context modules (arXiv 1811.11721:
+on ResNet-50 at 769×769, non-local 108 GFLOPs / 1411 MB, RCCA R = 2 16.5 GFLOPs / 127 MB).
 
-CCNet (arXiv 1811.11721) compares the cost its context module adds to a ResNet-50 at 769×769
-(a 2048-channel 97×97 layer4 map): non-local 108 GFLOPs / 1411 MB, RCCA (R = 2) 16.5 GFLOPs /
-127 MB. The "context module" measured here is therefore precisely **what the variants add**: the
-attention block(s) between the head's ``conva`` (3×3, 2048 → 512) and ``convb`` — the criss-cross
-module applied R times with shared weights (``RCCAHead.cca``), or one non-local block
-(``NonLocalHead.nonlocal_block``, inter channels 256) — on the 512-channel map ``conva`` produces.
-Everything else in the head (conva, convb, the bottleneck and the classifier) is identical across
-the variants; the whole head up to the classifier (``head.features``) is reported as well, in
-GFLOPs only.
-
-GFLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (shapes only; a
-multiply-add is 2 FLOPs; convolutions and matrix products, as the paper's counts). Memory is the
-peak memory of a training step of the block — forward and backward, the cost that grows with
-the (HW)² attention of non-local — and of an inference forward, measured as in ``common.py``.
+Measured is what each variant adds between ``conva`` and ``convb`` on the 512-channel map: the criss-cross
+module applied R times with shared weights, or one non-local block (256 inter channels); the whole head
+(``head.features``) in GFLOPs only. GFLOPs from ``FlopCounterMode`` on the meta device (a multiply-add is
+2); memory the peak of a training step and of an inference forward of the block.
 
     python tools/benchmark.py context --threads 2
 """

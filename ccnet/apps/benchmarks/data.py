@@ -1,10 +1,8 @@
-"""Data-loading benchmark (``tools/benchmark.py data``): images/s of the training input pipeline.
+"""``tools/benchmark.py data``: images/s of the training input pipeline per DataLoader worker count.
 
-Writes Cityscapes-sized image/label PNG pairs (2048x1024 by default) in the real Cityscapes layout to a
-temporary folder, builds the training split with ``configs/dataset/cityscapes.yaml`` (decode, labelId ->
-trainId check and mapping, rescale 0.5-2.0, 769x769 crop with cat_max_ratio, flip, photometric
-distortion, normalisation) and times a ``DataLoader`` for each requested worker count. A per-stage
-breakdown measured in the main process shows where the time goes.
+Writes Cityscapes-sized pairs in the Cityscapes layout to a temporary folder (or ``--data-dir``), builds
+the training split with ``configs/dataset/cityscapes.yaml`` and times a ``DataLoader``; a per-stage
+breakdown in the main process shows where the time goes (docs/datasets.md#data-loading-speed).
 
     python tools/benchmark.py data --workers 0 2 4 --batch-size 8 --crop-size 769
 """
@@ -93,11 +91,8 @@ CITY = "bench"  # the city folder of the generated images
 def generate_cityscapes_like(
     root: Path, num_images: int, height: int, width: int, seed: int = 0, record: Optional[Callable[[Path], None]] = None
 ) -> float:
-    """Write ``num_images`` street-like pairs (:func:`ccnet.apps.layouts.street_scene`) as
-    ``root/{leftImg8bit,gtFine}/train/bench/*``; ``record`` is called with each file written.
-
-    Real Cityscapes PNGs average ~2.2 MB (leftImg8bit_trainvaltest.zip: 11 GB for 5000 images) and
-    decoding them is a large part of loading, so the images compress like photos (~2.3 MB each).
+    """Write ``num_images`` street-like pairs (:func:`ccnet.apps.layouts.street_scene`, compressing like photos)
+    as ``root/{leftImg8bit,gtFine}/train/bench/*``; ``record`` is called with each file written.
 
     Returns:
         Mean image file size in MB.

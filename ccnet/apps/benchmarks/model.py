@@ -1,13 +1,8 @@
-"""``tools/benchmark.py model``: parameters, GFLOPs and inference latency of every model config.
-
-Each ``configs/model/*.yaml`` is composed with ``num_classes`` (default 19, Cityscapes) and
-``weights: null`` (random initialisation: nothing is downloaded or read) and built with
-:func:`ccnet.models.build_model`. GFLOPs of one evaluation-mode forward at the given input size
-come from ``FlopCounterMode`` on the meta device (a multiply-add is 2 FLOPs; convolutions and
-matrix products); latency is the median evaluation forward (``torch.no_grad``, batch 1).
+"""``tools/benchmark.py model``: parameters, GFLOPs and inference latency of every ``configs/model/*.yaml``,
+built with ``num_classes`` (default 19) and random weights. GFLOPs of one eval forward from
+``FlopCounterMode`` on the meta device; latency the median eval forward at batch 1.
 
     python tools/benchmark.py model --size 769 --threads 2
-    python tools/benchmark.py model --device cuda --dtype bfloat16 --channels-last
 """
 
 from __future__ import annotations
@@ -87,15 +82,7 @@ def config_paths(names: List[str] | None) -> List[Path]:
 
 
 def compose_model_config(path: Path, num_classes: int) -> Dict[str, Any]:
-    """A model config as a plain dict, with ``num_classes`` set and no pretrained weights.
-
-    Args:
-        path: a ``configs/model/*.yaml`` file.
-        num_classes: replaces the file's ``${dataset.num_classes}``.
-
-    Returns:
-        The resolved config, ready for :func:`ccnet.models.build_model`.
-    """
+    """A ``configs/model/*.yaml`` file as a resolved plain dict, with ``num_classes`` set and no pretrained weights."""
     cfg = OmegaConf.load(path)
     cfg.num_classes = num_classes
     cfg.weights = None  # random weights: build_model(cfg, pretrained=False) needs no file and warns of nothing

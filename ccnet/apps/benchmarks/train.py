@@ -1,20 +1,10 @@
 """``tools/benchmark.py train``: images/s and peak memory of training steps, per precision and layout.
 
-A self-contained training step — :func:`ccnet.models.build_model` (random initialisation),
-cross-entropy on the main output plus 0.4 × cross-entropy on the auxiliary output (ignore index
-255), SGD with momentum and weight decay, and a ``GradScaler`` for float16 — on random images and
-labels, for each variant:
+A self-contained step (random model and data, main + 0.4 × auxiliary cross-entropy, SGD, a
+``GradScaler`` for float16) per variant: ``fp32``, ``bf16`` / ``fp16`` autocast, each ``+cl`` for
+channels-last. Reported: median step time, images/s, speed-up over the first float32 variant and the
+step's peak memory after warm-up (optimiser state included). Defaults: CCNet-R101 at 769×769, batch 2.
 
-* ``fp32``: float32 throughout; ``bf16`` / ``fp16``: ``torch.autocast`` mixed precision;
-* ``+cl``: model and images in ``channels_last`` memory format.
-
-Reported: median step time, images/s, speed-up over the first float32 variant, and the peak memory
-of one step above the memory before it (after warm-up, so the optimizer state already exists;
-gradients are dropped before the step as its ``zero_grad(set_to_none=True)`` would). Defaults are the GPU setting of
-the performance targets (CCNet-R101 at 769×769, batch 2); on a CPU use a small model, e.g.
-``--config ccnet_tiny --size 256``.
-
-    python tools/benchmark.py train --device cuda
     python tools/benchmark.py train --config ccnet_tiny --size 256 --batch 4 --threads 2
 """
 
@@ -83,16 +73,14 @@ def training_step(
 
     Args:
         cfg: a model config (``compose_model_config``).
-        device: where the step runs.
         variant: ``fp32``, ``bf16`` or ``fp16``, with ``+cl`` for channels-last (see :data:`VARIANTS`).
         size: (height, width) of the images.
-        batch: images per step.
         num_classes: classes of the random labels.
         compile: ``torch.compile`` the model.
 
     Returns:
-        ``(step, drop_gradients)``: ``step()`` runs forward, backward (GradScaler for fp16) and the
-        optimiser step and returns the loss; ``drop_gradients()`` is the step's zero_grad.
+        ``(step, drop_gradients)``: ``step()`` runs forward, backward and the optimiser step and returns the
+        loss; ``drop_gradients()`` is the step's zero_grad, run outside the measured call.
     """
     precision, channels_last = variant.split("+")[0], variant.endswith("+cl")
     dtype = PRECISIONS[precision]

@@ -54,9 +54,8 @@ def _finish(out: Tensor, in_place: bool, gamma: Optional[Tensor], residual: Opti
 class LeanCrissCrossAttention(torch.autograd.Function):
     """``y = residual + γ · CCA(q, k, v)`` saving (q, k, v, γ, lse); attention recomputed in backward.
 
-    q and k (C/8 channels) are kept positions-last (the inputs themselves when channels_last,
-    otherwise copies that replace them); v is kept as it is. ``gamma`` and ``residual`` may be
-    ``None`` (scale 1, no residual). Once differentiable: the backward is not itself tracked.
+    q and k are kept positions-last (the inputs themselves when channels_last, else copies that replace
+    them), v as it is. ``gamma`` and ``residual`` may be ``None``. Once differentiable.
     """
 
     @staticmethod
@@ -88,25 +87,19 @@ class LeanCrissCrossAttention(torch.autograd.Function):
 def criss_cross_attention_lean(
     q: Tensor, k: Tensor, v: Tensor, gamma: Optional[Tensor] = None, residual: Optional[Tensor] = None
 ) -> Tensor:
-    """Lean criss-cross aggregation, optionally fused with the module's ``residual + γ · out``.
-
-    Without autograd (inference, ``torch.no_grad``) it runs the forward directly and keeps nothing;
-    otherwise through :class:`LeanCrissCrossAttention`.
+    """Lean criss-cross aggregation, optionally fused with the module's ``residual + γ · out``; without
+    autograd it runs the forward directly and keeps nothing.
 
     Args:
-        q: queries.
-        k: keys.
-        v: values.
         gamma: one-element scale of the aggregation (the module's γ); ``None`` for 1.
         residual: added to the scaled aggregation (the module's input); ``None`` for none.
 
     Returns:
-        ``residual + γ · (out_H + out_W)`` with PyTorch's type promotion of those operands, in the
-        residual's memory layout (else the values').
+        ``residual + γ · (out_H + out_W)`` with PyTorch's type promotion, in the residual's memory layout
+        (else the values').
 
     Shape:
-        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,).
-        Returns (B, C, H, W).
+        q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,). Returns (B, C, H, W).
     """
     check_scale_and_residual(v, gamma, residual)
     if gamma is not None:

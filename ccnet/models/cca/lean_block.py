@@ -1,18 +1,9 @@
 """The whole criss-cross module application as one autograd function (CCNet, arXiv 1811.11721, Eq. 1–2).
 
-:class:`LeanCrissCrossBlock` fuses the module around the lean operator (:mod:`ccnet.models.cca.lean`),
-``y = x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)``: the three 1×1 convolutions are one matrix
-product with the stacked (2C' + C, C) weight that reads x through a transposed view and writes q, k
-and v positions-last into one buffer (no convolution, no layout conversion of the values); the
-backward returns dW and dx as matrix products of dq, dk, dv, reading dY once for both of its
-products, and builds dx in dv's memory (channels_last x) or channels-first (contiguous x). It saves
-x, the stacked weight, that q/k/v buffer and the log-sum-exp. The output is channels_last memory
-whatever x's layout: the positions-last layout everything is computed in, which the next recurrence
-then reads as it is. :class:`ccnet.models.cca.CrissCrossAttention` runs it for the ``lean``
-implementation.
-
-The attention's backward is the operator's (see :mod:`ccnet.models.cca.lean`); with the stacked
-W = [Wq; Wk; Wv] and q, k, v = W x + b, the projections add::
+:class:`LeanCrissCrossBlock` computes ``y = x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)`` around the lean
+operator, the 1×1 projections as one matrix product with the stacked W = [Wq; Wk; Wv] writing q, k, v
+positions-last (why: docs/design.md, "Decisions"). The attention's backward is the operator's
+(:mod:`ccnet.models.cca.lean_ops`); the projections add::
 
     dW = Σ_u [dq; dk; dv]_u x_uᵀ      db = Σ_u [dq; dk; dv]_u      dx = dY + Wᵀ [dq; dk; dv]
 """
@@ -72,11 +63,8 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
 
 
 def _grad_input(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor, channels_last: bool) -> Tensor:
-    """dx = dY + dqk Wqk + dv Wv (dW must already have been taken from dv), ROW_CHUNK positions at
-    a time, in x's layout: for a channels_last x in dv's own memory (through a small buffer, then
-    over the dv rows just read: no (B, H, W, C) buffer for dx), for a contiguous x channels-first
-    (the products write the transposed view directly; as fast as positions-last, and autograd gets
-    dx with no layout copy).
+    """dx = dY + dqk Wqk + dv Wv, ROW_CHUNK positions at a time, in x's layout: for a channels_last x in dv's
+    own memory (dW must already have been taken from dv), for a contiguous x channels-first.
 
     Shape:
         grad_v: (B, H, W, C) contiguous. grad_qk: (B, H, W, 2C'). grad_y: (B, C, H, W) any layout.
@@ -101,12 +89,11 @@ def _grad_input(grad_v: Tensor, grad_qk: Tensor, grad_y: Tensor, weight: Tensor,
 
 
 class LeanCrissCrossBlock(torch.autograd.Function):
-    """``y = x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)`` — a whole criss-cross module application
-    (1×1 projections, attention, residual) with a hand-written backward.
+    """``y = x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)``, one module application with a hand-written backward.
 
-    Saves x, the stacked (2C' + C, C) weight, the positions-last (B, H, W, 2C' + C) q/k/v buffer,
-    γ and the (B, H, W) log-sum-exp; ``y`` is channels_last memory, dx has x's layout (channels_last
-    or contiguous). All tensors share one dtype. Once differentiable.
+    Saves x, the stacked (2C' + C, C) weight, the positions-last (B, H, W, 2C' + C) q/k/v buffer, γ and the
+    (B, H, W) log-sum-exp; ``y`` is channels_last memory, dx has x's layout. All tensors share one dtype.
+    Once differentiable.
     """
 
     @staticmethod
@@ -210,20 +197,17 @@ class LeanCrissCrossBlock(torch.autograd.Function):
 
 
 def criss_cross_block_lean(x: Tensor, projections: Sequence[Tensor], gamma: Tensor) -> Tensor:
-    """One criss-cross module application, ``x + γ · CCA(Wq x + bq, Wk x + bk, Wv x + bv)``, through
-    :class:`LeanCrissCrossBlock`.
+    """One criss-cross module application through :class:`LeanCrissCrossBlock`.
 
-    Under autocast, x and the projections are cast to the autocast dtype (as the convolutions would
-    be) and the result is in that dtype; γ stays in its own dtype and so does its gradient.
+    Under autocast, x and the projections are cast to the autocast dtype (as the convolutions would be) and
+    so is the result; γ and its gradient keep γ's dtype.
 
     Args:
-        x: the module input.
         projections: ``(Wq, bq, Wk, bk, Wv, bv)``, the 1×1 convolutions' weights and biases.
         gamma: one-element scale of the aggregation.
 
     Returns:
-        y, in channels_last memory (the same values as the convolution form; a following layer that
-        needs another layout converts once, as :class:`ccnet.models.heads.RCCAHead` does).
+        y, in channels_last memory (the convolution form's values).
 
     Shape:
         x: (B, C, H, W). Wq, Wk: (C', C, 1, 1); Wv: (C, C, 1, 1); bq, bk: (C',); bv: (C,);

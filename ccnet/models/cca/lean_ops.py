@@ -1,8 +1,7 @@
-"""Building blocks of the memory-lean criss-cross attention (arXiv 1811.11721, Eq. 1–2), shared by the
-operator (:mod:`ccnet.models.cca.lean`) and the fused module application
-(:mod:`ccnet.models.cca.lean_block`): energies, the joint softmax in place and its backward, and the
-gathers and scatters over each position's column and row, all on positions-last (B, H, W, C) views.
-Why this layout and what is saved: docs/design.md ("The lean path").
+"""Building blocks of the memory-lean criss-cross attention (arXiv 1811.11721, Eq. 1–2), shared by
+:mod:`ccnet.models.cca.lean` and :mod:`ccnet.models.cca.lean_block`: energies, the joint softmax in place
+and its backward, and the gathers and scatters over each position's column and row, on positions-last
+(B, H, W, C) views (why: docs/design.md, "The lean path").
 
 Backward, with ``dY`` the incoming gradient, ``A``/``E`` the column (·_h) and row (·_w) blocks and
 ``dO = γ dY`` the gradient of ``out``::
@@ -41,9 +40,9 @@ def channel_slices(channels: int) -> List[slice]:
 
 
 def read_positions_last(t: Tensor, channels: slice, channels_last: bool, dtype: torch.dtype) -> Tensor:
-    """Channels of a (B, C, H, W) tensor as positions-last (B, H, W, c): a strided view of
-    channels_last memory, else a contiguous copy of just these channels (one 2-D transpose per
-    image: about twice as fast on CPU as a 4-D permuted copy)."""
+    """Channels of a (B, C, H, W) tensor as positions-last (B, H, W, c): a strided view of channels_last
+    memory, else a contiguous copy of just these channels (one 2-D transpose per image).
+    """
     if channels_last and t.dtype == dtype:
         return t[:, channels].permute(0, 2, 3, 1)
     batch, _, height, width = t.shape
@@ -63,8 +62,7 @@ def _target(t: Tensor, channels: slice, channels_last: bool) -> Tensor:
 
 
 def _commit(t: Tensor, channels: slice, channels_last: bool, result: Tensor) -> None:
-    """Store a :func:`_target` result into ``t`` (nothing to do when it was computed in place). One
-    2-D transpose per image: several times faster on CPU than a 4-D permuted copy."""
+    """Store a :func:`_target` result into ``t`` (nothing to do when computed in place), one 2-D transpose per image."""
     if channels_last:
         return
     batch, height, width, count = result.shape
@@ -78,8 +76,7 @@ def new_like_layout(like: Tensor, channels_last: bool, shape: Tuple[int, ...], d
 
 
 def _baddbmm_(out: Tensor, a: Tensor, b: Tensor, beta: float = 1) -> None:
-    """``out = beta · out + a @ b`` in place on a (possibly strided) view. Spelled with ``out=``
-    rather than ``Tensor.baddbmm_``: the same kernel, but FlopCounterMode counts this form."""
+    """``out = beta · out + a @ b`` in place on a (possibly strided) view; the ``out=`` form FlopCounterMode counts."""
     torch.baddbmm(out, a, b, beta=beta, out=out)
 
 
@@ -131,8 +128,7 @@ def energies(qp: Tensor, kp: Tensor) -> Tuple[Tensor, Tensor]:
 def softmax_(energy_h: Tensor, energy_w: Tensor) -> Tensor:
     """Turn both energy blocks into the joint softmax in place; return the log-sum-exp (B, H, W).
 
-    The row block always contains u itself, so the per-position maximum is finite and no row of
-    the joint softmax is empty, even for H = 1 or W = 1.
+    The row block always contains u itself, so every position's maximum is finite, even for H = 1 or W = 1.
     """
     row_max = torch.maximum(energy_h.amax(-1).transpose(1, 2), energy_w.amax(-1))  # (B, H, W)
     attn_h = energy_h.sub_(row_max.transpose(1, 2).unsqueeze(-1)).exp_()
@@ -147,10 +143,7 @@ def softmax_backward_(
     attn_h: Tensor, attn_w: Tensor, grad_h: Tensor, grad_w: Tensor, gamma: Optional[Tensor]
 ) -> Tensor:
     """Softmax backward in place on dA': ``grad_h``/``grad_w`` become dE = γ (A ⊙ dA' − A D'), with
-    D' = Σ A ⊙ dA' per position, returned (B, H, W) for γ's gradient (dγ = Σ_u D'_u).
-
-    Written as products accumulated into dA' (``mul_``, ``addcmul_``) so that no temporary the size
-    of an attention block is allocated.
+    D' = Σ A ⊙ dA' per position returned (B, H, W) for γ's gradient; no block-sized temporary.
 
     Shape:
         attn_h, grad_h: (B, W, H, H) as from :func:`energies`; attn_w, grad_w: (B, H, W, W).
@@ -215,14 +208,11 @@ def criss_cross_attention_forward(qp: Tensor, kp: Tensor, v: Tensor, out: Tensor
     """Criss-cross aggregation into ``out``; returns the softmax statistics the backward needs.
 
     Args:
-        qp: queries, positions-last.
-        kp: keys, positions-last.
-        v: values.
+        qp, kp: queries and keys, positions-last.
         out: receives ``out_H + out_W`` (any dense layout; v's dtype).
 
     Returns:
-        The log-sum-exp (float32, or float64 for float64 inputs) of each position's H + W − 1
-        energies.
+        The log-sum-exp (float32, or float64 for float64 inputs) of each position's H + W − 1 energies.
 
     Shape:
         qp, kp: (B, H, W, C') contiguous. v, out: (B, C, H, W). Returns (B, H, W).

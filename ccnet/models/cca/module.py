@@ -15,22 +15,18 @@ from ccnet.models.cca.registry import IMPLEMENTATIONS, check_choice, select_impl
 
 
 class CrissCrossAttention(nn.Module):
-    """Criss-cross attention module: ``x + γ · CCA(Wq x, Wk x, Wv x)``.
-
-    Parameter names (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) match the official
-    release, so its checkpoints load without renaming.
+    """Criss-cross attention module: ``x + γ · CCA(Wq x, Wk x, Wv x)``, parameters named as in the official release.
 
     Args:
         in_channels: channels C of the input (and of the values).
         reduction: queries and keys have ``in_channels // reduction`` channels (paper: 8).
         gamma_init: initial ``gamma``; 0 (paper) makes a new module the identity.
-        implementation: ``auto``, ``reference``, ``lean`` or ``triton`` for this module; ``None``
-            defers to ``CCNET_CCA_IMPL``, else ``auto`` (see
-            :func:`~ccnet.models.cca.registry.select_implementation`). Not part of the state dict.
+        implementation: ``auto``, ``reference``, ``lean`` or ``triton`` for this module; ``None`` defers to
+            ``CCNET_CCA_IMPL``, else ``auto`` (:func:`~ccnet.models.cca.registry.select_implementation`).
+            Not part of the state dict.
 
-    An implementation with a fused ``block`` (``lean``) runs the convolutions' parameters directly:
-    forward hooks on ``query_conv``/``key_conv``/``value_conv`` do not fire, and the output is
-    channels_last memory whatever the input's layout (same values).
+    With a fused ``block`` (``lean``), forward hooks on ``query_conv``/``key_conv``/``value_conv`` do not
+    fire and the output is channels_last memory whatever the input's layout (same values).
 
     Shape:
         x: (B, C, H, W) -> (B, C, H, W).

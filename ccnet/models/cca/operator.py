@@ -19,30 +19,24 @@ def criss_cross_attention(
     residual: Optional[Tensor] = None,
     implementation: Optional[str] = None,
 ) -> Tensor:
-    """Criss-cross aggregation of values over each position's row and column, optionally fused with
-    the module's residual: ``residual + gamma * (out_H + out_W)``.
+    """Criss-cross aggregation of values over each position's row and column, optionally fused with the
+    module's residual: ``residual + gamma * (out_H + out_W)``.
 
-    Every implementation computes the same function (tested against a loop-based reference); see
-    :data:`ccnet.models.cca.registry.IMPLEMENTATIONS`.
+    Every implementation (:data:`ccnet.models.cca.registry.IMPLEMENTATIONS`) computes the same function.
 
     Args:
-        q: queries.
-        k: keys.
-        v: values.
         gamma: one-element scale of the aggregation (the module's γ); ``None`` for 1.
         residual: added after scaling (the module's input); ``None`` for none.
         implementation: ``auto``, ``reference``, ``lean`` or ``triton``; ``None`` leaves the choice to
-            :func:`~ccnet.models.cca.registry.select_implementation`'s rule.
-
-    Returns:
-        ``residual + gamma * (out_H + out_W)`` (terms left out when ``None``).
+            :func:`~ccnet.models.cca.registry.select_implementation`.
 
     Shape:
         q, k: (B, C', H, W). v, residual: (B, C, H, W). gamma: one element, e.g. (1,).
         Returns (B, C, H, W), in v's dtype when gamma and residual are ``None``.
 
     Raises:
-        ValueError: shapes that do not fit; ConfigError: an unknown implementation name.
+        ValueError: shapes that do not fit.
+        ConfigError: an unknown implementation name.
     """
     check_inputs(q, k, v)
     check_scale_and_residual(v, gamma, residual)

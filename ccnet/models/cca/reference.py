@@ -21,14 +21,10 @@ from ccnet.models.cca.checks import check_inputs
 def criss_cross_attention_weights(q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
     """Attention of every position over its column and its row, normalised jointly.
 
-    Args:
-        q: queries.
-        k: keys.
-
     Returns:
-        ``(attn_h, attn_w)`` in float32 (float64 for float64 inputs): ``attn_h[b, h, w, i]`` is the
-        weight of position (i, w) of u's column, ``attn_w[b, h, w, j]`` that of (h, j) in u's row.
-        ``attn_h[..., h, w, h]`` is 0 (the masked diagonal), and for every u the two together sum to 1.
+        ``(attn_h, attn_w)`` in float32 (float64 for float64 inputs): ``attn_h[b, h, w, i]`` is the weight of
+        (i, w) in u's column, ``attn_w[b, h, w, j]`` that of (h, j) in u's row; ``attn_h[..., h, w, h]`` is 0
+        (the masked diagonal), and for every u the two sum to 1.
 
     Shape:
         q, k: (B, C', H, W). attn_h: (B, H, W, H). attn_w: (B, H, W, W).

@@ -90,8 +90,8 @@ def check_choice(name: str, source: str) -> str:
 def use_implementation(name: str) -> Iterator[None]:
     """Run the criss-cross attention as ``name`` inside the block (this thread only; blocks nest).
 
-    Only an explicit ``implementation=`` argument of the operator overrides it, not a module's own
-    setting, so ``with use_implementation("reference"):`` exports any model.
+    Only the operator's explicit ``implementation=`` overrides it, not a module's setting, so
+    ``with use_implementation("reference"):`` exports any model.
 
     Raises:
         ConfigError: ``name`` is not one of :func:`choices` (on entering the block).

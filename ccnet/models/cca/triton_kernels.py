@@ -1,32 +1,21 @@
-"""Fused Triton kernels for criss-cross attention, forward and backward (CCNet, arXiv 1811.11721).
+"""Fused Triton kernels for criss-cross attention, forward and backward (CCNet, arXiv 1811.11721, Eq. 1–2).
 
-Computes ``y = residual + γ · (out_H + out_W)`` (Eq. 1–2, γ and the residual optional) without
-materialising an energy or attention map: energies are recomputed tile by tile in registers from
-q and k, exactly like the lean PyTorch path (:mod:`ccnet.models.cca_lean`) the autograd keeps only
-q, k, v, γ and the per-position log-sum-exp ``lse`` (B, H, W), and the backward formulas are the
-ones derived in that module's docstring.
-
-The criss-cross path of u = (h, w) is two 1-D attentions that share one softmax: over the line
-(row h) and over the column w (its diagonal masked so u is counted once). Every kernel below
-works on one such *line* — a (B·S lines) × (T positions) problem with a query block per program —
-and is launched twice, once with row strides (S = H, T = W) and once with column strides
-(S = W, T = H, MASK_DIAG). The two launches communicate through the output buffer: the column
-launch stores, the row launch (always second, because its line contains u, so its statistics
-are finite) loads and accumulates. Launches per call:
+``y = residual + γ · (out_H + out_W)`` (γ and the residual optional) with energies recomputed tile by tile
+in registers; autograd keeps q, k, v, γ and the log-sum-exp ``lse`` (B, H, W), and the backward formulas
+are those of :mod:`ccnet.models.cca.lean_ops`. Each kernel works on one *line* (B·S lines × T positions,
+a query block per program) and is launched with column strides (S = W, T = H, diagonal masked), then
+with row strides (S = H, T = W; its line contains u, so its statistics are finite), accumulating into the
+column launch's output::
 
     forward:  lse(column) → lse(row, combine) → out(column) → out(row, add + γ·, + residual)
     backward: D'(column) → D'(row)  (D'_u = Σ A·(dY_u·v), the softmax backward's row sum; dγ = ΣD')
               dq(column) → dq(row) → dk(column) → dk(row) → dv(column) → dv(row)
 
-Dots accumulate in float32; float32 inputs use exact (IEEE) products unless
-``torch.backends.cuda.matmul.allow_tf32`` is set, half inputs use tensor cores. Under the Triton
-CPU interpreter (``TRITON_INTERPRET=1``, used by the CPU tests) half-precision dot operands are
-widened to float32 first, because the interpreter's bf16 dot is wrong; a product of two half
-values is exact in float32, so this changes nothing but the summation order.
-
-Registered as the custom operators ``ccnet::cca_triton_forward`` / ``ccnet::cca_triton_backward``
-with fake (meta) implementations and an autograd formula, so ``torch.compile`` treats them as
-opaque calls instead of tracing into the launches.
+Dots accumulate in float32 (float32 inputs exact unless TF32 is allowed). Under the CPU interpreter
+(``TRITON_INTERPRET=1``) half dot operands are widened to float32, since its bf16 dot is wrong; the
+products are exact, only the summation order changes. Registered as the custom operators
+``ccnet::cca_triton_forward`` / ``ccnet::cca_triton_backward`` (fake implementations, autograd formula),
+which ``torch.compile`` treats as opaque calls.
 """
 
 from __future__ import annotations
@@ -547,8 +536,7 @@ def _dv_kernel(
 
 
 def interpreting() -> bool:
-    """Whether Triton runs its CPU interpreter: ``TRITON_INTERPRET=1`` was set when Triton was first
-    imported (Triton's own library functions are interpreted then; setting it later has no effect)."""
+    """Whether Triton runs its CPU interpreter: ``TRITON_INTERPRET=1`` was set when Triton was first imported."""
     return not isinstance(tl.zeros, triton.JITFunction)
 
 
@@ -768,11 +756,9 @@ def criss_cross_attention_triton(
     """Fused criss-cross aggregation ``residual + γ · (out_H + out_W)`` (terms optional).
 
     Args:
-        q: queries.
-        k: keys (same dtype as q).
-        v: values.
+        k: keys, in q's dtype.
         gamma: one-element scale (the module's γ); ``None`` for 1.
-        residual: added after scaling, same shape as v; ``None`` for none.
+        residual: added after scaling, shaped like v; ``None`` for none.
 
     Returns:
         The aggregation, in the promoted dtype of v, γ and the residual.
