@@ -11,8 +11,8 @@ from typing import Any, List, Mapping
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from ccnet.data.base import SegmentationData
 from ccnet.data.build import build_dataset
 from ccnet.errors import ConfigError
 from ccnet.utils.manifest import OutputManifest
@@ -21,7 +21,9 @@ from ccnet.utils.visualize import add_legend, colorize, denormalize
 log = logging.getLogger(__name__)
 
 
-def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset, legend: bool = True) -> np.ndarray:
+def render_sample(
+    image: torch.Tensor, label: torch.Tensor, dataset: SegmentationData, legend: bool = True
+) -> np.ndarray:
     """Side-by-side picture of one item: de-normalised image left, label in the dataset's palette right.
 
     Args:
@@ -39,7 +41,7 @@ def render_sample(image: torch.Tensor, label: torch.Tensor, dataset: Dataset, le
     return add_legend(panel, dataset.palette, dataset.classes, [label_map], dataset.ignore_index)
 
 
-def write_samples(dataset: Dataset, out_dir: Path, num_samples: int, seed: int = 0) -> List[Path]:
+def write_samples(dataset: SegmentationData, out_dir: Path, num_samples: int, seed: int = 0) -> List[Path]:
     """Render ``num_samples`` items (a seeded random order, cycling when the dataset is smaller) to PNGs
     ``<k>_<image stem>.png`` in ``out_dir``; an image drawn twice is augmented twice.
 

@@ -39,7 +39,7 @@ def plain_config(cfg: Any, resolve: bool = False) -> Dict[str, Any]:
     if isinstance(cfg, DictConfig):
         out = OmegaConf.to_container(cfg, resolve=resolve)
         assert isinstance(out, dict)
-        return out
+        return {str(k): v for k, v in out.items()}
     return dict(cfg or {})
 
 

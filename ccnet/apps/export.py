@@ -146,7 +146,7 @@ def dynamic_ranges(program: ExportedProgram) -> Dict[str, List[Optional[int]]]:
         n for n in program.graph.nodes if n.op == "placeholder" and n.name == program.graph_signature.user_inputs[0]
     )
     shape = placeholder.meta["val"].shape
-    ranges = {}
+    ranges: Dict[str, List[Optional[int]]] = {}
     for axis, name in AXES.items():
         size = shape[axis]
         if isinstance(size, int):
@@ -178,7 +178,7 @@ def _dynamo_onnx(
     """The ``torch.export``-based ONNX exporter's model proto (axes named batch/height/width)."""
     if dynamic and program is None:
         program = export_program(model, example if example.shape[0] >= 2 else example.expand(2, -1, -1, -1))
-    source: Union[ExportedProgram, nn.Module] = program if dynamic else LogitsOnly(model).eval()
+    source: Any = program if dynamic else LogitsOnly(model).eval()
     with _exporting():
         onnx_program = torch.onnx.export(
             source,
@@ -189,8 +189,9 @@ def _dynamo_onnx(
             input_names=["images"],
             output_names=["logits"],
         )
+    assert onnx_program is not None  # dynamo=True always returns the program
     if dynamic:
-        shape = onnx_program.model.graph.inputs[0].shape
+        shape: Any = onnx_program.model.graph.inputs[0].shape
         onnx_program.rename_axes({shape[axis]: name for axis, name in AXES.items()})
     return onnx_program.model_proto
 
@@ -204,7 +205,7 @@ def _torchscript_onnx(model: nn.Module, example: Tensor, opset: int, dynamic: bo
         torch.onnx.export(
             LogitsOnly(model).eval(),
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file object works, as torch.save's do
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
@@ -414,6 +415,9 @@ def export_checkpoint(
             f"sizes {small} are too small: H and W must be >= {MIN_SIDE} (the stride-8 feature map "
             "of the export is at least 2 x 2); change --size / --check-size"
         )
+    checkpoint = Path(checkpoint)
+    onnx_path = None if onnx_path is None else Path(onnx_path)
+    pt2_path = None if pt2_path is None else Path(pt2_path)
     if outputs is None:
         outputs = OutputFiles(TOOL, {"--pt2": pt2_path, "--onnx": onnx_path})
     outputs.check(inputs=[checkpoint])
@@ -427,7 +431,7 @@ def export_checkpoint(
     model_cfg = dict(stored["model"])
     dataset_cfg = dict(stored.get("dataset") or {})
     model = load_model(model_cfg, ckpt, checkpoint, torch.device("cpu"))
-    meta = export_metadata(model_cfg, dataset_cfg, model.num_classes)
+    meta = export_metadata(model_cfg, dataset_cfg, int(model_cfg["num_classes"]))
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(2, 3, *size, generator=gen)
     checks = [example] + [torch.randn(1, 3, *hw, generator=gen) for hw in check_sizes]

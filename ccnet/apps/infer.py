@@ -117,7 +117,7 @@ def run_infer(cfg: Any, model_group: bool = False, dataset_group: bool = False) 
     inputs, input_root = list_inputs(str(cfg.input))
     inputs = _outside(inputs, input_root, Path(str(cfg.output_dir)), str(cfg.input))
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
-    model = load_for_inference(
+    model: Any = load_for_inference(
         ckpt_path, device, plain_config(cfg.get("model")), plain_config(cfg.get("dataset")), model_group, dataset_group
     )
     meta = model.dataset_meta

@@ -38,8 +38,8 @@ def street_scene(
         y1 = min(height, y0 + int(rng.integers(8, max(9, height // 3))))
         x1 = min(width, x0 + int(rng.integers(8, max(9, width // 4))))
         label[y0:y1, x0:x1] = rng.choice(label_values)
-        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * 0.5 + rng.integers(0, 256, 3) * 0.5
-    image += rng.normal(0.0, 1.2, image.shape).astype(np.float32)
+        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * 0.5 + rng.integers(0, 256, 3).astype(np.float32) * 0.5
+    image += np.asarray(rng.normal(0.0, 1.2, image.shape), dtype=np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, cast
 
 from ccnet.apps.layouts import (
     ade20k_layout_files,
@@ -265,7 +265,7 @@ def _read_run(result: Rehearsal, work_dir: Path) -> None:
 def _load_yaml(path: Path) -> Dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return cast(Dict[str, Any], OmegaConf.to_container(OmegaConf.load(path), resolve=True))
 
 
 def as_json(results: Sequence[Rehearsal], machine: Dict[str, Any]) -> Dict[str, Any]:

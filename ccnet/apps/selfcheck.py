@@ -8,6 +8,7 @@ SyncBatchNorm, a sliding-window evaluation and the attention benchmark, each as 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import time
@@ -87,7 +88,8 @@ def check_attention(device: torch.device, implementation: str, dtype: torch.dtyp
         results = []
         for impl, dt in ((implementation, dtype), ("reference", ref_dtype)):
             inputs = [t.to(device=device, dtype=dt).requires_grad_() for t in tensors]
-            out = criss_cross_attention(*inputs[:3], inputs[3], inputs[4], implementation=impl)
+            q, k, v, gamma, residual = inputs
+            out = criss_cross_attention(q, k, v, gamma, residual, implementation=impl)
             grads = torch.autograd.grad(out, inputs, grad.to(device=device, dtype=dt))
             results.append([out, *grads])
         errors = [_relative_error(mine, theirs) for mine, theirs in zip(*results)]
@@ -244,14 +246,14 @@ def run_selfcheck(device: torch.device, compile_on_cpu: bool = False, printer: C
     dtypes = [torch.float32, torch.bfloat16, torch.float16] if cuda else [torch.float32]
     for impl in impls:
         for dtype in dtypes if impl != "reference" else [torch.float32]:
-            report.run(f"attention {impl} {str(dtype)[6:]}", lambda i=impl, d=dtype: check_attention(device, i, d))
+            report.run(f"attention {impl} {str(dtype)[6:]}", functools.partial(check_attention, device, impl, dtype))
     if cuda and not TRITON_INSTALLED:
         report.rows.append(Row("attention triton", "skip", "Triton is not installed"))
 
     for variant in ("fp32", "bf16", "bf16+cl", "fp16"):
         report.run(
             f"train {name} {size[0]}x{size[1]} b{batch} {variant}",
-            lambda v=variant: check_training(device, cfg, v, size, batch),
+            functools.partial(check_training, device, cfg, variant, size, batch),
         )
     if cuda or compile_on_cpu:
         report.run(

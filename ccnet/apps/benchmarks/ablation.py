@@ -19,7 +19,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -87,7 +87,7 @@ def find_runs(root: Path) -> List[Run]:
         if not lines or not config_path.is_file():
             log.warning("skipping %s: no validation record or no config.yaml (unfinished run?)", metrics.parent)
             continue
-        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+        config = cast(Dict[str, Any], OmegaConf.to_container(OmegaConf.load(config_path), resolve=True))
         runs.append(Run(metrics.parent, config, json.loads(lines[-1])))
     if not runs:
         raise FileNotFoundError(f"no finished runs (config.yaml + metrics.jsonl) below {root}")

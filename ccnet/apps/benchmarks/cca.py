@@ -88,7 +88,7 @@ def _module_case(
 ):
     """Closures for forward and forward+backward of the module applied R times."""
     cls = BaselineCrissCrossAttention if impl == "baseline" else CrissCrossAttention
-    module = cls(args.channels, args.reduction)
+    module: Any = cls(args.channels, args.reduction)
     module.load_state_dict(state)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     module = module.to(device=device, dtype=dtype, memory_format=memory_format)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -69,9 +69,10 @@ def _head(context: str, in_channels: int) -> RCCAHead:
 def _block(head: RCCAHead, context: str) -> Optional[nn.Module]:
     """The part of the head the variant adds (None for the no-context baseline)."""
     if context == "nonlocal":
-        return head.nonlocal_block
+        return cast(nn.Module, head.nonlocal_block)
     if context == "none":
         return None
+    assert head.cca is not None  # recurrence >= 1 here
     return _Recurrent(head.cca, head.recurrence)
 
 
@@ -95,7 +96,7 @@ def _flops(args: argparse.Namespace, context: str) -> Dict[str, float]:
         head = _head(context, args.in_channels).eval()
         block = _block(head, context)
         x = torch.empty(args.batch, args.in_channels, args.height, args.width)
-        inner = torch.empty(args.batch, head.conva[0].out_channels, args.height, args.width)
+        inner = torch.empty(args.batch, head.inter_channels, args.height, args.width)
     with torch.no_grad():
         head_flops = count_flops(lambda: head.features(x))
         block_flops = count_flops(lambda: block(inner)) if block is not None else 0
@@ -110,7 +111,7 @@ def _measure(args: argparse.Namespace, context: str, device: torch.device, dtype
         return {"block_fwd_mb": 0.0, "block_train_mb": 0.0, "block_fwd_ms": 0.0, "block_train_ms": 0.0}
     block = block.to(device=device, dtype=dtype).train()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, head.conva[0].out_channels, args.height, args.width, generator=g)
+    x = torch.randn(args.batch, head.inter_channels, args.height, args.width, generator=g)
     x = x.to(device=device, dtype=dtype).requires_grad_()
     grad = torch.randn(x.shape, generator=g).to(device=device, dtype=dtype)
 

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         t0 = time.perf_counter()
         mean_mb = generate_cityscapes_like(root, args.num_images, height, width, args.seed, record)
         generate_s = time.perf_counter() - t0
-        cfg = OmegaConf.load(args.dataset_config)
+        cfg: Any = OmegaConf.load(args.dataset_config)
         cfg.root = str(root)
         cfg.train_split = "train"
         crop = to_hw(

@@ -8,9 +8,10 @@ built with ``num_classes`` (default 19) and random weights. GFLOPs of one eval f
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -86,7 +87,7 @@ def compose_model_config(path: Path, num_classes: int) -> Dict[str, Any]:
     cfg = OmegaConf.load(path)
     cfg.num_classes = num_classes
     cfg.weights = None  # random weights: build_model(cfg, pretrained=False) needs no file and warns of nothing
-    return OmegaConf.to_container(cfg, resolve=True)
+    return cast(Dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             meta_model = build_model(cfg, pretrained=False).eval()
             meta_input = torch.empty(1, 3, height, width)
         with torch.no_grad():
-            flops = count_flops(lambda m=meta_model, x=meta_input: m(x))
+            flops = count_flops(functools.partial(meta_model, meta_input))
         recurrence = cfg.get("recurrence") if cfg.get("context", "rcca") == "rcca" else None
         row: Dict[str, Any] = {
             "config": path.stem,
@@ -134,7 +135,7 @@ def _latency(
     cfg: Dict[str, Any], size: Tuple[int, int], args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 ) -> float:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = build_model(cfg, pretrained=False).eval().to(device=device, memory_format=memory_format)
+    model = build_model(cfg, pretrained=False).eval().to(device=device).to(memory_format=memory_format)
     images = torch.randn(1, 3, *size, device=device).contiguous(memory_format=memory_format)
 
     def forward() -> None:

@@ -86,7 +86,7 @@ def training_step(
     dtype = PRECISIONS[precision]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_model(cfg, pretrained=False).train().to(device=device, memory_format=memory_format)
+    model = build_model(cfg, pretrained=False).train().to(device=device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     forward = torch.compile(model) if compile else model
