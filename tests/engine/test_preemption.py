@@ -9,30 +9,23 @@ the signal, or kill the process, at a chosen iteration, so nothing depends on ti
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from ccnet.checkpoint import load_checkpoint
+from tests.engine.children import child_env, child_script
 
 # A child: tools/train.py with train_step wrapped. argv: ACTION ITERATION MARKER -- overrides...
 # ACTION: sigterm | sigint | sigint_dup (two SIGINTs at once: one request delivered twice) | sigint2 (a second
 # SIGINT after the duplicate window) | kill (SIGKILL, once: MARKER records it) | stop (rank 1 hangs, dying at
 # torchrun's SIGTERM).
-CHILD = textwrap.dedent("""
-    import os, runpy, signal, sys, time
-    import torch
-    import ccnet.engine.trainer as trainer
-    from ccnet.engine.signals import DUPLICATE_WINDOW_S
-
+CHILD = child_script("""
     action, at, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    step = trainer.train_step
 
     def wrapped(run, it, *args):
         rank = int(os.environ.get("RANK", 0))
@@ -50,16 +43,7 @@ CHILD = textwrap.dedent("""
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(3600)
         return step(run, it, *args)
-
-    trainer.train_step = wrapped
-    torch.set_num_threads(1)
-    sys.argv = ["tools/train.py", *sys.argv[sys.argv.index("--") + 1:]]
-    runpy.run_path(os.path.join(os.environ["REPO"], "tools", "train.py"), run_name="__main__")
 """)
-
-
-def _env(repo_root: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(repo_root), "PYTHONUNBUFFERED": "1"}
 
 
 def _child(repo_root: Path, tmp_path: Path, action: str, at: int, overrides: list) -> subprocess.CompletedProcess:
@@ -69,7 +53,7 @@ def _child(repo_root: Path, tmp_path: Path, action: str, at: int, overrides: lis
         [sys.executable, str(script), action, str(at), str(tmp_path / "marker"), "--", *overrides],
         capture_output=True,
         text=True,
-        env=_env(repo_root),
+        env=child_env(repo_root),
         timeout=300,
     )
 
@@ -79,7 +63,7 @@ def _train(repo_root: Path, overrides: list) -> subprocess.CompletedProcess:
         [sys.executable, str(repo_root / "tools" / "train.py"), *overrides],
         capture_output=True,
         text=True,
-        env=_env(repo_root),
+        env=child_env(repo_root),
         timeout=300,
     )
 
@@ -182,7 +166,7 @@ def test_torchrun_restart_after_a_killed_worker_ends_with_the_same_weights(repo_
             ],
             capture_output=True,
             text=True,
-            env=_env(repo_root),
+            env=child_env(repo_root),
             timeout=600,
         )
 
@@ -229,7 +213,7 @@ def test_a_stalled_process_ends_the_job_with_a_message_naming_the_rank(repo_root
         ],
         capture_output=True,
         text=True,
-        env=_env(repo_root),
+        env=child_env(repo_root),
         timeout=300,
     )
     output = proc.stdout + proc.stderr

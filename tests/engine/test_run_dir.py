@@ -24,18 +24,14 @@ from ccnet.engine import train
 from ccnet.engine.run_dir import RunDirError
 from ccnet.engine.trainer import ValidationFailed
 from ccnet.utils.outputs import LOCK_NAME, FolderInUseError, hold_folder
+from tests.engine.children import child_env, child_script
 
 FAST = ("train.eval_interval=0", "train.vis_images=0")
 
 # tools/train.py in a child that pauses at iteration AT until the file RELEASE exists (READY says it
 # got there), so the test controls when the first run is alive without depending on timing.
-PAUSING_CHILD = textwrap.dedent("""
-    import os, runpy, sys, time
-    import torch
-    import ccnet.engine.trainer as trainer
-
+PAUSING_CHILD = child_script("""
     at, ready, release = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    step = trainer.train_step
 
     def wrapped(run, it, *args):
         if it == at:
@@ -44,23 +40,14 @@ PAUSING_CHILD = textwrap.dedent("""
             while not os.path.exists(release) and time.time() < deadline:
                 time.sleep(0.05)
         return step(run, it, *args)
-
-    trainer.train_step = wrapped
-    torch.set_num_threads(1)
-    sys.argv = ["tools/train.py", *sys.argv[sys.argv.index("--") + 1:]]
-    runpy.run_path(os.path.join(os.environ["REPO"], "tools", "train.py"), run_name="__main__")
 """)
-
-
-def _env(repo_root: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(repo_root), "PYTHONUNBUFFERED": "1"}
 
 
 def _start_paused(repo_root: Path, tmp_path: Path, name: str, overrides: list) -> tuple:
     ready, release = tmp_path / f"{name}.ready", tmp_path / f"{name}.release"
     proc = subprocess.Popen(
         [sys.executable, "-c", PAUSING_CHILD, "1", str(ready), str(release), "--", *overrides],
-        env=_env(repo_root),
+        env=child_env(repo_root),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -75,7 +62,7 @@ def _start_paused(repo_root: Path, tmp_path: Path, name: str, overrides: list) -
 def _train_cli(repo_root: Path, overrides: list) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(repo_root / "tools" / "train.py"), *overrides],
-        env=_env(repo_root),
+        env=child_env(repo_root),
         capture_output=True,
         text=True,
         timeout=300,
