@@ -116,6 +116,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     from hydra.errors import CompactHydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from ccnet.utils.overrides import quote_path_overrides
+
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])  # a printed path works when pasted: checkpoint=PATH
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         return

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -51,6 +53,7 @@ from ccnet.evaluation.evaluator import evaluate
 from ccnet.models import CCNet, build_model
 from ccnet.models.attention_maps import attention_panel
 from ccnet.utils.outputs import FolderLock
+from ccnet.utils.paths import REPO_ROOT
 from ccnet.utils.visualize import add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
@@ -644,10 +647,11 @@ def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, An
     if dist.is_main_process() and metrics:
         work_dir = run.work_dir
         skipped = f"; {run.skipped} steps skipped (non-finite loss)" if run.skipped else ""
+        chosen = run.ckpts.best if run.ckpts.best.is_file() else run.ckpts.last
         log.info(
             "done: %d iterations in %.0f s of training; val mIoU %.4f (best %.4f)%s\n"
-            "  checkpoints: %s (last), %s (best)\n  log: %s\n  metrics: %s\n  TensorBoard: tensorboard "
-            "--logdir %s",
+            "  checkpoints: %s (last), %s (best)\n  log: %s\n  metrics: %s\n"
+            "next, ready to paste:\n%s",
             run.max_iters,
             run.train_time,
             metrics["val/mIoU"],
@@ -657,9 +661,21 @@ def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, An
             run.ckpts.best,
             work_dir / "train.log",
             work_dir / "metrics.jsonl",
-            work_dir / "tb",
+            "\n".join(f"  {line}" for line in next_commands(chosen, work_dir / "tb")),
         )
     return result
+
+
+def next_commands(checkpoint: Path, tb_dir: Path) -> List[str]:
+    """Shell commands that evaluate, segment with and export ``checkpoint`` and show the run in
+    TensorBoard, each argument quoted for the shell where it needs it (tools paths relative to here)."""
+    tools = {name: os.path.relpath(REPO_ROOT / "tools" / f"{name}.py") for name in ("eval", "infer", "export")}
+    return [
+        shlex.join(["python", tools["eval"], f"checkpoint={checkpoint}"]),
+        shlex.join(["python", tools["infer"], f"checkpoint={checkpoint}"]) + " input=YOUR_IMAGES",
+        shlex.join(["python", tools["export"], str(checkpoint)]),
+        shlex.join(["tensorboard", "--logdir", str(tb_dir)]),
+    ]
 
 
 def finished_summary(work_dir: Path, finished: "resume.RunFinished") -> Dict[str, Any]:
