@@ -109,16 +109,23 @@ def _detach_logs_under(folder: object) -> None:
             handler.close()
 
 
-def run_hydra_main(main: Callable[[], Any]) -> None:
-    """Call a ``@hydra.main`` function so that the mistakes Hydra itself finds (an unknown key or
-    group, a malformed override, a run folder it cannot create) end like the tool's own checks: one
-    message, exit status :data:`EXIT_USER_ERROR`. ``HYDRA_FULL_ERROR=1`` still shows everything."""
+def run_hydra_main(main: Callable[[], Any], config_name: str) -> None:
+    """Call a ``@hydra.main`` function (of ``configs/<config_name>.yaml``) so that the mistakes Hydra
+    itself finds (an unknown key or group, a malformed override, a run folder it cannot create) end
+    like the tool's own checks: one message, exit status :data:`EXIT_USER_ERROR`; a misspelt key gets
+    the closest valid ones, and ``+KEY=VALUE`` for a key no config has is refused (it would be read by
+    nothing). Path settings are quoted for Hydra first (:func:`ccnet.utils.overrides.quote_path_overrides`).
+    ``HYDRA_FULL_ERROR=1`` still shows everything."""
     from hydra.errors import CompactHydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ccnet.utils.overrides import quote_path_overrides
+    from ccnet.utils.overrides import quote_path_overrides, refuse_unknown_appends, unknown_key_message
 
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])  # a printed path works when pasted: checkpoint=PATH
+    refused = refuse_unknown_appends(sys.argv[1:], config_name)
+    if refused:
+        sys.stderr.write(refused + "\n")
+        raise SystemExit(EXIT_USER_ERROR)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         return
@@ -126,10 +133,13 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except CompactHydraException as exc:
-        cause = exc.__cause__
-        sys.stderr.write(
-            "\n".join([str(exc), *([str(cause)] if isinstance(cause, OmegaConfBaseException) else [])]) + "\n"
-        )
+        unknown = re.match(r"Could not override '([^']+)'", str(exc))
+        if unknown:
+            lines = [unknown_key_message(unknown.group(1), config_name, sys.argv[1:])]
+        else:
+            cause = exc.__cause__
+            lines = [str(exc), *([str(cause)] if isinstance(cause, OmegaConfBaseException) else [])]
+        sys.stderr.write("\n".join(lines) + "\n")
         raise SystemExit(EXIT_USER_ERROR) from None
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
@@ -137,4 +147,4 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         sys.stderr.write(user_message(exc) + "\n")
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
-        del os.environ["HYDRA_FULL_ERROR"]
+        os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -41,4 +41,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra_main(main)
+    run_hydra_main(main, "infer")

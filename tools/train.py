@@ -61,4 +61,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    run_hydra_main(main)
+    run_hydra_main(main, "train")

@@ -8,8 +8,11 @@ into another tool, so the values of the path settings are quoted for Hydra befor
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Iterable, List
+from typing import Any, Iterable, List, Optional, Sequence
+
+from ccnet.utils.paths import CONFIGS_DIR
 
 # Settings whose value is a path (or a glob): quoted for Hydra when it would not read them as the same string.
 PATH_KEYS = ("checkpoint", "input", "output_dir", "work_dir", "resume", "load_from", "dataset.root", "model.weights")
@@ -48,3 +51,61 @@ def quote_path_overrides(argv: Iterable[str], keys: Iterable[str] = PATH_KEYS) -
             arg = f"{key}={hydra_quote(value)}"
         out.append(arg)
     return out
+
+
+# Sections whose keys a tool may append to with +KEY=VALUE: a key that some config of the group defines
+# (eval/infer merge model and dataset keys over a checkpoint's). Anywhere else + adds a key nothing reads.
+APPENDABLE_GROUPS = ("model", "dataset")
+
+
+def known_keys(config_name: str, argv: Sequence[str] = ()) -> List[str]:
+    """Every dotted key of ``configs/<config_name>.yaml`` composed with the config groups chosen in
+    ``argv`` (``model=``, ``dataset=``, ``experiment=``), plus the keys any config of the groups in
+    :data:`APPENDABLE_GROUPS` defines."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    groups = [a for a in argv if re.fullmatch(r"(model|dataset|experiment)=[\w.-]+", a)]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=groups)
+    except Exception:  # a wrong group: Hydra's own message says so
+        cfg = OmegaConf.create({})
+    keys = set(_flatten(OmegaConf.to_container(cfg, resolve=False)))
+    for group in APPENDABLE_GROUPS:
+        for path in (CONFIGS_DIR / group).glob("*.yaml"):
+            keys |= {f"{group}.{k}" for k in _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))}
+    return sorted(k for k in keys if not k.startswith(("hydra.", "defaults")))
+
+
+def _flatten(value: Any, prefix: str = "") -> List[str]:
+    if isinstance(value, dict):
+        out = [prefix] if prefix else []
+        for k, v in value.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [prefix]
+
+
+def unknown_key_message(key: str, config_name: str, argv: Sequence[str], appended: bool = False) -> str:
+    """One line for a setting that ``configs/<config_name>.yaml`` does not have, with the closest keys."""
+    valid = known_keys(config_name, argv)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.7)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"the settings are listed in configs/{config_name}.yaml"
+    added = " (+ adds a key that nothing reads)" if appended else ""
+    return f"{key} is not a setting of {config_name}{added}: {hint}"
+
+
+def refuse_unknown_appends(argv: Sequence[str], config_name: str) -> Optional[str]:
+    """The message for the first ``+KEY=VALUE`` of ``argv`` that adds a key no config knows (None: all
+    fine); ``++`` (add or override) is Hydra's explicit escape hatch and passes."""
+    appends = [a[1:].partition("=")[0] for a in argv if a.startswith("+") and not a.startswith("++") and "=" in a]
+    if not appends:
+        return None
+    valid = set(known_keys(config_name, argv))
+    for key in appends:
+        if key not in valid:
+            return unknown_key_message(key, config_name, argv, appended=True)
+    return None
