@@ -355,7 +355,8 @@ def loop(run: Run, stop: StopRequest) -> Dict[str, Any]:
             run.train_time += step_time
             window.add(values, step_time)
             bar.update(1)
-            if it % log_interval == 0 or it == run.max_iters:
+            # the first step, then every log_interval steps or LOG_EVERY_S seconds: a slow start is never silent
+            if it % log_interval == 0 or it == run.max_iters or it == run.start_iter + 1 or window.overdue():
                 scalars = window.flush(run, it)
                 bar.set_postfix(
                     loss=f"{scalars['train/loss']:.4f}",
@@ -432,12 +433,20 @@ def train_step(run: Run, it: int, stop_requested: bool = False) -> Tuple[Optiona
     return values, stop_any > 0
 
 
+LOG_EVERY_S = 30.0  # longest silence between two log lines while training
+
+
 class LogWindow:
     """Loss values and step times since the last log line."""
 
     def __init__(self) -> None:
         self.values: List[List[float]] = []
         self.steps, self.seconds, self.last_loss = 0, 0.0, float("nan")
+        self.started = time.monotonic()  # of this window
+
+    def overdue(self) -> bool:
+        """Whether the last log line is more than :data:`LOG_EVERY_S` old."""
+        return time.monotonic() - self.started >= LOG_EVERY_S
 
     def add(self, values: Optional[List[float]], seconds: float) -> None:
         if values is not None:  # a skipped step has no finite loss to average
@@ -476,6 +485,7 @@ class LogWindow:
         if run.recorder is not None:
             run.recorder.scalars(scalars, it)
         self.values, self.steps, self.seconds = [], 0, 0.0
+        self.started = time.monotonic()
         return scalars
 
 

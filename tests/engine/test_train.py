@@ -41,7 +41,7 @@ def test_tiny_run_learns_and_writes_its_files(tiny_cfg, caplog):
         result = train(cfg)
 
     losses = [float(m) for m in re.findall(r"iter \d+/40  loss ([0-9.]+)", caplog.text)]
-    assert len(losses) == 8
+    assert len(losses) == 9  # the first step, then every log_interval (5) steps
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
     assert result["val/mIoU"] > majority_class_miou(cfg) + 0.05
 
@@ -200,3 +200,16 @@ def test_load_from_initialises_weights_only(tiny_cfg):
     params = {k for k, v in last["model"].items() if "running" not in k and "num_batches" not in k}
     for key in params:
         torch.testing.assert_close(last["model"][key], src["model"][key], rtol=0, atol=1e-6)
+
+
+def test_progress_is_logged_at_the_first_step_and_never_silent_for_long(tiny_cfg, monkeypatch, caplog):
+    """log_interval longer than the run: the first step and the end are still logged; and a log line
+    comes whenever LOG_EVERY_S passed since the last one (0 here: every step)."""
+    with caplog.at_level(logging.INFO, logger="ccnet"):
+        train(tiny_cfg("train.max_iters=3", "train.log_interval=1000", "train.eval_interval=0", work_dir="a"))
+    assert [m.split()[1] for m in caplog.messages if m.startswith("iter ")] == ["1/3", "3/3"]
+    caplog.clear()
+    monkeypatch.setattr(trainer, "LOG_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="ccnet"):
+        train(tiny_cfg("train.max_iters=3", "train.log_interval=1000", "train.eval_interval=0", work_dir="b"))
+    assert [m.split()[1] for m in caplog.messages if m.startswith("iter ")] == ["1/3", "2/3", "3/3"]
