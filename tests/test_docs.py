@@ -521,3 +521,42 @@ def test_relative_links_resolve(doc):
 def test_readme_is_short():
     size = README.stat().st_size
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move details into docs/ (limit {README_MAX_BYTES})"
+
+
+# Where a documented command may write: the run and output folders, the user's data, absolute paths (a shared
+# file system), or a placeholder (DIR, PATH, $VAR). Never the repository root, where a copied example would litter.
+OUTPUT_FLAGS = {"--out", "--pt2", "--onnx", "--json", "--output-dir", "--out-dir", "--data-dir", "--root"}
+OUTPUT_KEYS = {"output_dir", "work_dir"}
+OUTPUT_ROOTS = ("outputs/", "work_dirs/", "data/", "/", "~", "$")
+
+
+def output_problems(call: ToolCall) -> List[str]:
+    """Outputs of one documented call that would land outside the output folders."""
+    problems = []
+    args = [_unbracket(word) for word in call.args]
+    for i, word in enumerate(args):
+        flag, _, inline = word.partition("=")
+        value = inline if inline else (args[i + 1] if flag in OUTPUT_FLAGS and i + 1 < len(args) else None)
+        key = OVERRIDE.match(word)
+        if key and key.group("key") in OUTPUT_KEYS and key.group("value"):
+            value, flag = key.group("value"), key.group("key")
+        elif flag not in OUTPUT_FLAGS:
+            continue
+        if value and not value.startswith(OUTPUT_ROOTS) and not re.search(r"[A-Z]{3,}", value):
+            problems.append(f"{call.where}: {flag} {value} writes outside outputs/ (or work_dirs/, data/)")
+    return problems
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.name)
+def test_documented_commands_write_under_the_output_folders(doc):
+    assert [p for call in documented_tool_calls([doc]) for p in output_problems(call)] == []
+
+
+def test_the_output_check_catches_the_repository_root():
+    call = ToolCall("x.md:1", "", "export", "tools/export.py", ("ck.pth", "--pt2", "ccnet.pt2", "--out=export.json"))
+    assert output_problems(call) == [
+        "x.md:1: --pt2 ccnet.pt2 writes outside outputs/ (or work_dirs/, data/)",
+        "x.md:1: --out export.json writes outside outputs/ (or work_dirs/, data/)",
+    ]
+    hydra = ToolCall("x.md:1", "", "infer", "tools/infer.py", ("output_dir=masks", "output_dir=outputs/m"))
+    assert output_problems(hydra) == ["x.md:1: output_dir masks writes outside outputs/ (or work_dirs/, data/)"]

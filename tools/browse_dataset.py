@@ -7,6 +7,7 @@ python tools/browse_dataset.py dataset=cityscapes dataset.root=data/cityscapes s
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     with (
         exit_on_user_error(log, FileNotFoundError),
         hold_folder(output_dir, "browse"),
-        discard_if_empty_on_failure(output_dir),
+        discard_if_empty_on_failure(output_dir, default_root=Path("outputs")),
     ):
         browse(cfg)
 

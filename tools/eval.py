@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,7 +34,11 @@ def main(cfg: DictConfig) -> None:
     output_dir = hydra_cfg.runtime.output_dir
     main_process = int(os.environ.get("RANK", 0)) == 0  # the process group starts inside run_eval
     hold = hold_folder(output_dir, "eval", key="output_dir") if main_process else contextlib.nullcontext()
-    cleanup = discard_if_empty_on_failure(output_dir) if main_process else contextlib.nullcontext()
+    cleanup = (
+        discard_if_empty_on_failure(output_dir, default_root=Path("outputs"))
+        if main_process
+        else contextlib.nullcontext()
+    )
     try:
         with exit_on_user_error(log, FileNotFoundError), hold, cleanup:
             run_eval(

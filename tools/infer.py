@@ -11,6 +11,7 @@ output that would replace a file infer did not write), or some inputs were unrea
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,7 +32,7 @@ def main(cfg: DictConfig) -> None:
     with (
         exit_on_user_error(log, FileNotFoundError),
         hold_folder(output_dir, "infer", key="output_dir"),
-        discard_if_empty_on_failure(output_dir),
+        discard_if_empty_on_failure(output_dir, default_root=Path("outputs")),
     ):
         result = run_infer(
             cfg, model_group=choices.get("model") is not None, dataset_group=choices.get("dataset") is not None

@@ -46,7 +46,11 @@ def main(cfg: DictConfig) -> float:
     # Hydra's output dir is the work dir: ${work_dir} for a run, ${work_dir}/<job number> in multirun.
     cfg.work_dir = HydraConfig.get().runtime.output_dir
     main_process = int(os.environ.get("RANK", 0)) == 0  # torchrun's rank; the process group comes later
-    cleanup = discard_if_empty_on_failure(cfg.work_dir) if main_process else contextlib.nullcontext()
+    cleanup = (
+        discard_if_empty_on_failure(cfg.work_dir, default_root=Path("work_dirs"))
+        if main_process
+        else contextlib.nullcontext()
+    )
     # The lock comes first: a second run in this work_dir stops before writing a line into it.
     with exit_on_user_error(log, FileNotFoundError), hold_work_dir(Path(cfg.work_dir).resolve(), main_process), cleanup:
         if main_process:

@@ -32,11 +32,13 @@ def _sizes(directory: Path) -> Dict[str, int]:
 
 @contextlib.contextmanager
 def discard_if_empty_on_failure(
-    directory: Union[str, Path], housekeeping: Sequence[str] = HOUSEKEEPING
+    directory: Union[str, Path], housekeeping: Sequence[str] = HOUSEKEEPING, default_root: Optional[Path] = None
 ) -> Iterator[None]:
     """On an exception (or exit) inside the block, remove the housekeeping files that were empty or absent when
-    it started and the lock file this run created, then ``directory`` itself if nothing else is in it. The
-    exception propagates. Call it on one process only (rank 0).
+    it started and the lock file this run created, then ``directory`` itself if nothing else is in it, and
+    then its parents that are left empty up to ``default_root`` (the tool's default output folder, such as
+    ``outputs/infer``: a failed run leaves no empty folder there either). The exception propagates. Call it on
+    one process only (rank 0).
     """
     directory = Path(directory)
     before = _sizes(directory)
@@ -59,9 +61,20 @@ def discard_if_empty_on_failure(
                 p.unlink()
             if len(ours) == len(entries):
                 directory.rmdir()
+                _prune_empty_parents(directory, default_root)
         except OSError:  # cleaning up must never hide the error that ended the run
             pass
         raise
+
+
+def _prune_empty_parents(directory: Path, root: Optional[Path]) -> None:
+    """rmdir the empty parents of ``directory`` that lie in ``root`` (``root`` itself included)."""
+    if root is None:
+        return
+    root, parent = Path(root).resolve(), directory.resolve().parent
+    while (parent == root or root in parent.parents) and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 LOCK_NAME = "run.lock"  # in every run folder: held (flock) for the run's life, names the holder

@@ -374,3 +374,17 @@ def test_output_layout_is_what_the_docs_show(configs_dir, photos, cityscapes_ckp
     ).written
     assert [w["trainid"] for w in written] == [out / "a.png", out / "sub" / "b.png"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]
+
+
+def test_a_failed_run_with_the_default_output_dir_leaves_no_empty_outputs_folder(repo_root, photos, tmp_path):
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "infer.py"), f"checkpoint={tmp_path / 'no.pth'}", f"input={photos}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stdout + proc.stderr
+    assert list(work.iterdir()) == []  # neither outputs/infer/<time>/ nor the outputs/infer/ above it
