@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,25 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # interpreter, which must be chosen before anything (torchvision does) first imports Triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_stay_in_the_session_folder(tmp_path_factory):
+    """Every temporary file of the suite and of the processes it starts (torch.compile's cache, torchrun's
+    logs, tempfile users) goes below pytest's session folder, which pytest removes after a passing run."""
+    folder = tmp_path_factory.mktemp("system_tmp")
+    saved = {k: os.environ.get(k) for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    os.environ.update(
+        TMPDIR=str(folder), TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor"), TRITON_CACHE_DIR=str(folder / "triton")
+    )
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    tempfile.tempdir = None
 
 
 @pytest.fixture

@@ -61,10 +61,11 @@ def test_the_tools_print_one_line_and_exit_2(caplog):
         print(1 / 0)
 
 
+@pytest.mark.slow  # three tool runs
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["trian.lr=0.1"], "Could not override 'trian.lr'"),
+        (["trian.lr=0.1"], "trian.lr is not a setting of train: did you mean train.lr"),
         (["work_dir=/proc/version/run"], "cannot write /proc/version/run: not a directory."),
         (["work_dir=/sys/kernel/run"], "cannot write /sys/kernel/run: "),  # EPERM for root, EACCES for others
     ],

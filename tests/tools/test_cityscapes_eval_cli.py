@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ccnet.utils.manifest import HEADER
 from tools.cityscapes_eval import main
 
@@ -22,6 +24,7 @@ def test_cli_prints_table_and_writes_json(sample_folders, tmp_path, capsys):
     assert written["mIoU"] == results["mIoU"] and len(written["IoU"]) == 19
 
 
+@pytest.mark.slow  # tool runs in child processes
 def test_out_replaces_its_own_file_but_never_one_it_did_not_write(sample_folders, tmp_path):
     pred_dir, gt_dir = sample_folders
     command = [sys.executable, str(TOOL), "--pred", str(pred_dir), "--gt", str(gt_dir), "--threads", "1"]

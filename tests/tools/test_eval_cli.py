@@ -303,6 +303,7 @@ def test_a_worker_process_error_is_one_message_naming_the_file(configs_dir, tmp_
     assert message.endswith("(in DataLoader worker process 1)") and "Traceback" not in message
 
 
+@pytest.mark.slow  # a tool run with DataLoader workers
 def test_cli_truncated_image_in_a_worker_is_one_line_and_status_2(repo_root, configs_dir, tmp_path):
     dataset = folder_dataset(tmp_path / "data", [np.ones((24, 32), np.uint8)] * 4)
     broken = tmp_path / "data" / "images" / "val" / "2.png"

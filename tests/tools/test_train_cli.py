@@ -41,6 +41,7 @@ def run_train(repo_root, *args):
     )
 
 
+@pytest.mark.slow  # tool runs in child processes
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -70,6 +71,7 @@ def test_unknown_key_or_group_is_one_message_with_the_closest_keys(repo_root, tm
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # tool runs in child processes
 def test_every_hydra_tool_suggests_keys_and_takes_known_appends(repo_root, tmp_path):
     for tool, arg, message in (
         ("eval", "chekpoint=x.pth", "chekpoint is not a setting of eval: did you mean checkpoint?"),
@@ -104,6 +106,7 @@ def test_every_hydra_tool_suggests_keys_and_takes_known_appends(repo_root, tmp_p
     assert proc.returncode == 2 and "checkpoint not found" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # tool runs in child processes
 def test_user_error_is_one_message_without_traceback(repo_root, tmp_path):
     proc = run_train(repo_root, *TINY, "model.weights=/nonexistent/in1k.pth", f"work_dir={tmp_path}")
     assert proc.returncode == 2
@@ -111,6 +114,7 @@ def test_user_error_is_one_message_without_traceback(repo_root, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # tool runs in child processes
 def test_multirun_gives_each_job_its_own_work_dir(repo_root, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train(repo_root, "-m", *TINY, "train.seed=0,1", f"work_dir={sweep}")
@@ -124,6 +128,7 @@ def test_multirun_gives_each_job_its_own_work_dir(repo_root, tmp_path):
         assert "done: 2 iterations" in (job_dir / "train.log").read_text()
 
 
+@pytest.mark.slow  # tool runs in child processes
 def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(repo_root, tmp_path):
     """Run from tmp_path so that the default work_dirs/ lands there: the quickstart's command plus an
     override gets its own directory (never the quickstart's), and the same command with
@@ -155,6 +160,7 @@ def test_default_work_dir_is_one_per_set_of_overrides_and_resume_auto_finds_it(r
     assert len(list((tmp_path / "work_dirs").iterdir())) == 2
 
 
+@pytest.mark.slow  # tool runs in child processes
 @pytest.mark.parametrize(
     "override, message",
     [
