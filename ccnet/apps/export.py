@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 MIN_OPSET = 17
 DEFAULT_OPSET = 18  # the dynamo exporter's own opset; 17 works through an ONNX version conversion
+ODD_CHECK_SIZE = (301, 517)  # checked besides the export size and every --check-size
 META_FILE = "meta.json"  # the .pt2 extra file holding the metadata
 INPUT_CONVENTION = "RGB, (x / 255 - mean) / std, NCHW float32"
 MIN_SIDE = 9  # smallest H, W: the stride-8 feature map must be >= 2 x 2 (docs/interop.md)
@@ -334,12 +335,20 @@ def load_exported(
 
 def max_abs_diff(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> float:
     """Largest |export − PyTorch| over the logits of ``inputs`` (the model on its own implementation path)."""
-    diff = 0.0
+    return parity(model, exported, inputs)["max_abs_diff"]
+
+
+def parity(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> Dict[str, float]:
+    """``max_abs_diff`` (largest |export − PyTorch| over the logits of ``inputs``), ``max_abs_logit`` (largest
+    |PyTorch logit|) and ``relative_diff``, the first over the second (at least 1): float32 rounding grows
+    with the logits' magnitude, so the relative figure is what a tolerance can hold to at every size."""
+    diff = largest = 0.0
     with torch.no_grad():
         for x in inputs:
             ref = LogitsOnly(model).eval()(x)
             diff = max(diff, (exported(x).to(ref.device) - ref).abs().max().item())
-    return diff
+            largest = max(largest, ref.abs().max().item())
+    return {"max_abs_diff": diff, "max_abs_logit": largest, "relative_diff": diff / max(1.0, largest)}
 
 
 def export_metadata(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any], num_classes: int) -> Dict[str, Any]:
@@ -391,8 +400,9 @@ def export_checkpoint(
             paths. A caller writing more passes them all and records its own.
 
     Returns:
-        ``{"model", "num_classes", "classes", "mean", "std", "pt2": {"path", "dynamic", "max_abs_diff"},
-        "onnx": {"path", "opset", "exporter", "fallback_reason", "dynamic", "max_abs_diff"}}`` with the entries
+        ``{"model", "num_classes", "classes", "mean", "std", "pt2": {"path", "dynamic", <parity>},
+        "onnx": {"path", "opset", "exporter", "fallback_reason", "dynamic", <parity>}}`` (<parity>: the
+        keys of :func:`parity`, over the export size, every check size and :data:`ODD_CHECK_SIZE`) with the entries
         of the formats exported.
 
     Raises:
@@ -434,7 +444,9 @@ def export_checkpoint(
     meta = export_metadata(model_cfg, dataset_cfg, int(model_cfg["num_classes"]))
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(2, 3, *size, generator=gen)
-    checks = [example] + [torch.randn(1, 3, *hw, generator=gen) for hw in check_sizes]
+    # an odd size too, always: the dynamic axes' worst case (no multiple of 8 anywhere)
+    sizes = [*check_sizes, *([ODD_CHECK_SIZE] if ODD_CHECK_SIZE not in map(tuple, check_sizes) else [])]
+    checks = [example] + [torch.randn(1, 3, *hw, generator=gen) for hw in sizes]
     result: Dict[str, Any] = {k: meta[k] for k in ("model", "num_classes", "classes", "mean", "std")}
 
     program: Optional[ExportedProgram] = None
@@ -446,7 +458,7 @@ def export_checkpoint(
         result["pt2"] = {
             "path": str(pt2_path),
             "dynamic": dynamic_ranges(program),
-            "max_abs_diff": max_abs_diff(model, run, checks),
+            **parity(model, run, checks),
         }
     if onnx_path is not None:
         written = export_onnx(
@@ -463,6 +475,6 @@ def export_checkpoint(
         result["onnx"] = {
             **asdict(written),
             "dynamic": dynamic,
-            "max_abs_diff": max_abs_diff(model, run, checks if dynamic else [example[:1]]),
+            **parity(model, run, checks if dynamic else [example[:1]]),
         }
     return result

@@ -18,6 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import ccnet.apps.export as export_module
 from ccnet.apps.export import load_exported
 from ccnet.checkpoint import save_checkpoint
 from ccnet.models import build_model
@@ -238,7 +239,7 @@ def _failing_dynamo_export(original):
 
 @pytest.mark.parametrize("failure", ["no onnxscript", "exporter error"])
 def test_onnx_falls_back_to_the_torchscript_exporter_with_its_reason(
-    checkpoint, tmp_path, monkeypatch, caplog, failure
+    checkpoint, tmp_path, monkeypatch, caplog, capsys, failure
 ):
     path, model = checkpoint
     if failure == "exporter error" and not HAS_ONNXSCRIPT:
@@ -258,7 +259,7 @@ def test_onnx_falls_back_to_the_torchscript_exporter_with_its_reason(
     assert entry["exporter"] == "torchscript" and entry["max_abs_diff"] < TOL
     expected_reason = "onnxscript is not installed" if failure == "no onnxscript" else "aten.made_up_op"
     assert expected_reason in entry["fallback_reason"]
-    assert f"fallback: {entry['fallback_reason']}" in caplog.text  # the tool's result line says why
+    assert f"fallback: {entry['fallback_reason']}" in capsys.readouterr().out  # the tool's result line says why
     assert _deprecations(records) == []  # the legacy exporter's own deprecation notices are filtered narrowly
     run, meta = load_exported(onnx_path)
     assert meta["std"] == STD
@@ -300,6 +301,30 @@ def test_tolerance_failure_sets_the_exit_status(checkpoint, tmp_path):
     path, _ = checkpoint
     status = _tool().main([str(path), "--pt2", str(tmp_path / "m.pt2"), "--size", "32", "32", "--tolerance", "-1"])
     assert status == 1
+
+
+def test_results_and_how_to_load_go_to_stdout_and_the_odd_size_is_checked(checkpoint, tmp_path, capsys, monkeypatch):
+    path, model = checkpoint
+    seen = []
+    real_parity = export_module.parity
+
+    def recording(model, exported, inputs):
+        seen.extend(tuple(x.shape[-2:]) for x in inputs)
+        return real_parity(model, exported, inputs)
+
+    monkeypatch.setattr(export_module, "parity", recording)
+    pt2 = tmp_path / "m.pt2"
+    assert _tool().main([str(path), "--pt2", str(pt2), "--size", "32", "40"]) == 0
+    out, err = capsys.readouterr()
+    assert (32, 40) in seen and export_module.ODD_CHECK_SIZE in seen  # the export size and 301 x 517
+    result_line = next(line for line in out.splitlines() if line.startswith("pt2 "))
+    assert "of the largest logit" in result_line and "ok, tolerance" in result_line
+    assert "the .pt2's extra file meta.json" in out and f"load_exported({str(pt2)!r})" in out
+    assert "max |logits" not in err  # progress only on stderr
+    # the printed lines work: the metadata comes back
+    namespace: dict = {}
+    exec("from ccnet.apps.export import load_exported\n" + f"run, meta = load_exported({str(pt2)!r})", namespace)
+    assert namespace["meta"]["num_classes"] == model.num_classes
 
 
 def test_default_outputs_go_under_outputs_export(tmp_path, monkeypatch):
