@@ -28,7 +28,15 @@ from ccnet.errors import ConfigError, exit_on_user_error
 from ccnet.evaluation.loading import CheckpointMismatchError, load_checkpoint_for_eval, load_model
 from ccnet.models.attention_maps import rcca_attention_maps
 from ccnet.utils.manifest import OutputManifest
-from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel
+from ccnet.utils.visualize import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    add_colorbar,
+    add_headings,
+    denormalize,
+    heat_overlay,
+    mark_pixel,
+)
 
 log = logging.getLogger("visualize_attention")
 TOOL = "attention"  # the name its pictures are recorded under in --output-dir/manifest.txt
@@ -93,7 +101,19 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     from PIL import Image
 
     rgb = denormalize(image, dataset_cfg.get("mean") or IMAGENET_MEAN, dataset_cfg.get("std") or IMAGENET_STD)
-    pictures = [mark_pixel(rgb, pixel)] + [heat_overlay(rgb, heat, pixel) for heat in maps]
+    where = f"pixel (row {pixel[0]}, column {pixel[1]})"
+    pictures = [add_headings(mark_pixel(rgb, pixel), [f"input: {where} circled"])] + [
+        add_colorbar(
+            add_headings(
+                heat_overlay(rgb, heat, pixel),
+                [f"loop {k}: " + ("its row and column" if k == 1 else "the whole image, in two hops")],
+            ),
+            "0",
+            "max",
+            f"attention of the {where} over the image",
+        )
+        for k, heat in enumerate(maps, start=1)
+    ]
     written = [args.output_dir / "input.png"] + [args.output_dir / f"loop{k}.png" for k in range(1, len(maps) + 1)]
     manifest = OutputManifest(args.output_dir, TOOL)
     manifest.claim(written, inputs=[args.checkpoint, *([args.image] if args.image else [])], key="--output-dir")

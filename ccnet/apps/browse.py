@@ -16,7 +16,7 @@ from ccnet.data.base import SegmentationData
 from ccnet.data.build import build_dataset
 from ccnet.errors import ConfigError
 from ccnet.utils.manifest import OutputManifest
-from ccnet.utils.visualize import add_legend, colorize, denormalize
+from ccnet.utils.visualize import add_headings, add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,15 @@ def render_sample(
         legend: append a legend of the classes in ``label`` below.
 
     Shape:
-        image: (3, H, W) normalised float. label: (H, W) int. Returns (H + legend height, 2 * W, 3) uint8.
+        image: (3, H, W) normalised float. label: (H, W) int. Returns (headings + H + legend height, 2 * W, 3)
+        uint8.
     """
     rgb = denormalize(image, dataset.mean, dataset.std)
     label_map = label.numpy()
     panel = np.concatenate([rgb, colorize(label_map, dataset.palette, dataset.ignore_index)], axis=1)
-    if not legend:
-        return panel
-    return add_legend(panel, dataset.palette, dataset.classes, [label_map], dataset.ignore_index)
+    if legend:
+        panel = add_legend(panel, dataset.palette, dataset.classes, [label_map], dataset.ignore_index)
+    return add_headings(panel, ["network input", "label"])
 
 
 def write_samples(dataset: SegmentationData, out_dir: Path, num_samples: int, seed: int = 0) -> List[Path]:

@@ -54,7 +54,7 @@ from ccnet.models import CCNet, build_model
 from ccnet.models.attention_maps import attention_panel
 from ccnet.utils.outputs import FolderLock
 from ccnet.utils.paths import REPO_ROOT
-from ccnet.utils.visualize import add_legend, colorize, denormalize
+from ccnet.utils.visualize import add_headings, add_legend, colorize, denormalize
 
 log = logging.getLogger(__name__)
 
@@ -594,6 +594,7 @@ def _record_panels(run: Run, panels: List[Any], it: int) -> None:
             axis=1,
         )
         panel = add_legend(panel, val_set.palette, val_set.classes, maps, val_set.ignore_index)
+        panel = add_headings(panel, ["image", "ground truth", f"prediction (iteration {it})"])
         recorder.image(f"val/panel_{j}", panel, it)
         if show_attention:
             recorder.image(
@@ -679,13 +680,19 @@ def summary(run: Run, metrics: Dict[str, Any], last_loss: float) -> Dict[str, An
 def next_commands(checkpoint: Path, tb_dir: Path) -> List[str]:
     """Shell commands that evaluate, segment with and export ``checkpoint`` and show the run in
     TensorBoard, each argument quoted for the shell where it needs it (tools paths relative to here)."""
-    tools = {name: os.path.relpath(REPO_ROOT / "tools" / f"{name}.py") for name in ("eval", "infer", "export")}
+    tools = {name: _shortest(REPO_ROOT / "tools" / f"{name}.py") for name in ("eval", "infer", "export")}
     return [
         shlex.join(["python", tools["eval"], f"checkpoint={checkpoint}"]),
         shlex.join(["python", tools["infer"], f"checkpoint={checkpoint}"]) + " input=YOUR_IMAGES",
         shlex.join(["python", tools["export"], str(checkpoint)]),
         shlex.join(["tensorboard", "--logdir", str(tb_dir)]),
     ]
+
+
+def _shortest(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def finished_summary(work_dir: Path, finished: "resume.RunFinished") -> Dict[str, Any]:

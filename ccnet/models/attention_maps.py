@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from ccnet.errors import ConfigError
-from ccnet.utils.visualize import IMAGENET_MEAN, IMAGENET_STD, denormalize, heat_overlay, mark_pixel
+from ccnet.utils.visualize import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    add_colorbar,
+    add_headings,
+    denormalize,
+    heat_overlay,
+    mark_pixel,
+)
 
 
 def _spread(weights: Tensor, attn_h: Tensor, attn_w: Tensor) -> Tensor:
@@ -92,10 +100,18 @@ def attention_panel(
         mean, std: the normalisation to undo for display.
 
     Shape:
-        image: (3, H, W) normalised. Returns (H, W * (1 + recurrence), 3) uint8 RGB.
+        image: (3, H, W) normalised. Returns (H + bands, W * (1 + recurrence), 3) uint8 RGB: column
+        headings above, the colour scale and a caption below.
     """
     height, width = image.shape[-2:]
     pixel = pixel if pixel is not None else (height // 2, width // 2)
     rgb = denormalize(image, mean, std)
     maps = rcca_attention_maps(model, image, pixel)
-    return np.concatenate([mark_pixel(rgb, pixel)] + [heat_overlay(rgb, m, pixel) for m in maps], axis=1)
+    panel = np.concatenate([mark_pixel(rgb, pixel)] + [heat_overlay(rgb, m, pixel) for m in maps], axis=1)
+    titles = ["input (pixel circled)"] + [f"after loop {r}" for r in range(1, len(maps) + 1)]
+    return add_colorbar(
+        add_headings(panel, titles),
+        "0",
+        "max",
+        f"attention of the circled pixel over the image (row {pixel[0]}, column {pixel[1]})",
+    )

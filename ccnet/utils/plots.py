@@ -136,11 +136,13 @@ def plot_per_class_iou(
             row,
             "n/a" if math.isnan(value) else f"{value:.1f}",
             va="center",
-            fontsize=7,
+            fontsize=8,
             color="#555555",
+            zorder=3,  # above the mIoU line, on a white box, so the line never runs through a number
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
         )
     if not math.isnan(miou):
-        ax.axvline(100 * miou, color="#d62728", linestyle="--", linewidth=1.2)
+        ax.axvline(100 * miou, color="#d62728", linestyle="--", linewidth=1.2, zorder=2)
         # named above the axes: a legend box inside would cover bars, which fill the width when IoUs are high
         ax.text(
             100 * miou,
@@ -188,27 +190,29 @@ def plot_confusion_matrix(
     side = 2.5 + 0.33 * cols
     fig, ax = plt.subplots(figsize=(side + 1.0, side), dpi=100)
     cmap = plt.get_cmap("Blues").with_extremes(bad="#d9d9d9")  # NaN rows (class absent from ground truth)
-    image = ax.imshow(np.ma.masked_invalid(fractions), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth class")
+    percent = 100 * fractions  # one unit everywhere: the cells, the colour bar and the title say %
+    image = ax.imshow(np.ma.masked_invalid(percent), cmap=cmap, vmin=0.0, vmax=100.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the ground-truth class's pixels")
     if cols <= MAX_ANNOTATED_CLASSES:
-        for (t, p), value in np.ndenumerate(fractions):
-            if not math.isnan(value) and value >= 0.005:
+        size = float(np.clip(150 / cols, 6, 11))  # as large as the cell allows
+        for (t, p), value in np.ndenumerate(percent):
+            if not math.isnan(value) and value >= 0.5:
                 ax.text(
                     p,
                     t,
-                    f"{100 * value:.0f}",
+                    f"{value:.0f}",
                     ha="center",
                     va="center",
-                    fontsize=6,
-                    color="white" if value > 0.5 else "black",
+                    fontsize=size,
+                    color="white" if value > 50 else "black",
                 )
     ax.set_xticks(np.arange(cols))
-    ax.set_xticklabels(col_names, rotation=90, fontsize=7)
+    ax.set_xticklabels(col_names, rotation=90, fontsize=8)
     ax.set_yticks(np.arange(rows))
-    ax.set_yticklabels(row_names, fontsize=7)
+    ax.set_yticklabels(row_names, fontsize=8)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
-    title = "Confusion matrix (rows normalised, %)"
+    title = "Confusion matrix (rows: ground truth)\ncells: % of the row's pixels predicted as the column"
     if len(classes) > max_classes:
         title += f"\n{rows} most confused of {len(classes)} classes; other = the remaining {len(classes) - rows}"
     ax.set_title(title, fontsize=10)

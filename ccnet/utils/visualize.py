@@ -281,3 +281,58 @@ def add_legend(
         # centre the text's ink box on the square, whatever the font's ascent
         draw.text((x - left, y + (square - (bottom - top)) // 2 - top), text, fill=ink, font=font)
     return np.concatenate([np.asarray(image, dtype=np.uint8), np.asarray(band)], axis=0)
+
+
+def add_headings(image: np.ndarray, titles: Sequence[str], dark: bool = False) -> np.ndarray:
+    """The picture with a band above it naming its columns: ``titles[i]`` centred over the i-th of
+    ``len(titles)`` equal-width columns (panels concatenated side by side), cut to fit.
+
+    Shape:
+        image: (H, W, 3) uint8, W divisible into len(titles) columns. Returns (H + band height, W, 3) uint8.
+    """
+    width = image.shape[1]
+    column = width / len(titles)
+    size = int(np.clip(column // 16, 11, 28))
+    font, pad = _font(size), max(3, size // 3)
+    background, ink = ((40, 40, 40), (255, 255, 255)) if dark else ((255, 255, 255), (0, 0, 0))
+    band = Image.new("RGB", (width, size + 2 * pad), background)
+    draw = ImageDraw.Draw(band)
+    left, top, _, _ = font.getbbox("Ag")
+    for i, title in enumerate(titles):
+        text = _fit(draw, title, font, column - 2 * pad)
+        x = i * column + (column - draw.textlength(text, font=font)) / 2
+        draw.text((x - left, pad - top), text, fill=ink, font=font)
+    return np.concatenate([np.asarray(band), np.asarray(image, dtype=np.uint8)], axis=0)
+
+
+def add_colorbar(image: np.ndarray, low: str = "0", high: str = "max", caption: str = "") -> np.ndarray:
+    """The picture with a band below it: the JET colour scale of :func:`heat_overlay` from ``low`` to
+    ``high`` (labels at its ends) and a caption saying what the colours measure.
+
+    Shape:
+        image: (H, W, 3) uint8. Returns (H + band height, W, 3) uint8.
+    """
+    width = image.shape[1]
+    size = int(np.clip(width // 40, 11, 24))
+    font, pad = _font(size), max(3, size // 3)
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = int(max(draw_probe.textlength(t, font=font) for t in (low, high))) + pad
+    bar_width = max(16, width - 2 * (label_width + pad))
+    ramp = np.linspace(0, 255, bar_width).round().astype(np.uint8)[None].repeat(size, axis=0)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    rows = 2 if caption else 1
+    band = Image.new("RGB", (width, rows * (size + pad) + pad), (255, 255, 255))
+    band.paste(Image.fromarray(bar), (label_width + pad, pad))
+    draw = ImageDraw.Draw(band)
+    left, top, _, _ = font.getbbox("Ag")
+    draw.text((pad - left, pad - top), low, fill=(0, 0, 0), font=font)
+    draw.text((label_width + 2 * pad + bar_width - left, pad - top), high, fill=(0, 0, 0), font=font)
+    if caption:
+        text = _fit(draw, caption, font, width - 2 * pad)
+        draw.text(
+            ((width - draw.textlength(text, font=font)) / 2 - left, size + 2 * pad - top),
+            text,
+            fill=(0, 0, 0),
+            font=font,
+        )
+    return np.concatenate([np.asarray(image, dtype=np.uint8), np.asarray(band)], axis=0)

@@ -15,6 +15,7 @@ from PIL import Image
 from ccnet.apps.browse import browse
 from ccnet.data.folder import generate_palette
 from ccnet.utils.manifest import OutputConflictError
+from ccnet.utils.visualize import add_headings
 from tests.data.datagen import block_label
 
 
@@ -40,10 +41,12 @@ def test_val_samples_show_the_files_side_by_side(configs_dir: Path, folder_root:
     palette = np.array(generate_palette(3) + [(0, 0, 0)], dtype=np.uint8)  # index 3 stands for ignore
     label = block_label(40, 48)
     expected_colour = palette[np.where(label == 255, 3, label)]
+    head = add_headings(np.zeros((1, 96, 3), np.uint8), ["image", "label"]).shape[0] - 1  # the headings band
     for path in written:
         picture = np.asarray(Image.open(path))
-        assert picture.shape[1:] == (96, 3) and picture.shape[0] > 40  # the legend band is below the panel
-        picture, band = picture[:40], picture[40:]
+        assert picture.shape[1:] == (96, 3) and picture.shape[0] > head + 40  # headings above, legend below
+        assert (picture[:head] < 128).any()  # the headings' text
+        picture, band = picture[head : head + 40], picture[head + 40 :]
         assert picture.shape == (40, 96, 3)
         stem = path.stem.split("_", 1)[1]  # "<k>_<image stem>"
         source = next((folder_root / "images").glob(f"{stem}.*"))
@@ -72,10 +75,11 @@ def test_train_samples_are_augmented_crops(configs_dir: Path, folder_root: Path,
     written = browse(cfg)
     assert len(written) == 6  # more samples than the 4 training images: some are re-augmented
     allowed = {tuple(c) for c in generate_palette(3)} | {(0, 0, 0)}
+    head = add_headings(np.zeros((1, 40, 3), np.uint8), ["image", "label"]).shape[0] - 1
     for path in written:
         picture = np.asarray(Image.open(path))
-        assert picture.shape[1:] == (40, 3) and picture.shape[0] > 16  # panel, then the legend band
-        picture = picture[:16]
+        assert picture.shape[1:] == (40, 3) and picture.shape[0] > head + 16  # headings, panel, legend band
+        picture = picture[head : head + 16]
         assert picture.shape == (16, 40, 3)
         assert {tuple(c) for c in picture[:, 20:].reshape(-1, 3)} <= allowed
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from ccnet.models import build_model
 from ccnet.models.attention_maps import attention_panel, rcca_attention_maps
+from ccnet.utils.visualize import add_colorbar, add_headings
 
 SIZE = 64  # px; 8x8 feature cells with the tiny backbone
 
@@ -82,7 +83,11 @@ def test_loop1_is_a_cross_and_loop2_covers_the_image(configs_dir: Path) -> None:
 def test_panel_and_non_attention_models(configs_dir: Path) -> None:
     model = _model(configs_dir, recurrence=3)
     panel = attention_panel(model, torch.randn(3, SIZE, SIZE))
-    assert panel.dtype == np.uint8 and panel.shape == (SIZE, SIZE * 4, 3)
+    bare = np.zeros((SIZE, SIZE * 4, 3), np.uint8)  # input | loop 1 | 2 | 3, with headings and a colour scale
+    framed = add_colorbar(add_headings(bare, ["input", "1", "2", "3"]), "0", "max", "caption")
+    assert panel.dtype == np.uint8 and panel.shape == framed.shape
+    head = framed.shape[0] - add_colorbar(bare, "0", "max", "caption").shape[0]
+    assert (panel[:head] < 128).any() and (panel[head + SIZE :] != 255).any()  # text above, a colour ramp below
     plain = build_model(_model_cfg(configs_dir, context="none"))
     with pytest.raises(ValueError, match="model.context=rcca"):
         rcca_attention_maps(plain, torch.randn(3, SIZE, SIZE), (0, 0))

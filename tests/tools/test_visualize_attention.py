@@ -19,6 +19,7 @@ from ccnet.data.synthetic import build_synthetic, region_masks
 from ccnet.errors import ConfigError
 from ccnet.evaluation.loading import CheckpointMismatchError
 from ccnet.utils.manifest import HEADER, OutputConflictError
+from ccnet.utils.visualize import add_colorbar, add_headings
 from tests.models.test_attention_maps import SIZE, _model, _model_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -41,8 +42,11 @@ def test_tool_writes_overlays_for_a_synthetic_checkpoint(configs_dir: Path, tmp_
     )
     written = main(["--checkpoint", str(ckpt), "--index", "1", "--output-dir", str(tmp_path / "maps")])
     assert [p.name for p in written] == ["input.png", "loop1.png", "loop2.png"]
-    for path in written:
-        assert np.asarray(Image.open(path)).shape == (SIZE, SIZE, 3)
+    heading = add_headings(np.zeros((SIZE, SIZE, 3), np.uint8), ["x"]).shape[0]  # each picture says what it shows
+    pictures = [np.asarray(Image.open(path)) for path in written]
+    assert pictures[0].shape == (heading, SIZE, 3)  # the input, titled
+    scale = add_colorbar(np.zeros((heading, SIZE, 3), np.uint8), "0", "max", "caption").shape[0]
+    assert all(p.shape == (scale, SIZE, 3) for p in pictures[1:])  # loops: titled, with the colour scale below
     assert (
         tmp_path / "maps" / "manifest.txt"
     ).read_text() == HEADER + "attention input.png\nattention loop1.png\nattention loop2.png\n"
