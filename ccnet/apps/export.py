@@ -333,11 +333,6 @@ def load_exported(
     )
 
 
-def max_abs_diff(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> float:
-    """Largest |export − PyTorch| over the logits of ``inputs`` (the model on its own implementation path)."""
-    return parity(model, exported, inputs)["max_abs_diff"]
-
-
 def parity(model: nn.Module, exported: Callable[[Tensor], Tensor], inputs: Sequence[Tensor]) -> Dict[str, float]:
     """``max_abs_diff`` (largest |export − PyTorch| over the logits of ``inputs``), ``max_abs_logit`` (largest
     |PyTorch logit|) and ``relative_diff``, the first over the second (at least 1): float32 rounding grows
