@@ -94,12 +94,17 @@ def _schedule() -> Rule:
 
 @dataclass(frozen=True)
 class Setting:
-    """One key: ``rule`` checks its value (None: checked by the code that reads it), ``resume`` is
-    what a resumed run does when it changed."""
+    """One key: ``rule`` checks its value (None: checked by the code that reads it; a function returning
+    the rule when a registry decides the valid values), ``resume`` is what a resumed run does when it
+    changed."""
 
     key: str
-    rule: Optional[Rule]
+    rule: Union[None, Rule, Callable[[], Rule]]
     resume: str
+
+    def current_rule(self) -> Optional[Rule]:
+        """The rule as of now (a registry's rule reads the registry's current names)."""
+        return self.rule() if callable(self.rule) else self.rule
 
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -119,7 +124,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("train.weight_decay", _number(0), APPLIED),
     Setting("train.no_decay_norm_bias", _bool(), REFUSED),
     Setting("train.head_lr_mult", _number(0, low_open=True), APPLIED),
-    Setting("train.lr_schedule", None, APPLIED),  # its names come from the registry: check_train_config
+    Setting("train.lr_schedule", _schedule, APPLIED),  # its names come from the registry
     Setting("train.warmup_iters", _int(0), APPLIED),
     Setting("train.warmup_ratio", _number(0, 1), APPLIED),
     Setting("train.poly_power", _number(0), APPLIED),
@@ -192,7 +197,7 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     """
     flat = flatten_config(cfg)
     for setting in SETTINGS:
-        rule = _schedule() if setting.key == "train.lr_schedule" else setting.rule
+        rule = setting.current_rule()
         if rule is not None and setting.key in flat and not rule[0](flat[setting.key]):
             raise ConfigError(f"{setting.key} must be {rule[1]}, got {describe(flat[setting.key])}")
     check_eval_config(cfg.get("eval") or {})
@@ -232,7 +237,7 @@ def settings_table(defaults: Mapping[str, Any], meanings: Mapping[str, str]) -> 
     for setting in SETTINGS:
         if not setting.key.startswith("train."):
             continue
-        rule = _schedule() if setting.key == "train.lr_schedule" else setting.rule
+        rule = setting.current_rule()
         expected = rule[1] if rule is not None else "see meaning"
         meaning = meanings.get(setting.key, "").replace("|", "\\|")
         rows.append(

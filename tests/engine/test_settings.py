@@ -43,7 +43,7 @@ def test_every_default_passes_its_check(train_yaml):
     defaults, _ = train_yaml
     for setting in RULED:
         if setting.key in defaults:
-            assert setting.rule[0](defaults[setting.key]), setting.key
+            assert setting.current_rule()[0](defaults[setting.key]), setting.key
 
 
 @pytest.mark.parametrize("setting", RULED, ids=[s.key for s in RULED])
