@@ -25,8 +25,9 @@ from ccnet.checkpoint import CheckpointError, load_checkpoint, stored_config
 from ccnet.data.samplers import InfiniteSampler
 from ccnet.engine.checkpoint_manager import CheckpointManager
 from ccnet.engine.rng import seed_everything, set_rng_state
-from ccnet.engine.settings import APPLIED, IGNORED, REFUSED, flatten_config, resume_policy
+from ccnet.engine.settings import APPLIED, IGNORED, REFUSED, resume_policy
 from ccnet.errors import UserError
+from ccnet.utils.config import flatten_config
 
 log = logging.getLogger(__name__)
 

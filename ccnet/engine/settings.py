@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ccnet.errors import ConfigError
 from ccnet.evaluation.inference import check_eval_config
+from ccnet.utils.config import flatten_config
 
 # What a resumed run does with a setting whose value differs from its checkpoint's.
 APPLIED = "applied"  # to the restored optimiser and schedule (listed in a warning)
@@ -201,16 +202,6 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         if rule is not None and setting.key in flat and not rule[0](flat[setting.key]):
             raise ConfigError(f"{setting.key} must be {rule[1]}, got {describe(flat[setting.key])}")
     check_eval_config(cfg.get("eval") or {})
-
-
-def flatten_config(value: Any, prefix: str = "") -> Dict[str, Any]:
-    """``{"train.lr": 0.01, ...}``: a nested mapping as dotted keys (the ones the command line uses)."""
-    if isinstance(value, Mapping):
-        out: Dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def config_changes(

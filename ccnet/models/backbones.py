@@ -14,6 +14,7 @@ from torch import Tensor
 from torchvision.models.resnet import Bottleneck
 
 from ccnet.errors import ConfigError
+from ccnet.utils.config import value_or
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -161,11 +162,6 @@ class TinyBackbone(Backbone):
         return {"layer3": c3, "layer4": self.layer4(c3)}
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = cfg.get(key)
-    return default if value is None else value
-
-
 BackboneFactory = Callable[[Mapping[str, Any], NormLayer], Backbone]
 
 # model.backbone -> factory(model config, norm layer). mmsegmentation's ResNetV1c: deep stem 32-32-64, plain
@@ -179,13 +175,13 @@ BACKBONES: Dict[str, BackboneFactory] = {
         deep_stem=True,
         ceil_mode=True,
         contract_dilation=False,
-        multi_grid=tuple(_get(cfg, "multi_grid", (1, 1, 1))),
+        multi_grid=tuple(value_or(cfg, "multi_grid", (1, 1, 1))),
     ),
     "resnet50_v1c": lambda cfg, norm: ResNetBackbone(50, norm_layer=norm, deep_stem=True, stem_channels=64),
     "resnet101_v1c": lambda cfg, norm: ResNetBackbone(101, norm_layer=norm, deep_stem=True, stem_channels=64),
     "tiny": lambda cfg, norm: TinyBackbone(
-        widths=tuple(_get(cfg, "tiny_widths", (32, 64, 128))),
-        layer4_convs=int(_get(cfg, "tiny_layer4_convs", 1)),
+        widths=tuple(value_or(cfg, "tiny_widths", (32, 64, 128))),
+        layer4_convs=int(value_or(cfg, "tiny_layer4_convs", 1)),
         norm_layer=norm,
     ),
 }

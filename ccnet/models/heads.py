@@ -19,6 +19,7 @@ from torch import Tensor
 from ccnet.errors import ConfigError
 from ccnet.models.cca import CrissCrossAttention
 from ccnet.models.cca import choices as cca_choices
+from ccnet.utils.config import value_or
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -267,17 +268,12 @@ class FCNHead(nn.Module):
 
 def _common(cfg: Mapping[str, Any], norm_layer: NormLayer) -> Dict[str, Any]:
     """The keyword arguments every context head takes, from the model config."""
-
-    def get(key: str, default: Any) -> Any:
-        value = cfg.get(key)
-        return default if value is None else value
-
     return dict(
         inter_channels=cfg.get("head_channels"),
-        bottleneck_channels=int(get("bottleneck_channels", 512)),
-        dropout=float(get("dropout", 0.1)),
+        bottleneck_channels=int(value_or(cfg, "bottleneck_channels", 512)),
+        dropout=float(value_or(cfg, "dropout", 0.1)),
         norm_layer=norm_layer,
-        activation=get("activation", "relu"),
+        activation=value_or(cfg, "activation", "relu"),
     )
 
 

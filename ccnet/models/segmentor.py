@@ -15,6 +15,7 @@ from ccnet.errors import ConfigError
 from ccnet.models.backbones import Backbone, build_backbone
 from ccnet.models.heads import ContextHead, FCNHead, build_head
 from ccnet.models.pretrained import load_backbone_weights
+from ccnet.utils.config import value_or
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,6 @@ def make_norm_layer(name: str) -> Callable[[int], nn.Module]:
     raise ConfigError(f"unknown model.norm {name!r}: expected one of {', '.join(NORMS)}")
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
 def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     """Build a CCNet from a model config (``configs/model/*.yaml``; every key: docs/models.md): backbone
     ``BACKBONES[cfg.backbone]``, context head ``HEADS[cfg.context]``, the auxiliary FCN head (``aux``) and the
@@ -113,7 +109,7 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
     num_classes = cfg.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"model.num_classes must be a positive integer, got {num_classes!r}")
-    norm_layer = make_norm_layer(_get(cfg, "norm", "bn"))
+    norm_layer = make_norm_layer(value_or(cfg, "norm", "bn"))
     backbone = build_backbone(cfg, norm_layer)
     weights = cfg.get("weights")
     if pretrained and weights:
@@ -121,7 +117,7 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
             backbone,
             str(weights),
             depth=getattr(backbone, "torchvision_depth", None),
-            strict=bool(_get(cfg, "weights_strict", True)),
+            strict=bool(value_or(cfg, "weights_strict", True)),
         )
     elif pretrained and not getattr(backbone, "trains_from_scratch", False):
         log.warning(
@@ -129,24 +125,29 @@ def build_model(cfg: Mapping[str, Any], pretrained: bool = True) -> CCNet:
             "(docs/models.md lists the weights each model config takes)",
             cfg["backbone"],
         )
-    activation = _get(cfg, "activation", "relu")
+    activation = value_or(cfg, "activation", "relu")
     head = build_head(backbone.out_channels["layer4"], num_classes, cfg, norm_layer)
     aux_head = None
-    if _get(cfg, "aux", True):
+    if value_or(cfg, "aux", True):
         aux_head = FCNHead(
             backbone.out_channels["layer3"],
             num_classes,
-            channels=int(_get(cfg, "aux_channels", 256)),
-            dropout=float(_get(cfg, "dropout", 0.1)),
-            conv_bias=bool(_get(cfg, "aux_conv_bias", False)),
+            channels=int(value_or(cfg, "aux_channels", 256)),
+            dropout=float(value_or(cfg, "dropout", 0.1)),
+            conv_bias=bool(value_or(cfg, "aux_conv_bias", False)),
             norm_layer=norm_layer,
             activation=activation,
         )
     ccl_proj = None
-    if _get(cfg, "ccl", False):
+    if value_or(cfg, "ccl", False):
         ccl_proj = nn.Conv2d(
-            int(_get(cfg, "bottleneck_channels", 512)), int(_get(cfg, "ccl_channels", 16)), kernel_size=1
+            int(value_or(cfg, "bottleneck_channels", 512)), int(value_or(cfg, "ccl_channels", 16)), kernel_size=1
         )
     return CCNet(
-        backbone, head, aux_head, num_classes, align_corners=bool(_get(cfg, "align_corners", False)), ccl_proj=ccl_proj
+        backbone,
+        head,
+        aux_head,
+        num_classes,
+        align_corners=bool(value_or(cfg, "align_corners", False)),
+        ccl_proj=ccl_proj,
     )

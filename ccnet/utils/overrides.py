@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
+from ccnet.utils.config import flatten_config
 from ccnet.utils.paths import CONFIGS_DIR
 
 # Settings whose value is a path (or a glob): quoted for Hydra when it would not read them as the same string.
@@ -73,25 +74,21 @@ def known_keys(config_name: str, argv: Sequence[str] = ()) -> List[str]:
             cfg = compose(config_name, overrides=groups)
     except Exception:  # a wrong group: Hydra's own message says so
         cfg = OmegaConf.create({})
-    keys = set(_flatten(OmegaConf.to_container(cfg, resolve=False)))
+    leaves = set(flatten_config(OmegaConf.to_container(cfg, resolve=False)))
     for group in APPENDABLE_GROUPS:
         for path in (CONFIGS_DIR / group).glob("*.yaml"):
-            keys |= {f"{group}.{k}" for k in _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))}
-    return sorted(k for k in keys if not k.startswith(("hydra.", "defaults")))
+            leaves |= set(flatten_config(OmegaConf.to_container(OmegaConf.load(path), resolve=False), group))
+    # every leaf and the sections above it (train.ccl, train)
+    keys = {".".join(k.split(".")[:n]) for k in leaves for n in range(1, k.count(".") + 2)}
+    return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
 
 
-def _flatten(value: Any, prefix: str = "") -> List[str]:
-    if isinstance(value, dict):
-        out = [prefix] if prefix else []
-        for k, v in value.items():
-            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [prefix]
-
-
-def unknown_key_message(key: str, config_name: str, argv: Sequence[str], appended: bool = False) -> str:
-    """One line for a setting that ``configs/<config_name>.yaml`` does not have, with the closest keys."""
-    valid = known_keys(config_name, argv)
+def unknown_key_message(
+    key: str, config_name: str, argv: Sequence[str], appended: bool = False, valid: Optional[Sequence[str]] = None
+) -> str:
+    """One line for a setting that ``configs/<config_name>.yaml`` does not have, with the closest keys
+    (among ``valid``, default :func:`known_keys`)."""
+    valid = known_keys(config_name, argv) if valid is None else valid
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.7)
     hint = f"did you mean {' or '.join(close)}?" if close else f"the settings are listed in configs/{config_name}.yaml"
     added = " (+ adds a key that nothing reads)" if appended else ""
@@ -104,8 +101,8 @@ def refuse_unknown_appends(argv: Sequence[str], config_name: str) -> Optional[st
     appends = [a[1:].partition("=")[0] for a in argv if a.startswith("+") and not a.startswith("++") and "=" in a]
     if not appends:
         return None
-    valid = set(known_keys(config_name, argv))
+    valid = known_keys(config_name, argv)
     for key in appends:
         if key not in valid:
-            return unknown_key_message(key, config_name, argv, appended=True)
+            return unknown_key_message(key, config_name, argv, appended=True, valid=valid)
     return None
