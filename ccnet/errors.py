@@ -32,6 +32,11 @@ ENVIRONMENT_ERRNOS = {
 }
 
 
+def refused_write(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system refusing a named path (read-only, full, no permission, ...)."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and bool(exc.filename)
+
+
 class UserError(Exception):
     """An error in the user's input whose message is the whole report (no traceback needed)."""
 
@@ -57,7 +62,7 @@ def user_message(exc: BaseException) -> str:
             text = "\n".join(lines[start:]).split(": ", 1)[1]
             if where:
                 text += f" ({where.group(1)})"
-    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in ENVIRONMENT_ERRNOS and exc.filename:
+    if isinstance(exc, OSError) and refused_write(exc):
         reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
             exc.errno, (exc.strerror or "permission denied").lower()
         )
@@ -91,7 +96,7 @@ def exit_on_user_error(log: logging.Logger, *also: Type[BaseException]) -> Itera
         log.error("%s", user_message(exc))
         raise SystemExit(EXIT_USER_ERROR) from None
     except OSError as exc:
-        if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+        if not refused_write(exc):
             raise
         log.error("%s", user_message(exc))
         raise SystemExit(EXIT_USER_ERROR) from None
@@ -142,7 +147,7 @@ def run_hydra_main(main: Callable[[], Any], config_name: str) -> None:
         sys.stderr.write("\n".join(lines) + "\n")
         raise SystemExit(EXIT_USER_ERROR) from None
     except OSError as exc:
-        if exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+        if not refused_write(exc):
             raise
         sys.stderr.write(user_message(exc) + "\n")
         raise SystemExit(EXIT_USER_ERROR) from None
