@@ -63,9 +63,8 @@ def user_message(exc: BaseException) -> str:
             if where:
                 text += f" ({where.group(1)})"
     if isinstance(exc, OSError) and refused_write(exc):
-        reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
-            exc.errno, (exc.strerror or "permission denied").lower()
-        )
+        reasons = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}
+        reason = reasons.get(exc.errno or 0, (exc.strerror or "permission denied").lower())
         text = (
             f"cannot write {exc.filename}: {reason}. Free space, fix the folder's permissions, or choose another "
             "output folder (work_dir=... / output_dir=...)"
